@@ -1,0 +1,25 @@
+"""langgraph-moa: Mixture-of-Agents as a LangGraph application.
+
+Public API: :class:`Topology`, :func:`load_preset`, :func:`load_topology`, :func:`list_presets`,
+:func:`build_graph`.
+"""
+
+from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
+from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
+from langgraph_moa.topology import Agent, Layer, Topology, list_presets, load_preset, load_topology
+
+__all__ = [
+    "Agent",
+    "Layer",
+    "MissingCredentialsError",
+    "MoAError",
+    "MoAInputError",
+    "MoARunError",
+    "MoAState",
+    "Topology",
+    "build_graph",
+    "build_state_graph",
+    "list_presets",
+    "load_preset",
+    "load_topology",
+]

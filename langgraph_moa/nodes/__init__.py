@@ -1,0 +1,1 @@
+"""Node functions (prepare, propose, join, critique, aggregate) and the prompts they use."""

@@ -1,0 +1,49 @@
+"""The critic node: reviews the last layer's candidates against the user's request.
+
+A failed critique never blocks the answer: it is recorded, the run is marked degraded, and the
+aggregator proceeds without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph_moa.graphs.state import CallRecord, MoAState
+from langgraph_moa.nodes.calls import ModelPool, Outcome, call_agent, usage_update
+from langgraph_moa.nodes.messages import critic_messages
+from langgraph_moa.nodes.propose import Node, ok_texts
+from langgraph_moa.pricing import PriceTable
+from langgraph_moa.topology import Agent
+
+__all__ = ["call_record", "make_critic"]
+
+
+def call_record(agent: Agent, node: str, outcome: Outcome) -> CallRecord:
+    return {
+        "name": agent.name or node,
+        "node": node,
+        "model": agent.model,
+        "ok": outcome.ok,
+        "text": outcome.text,
+        "error": outcome.error,
+        "latency_s": round(outcome.latency_s, 4),
+        "usage": outcome.usage,
+    }
+
+
+def make_critic(agent: Agent, *, last_layer: int, node: str, prices: PriceTable) -> Node:
+    pool = ModelPool(agent.model_copy(update={"n": 1}))
+
+    async def critique(state: MoAState) -> dict[str, Any]:
+        messages = critic_messages(
+            state["messages"], ok_texts(state, last_layer), role=agent.system_prompt
+        )
+        outcomes, requests = await call_agent(pool, messages)
+        outcome = outcomes[0]
+        return {
+            "critique": call_record(agent, node, outcome),
+            "usage": usage_update(agent.model, outcomes, requests, prices),
+            "degraded": not outcome.ok,
+        }
+
+    return critique

@@ -1,0 +1,45 @@
+"""Prompt texts, as module-level constants formatted by the nodes.
+
+The layout follows the Mixture-of-Agents paper (references as a numbered list appended to the
+system message); the wording is this project's own.
+"""
+
+from __future__ import annotations
+
+# Appended to a proposer's or the aggregator's system message when earlier answers exist.
+SYNTHESIZE_PROMPT = """\
+Other AI assistants have already answered the user's latest message; their answers are listed \
+below. Use them as material, not as authority: any of them may be biased, incomplete, outdated or \
+simply wrong. Check them against each other and against what you know, keep what is correct and \
+useful, correct or discard the rest, and write one refined, accurate and complete answer of your \
+own. Do not copy them verbatim and do not refer to them or to their authors; answer the user \
+directly.
+
+Answers to work from:
+{references}"""
+
+# Added after SYNTHESIZE_PROMPT for the aggregator when a critic has reviewed the candidates.
+CRITIQUE_SECTION = """
+
+A careful reviewer has examined these answers. Take the review into account, but judge it too:
+{critique}"""
+
+# The critic's system message.
+CRITIC_SYSTEM_PROMPT = """\
+You review answers written by AI assistants. You are exacting and fair: you check facts, \
+reasoning, completeness and whether the answer does what was asked. You never write the final \
+answer yourself."""
+
+# The critic's request, sent as the user message.
+CRITIC_REQUEST_PROMPT = """\
+Here is a conversation between a user and an AI assistant:
+
+{conversation}
+
+Candidate replies to the user's last message:
+
+{candidates}
+
+Review each candidate against what the user asked. For every one, say briefly what it gets right \
+and what is wrong, missing, unclear or unnecessary. Then state what an ideal reply should contain \
+and avoid."""

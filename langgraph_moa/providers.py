@@ -1,0 +1,145 @@
+"""Turn an agent's ``"provider:model"`` into a LangChain chat model.
+
+OpenAI-compatible services go through langchain-openai's ChatOpenAI with the provider's base URL
+(overridable with ``<PROVIDER>_BASE_URL``) and key (``<PROVIDER>_API_KEY``); ``openai`` reads
+``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` exactly as the openai client does. ``local`` is the
+embedded SmolLM2 model run by llama.cpp (see :mod:`langgraph_moa.local_model`).
+Keys are read from the environment when a model is made and never stored anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from langchain_core.language_models import BaseChatModel
+
+from langgraph_moa.errors import MissingCredentialsError
+
+if TYPE_CHECKING:
+    from langgraph_moa.topology import Agent, Topology
+
+__all__ = [
+    "PROVIDERS",
+    "ProviderSpec",
+    "check_credentials",
+    "make_chat_model",
+    "redact",
+    "supports_n",
+]
+
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """How to reach one provider."""
+
+    name: str
+    base_url: str | None
+    key_required: bool = True
+    default_key: str | None = None
+    supports_n: bool = False  # accepts `n` > 1 in one chat completion request
+    openai_compatible: bool = True
+
+    @property
+    def key_env(self) -> str:
+        return f"{self.name.upper()}_API_KEY"
+
+    @property
+    def base_url_env(self) -> str:
+        return f"{self.name.upper()}_BASE_URL"
+
+    def resolve_base_url(self) -> str | None:
+        return os.environ.get(self.base_url_env) or self.base_url
+
+    def resolve_key(self) -> str | None:
+        return os.environ.get(self.key_env) or self.default_key
+
+
+PROVIDERS: dict[str, ProviderSpec] = {
+    spec.name: spec
+    for spec in (
+        ProviderSpec("openai", None, supports_n=True),
+        ProviderSpec("together", "https://api.together.xyz/v1", supports_n=True),
+        ProviderSpec("groq", "https://api.groq.com/openai/v1"),
+        ProviderSpec("fireworks", "https://api.fireworks.ai/inference/v1", supports_n=True),
+        ProviderSpec("openrouter", "https://openrouter.ai/api/v1"),
+        ProviderSpec("deepinfra", "https://api.deepinfra.com/v1/openai"),
+        ProviderSpec(
+            "ollama", "http://localhost:11434/v1", key_required=False, default_key="ollama"
+        ),
+        ProviderSpec(
+            "vllm",
+            "http://localhost:8000/v1",
+            key_required=False,
+            default_key="EMPTY",
+            supports_n=True,
+        ),
+        ProviderSpec("local", None, key_required=False, openai_compatible=False),
+    )
+}
+
+
+def supports_n(agent: Agent) -> bool:
+    """Whether the agent's provider returns ``n`` samples from one request."""
+    return PROVIDERS[agent.provider].supports_n
+
+
+def check_credentials(topology: Topology) -> None:
+    """Raise MissingCredentialsError naming every unset key variable, before any call is made."""
+    missing: list[str] = []
+    for agent in topology.agents():
+        spec = PROVIDERS[agent.provider]
+        if spec.key_required and not spec.resolve_key() and spec.key_env not in missing:
+            missing.append(spec.key_env)
+    if missing:
+        names = " and ".join(missing)
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingCredentialsError(
+            f"{names} {verb} not set: topology {topology.name!r} needs "
+            f"{'it' if len(missing) == 1 else 'them'} (export the key, or use --preset local)"
+        )
+
+
+def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> BaseChatModel:
+    """A chat model for ``agent``; ``n`` > 1 asks for that many samples in one request."""
+    spec = PROVIDERS[agent.provider]
+    if not spec.openai_compatible:
+        from langgraph_moa.local_model import ChatLocalLlama
+
+        return ChatLocalLlama(
+            model_path=agent.model_name,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            disable_streaming=not streaming,
+        )
+
+    from langchain_openai import ChatOpenAI
+
+    key = spec.resolve_key()
+    if not key:
+        raise MissingCredentialsError(f"{spec.key_env} is not set: {agent.model} needs it")
+    return ChatOpenAI(
+        model=agent.model_name,
+        api_key=key,  # type: ignore[arg-type]
+        base_url=spec.resolve_base_url(),
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,  # type: ignore[call-arg]
+        n=n,
+        timeout=DEFAULT_TIMEOUT_S,
+        max_retries=DEFAULT_MAX_RETRIES,
+        stream_usage=True,
+        disable_streaming=not streaming,
+    )
+
+
+def redact(text: str) -> str:
+    """Mask every configured provider key that appears in ``text``."""
+    for spec in PROVIDERS.values():
+        key = os.environ.get(spec.key_env)
+        if key and len(key) >= 6 and key in text:
+            text = text.replace(key, "***")
+    return text

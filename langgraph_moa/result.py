@@ -1,0 +1,31 @@
+"""The result of a turn as every door reports it (CLI ``--json``, Python, later the servers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage
+
+from langgraph_moa.graphs.state import MoAState, empty_usage
+
+__all__ = ["answer_of", "result_of"]
+
+
+def answer_of(state: MoAState) -> str:
+    """The final answer of the latest turn (the last AI message), or "" if there is none."""
+    for message in reversed(state.get("messages") or []):
+        if isinstance(message, AIMessage):
+            return message.text if isinstance(message.text, str) else str(message.content)
+    return ""
+
+
+def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, Any]:
+    """A JSON-able summary: answer, layers, critique, usage, degraded, latency_s."""
+    return {
+        "answer": answer_of(state),
+        "layers": state.get("layers") or [],
+        "critique": state.get("critique"),
+        "usage": state.get("usage") or empty_usage(),
+        "degraded": bool(state.get("degraded")),
+        "latency_s": None if latency_s is None else round(latency_s, 3),
+    }

@@ -1,0 +1,249 @@
+"""A small OpenAI-compatible chat-completions server for tests and benchmarks.
+
+It runs on 127.0.0.1 in a background thread, so the real client path (langchain-openai ->
+openai -> httpx -> HTTP) is exercised. Per model it can add latency, refuse ``n`` > 1 (as some
+providers do), and inject failures (HTTP errors with optional Retry-After, hangs, malformed JSON,
+empty completions). Every request is logged with its body, headers and timing.
+
+Needs the ``dev`` extra (starlette and uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+__all__ = ["Behavior", "FakeOpenAI", "LoggedRequest"]
+
+Reply = Callable[[dict[str, Any], int, int], str]
+"""reply(request_body, request_number_for_this_model, choice_index) -> text."""
+
+
+def default_reply(body: dict[str, Any], number: int, choice: int) -> str:
+    suffix = f".{choice + 1}" if body.get("n", 1) > 1 else ""
+    return f"Answer {number}{suffix} from {body['model']}."
+
+
+@dataclass
+class Behavior:
+    """How the server answers one model.
+
+    ``faults`` is a queue consumed one per request before normal answers resume; each item is
+    an HTTP status (``500``, ``429``...), ``"hang"`` (sleeps ``hang_s`` before answering),
+    ``"malformed"`` (invalid JSON body) or ``"empty"`` (a completion with no text).
+    ``always`` applies a fault to every request.
+    """
+
+    latency_s: float = 0.0
+    reply: Reply = default_reply
+    supports_n: bool = True
+    faults: list[int | str] = field(default_factory=list)
+    always: int | str | None = None
+    retry_after: float | None = None
+    hang_s: float = 30.0
+
+
+@dataclass
+class LoggedRequest:
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    started: float
+    finished: float = 0.0
+    status: int = 0
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", []))
+
+    @property
+    def system(self) -> str:
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "system")
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+class FakeOpenAI:
+    """``with FakeOpenAI() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT/v1``."""
+
+    def __init__(self, behaviors: dict[str, Behavior] | None = None) -> None:
+        self.behaviors: dict[str, Behavior] = dict(behaviors or {})
+        self.default = Behavior()
+        self.requests: list[LoggedRequest] = []
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # --- control -------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def behave(self, model: str, **changes: Any) -> Behavior:
+        behavior = self.behaviors.setdefault(model, Behavior())
+        for key, value in changes.items():
+            setattr(behavior, key, value)
+        return behavior
+
+    def requests_for(self, model: str) -> list[LoggedRequest]:
+        return [r for r in self.requests if r.model == model]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._counts.clear()
+
+    def start(self) -> FakeOpenAI:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- HTTP ----------------------------------------------------------------------------
+    async def _models(self, request: Request) -> Response:
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.behaviors]
+        return JSONResponse({"object": "list", "data": data})
+
+    def _error(self, log: LoggedRequest, status: int, message: str, **headers: str) -> Response:
+        log.status, log.finished = status, time.perf_counter()
+        body = {"error": {"message": message, "type": "fake_error", "code": status}}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def _chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.json()
+        model = str(body.get("model", ""))
+        log = LoggedRequest(model, body, dict(request.headers), started)
+        behavior = self.behaviors.get(model, self.default)
+        with self._lock:
+            self.requests.append(log)
+            self._counts[model] = number = self._counts.get(model, 0) + 1
+            fault = behavior.faults.pop(0) if behavior.faults else behavior.always
+
+        if behavior.latency_s:
+            await asyncio.sleep(behavior.latency_s)
+        n = int(body.get("n") or 1)
+        if n > 1 and not behavior.supports_n:
+            return self._error(log, 400, "'n' : number must be at most 1")
+        if fault == "hang":
+            await asyncio.sleep(behavior.hang_s)
+        elif isinstance(fault, int):
+            headers = {}
+            if behavior.retry_after is not None:
+                headers["retry-after"] = str(behavior.retry_after)
+            return self._error(log, fault, f"injected failure {fault}", **headers)
+        elif fault == "malformed":
+            log.status, log.finished = 200, time.perf_counter()
+            return Response('{"id": "x", "choices": [', media_type="application/json")
+
+        texts = ["" if fault == "empty" else behavior.reply(body, number, k) for k in range(n)]
+        prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
+        completion_tokens = sum(_words(t) for t in texts)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        ident = f"chatcmpl-fake-{model}-{number}"
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                self._sse(log, ident, model, texts[0], usage if include_usage else None),
+                media_type="text/event-stream",
+            )
+        log.status, log.finished = 200, time.perf_counter()
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": k,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                    for k, text in enumerate(texts)
+                ],
+                "usage": usage,
+            }
+        )
+
+    async def _sse(
+        self, log: LoggedRequest, ident: str, model: str, text: str, usage: dict[str, int] | None
+    ) -> Any:
+        def event(delta: dict[str, Any], finish: str | None = None) -> str:
+            chunk = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        yield event({"role": "assistant", "content": ""})
+        words = text.split(" ")
+        for k, word in enumerate(words):
+            yield event({"content": word if k == 0 else " " + word})
+        yield event({}, "stop")
+        if usage is not None:
+            chunk = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+        log.status, log.finished = 200, time.perf_counter()

@@ -1,0 +1,235 @@
+"""The Topology spec: which agents propose in which layer, the optional critic and the aggregator.
+
+A topology is plain data (pydantic v2). It comes from a YAML/JSON file, a shipped preset
+(``presets/*.yaml`` beside this module) or Python, and is validated strictly: unknown keys,
+duplicate names, empty layers and bad types are errors that name the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from langgraph_moa.errors import MoAInputError
+
+__all__ = [
+    "Agent",
+    "Layer",
+    "Price",
+    "Topology",
+    "list_presets",
+    "load_preset",
+    "load_topology",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Agent(_Strict):
+    """One LLM call site: a proposer, the critic or the aggregator."""
+
+    name: str | None = Field(
+        default=None,
+        description="Node-friendly name; derived from the model (and made unique) when absent.",
+    )
+    model: str = Field(
+        description='"provider:model", e.g. "openai:gpt-4o-mini" or "local:smollm2".'
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, gt=0)
+    system_prompt: str | None = Field(
+        default=None, description="A role for this agent, placed first in its system message."
+    )
+    n: int = Field(default=1, ge=1, le=16, description="How many samples to draw from this agent.")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not _MODEL_RE.match(value):
+            raise ValueError(
+                f'model must look like "provider:model" (e.g. "openai:gpt-4o"), got {value!r}'
+            )
+        from langgraph_moa.providers import PROVIDERS  # providers imports this module
+
+        provider = value.split(":", 1)[0]
+        if provider not in PROVIDERS:
+            known = ", ".join(sorted(PROVIDERS))
+            raise ValueError(f"unknown provider {provider!r}; known providers: {known}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError(
+                "name may hold only letters, digits, '.', '_' and '-', and must start with a "
+                f"letter or digit; got {value!r}"
+            )
+        return value
+
+    @property
+    def provider(self) -> str:
+        return self.model.split(":", 1)[0]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.split(":", 1)[1]
+
+
+class Layer(_Strict):
+    """Proposers that run concurrently and all see the previous layer's answers."""
+
+    proposers: list[Agent] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _name_proposers(self) -> Layer:
+        explicit = [a.name for a in self.proposers if a.name]
+        seen: set[str] = set()
+        for name in explicit:
+            if name in seen:
+                raise ValueError(f"duplicate proposer name {name!r} in this layer")
+            seen.add(name)
+        named: list[Agent] = []
+        for agent in self.proposers:
+            if agent.name is None:
+                agent = agent.model_copy(update={"name": _unique(_derive_name(agent), seen)})
+                seen.add(agent.name or "")
+            named.append(agent)
+        object.__setattr__(self, "proposers", named)
+        return self
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class Topology(_Strict):
+    """A whole Mixture-of-Agents: proposer layers, an optional critic, one aggregator."""
+
+    name: str = "moa"
+    description: str = ""
+    layers: list[Layer] = Field(min_length=1)
+    critic: Agent | None = None
+    aggregator: Agent
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description='Extra or overriding prices, keyed by "provider:model".',
+    )
+
+    @model_validator(mode="after")
+    def _name_singletons(self) -> Topology:
+        for field in ("critic", "aggregator"):
+            agent = getattr(self, field)
+            if agent is not None and agent.name is None:
+                object.__setattr__(self, field, agent.model_copy(update={"name": field}))
+        return self
+
+    def agents(self) -> list[Agent]:
+        """Every agent, in the order the graph calls them."""
+        found = [a for layer in self.layers for a in layer.proposers]
+        if self.critic:
+            found.append(self.critic)
+        found.append(self.aggregator)
+        return found
+
+    def calls_per_query(self) -> int:
+        """LLM requests one query makes when nothing fails (``n`` > 1 is one request where the
+        provider accepts ``n``, else n requests)."""
+        from langgraph_moa.providers import supports_n
+
+        return sum(1 if a.n == 1 or supports_n(a) else a.n for a in self.agents())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Topology:
+        return load_topology(path)
+
+
+def _derive_name(agent: Agent) -> str:
+    tail = agent.model_name.rstrip("/").rsplit("/", 1)[-1]
+    if tail.endswith(".gguf"):
+        tail = tail[: -len(".gguf")]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-._")
+    return cleaned or agent.provider
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    if base not in taken:
+        return base
+    k = 2
+    while f"{base}-{k}" in taken:
+        k += 1
+    return f"{base}-{k}"
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """Flatten a pydantic error into one line that names each offending field."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "topology"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_topology(data: Any, *, source: str = "topology") -> Topology:
+    """Validate already-loaded data; raise MoAInputError with a one-line reason."""
+    if not isinstance(data, dict):
+        raise MoAInputError(f"{source}: expected a mapping at the top level")
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as err:
+        raise MoAInputError(f"invalid {source}: {describe_validation_error(err)}") from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read a topology from a .yaml/.yml/.json file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise MoAInputError(f"cannot read topology file {str(p)!r}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise MoAInputError(f"topology file {str(p)!r} is not valid YAML/JSON: {first}") from None
+    return parse_topology(data, source=f"topology file {str(p)!r}")
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files("langgraph_moa") / "presets"
+    return {f.name.rsplit(".", 1)[0]: f for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+@cache
+def _load_preset_cached(name: str) -> Topology:
+    files = _preset_files()
+    return parse_topology(yaml.safe_load(files[name].read_text(encoding="utf-8")), source=name)
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, sorted by name."""
+    return {name: load_preset(name).description for name in sorted(_preset_files())}
+
+
+def load_preset(name: str) -> Topology:
+    """A shipped preset by name (``moa``, ``moa-lite``, ``moa-gpt4o``, ``self-moa``, ...)."""
+    if name not in _preset_files():
+        known = ", ".join(sorted(_preset_files()))
+        raise MoAInputError(f"unknown preset {name!r}; known presets: {known}")
+    return _load_preset_cached(name)
