@@ -11,10 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import StreamMode
 from rich.console import Console
 from rich.markup import escape
 
@@ -98,7 +100,7 @@ async def _ask(
 ) -> tuple[MoAState, float]:
     from langgraph_moa.checkpoints import open_checkpointer
 
-    config: dict[str, Any] = {"configurable": {"thread_id": thread}} if thread else {}
+    config: RunnableConfig = {"configurable": {"thread_id": thread}} if thread else {}
     inputs = {"messages": [HumanMessage(prompt)]}
     start = time.perf_counter()
     streamed = False
@@ -107,9 +109,9 @@ async def _ask(
         nonlocal streamed
         graph = build_graph(topology, checkpointer=checkpointer)
         final: dict[str, Any] = {}
-        async for mode, chunk in graph.astream(
-            inputs, config, stream_mode=["updates", "messages", "values"]
-        ):
+        modes: list[StreamMode] = ["updates", "messages", "values"]
+        async for part in graph.astream(inputs, config, stream_mode=modes):
+            mode, chunk = cast(tuple[str, Any], part)
             if mode == "values":
                 final = chunk
             elif mode == "updates":

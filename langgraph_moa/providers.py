@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 
@@ -117,22 +117,33 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
             disable_streaming=not streaming,
         )
 
+    import openai
     from langchain_openai import ChatOpenAI
 
     key = spec.resolve_key()
     if not key:
         raise MissingCredentialsError(f"{spec.key_env} is not set: {agent.model} needs it")
+    # langchain-openai sends OpenAI's newer `max_completion_tokens`; other OpenAI-compatible
+    # services are only sure to understand the classic `max_tokens`.
+    limit: dict[str, Any] = (
+        {"max_tokens": agent.max_tokens}
+        if spec.name == "openai"
+        else {"extra_body": {"max_tokens": agent.max_tokens}}
+    )
     return ChatOpenAI(
         model=agent.model_name,
         api_key=key,  # type: ignore[arg-type]
         base_url=spec.resolve_base_url(),
         temperature=agent.temperature,
-        max_tokens=agent.max_tokens,  # type: ignore[call-arg]
         n=n,
+        **limit,
         timeout=DEFAULT_TIMEOUT_S,
         max_retries=DEFAULT_MAX_RETRIES,
         stream_usage=True,
         disable_streaming=not streaming,
+        # A client of this model's own: langchain-openai's shared default is bound to the first
+        # event loop that used it and breaks under a second asyncio.run().
+        http_async_client=openai.DefaultAsyncHttpxClient(timeout=DEFAULT_TIMEOUT_S),
     )
 
 

@@ -17,7 +17,7 @@ from langgraph_moa.graphs.state import MoAInput, MoAState
 from langgraph_moa.nodes.aggregate import make_aggregator
 from langgraph_moa.nodes.control import make_join, make_prepare
 from langgraph_moa.nodes.critique import make_critic
-from langgraph_moa.nodes.propose import make_proposer
+from langgraph_moa.nodes.propose import Node, make_proposer
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Topology
 
@@ -44,18 +44,23 @@ def join_node(layer: int) -> str:
     return f"L{layer}/join"
 
 
+def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
+    graph.add_node(name, node)  # type: ignore[call-overload]  # a plain async node
+
+
 def build_state_graph(topology: Topology) -> StateGraph[Any, Any, Any, Any]:
     """The uncompiled graph, for users who want to add to it before compiling."""
     prices = PriceTable(topology.prices)
     graph: StateGraph[Any, Any, Any, Any] = StateGraph(MoAState, input_schema=MoAInput)
-    graph.add_node(PREPARE, make_prepare(topology))
+    _add(graph, PREPARE, make_prepare(topology))
     graph.add_edge(START, PREPARE)
     previous = PREPARE
     for layer_no, layer in enumerate(topology.layers, 1):
         nodes, position = [], 0
         for agent in layer.proposers:
             node = proposer_node(layer_no, agent.name or "")
-            graph.add_node(
+            _add(
+                graph,
                 node,
                 make_proposer(
                     agent, layer=layer_no, first_index=position, node=node, prices=prices
@@ -65,17 +70,18 @@ def build_state_graph(topology: Topology) -> StateGraph[Any, Any, Any, Any]:
             nodes.append(node)
             position += agent.n
         join = join_node(layer_no)
-        graph.add_node(join, make_join(layer_no))
+        _add(graph, join, make_join(layer_no))
         graph.add_edge(nodes, join)
         previous = join
     last = len(topology.layers)
     if topology.critic is not None:
-        graph.add_node(
-            CRITIC, make_critic(topology.critic, last_layer=last, node=CRITIC, prices=prices)
+        _add(
+            graph, CRITIC, make_critic(topology.critic, last_layer=last, node=CRITIC, prices=prices)
         )
         graph.add_edge(previous, CRITIC)
         previous = CRITIC
-    graph.add_node(
+    _add(
+        graph,
         AGGREGATOR,
         make_aggregator(topology.aggregator, last_layer=last, node=AGGREGATOR, prices=prices),
     )

@@ -33,9 +33,8 @@ def make_aggregator(agent: Agent, *, last_layer: int, node: str, prices: PriceTa
         outcome = outcomes[0]
         if not outcome.ok or outcome.message is None:
             raise MoARunError(f"the aggregator ({agent.model}) failed: {outcome.error}")
-        answer = outcome.message.model_copy(update={"name": node})
         return {
-            "messages": [answer],
+            "messages": [outcome.message],
             "aggregator": call_record(agent, node, outcome),
             "usage": usage_update(agent.model, outcomes, 1, prices),
         }

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 
 from langgraph_moa.graphs.state import TokenUsage, Usage, add_usage
 from langgraph_moa.pricing import PriceTable
@@ -67,20 +68,24 @@ def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage) -> Outc
 
 
 class ModelPool:
-    """Builds an agent's chat models on first use (so keys are read only when a call is made)."""
+    """An agent's chat models, built on first use (keys are read only when a call is made) and
+    kept per event loop (an HTTP connection pool belongs to the loop that opened it)."""
 
     def __init__(self, agent: Agent, *, streaming: bool = False) -> None:
         self.agent = agent
         self.streaming = streaming
-        self._models: dict[int, BaseChatModel] = {}
+        self._models: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[int, BaseChatModel]
+        ] = weakref.WeakKeyDictionary()
 
     def get(self, n: int = 1) -> BaseChatModel:
-        if n not in self._models:
-            self._models[n] = make_chat_model(self.agent, streaming=self.streaming, n=n)
-        return self._models[n]
+        models = self._models.setdefault(asyncio.get_running_loop(), {})
+        if n not in models:
+            models[n] = make_chat_model(self.agent, streaming=self.streaming, n=n)
+        return models[n]
 
 
-async def _one(model: BaseChatModel, messages: list[AnyMessage]) -> Outcome:
+async def _one(model: BaseChatModel, messages: list[BaseMessage]) -> Outcome:
     start = time.perf_counter()
     try:
         message = await model.ainvoke(messages)
@@ -90,7 +95,7 @@ async def _one(model: BaseChatModel, messages: list[AnyMessage]) -> Outcome:
     return _outcome_of(message, time.perf_counter() - start, _usage_of(message))
 
 
-async def _batched(model: BaseChatModel, messages: list[AnyMessage], n: int) -> list[Outcome]:
+async def _batched(model: BaseChatModel, messages: list[BaseMessage], n: int) -> list[Outcome]:
     """One request with ``n``; its usage is reported once, on the first sample."""
     start = time.perf_counter()
     try:
@@ -114,7 +119,7 @@ async def _batched(model: BaseChatModel, messages: list[AnyMessage], n: int) -> 
     return outcomes
 
 
-async def call_agent(pool: ModelPool, messages: list[AnyMessage]) -> tuple[list[Outcome], int]:
+async def call_agent(pool: ModelPool, messages: list[BaseMessage]) -> tuple[list[Outcome], int]:
     """Draw ``agent.n`` samples: one request with ``n`` where the provider allows it, else n.
 
     Returns the samples and how many requests were made.

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from langchain_core.messages import (
     AIMessage,
-    AnyMessage,
     BaseMessage,
     HumanMessage,
     SystemMessage,
@@ -31,19 +30,19 @@ def _text(message: BaseMessage) -> str:
     return message.text if isinstance(message.text, str) else str(message.content)
 
 
-def _split_system(conversation: Sequence[AnyMessage]) -> tuple[list[str], list[AnyMessage]]:
+def _split_system(conversation: Sequence[BaseMessage]) -> tuple[list[str], list[BaseMessage]]:
     system = [_text(m) for m in conversation if isinstance(m, SystemMessage)]
     rest = [m for m in conversation if not isinstance(m, SystemMessage)]
     return system, rest
 
 
 def synthesis_messages(
-    conversation: Sequence[AnyMessage],
+    conversation: Sequence[BaseMessage],
     *,
     role: str | None = None,
     references: Sequence[str] = (),
     critique: str | None = None,
-) -> list[AnyMessage]:
+) -> list[BaseMessage]:
     """Messages for a proposer or the aggregator.
 
     The system message holds, in order: the agent's role, the conversation's own system text,
@@ -62,7 +61,7 @@ def synthesis_messages(
     return [SystemMessage("\n\n".join(parts)), *rest]
 
 
-def _transcript(conversation: Sequence[AnyMessage]) -> str:
+def _transcript(conversation: Sequence[BaseMessage]) -> str:
     lines = []
     for m in conversation:
         who = (
@@ -79,8 +78,8 @@ def _transcript(conversation: Sequence[AnyMessage]) -> str:
 
 
 def critic_messages(
-    conversation: Sequence[AnyMessage], candidates: Sequence[str], *, role: str | None = None
-) -> list[AnyMessage]:
+    conversation: Sequence[BaseMessage], candidates: Sequence[str], *, role: str | None = None
+) -> list[BaseMessage]:
     """Messages for the critic: its instructions, then the conversation and candidates to review."""
     system = "\n\n".join(p for p in (role, CRITIC_SYSTEM_PROMPT) if p)
     request = CRITIC_REQUEST_PROMPT.format(

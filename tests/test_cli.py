@@ -1,0 +1,132 @@
+"""The `moa` command, run as a real process: streaming, --json, graph, presets, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from langgraph_moa.testing.fake_openai import FakeOpenAI
+from tests.conftest import TEST_KEY
+
+MOA = [sys.executable, "-m", "langgraph_moa.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MOA, *args], capture_output=True, text=True, timeout=120, env=env or dict(os.environ)
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("moa: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def topology_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "name: mine\nlayers:\n"
+        "  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}]\n"
+        "  - proposers: [{model: 'openai:c'}]\n"
+        "aggregator: {model: 'openai:agg'}\n"
+    )
+    return path
+
+
+def test_ask_streams_answer_and_reports_progress(fake: FakeOpenAI, topology_file: Path) -> None:
+    fake.behave("agg", reply=lambda body, n, k: "The sky scatters blue light most.")
+    result = run("ask", "Why is the sky blue?", "--topology", str(topology_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The sky scatters blue light most.\n"
+    for line in (
+        "done   L1/a",
+        "done   L1/b",
+        "layer 1 complete",
+        "done   L2/c",
+        "aggregator writing the final answer",
+    ):
+        assert line in result.stderr
+    assert fake.requests_for("agg")[0].body["stream"] is True
+
+
+def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
+    fake.behave("b", always=500)
+    result = run("ask", "Why?", "--topology", str(topology_file), "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    out = json.loads(result.stdout)
+    assert set(out) == {"answer", "layers", "critique", "usage", "degraded", "latency_s"}
+    assert out["answer"] == "Answer 1 from agg."
+    assert out["degraded"] is True
+    assert [p["ok"] for p in out["layers"][0]] == [True, False]
+    assert "500" in out["layers"][0][1]["error"]
+    assert out["usage"]["by_model"]["openai:agg"]["calls"] == 1
+    assert out["latency_s"] > 0
+    assert TEST_KEY not in result.stdout
+
+
+def test_threads_continue_a_conversation(
+    fake: FakeOpenAI, topology_file: Path, tmp_path: Path
+) -> None:
+    env = dict(os.environ, MOA_DB=str(tmp_path / "threads.sqlite"))
+    first = run("ask", "Write a haiku.", "-t", str(topology_file), "--thread", "t1", env=env)
+    assert first.returncode == 0, first.stderr
+    second = run("ask", "Sadder.", "-t", str(topology_file), "--thread", "t1", "--json", env=env)
+    assert second.returncode == 0, second.stderr
+    last_agg = fake.requests_for("agg")[-1]
+    assert [m["content"] for m in last_agg.messages[1:]] == [
+        "Write a haiku.",
+        "Answer 1 from agg.",
+        "Sadder.",
+    ]
+    assert (tmp_path / "threads.sqlite").exists()
+
+
+def test_failed_run_is_one_line_exit_1(fake: FakeOpenAI, topology_file: Path) -> None:
+    fake.behave("a", always=401)
+    fake.behave("b", always=401)
+    result = run("ask", "Why?", "--topology", str(topology_file), "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "every proposer of layer 1 failed" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_line_error(run("ask", "   "), "the prompt is empty")
+    one_line_error(run("ask", "hi", "--preset", "gpt5"), "unknown preset 'gpt5'")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layers:\n  - proposers: [{model: 'acme:x'}]\naggregator: {model: 'openai:a'}\n")
+    one_line_error(run("ask", "hi", "-t", str(bad)), "unknown provider 'acme'")
+    bad.write_text("layers: [}\n")
+    one_line_error(run("ask", "hi", "-t", str(bad)), "is not valid YAML/JSON")
+    one_line_error(run("ask", "hi", "-t", str(tmp_path / "nope.yaml")), "cannot read topology")
+    one_line_error(run("ask", "hi", "-p", "moa", "-t", str(bad)), "not both")
+    one_line_error(run("graph", "--format", "png"), "unknown --format 'png'")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    one_line_error(
+        run("ask", "hi", "--preset", "moa-gpt4o", env=env),
+        "TOGETHER_API_KEY and OPENAI_API_KEY are not set",
+    )
+
+
+def test_graph_and_presets() -> None:
+    mermaid = run("graph", "--preset", "moa")
+    assert mermaid.returncode == 0
+    assert mermaid.stdout.startswith("---") and "L2/dbrx" in mermaid.stdout
+    ascii_art = run("graph", "--preset", "openpipe", "--format", "ascii")
+    assert ascii_art.returncode == 0
+    for node in ("prepare", "L1/gpt-4o", "L1/join", "critic", "aggregator"):
+        assert node in ascii_art.stdout
+    listing = run("presets")
+    names = [line.split()[0] for line in listing.stdout.splitlines()]
+    assert names == ["local", "moa", "moa-gpt4o", "moa-lite", "openpipe", "self-moa"]
