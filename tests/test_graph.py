@@ -280,3 +280,27 @@ async def test_concurrent_queries_share_nothing(fake: FakeOpenAI) -> None:
     )
     assert all(len(s["messages"]) == 2 for s in states)
     assert len(fake.requests_for("agg")) == 5
+
+
+def test_langgraph_json_serves_every_preset() -> None:
+    import importlib
+    import json
+    from pathlib import Path
+
+    from langgraph_moa import list_presets
+
+    config = json.loads((Path(__file__).parent.parent / "langgraph.json").read_text())
+    assert set(config["graphs"]) == set(list_presets())
+    for graph_id, target in config["graphs"].items():
+        path, attr = target.split(":")
+        module = importlib.import_module(
+            path.removeprefix("./").removesuffix(".py").replace("/", ".")
+        )
+        graph = getattr(module, attr)
+        assert graph.name == graph_id
+        expected = {
+            f"L{i}/{a.name}"
+            for i, layer in enumerate(load_preset(graph_id).layers, 1)
+            for a in layer.proposers
+        }
+        assert expected <= set(graph.get_graph().nodes)
