@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import random
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -133,9 +134,10 @@ class ChatLocalLlama(BaseChatModel):
             "stop": stop or [],
             "repeat_penalty": kwargs.get("repeat_penalty", self.repeat_penalty),
         }
+        # llama.cpp reuses one seed per instance: draw a fresh one per call unless asked, so
+        # repeated samples (n > 1) differ.
         seed = kwargs.get("seed", self.seed)
-        if seed is not None:
-            params["seed"] = seed
+        params["seed"] = seed if seed is not None else random.randrange(2**31)
         return params
 
     def _generate(

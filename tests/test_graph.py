@@ -304,3 +304,16 @@ def test_langgraph_json_serves_every_preset() -> None:
             for a in layer.proposers
         }
         assert expected <= set(graph.get_graph().nodes)
+
+
+def test_sync_api_works_too(fake: FakeOpenAI) -> None:
+    graph = build_graph(topo([[{"model": "openai:a"}, {"model": "openai:b"}]]))
+    state = graph.invoke({"messages": [HumanMessage("hi")]})
+    assert state["messages"][-1].content == "Answer 1 from agg."
+    updates = [
+        node
+        for chunk in graph.stream({"messages": [HumanMessage("again")]}, stream_mode="updates")
+        for node in chunk
+    ]
+    assert updates[0] == "prepare" and updates[-1] == "aggregator"
+    assert set(updates[1:3]) == {"L1/a", "L1/b"}

@@ -59,3 +59,12 @@ async def test_concurrent_calls_are_serialized_safely() -> None:
     replies = await asyncio.gather(*(model.ainvoke("Say hi.") for _ in range(4)))
     assert len({r.content for r in replies}) == 1  # greedy decoding: same prompt, same reply
     assert all(r.usage_metadata and r.usage_metadata["output_tokens"] > 0 for r in replies)
+
+
+async def test_samples_differ_unless_seeded() -> None:
+    model = ChatLocalLlama(max_tokens=12, temperature=1.0)
+    replies = {(await model.ainvoke("Tell me a random word.")).content for _ in range(3)}
+    assert len(replies) > 1
+    seeded = ChatLocalLlama(max_tokens=12, temperature=1.0, seed=7)
+    again = {(await seeded.ainvoke("Tell me a random word.")).content for _ in range(2)}
+    assert len(again) == 1

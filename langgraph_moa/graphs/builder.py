@@ -7,8 +7,10 @@ What runs is exactly what ``get_graph()`` draws.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -45,7 +47,13 @@ def join_node(layer: int) -> str:
 
 
 def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
-    graph.add_node(name, node)  # type: ignore[call-overload]  # a plain async node
+    """Add an async node that also runs under the sync API (``invoke``/``stream``)."""
+
+    def run_sync(state: MoAState) -> dict[str, Any]:
+        # LangGraph runs sync nodes in worker threads, where no event loop is running.
+        return asyncio.run(node(state))
+
+    graph.add_node(name, RunnableLambda(run_sync, afunc=node, name=name))
 
 
 def build_state_graph(topology: Topology) -> StateGraph[Any, Any, Any, Any]:

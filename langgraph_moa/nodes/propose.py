@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from langgraph_moa.graphs.state import MoAState, Proposal
@@ -13,7 +13,7 @@ from langgraph_moa.topology import Agent
 
 __all__ = ["make_proposer", "ok_texts"]
 
-Node = Callable[[MoAState], Awaitable[dict[str, Any]]]
+Node = Callable[[MoAState], Coroutine[Any, Any, dict[str, Any]]]
 
 
 def ok_texts(state: MoAState, layer: int) -> list[str]:
