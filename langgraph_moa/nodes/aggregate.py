@@ -8,8 +8,7 @@ from typing import Any
 
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.state import MoAState
-from langgraph_moa.nodes.calls import ModelPool, call_agent, usage_update
-from langgraph_moa.nodes.critique import call_record
+from langgraph_moa.nodes.calls import ModelPool, call_agent, call_record, usage_update
 from langgraph_moa.nodes.messages import synthesis_messages
 from langgraph_moa.nodes.propose import Node, ok_texts
 from langgraph_moa.pricing import PriceTable

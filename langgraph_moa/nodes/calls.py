@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
-from langgraph_moa.graphs.state import TokenUsage, Usage, add_usage
+from langgraph_moa.graphs.state import CallRecord, TokenUsage, Usage, add_usage
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.providers import make_chat_model, redact, supports_n
 from langgraph_moa.topology import Agent
@@ -155,3 +155,17 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
         },
     }
     return add_usage(None, delta)
+
+
+def call_record(agent: Agent, node: str, outcome: Outcome) -> CallRecord:
+    """The state's record of one call (or one sample of a call)."""
+    return {
+        "name": agent.name or node,
+        "node": node,
+        "model": agent.model,
+        "ok": outcome.ok,
+        "text": outcome.text,
+        "error": outcome.error,
+        "latency_s": round(outcome.latency_s, 4),
+        "usage": outcome.usage,
+    }

@@ -8,27 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.graphs.state import CallRecord, MoAState
-from langgraph_moa.nodes.calls import ModelPool, Outcome, call_agent, usage_update
+from langgraph_moa.graphs.state import MoAState
+from langgraph_moa.nodes.calls import ModelPool, call_agent, call_record, usage_update
 from langgraph_moa.nodes.messages import critic_messages
 from langgraph_moa.nodes.propose import Node, ok_texts
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Agent
 
-__all__ = ["call_record", "make_critic"]
-
-
-def call_record(agent: Agent, node: str, outcome: Outcome) -> CallRecord:
-    return {
-        "name": agent.name or node,
-        "node": node,
-        "model": agent.model,
-        "ok": outcome.ok,
-        "text": outcome.text,
-        "error": outcome.error,
-        "latency_s": round(outcome.latency_s, 4),
-        "usage": outcome.usage,
-    }
+__all__ = ["make_critic"]
 
 
 def make_critic(agent: Agent, *, last_layer: int, node: str, prices: PriceTable) -> Node:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from langgraph_moa.graphs.state import MoAState, Proposal
-from langgraph_moa.nodes.calls import ModelPool, call_agent, usage_update
+from langgraph_moa.nodes.calls import ModelPool, call_agent, call_record, usage_update
 from langgraph_moa.nodes.messages import synthesis_messages
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Agent
@@ -29,27 +29,14 @@ def make_proposer(
 ) -> Node:
     """A node for ``agent`` in ``layer``; its samples take positions ``first_index``, ... ."""
     pool = ModelPool(agent)
-    name = agent.name or agent.model
 
     async def propose(state: MoAState) -> dict[str, Any]:
         messages = synthesis_messages(
             state["messages"], role=agent.system_prompt, references=ok_texts(state, layer - 1)
         )
         outcomes, requests = await call_agent(pool, messages)
-        proposals: list[Proposal] = [
-            {
-                "name": name,
-                "node": node,
-                "model": agent.model,
-                "ok": o.ok,
-                "text": o.text,
-                "error": o.error,
-                "latency_s": round(o.latency_s, 4),
-                "usage": o.usage,
-                "layer": layer,
-                "index": first_index + k,
-                "sample": k,
-            }
+        proposals = [
+            Proposal(**call_record(agent, node, o), layer=layer, index=first_index + k, sample=k)
             for k, o in enumerate(outcomes)
         ]
         return {
@@ -58,5 +45,4 @@ def make_proposer(
             "degraded": not all(o.ok for o in outcomes),
         }
 
-    propose.__name__ = f"propose_{name}"
     return propose
