@@ -88,7 +88,9 @@ def test_threads_continue_a_conversation(
         "Answer 1 from agg.",
         "Sadder.",
     ]
-    assert (tmp_path / "threads.sqlite").exists()
+    stored = (tmp_path / "threads.sqlite").read_bytes()
+    assert b"Sadder." in stored  # the thread really is in the file...
+    assert TEST_KEY.encode() not in stored  # ...and the key is not
 
 
 def test_failed_run_is_one_line_exit_1(fake: FakeOpenAI, topology_file: Path) -> None:

@@ -102,6 +102,12 @@ async def test_a_layer_with_no_answer_stops_the_run_with_every_reason(fake: Fake
     assert fake.requests_for("agg") == []
 
 
+async def test_failed_aggregator_fails_the_run_with_its_reason(fake: FakeOpenAI) -> None:
+    fake.behave("agg", always=400)
+    with pytest.raises(MoARunError, match=r"the aggregator \(openai:agg\) failed: .*400"):
+        await ask(topo([[{"model": "openai:a"}]]))
+
+
 async def test_paper_moa_preset_makes_13_calls(fake: FakeOpenAI) -> None:
     state = await ask(load_preset("moa"))
     assert len(fake.requests) == 13
