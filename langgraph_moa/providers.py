@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.language_models import BaseChatModel
 
 from langgraph_moa.errors import MissingCredentialsError
+from langgraph_moa.topology import Retry
 
 if TYPE_CHECKING:
     from langgraph_moa.topology import Agent, Topology
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 120.0
-DEFAULT_MAX_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,13 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
             model_path=agent.model_name,
             temperature=agent.temperature,
             max_tokens=agent.max_tokens,
+            seed=agent.seed,
             disable_streaming=not streaming,
         )
 
-    import openai
     from langchain_openai import ChatOpenAI
+
+    from langgraph_moa.http import RetryingAsyncOpenAI
 
     key = spec.resolve_key()
     if not key:
@@ -130,20 +132,29 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
         if spec.name == "openai"
         else {"extra_body": {"max_tokens": agent.max_tokens}}
     )
+    timeout_s = agent.timeout_s or DEFAULT_TIMEOUT_S
+    # A client of this model's own (langchain-openai's shared default is bound to the first
+    # event loop that used it), retrying with the agent's backoff.
+    client = RetryingAsyncOpenAI(
+        api_key=key,
+        base_url=spec.resolve_base_url(),
+        retry=agent.retry or Retry(),
+        timeout_s=timeout_s,
+    )
     return ChatOpenAI(
         model=agent.model_name,
         api_key=key,  # type: ignore[arg-type]
         base_url=spec.resolve_base_url(),
         temperature=agent.temperature,
         n=n,
+        seed=agent.seed,
         **limit,
-        timeout=DEFAULT_TIMEOUT_S,
-        max_retries=DEFAULT_MAX_RETRIES,
+        timeout=timeout_s,
+        max_retries=(agent.retry or Retry()).attempts - 1,
         stream_usage=True,
         disable_streaming=not streaming,
-        # A client of this model's own: langchain-openai's shared default is bound to the first
-        # event loop that used it and breaks under a second asyncio.run().
-        http_async_client=openai.DefaultAsyncHttpxClient(timeout=DEFAULT_TIMEOUT_S),
+        root_async_client=client,
+        async_client=client.chat.completions,
     )
 
 

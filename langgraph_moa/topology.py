@@ -12,7 +12,7 @@ import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,8 +21,10 @@ from langgraph_moa.errors import MoAInputError
 
 __all__ = [
     "Agent",
+    "Budget",
     "Layer",
     "Price",
+    "Retry",
     "Topology",
     "list_presets",
     "load_preset",
@@ -35,6 +37,35 @@ _MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Retry(_Strict):
+    """Retries of one call on 429, 5xx, timeouts and connection errors (never on other 4xx):
+    exponential backoff from ``initial_s`` doubling up to ``max_s``, with jitter; a server's
+    Retry-After wins."""
+
+    attempts: int = Field(default=3, ge=1, le=20, description="Tries in all, the first included.")
+    initial_s: float = Field(default=0.5, gt=0, le=600)
+    max_s: float = Field(default=8.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Retry:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be at least initial_s ({self.initial_s})")
+        return self
+
+
+class Budget(_Strict):
+    """A per-query ceiling; the run shrinks (drops the critic, then trims proposers) to fit."""
+
+    max_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something(self) -> Budget:
+        if self.max_usd is None and self.max_tokens is None:
+            raise ValueError("set max_usd, max_tokens or both")
+        return self
 
 
 class Agent(_Strict):
@@ -53,6 +84,14 @@ class Agent(_Strict):
         default=None, description="A role for this agent, placed first in its system message."
     )
     n: int = Field(default=1, ge=1, le=16, description="How many samples to draw from this agent.")
+    seed: int | None = Field(default=None, description="Sampling seed, where the provider has one.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Per-request timeout; default: the topology's timeout_s."
+    )
+    retry: Retry | None = Field(default=None, description="Default: the topology's retry.")
+    context_window: int | None = Field(
+        default=None, gt=0, description="Tokens the model accepts; known models have a default."
+    )
 
     @field_validator("model")
     @classmethod
@@ -92,9 +131,24 @@ class Layer(_Strict):
     """Proposers that run concurrently and all see the previous layer's answers."""
 
     proposers: list[Agent] = Field(min_length=1)
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="The layer goes on with what it has after this long."
+    )
+    min_proposals: int = Field(
+        default=1, ge=1, description="Quorum: fewer successful proposals than this fail the run."
+    )
+
+    @property
+    def size(self) -> int:
+        """Proposals the layer makes when nothing fails (an agent with n gives n)."""
+        return sum(a.n for a in self.proposers)
 
     @model_validator(mode="after")
     def _name_proposers(self) -> Layer:
+        if self.min_proposals > self.size:
+            raise ValueError(
+                f"min_proposals ({self.min_proposals}) is above the layer's size ({self.size})"
+            )
         explicit = [a.name for a in self.proposers if a.name]
         seen: set[str] = set()
         for name in explicit:
@@ -130,21 +184,52 @@ class Topology(_Strict):
         default_factory=dict,
         description='Extra or overriding prices, keyed by "provider:model".',
     )
+    retry: Retry = Field(default_factory=Retry, description="Default retry for every agent.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Default per-request timeout.")
+    fallback: Literal["fail", "best_proposal"] | Agent = Field(
+        default="fail",
+        description="If the aggregator fails: fail the run, answer with the best proposal, or "
+        "ask this fallback agent.",
+    )
+    budget: Budget | None = None
+    cache_sampled: bool = Field(
+        default=False,
+        description="Also cache calls sampled at temperature > 0 without a seed.",
+    )
 
     @model_validator(mode="after")
-    def _name_singletons(self) -> Topology:
-        for field in ("critic", "aggregator"):
+    def _complete_agents(self) -> Topology:
+        """Name the critic/aggregator/fallback; give every agent its effective retry/timeout."""
+
+        def complete(agent: Agent, name: str | None = None) -> Agent:
+            update: dict[str, Any] = {}
+            if agent.name is None and name:
+                update["name"] = name
+            if agent.retry is None:
+                update["retry"] = self.retry
+            if agent.timeout_s is None:
+                update["timeout_s"] = self.timeout_s
+            return agent.model_copy(update=update) if update else agent
+
+        layers = [
+            layer.model_copy(update={"proposers": [complete(a) for a in layer.proposers]})
+            for layer in self.layers
+        ]
+        object.__setattr__(self, "layers", layers)
+        for field in ("critic", "aggregator", "fallback"):
             agent = getattr(self, field)
-            if agent is not None and agent.name is None:
-                object.__setattr__(self, field, agent.model_copy(update={"name": field}))
+            if isinstance(agent, Agent):
+                object.__setattr__(self, field, complete(agent, field))
         return self
 
     def agents(self) -> list[Agent]:
-        """Every agent, in the order the graph calls them."""
+        """Every agent, in the order the graph may call them (the fallback agent last)."""
         found = [a for layer in self.layers for a in layer.proposers]
         if self.critic:
             found.append(self.critic)
         found.append(self.aggregator)
+        if isinstance(self.fallback, Agent):
+            found.append(self.fallback)
         return found
 
     def calls_per_query(self) -> int:
@@ -152,7 +237,8 @@ class Topology(_Strict):
         provider accepts ``n``, else n requests)."""
         from langgraph_moa.providers import supports_n
 
-        return sum(1 if a.n == 1 or supports_n(a) else a.n for a in self.agents())
+        regular = [a for a in self.agents() if a is not self.fallback]
+        return sum(1 if a.n == 1 or supports_n(a) else a.n for a in regular)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Topology:

@@ -43,6 +43,8 @@ class CallRecord(TypedDict):
     error: str | None
     latency_s: float
     usage: TokenUsage
+    attempts: int  # HTTP requests sent for it, retries included (0 when served from the cache)
+    cached: bool
 
 
 class Proposal(CallRecord):
@@ -52,7 +54,8 @@ class Proposal(CallRecord):
 
 
 class ModelUsage(TypedDict):
-    calls: int
+    calls: int  # requests sent (a request with n samples counts once)
+    cached_calls: int  # calls served from the cache, at no cost
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -95,7 +98,7 @@ def add_usage(current: Usage | None, update: Usage | None) -> Usage:
             by_model[model] = ModelUsage(**u)
             continue
         mine = by_model[model]
-        for key in ("calls", "prompt_tokens", "completion_tokens", "total_tokens"):
+        for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "total_tokens"):
             mine[key] += u[key]  # type: ignore[literal-required]
         mine["cost_usd"] = _add_cost(mine["cost_usd"], u["cost_usd"])
     total = empty_usage()

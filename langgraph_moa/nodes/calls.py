@@ -1,25 +1,40 @@
-"""Make one agent's LLM call(s) and turn the outcome into records: text or error, latency, usage.
+"""Make one agent's LLM call(s) and turn the outcome into records: text or error, latency, usage,
+HTTP attempts, whether it came from the cache.
 
-Failures are caught and returned as records (the graph decides what a failure means); the error
-text is one line, shortened, with any configured API key masked.
+Failures are caught and returned as outcomes (the graph decides what a failure means); the error
+text is one line, shortened, with any configured API key masked. Retries happen inside the
+openai client (see :mod:`langgraph_moa.http`); a layer deadline cancels what is still running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
+from langgraph_moa.caching import ProposalCache
 from langgraph_moa.graphs.state import CallRecord, TokenUsage, Usage, add_usage
+from langgraph_moa.http import count_attempts
 from langgraph_moa.pricing import PriceTable
-from langgraph_moa.providers import make_chat_model, redact, supports_n
+from langgraph_moa.providers import PROVIDERS, make_chat_model, redact, supports_n
 from langgraph_moa.topology import Agent
 
-__all__ = ["ModelPool", "Outcome", "call_agent", "error_text", "usage_update"]
+__all__ = [
+    "ModelPool",
+    "Outcome",
+    "call_agent",
+    "call_record",
+    "describe_error",
+    "error_text",
+    "usage_update",
+]
 
 _MAX_ERROR_CHARS = 300
 
@@ -33,6 +48,8 @@ class Outcome:
     latency_s: float
     usage: TokenUsage
     message: AIMessage | None = None
+    attempts: int = 1
+    cached: bool = False
 
     @property
     def ok(self) -> bool:
@@ -53,18 +70,37 @@ def _usage_of(message: BaseMessage) -> TokenUsage:
     }
 
 
-def error_text(err: BaseException) -> str:
-    """A short single-line description of an exception, safe to store and print."""
-    text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+def _short(text: str) -> str:
     text = redact(" ".join(text.split()))
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage) -> Outcome:
+def error_text(err: BaseException) -> str:
+    """A short single-line description of an exception, safe to store and print."""
+    return _short(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+
+
+def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str:
+    """What went wrong with a call, in the words a user needs (status, timeout, connection...)."""
+    if isinstance(err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError):
+        return f"timed out after {timeout_s:g}s" if timeout_s else "timed out"
+    if isinstance(err, openai.APIStatusError):
+        body = err.body if isinstance(err.body, dict) else {}
+        detail = body.get("error", body).get("message") if isinstance(body, dict) else None
+        return _short(f"HTTP {err.status_code}: {detail or err.message}")
+    if isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err.__context__
+        return _short(f"connection failed: {cause or err}")
+    if isinstance(err, json.JSONDecodeError | openai.APIResponseValidationError):
+        return _short(f"malformed response: {err}")
+    return error_text(err)
+
+
+def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage, attempts: int) -> Outcome:
     text = message.text if isinstance(message.text, str) else str(message.content)
     if not text.strip():
-        return Outcome(None, "empty completion", latency_s, usage)
-    return Outcome(text, None, latency_s, usage, message)
+        return Outcome(None, "empty completion", latency_s, usage, attempts=attempts)
+    return Outcome(text, None, latency_s, usage, message, attempts=attempts)
 
 
 class ModelPool:
@@ -74,6 +110,7 @@ class ModelPool:
     def __init__(self, agent: Agent, *, streaming: bool = False) -> None:
         self.agent = agent
         self.streaming = streaming
+        self.in_process = not PROVIDERS[agent.provider].openai_compatible
         self._models: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[int, BaseChatModel]
         ] = weakref.WeakKeyDictionary()
@@ -84,53 +121,90 @@ class ModelPool:
             models[n] = make_chat_model(self.agent, streaming=self.streaming, n=n)
         return models[n]
 
+    @property
+    def params(self) -> dict[str, Any]:
+        """What makes two requests identical, for the cache."""
+        a = self.agent
+        return {
+            "model": a.model,
+            "temperature": a.temperature,
+            "max_tokens": a.max_tokens,
+            "n": a.n,
+            "seed": a.seed,
+        }
 
-async def _one(model: BaseChatModel, messages: list[BaseMessage]) -> Outcome:
+
+async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list[Outcome]:
+    """One request: one sample, or ``n`` in one go; usage is reported once, on the first."""
+    timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
-    try:
-        message = await model.ainvoke(messages)
-    except Exception as err:
-        return Outcome(None, error_text(err), time.perf_counter() - start, zero_usage())
-    assert isinstance(message, AIMessage)
-    return _outcome_of(message, time.perf_counter() - start, _usage_of(message))
-
-
-async def _batched(model: BaseChatModel, messages: list[BaseMessage], n: int) -> list[Outcome]:
-    """One request with ``n``; its usage is reported once, on the first sample."""
-    start = time.perf_counter()
-    try:
-        result = await model.agenerate([messages])
-    except Exception as err:
-        error = error_text(err)
-        return [Outcome(None, error, time.perf_counter() - start, zero_usage()) for _ in range(n)]
-    latency = time.perf_counter() - start
-    generations = result.generations[0]
+    with count_attempts() as attempts:
+        try:
+            if n == 1:
+                call = pool.get().ainvoke(messages)
+                # in-process models have no HTTP timeout of their own
+                reply = await (asyncio.wait_for(call, timeout_s) if pool.in_process else call)
+                generations = [reply]
+            else:
+                result = await pool.get(n).agenerate([messages])
+                generations = [g.message for g in result.generations[0]]  # type: ignore[attr-defined]
+        except Exception as err:
+            tries = max(attempts[0], 1)
+            error = describe_error(err, timeout_s=timeout_s)
+            if tries > 1:
+                error += f" ({tries} attempts)"
+            return [
+                Outcome(None, error, time.perf_counter() - start, zero_usage(), attempts=tries)
+                for _ in range(n)
+            ]
+    latency, tries = time.perf_counter() - start, max(attempts[0], 1)
     outcomes = []
-    for k, generation in enumerate(generations[:n]):
-        message = generation.message  # type: ignore[attr-defined]
+    for k, message in enumerate(generations[:n]):
+        assert isinstance(message, AIMessage)
         usage = _usage_of(message) if k == 0 else zero_usage()
-        outcomes.append(_outcome_of(message, latency, usage))
+        outcomes.append(_outcome_of(message, latency, usage, tries))
     for _ in range(n - len(outcomes)):
-        outcomes.append(
-            Outcome(
-                None, f"provider returned {len(generations)} of {n} samples", latency, zero_usage()
-            )
-        )
+        missing = f"provider returned {len(generations)} of {n} samples"
+        outcomes.append(Outcome(None, missing, latency, zero_usage(), attempts=tries))
     return outcomes
 
 
-async def call_agent(pool: ModelPool, messages: list[BaseMessage]) -> tuple[list[Outcome], int]:
+async def call_agent(
+    pool: ModelPool,
+    messages: list[BaseMessage],
+    *,
+    deadline_s: float | None = None,
+    cache: ProposalCache | None = None,
+) -> tuple[list[Outcome], int]:
     """Draw ``agent.n`` samples: one request with ``n`` where the provider allows it, else n.
 
-    Returns the samples and how many requests were made.
+    Requests still running at ``deadline_s`` are cancelled and recorded as timed out; samples
+    already finished are kept. Returns the samples and how many requests were sent.
     """
     n = pool.agent.n
-    if n == 1:
-        return [await _one(pool.get(), messages)], 1
-    if supports_n(pool.agent):
-        return await _batched(pool.get(n), messages, n), 1
-    model = pool.get()
-    return list(await asyncio.gather(*(_one(model, messages) for _ in range(n)))), n
+    start = time.perf_counter()
+    if cache is not None and (texts := await cache.get(pool.params, messages)) is not None:
+        latency = time.perf_counter() - start
+        return [Outcome(t, None, latency, zero_usage(), attempts=0, cached=True) for t in texts], 0
+    batched = n == 1 or supports_n(pool.agent)
+    sizes = [n] if batched else [1] * n
+    tasks = [asyncio.ensure_future(_request(pool, messages, size)) for size in sizes]
+    done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    outcomes: list[Outcome] = []
+    for task, size in zip(tasks, sizes, strict=True):
+        if task in done:
+            outcomes.extend(task.result())
+        else:
+            late = f"timed out: the layer's deadline of {deadline_s:g}s passed"
+            elapsed = time.perf_counter() - start
+            outcomes.extend(Outcome(None, late, elapsed, zero_usage()) for _ in range(size))
+    if cache is not None and all(o.ok for o in outcomes):
+        await cache.put(pool.params, messages, [o.text or "" for o in outcomes])
+    return outcomes, len(sizes)
 
 
 def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: PriceTable) -> Usage:
@@ -147,6 +221,7 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
         "by_model": {
             model: {
                 "calls": requests,
+                "cached_calls": 1 if requests == 0 and outcomes and outcomes[0].cached else 0,
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": total,
@@ -168,4 +243,6 @@ def call_record(agent: Agent, node: str, outcome: Outcome) -> CallRecord:
         "error": outcome.error,
         "latency_s": round(outcome.latency_s, 4),
         "usage": outcome.usage,
+        "attempts": outcome.attempts,
+        "cached": outcome.cached,
     }
