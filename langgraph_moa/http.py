@@ -62,7 +62,7 @@ class RetryingAsyncOpenAI(openai.AsyncOpenAI):
         self, remaining_retries: int, options: Any, response_headers: Any = None
     ) -> float:
         retry_after = self._parse_retry_after_header(response_headers)
-        if retry_after is not None and math.isfinite(retry_after) and 0 < retry_after:
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             return float(min(retry_after, MAX_RETRY_AFTER_S))
         done = min(options.get_max_retries(self.max_retries) - remaining_retries, 60)
         delay = min(self._backoff.initial_s * 2.0**done, self._backoff.max_s)

@@ -99,7 +99,7 @@ def test_failed_run_is_one_line_exit_1(fake: FakeOpenAI, topology_file: Path) ->
     result = run("ask", "Why?", "--topology", str(topology_file), "--quiet")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "every proposer of layer 1 failed" in lines[0]
+    assert len(lines) == 1 and "layer 1 got 0 of 2 proposals, below its quorum of 1" in lines[0]
     assert "Traceback" not in result.stderr
 
 

@@ -11,12 +11,14 @@ import asyncio
 from typing import Any
 
 from langchain_core.runnables import RunnableLambda
+from langgraph.cache.base import BaseCache
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
+from langgraph_moa.caching import DEFAULT_CACHE, ProposalCache
 from langgraph_moa.graphs.state import MoAInput, MoAState
-from langgraph_moa.nodes.aggregate import make_aggregator
+from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_after_aggregator
 from langgraph_moa.nodes.control import make_join, make_prepare
 from langgraph_moa.nodes.critique import make_critic
 from langgraph_moa.nodes.propose import Node, make_proposer
@@ -36,6 +38,7 @@ __all__ = [
 PREPARE = "prepare"
 CRITIC = "critic"
 AGGREGATOR = "aggregator"
+FALLBACK = "fallback"
 
 
 def proposer_node(layer: int, name: str) -> str:
@@ -56,29 +59,38 @@ def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
     graph.add_node(name, RunnableLambda(run_sync, afunc=node, name=name))
 
 
-def build_state_graph(topology: Topology) -> StateGraph[Any, Any, Any, Any]:
+def build_state_graph(
+    topology: Topology, *, cache: BaseCache[Any] | bool = True
+) -> StateGraph[Any, Any, Any, Any]:
     """The uncompiled graph, for users who want to add to it before compiling."""
     prices = PriceTable(topology.prices)
+    backend = DEFAULT_CACHE if cache is True else cache or None
+    proposal_cache = (
+        ProposalCache(backend, cache_sampled=topology.cache_sampled) if backend else None
+    )
     graph: StateGraph[Any, Any, Any, Any] = StateGraph(MoAState, input_schema=MoAInput)
-    _add(graph, PREPARE, make_prepare(topology))
+    _add(graph, PREPARE, make_prepare(topology, prices=prices))
     graph.add_edge(START, PREPARE)
     previous = PREPARE
     for layer_no, layer in enumerate(topology.layers, 1):
         nodes, position = [], 0
         for agent in layer.proposers:
             node = proposer_node(layer_no, agent.name or "")
-            _add(
-                graph,
-                node,
-                make_proposer(
-                    agent, layer=layer_no, first_index=position, node=node, prices=prices
-                ),
+            proposer = make_proposer(
+                agent,
+                layer=layer_no,
+                first_index=position,
+                node=node,
+                prices=prices,
+                deadline_s=layer.deadline_s,
+                cache=proposal_cache,
             )
+            _add(graph, node, proposer)
             graph.add_edge(previous, node)
             nodes.append(node)
             position += agent.n
         join = join_node(layer_no)
-        _add(graph, join, make_join(layer_no))
+        _add(graph, join, make_join(layer_no, topology, prices=prices))
         graph.add_edge(nodes, join)
         previous = join
     last = len(topology.layers)
@@ -88,22 +100,38 @@ def build_state_graph(topology: Topology) -> StateGraph[Any, Any, Any, Any]:
         )
         graph.add_edge(previous, CRITIC)
         previous = CRITIC
-    _add(
-        graph,
-        AGGREGATOR,
-        make_aggregator(topology.aggregator, last_layer=last, node=AGGREGATOR, prices=prices),
+    can_fall_back = topology.fallback != "fail"
+    aggregator = make_aggregator(
+        topology.aggregator,
+        last_layer=last,
+        node=AGGREGATOR,
+        prices=prices,
+        can_fall_back=can_fall_back,
     )
+    _add(graph, AGGREGATOR, aggregator)
     graph.add_edge(previous, AGGREGATOR)
-    graph.add_edge(AGGREGATOR, END)
+    if topology.fallback == "fail":
+        graph.add_edge(AGGREGATOR, END)
+    else:
+        policy = topology.fallback
+        _add(graph, FALLBACK, make_fallback(policy, last_layer=last, node=FALLBACK, prices=prices))
+        graph.add_conditional_edges(AGGREGATOR, route_after_aggregator, [FALLBACK, END])
+        graph.add_edge(FALLBACK, END)
     return graph
 
 
 def build_graph(
-    topology: Topology, *, checkpointer: BaseCheckpointSaver[Any] | bool | None = None
+    topology: Topology,
+    *,
+    checkpointer: BaseCheckpointSaver[Any] | bool | None = None,
+    cache: BaseCache[Any] | bool = True,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """A compiled graph for ``topology``: invoke/stream it with ``{"messages": [...]}``.
 
     With a checkpointer and ``config={"configurable": {"thread_id": ...}}`` a thread keeps its
-    conversation, so a second turn sees the first and its answer.
+    conversation, so a second turn sees the first and its answer. ``cache``: identical proposer
+    calls are served from the process-wide in-memory cache by default; pass a LangGraph
+    ``BaseCache`` (e.g. ``SqliteCache``) to keep them elsewhere, or False for none.
     """
-    return build_state_graph(topology).compile(checkpointer=checkpointer, name=topology.name)
+    graph = build_state_graph(topology, cache=cache)
+    return graph.compile(checkpointer=checkpointer, name=topology.name)

@@ -12,8 +12,12 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from langgraph_moa.budget import Ledger
+from langgraph_moa.fitting import Trim
+
 __all__ = [
     "CallRecord",
+    "FallbackRecord",
     "MoAInput",
     "MoAState",
     "ModelUsage",
@@ -45,6 +49,7 @@ class CallRecord(TypedDict):
     usage: TokenUsage
     attempts: int  # HTTP requests sent for it, retries included (0 when served from the cache)
     cached: bool
+    trimmed: Trim | None  # how its input was cut to fit the model's context window, if it was
 
 
 class Proposal(CallRecord):
@@ -129,6 +134,16 @@ def merge_layers(
     return layers
 
 
+class FallbackRecord(TypedDict):
+    """How the answer was produced after the aggregator failed."""
+
+    policy: str  # "best_proposal" or "model"
+    source: str  # the proposal's node, or the fallback model
+    reason: str  # why the aggregator's answer is missing
+    ok: bool
+    error: str | None
+
+
 class MoAInput(TypedDict):
     """What a run takes: the conversation, ending with the user's new message."""
 
@@ -144,3 +159,5 @@ class MoAState(TypedDict):
     aggregator: NotRequired[CallRecord | None]
     usage: Annotated[Usage, add_usage]
     degraded: Annotated[bool, operator.or_]
+    ledger: NotRequired[Ledger | None]  # the budget's account, when the topology has a budget
+    fallback: NotRequired[FallbackRecord | None]

@@ -20,6 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
 from langgraph_moa.caching import ProposalCache
+from langgraph_moa.fitting import Trim
 from langgraph_moa.graphs.state import CallRecord, TokenUsage, Usage, add_usage
 from langgraph_moa.http import count_attempts
 from langgraph_moa.pricing import PriceTable
@@ -33,6 +34,7 @@ __all__ = [
     "call_record",
     "describe_error",
     "error_text",
+    "skipped_record",
     "usage_update",
 ]
 
@@ -147,7 +149,9 @@ async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list
                 generations = [reply]
             else:
                 result = await pool.get(n).agenerate([messages])
-                generations = [g.message for g in result.generations[0]]  # type: ignore[attr-defined]
+                generations: list[Any] = [
+                    getattr(g, "message", None) for g in result.generations[0]
+                ]
         except Exception as err:
             tries = max(attempts[0], 1)
             error = describe_error(err, timeout_s=timeout_s)
@@ -160,7 +164,9 @@ async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list
     latency, tries = time.perf_counter() - start, max(attempts[0], 1)
     outcomes = []
     for k, message in enumerate(generations[:n]):
-        assert isinstance(message, AIMessage)
+        if not isinstance(message, AIMessage):
+            outcomes.append(Outcome(None, "malformed response", latency, zero_usage()))
+            continue
         usage = _usage_of(message) if k == 0 else zero_usage()
         outcomes.append(_outcome_of(message, latency, usage, tries))
     for _ in range(n - len(outcomes)):
@@ -232,7 +238,9 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
     return add_usage(None, delta)
 
 
-def call_record(agent: Agent, node: str, outcome: Outcome) -> CallRecord:
+def call_record(
+    agent: Agent, node: str, outcome: Outcome, trimmed: Trim | None = None
+) -> CallRecord:
     """The state's record of one call (or one sample of a call)."""
     return {
         "name": agent.name or node,
@@ -245,4 +253,11 @@ def call_record(agent: Agent, node: str, outcome: Outcome) -> CallRecord:
         "usage": outcome.usage,
         "attempts": outcome.attempts,
         "cached": outcome.cached,
+        "trimmed": trimmed,
     }
+
+
+def skipped_record(agent: Agent, node: str) -> CallRecord:
+    """The record of a call the budget plan left out."""
+    skipped = Outcome(None, "skipped to stay within budget", 0.0, zero_usage(), attempts=0)
+    return call_record(agent, node, skipped)

@@ -1,7 +1,7 @@
 """The critic node: reviews the last layer's candidates against the user's request.
 
-A failed critique never blocks the answer: it is recorded, the run is marked degraded, and the
-aggregator proceeds without it.
+A failed (or budget-skipped) critique never blocks the answer: it is recorded, the run is marked
+degraded, and the aggregator proceeds without it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph_moa.graphs.state import MoAState
-from langgraph_moa.nodes.calls import ModelPool, call_agent, call_record, usage_update
-from langgraph_moa.nodes.messages import critic_messages
-from langgraph_moa.nodes.propose import Node, ok_texts
+from langgraph_moa.nodes.calls import (
+    ModelPool,
+    call_agent,
+    call_record,
+    skipped_record,
+    usage_update,
+)
+from langgraph_moa.nodes.messages import fitted_critic_messages
+from langgraph_moa.nodes.propose import Node, is_skipped, ok_texts
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Agent
 
@@ -22,13 +28,15 @@ def make_critic(agent: Agent, *, last_layer: int, node: str, prices: PriceTable)
     pool = ModelPool(agent.model_copy(update={"n": 1}))
 
     async def critique(state: MoAState) -> dict[str, Any]:
-        messages = critic_messages(
-            state["messages"], ok_texts(state, last_layer), role=agent.system_prompt
+        if is_skipped(state, node):
+            return {"critique": skipped_record(agent, node), "degraded": True}
+        messages, trim = fitted_critic_messages(
+            agent, state["messages"], ok_texts(state, last_layer)
         )
         outcomes, requests = await call_agent(pool, messages)
         outcome = outcomes[0]
         return {
-            "critique": call_record(agent, node, outcome),
+            "critique": call_record(agent, node, outcome, trim),
             "usage": usage_update(agent.model, outcomes, requests, prices),
             "degraded": not outcome.ok,
         }

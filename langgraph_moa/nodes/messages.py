@@ -11,14 +11,22 @@ from langchain_core.messages import (
     SystemMessage,
 )
 
+from langgraph_moa.fitting import Trim, context_window_for, estimate_tokens, fit_to_window
 from langgraph_moa.nodes.prompts import (
     CRITIC_REQUEST_PROMPT,
     CRITIC_SYSTEM_PROMPT,
     CRITIQUE_SECTION,
     SYNTHESIZE_PROMPT,
 )
+from langgraph_moa.topology import Agent
 
-__all__ = ["critic_messages", "numbered", "synthesis_messages"]
+__all__ = [
+    "critic_messages",
+    "fitted_critic_messages",
+    "fitted_synthesis_messages",
+    "numbered",
+    "synthesis_messages",
+]
 
 
 def numbered(texts: Sequence[str]) -> str:
@@ -86,3 +94,44 @@ def critic_messages(
         conversation=_transcript(conversation), candidates=numbered(candidates)
     )
     return [SystemMessage(system), HumanMessage(request)]
+
+
+def _window(agent: Agent) -> int | None:
+    return context_window_for(agent.model, agent.context_window)
+
+
+def fitted_synthesis_messages(
+    agent: Agent,
+    conversation: Sequence[BaseMessage],
+    references: Sequence[str],
+    *,
+    critique: str | None = None,
+) -> tuple[list[BaseMessage], Trim | None]:
+    """:func:`synthesis_messages` for ``agent``, with references (and, if need be, earlier
+    turns) trimmed to fit its context window; the trim, if any, is returned for the record."""
+    system_parts, _ = _split_system(conversation)
+    fixed = [agent.system_prompt or "", *system_parts, SYNTHESIZE_PROMPT, critique or ""]
+    conv, refs, trim = fit_to_window(
+        conversation,
+        references,
+        window=_window(agent),
+        reserved_tokens=agent.max_tokens + estimate_tokens("\n\n".join(fixed)),
+    )
+    messages = synthesis_messages(
+        conv, role=agent.system_prompt, references=refs, critique=critique
+    )
+    return messages, trim
+
+
+def fitted_critic_messages(
+    agent: Agent, conversation: Sequence[BaseMessage], candidates: Sequence[str]
+) -> tuple[list[BaseMessage], Trim | None]:
+    """:func:`critic_messages` with the candidates fitted to the critic's context window."""
+    fixed = "\n\n".join([agent.system_prompt or "", CRITIC_SYSTEM_PROMPT, CRITIC_REQUEST_PROMPT])
+    conv, kept, trim = fit_to_window(
+        conversation,
+        candidates,
+        window=_window(agent),
+        reserved_tokens=agent.max_tokens + estimate_tokens(fixed),
+    )
+    return critic_messages(conv, kept, role=agent.system_prompt), trim

@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from langgraph_moa.graphs.state import MoAState, Proposal
-from langgraph_moa.nodes.calls import ModelPool, call_agent, call_record, usage_update
-from langgraph_moa.nodes.messages import synthesis_messages
+from langgraph_moa.caching import ProposalCache
+from langgraph_moa.graphs.state import CallRecord, MoAState, Proposal
+from langgraph_moa.nodes.calls import (
+    ModelPool,
+    call_agent,
+    call_record,
+    skipped_record,
+    usage_update,
+)
+from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Agent
 
-__all__ = ["make_proposer", "ok_texts"]
+__all__ = ["Node", "is_skipped", "make_proposer", "ok_texts"]
 
 Node = Callable[[MoAState], Coroutine[Any, Any, dict[str, Any]]]
 
@@ -24,23 +31,43 @@ def ok_texts(state: MoAState, layer: int) -> list[str]:
     return [p["text"] for p in layers[layer - 1] if p["ok"] and p["text"]]
 
 
+def is_skipped(state: MoAState, node: str) -> bool:
+    """Whether the budget plan left ``node`` out of this turn."""
+    ledger = state.get("ledger")
+    return bool(ledger and node in ledger["skipped"])
+
+
 def make_proposer(
-    agent: Agent, *, layer: int, first_index: int, node: str, prices: PriceTable
+    agent: Agent,
+    *,
+    layer: int,
+    first_index: int,
+    node: str,
+    prices: PriceTable,
+    deadline_s: float | None = None,
+    cache: ProposalCache | None = None,
 ) -> Node:
     """A node for ``agent`` in ``layer``; its samples take positions ``first_index``, ... ."""
     pool = ModelPool(agent)
 
-    async def propose(state: MoAState) -> dict[str, Any]:
-        messages = synthesis_messages(
-            state["messages"], role=agent.system_prompt, references=ok_texts(state, layer - 1)
-        )
-        outcomes, requests = await call_agent(pool, messages)
-        proposals = [
-            Proposal(**call_record(agent, node, o), layer=layer, index=first_index + k, sample=k)
-            for k, o in enumerate(outcomes)
+    def proposals(records: list[CallRecord]) -> list[Proposal]:
+        return [
+            Proposal(**record, layer=layer, index=first_index + k, sample=k)  # type: ignore[typeddict-item]
+            for k, record in enumerate(records)
         ]
+
+    async def propose(state: MoAState) -> dict[str, Any]:
+        if is_skipped(state, node):
+            return {
+                "layers": proposals([skipped_record(agent, node)] * agent.n),
+                "degraded": True,
+            }
+        messages, trim = fitted_synthesis_messages(
+            agent, state["messages"], ok_texts(state, layer - 1)
+        )
+        outcomes, requests = await call_agent(pool, messages, deadline_s=deadline_s, cache=cache)
         return {
-            "layers": proposals,
+            "layers": proposals([call_record(agent, node, o, trim) for o in outcomes]),
             "usage": usage_update(agent.model, outcomes, requests, prices),
             "degraded": not all(o.ok for o in outcomes),
         }
