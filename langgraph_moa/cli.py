@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from langgraph_moa.errors import MoAError, MoAInputError
-from langgraph_moa.graphs.builder import AGGREGATOR, CRITIC, PREPARE, build_graph
+from langgraph_moa.graphs.builder import AGGREGATOR, CRITIC, FALLBACK, PREPARE, build_graph
 from langgraph_moa.graphs.state import MoAState
 from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.providers import check_credentials
@@ -72,6 +72,9 @@ def _describe(topology: Topology) -> str:
     )
 
 
+_seen_actions: list[str] = []
+
+
 def _progress(node: str, update: dict[str, Any], topology: Topology) -> None:
     """One stderr line per finished proposer, layer, critic; then announce the next stage."""
     proposals = update.get("layers") or []
@@ -86,6 +89,15 @@ def _progress(node: str, update: dict[str, Any], topology: Topology) -> None:
     if node.endswith("/join"):
         layer = node.split("/", 1)[0]
         err.print(f"[bold]layer {layer[1:]} complete[/bold]")
+    if node == FALLBACK and (f := update.get("fallback")):
+        err.print(
+            f"[yellow]fallback[/yellow] answered with {escape(f['source'])}: {escape(f['reason'])}"
+        )
+    if node == AGGREGATOR and (a := update.get("aggregator")) and not a["ok"]:
+        err.print(f"  [red]failed[/red] aggregator  {escape(a['error'] or '')}")
+    for action in (update.get("ledger") or {}).get("actions", [])[len(_seen_actions) :]:
+        _seen_actions.append(action)
+        err.print(f"[yellow]budget[/yellow] {escape(action)}")
     if node == CRITIC and (c := update.get("critique")):
         status = "[green]done[/green]" if c["ok"] else f"[red]failed[/red] {escape(c['error'])}"
         err.print(f"  critic {status}  {c['latency_s']:.2f}s")
@@ -95,8 +107,49 @@ def _progress(node: str, update: dict[str, Any], topology: Topology) -> None:
         err.print("[bold]aggregator[/bold] writing the final answer")
 
 
+def _print_estimate(topology: Topology, prompt: str, as_json: bool) -> None:
+    from langgraph_moa.budget import estimate
+    from langgraph_moa.pricing import PriceTable
+
+    est = estimate(topology, [HumanMessage(prompt)], prices=PriceTable(topology.prices))
+    if as_json:
+        stages = [
+            {"stage": s, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost}
+            for s, p, c, cost in est.stages
+        ]
+        out = {
+            "calls": est.calls,
+            "prompt_tokens": est.prompt_tokens,
+            "completion_tokens": est.completion_tokens,
+            "total_tokens": est.total_tokens,
+            "cost_usd": est.cost_usd,
+            "unpriced": est.unpriced,
+            "stages": stages,
+        }
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
+    width = max(len(s[0]) for s in est.stages)
+    lines = [f"worst case for {topology.name!r} (every call writes its max_tokens):"]
+    for stage, p, c, cost in est.stages:
+        price = "price unknown" if cost is None else f"${cost:.4f}"
+        lines.append(f"  {stage.ljust(width)}  {p:>7} in  {c:>6} out  {price}")
+    total = "unknown" if est.unpriced else f"${est.cost_usd or 0:.4f}"
+    lines.append(
+        f"total: {est.calls} calls, {est.total_tokens} tokens "
+        f"({est.prompt_tokens} in, {est.completion_tokens} out), {total}"
+    )
+    if est.unpriced:
+        lines.append(f"no price for: {', '.join(est.unpriced)} (see prices: / MOA_PRICES)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 async def _ask(
-    topology: Topology, prompt: str, thread: str | None, as_json: bool, quiet: bool
+    topology: Topology,
+    prompt: str,
+    thread: str | None,
+    as_json: bool,
+    quiet: bool,
+    cache: Any = True,
 ) -> tuple[MoAState, float]:
     from langgraph_moa.checkpoints import open_checkpointer
 
@@ -107,7 +160,7 @@ async def _ask(
 
     async def run(checkpointer: Any) -> MoAState:
         nonlocal streamed
-        graph = build_graph(topology, checkpointer=checkpointer)
+        graph = build_graph(topology, checkpointer=checkpointer, cache=cache)
         final: dict[str, Any] = {}
         modes: list[StreamMode] = ["updates", "messages", "values"]
         async for part in graph.astream(inputs, config, stream_mode=modes):
@@ -155,15 +208,34 @@ def ask(
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    estimate_only: Annotated[
+        bool,
+        typer.Option("--estimate", help="Print the worst-case cost of the query; call nothing."),
+    ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Keep identical proposer calls in this SQLite file across runs."),
+    ] = None,
 ) -> None:
     """Answer PROMPT with a Mixture-of-Agents; the answer streams to stdout, progress to stderr."""
     if not prompt.strip():
         fail("the prompt is empty")
     topo = resolve_topology(preset, topology)
+    if estimate_only:
+        _print_estimate(topo, prompt, as_json)
+        return
     check_credentials(topo)
     if not quiet:
         err.print(f"[bold]moa[/bold] {escape(_describe(topo))}")
-    state, latency = asyncio.run(_ask(topo, prompt, thread, as_json, quiet))
+    backend: Any = True
+    if cache is not None:
+        from langgraph_moa.caching import open_cache
+
+        try:
+            backend = open_cache(str(cache))
+        except Exception as e:  # sqlite3 errors: unwritable folder, not a database...
+            fail(f"cannot open the cache {str(cache)!r}: {error_text(e)}")
+    state, latency = asyncio.run(_ask(topo, prompt, thread, as_json, quiet, backend))
     if not quiet:
         usage = state.get("usage") or {}
         cost = usage.get("cost_usd")

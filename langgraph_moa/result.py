@@ -20,7 +20,8 @@ def answer_of(state: MoAState) -> str:
 
 
 def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, Any]:
-    """A JSON-able summary: answer, layers, critique, usage, degraded, latency_s."""
+    """A JSON-able summary: answer, layers, critique, usage, degraded, latency_s, plus the
+    budget ledger and how a fallback answered (both None when unused)."""
     return {
         "answer": answer_of(state),
         "layers": state.get("layers") or [],
@@ -28,4 +29,6 @@ def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, A
         "usage": state.get("usage") or empty_usage(),
         "degraded": bool(state.get("degraded")),
         "latency_s": None if latency_s is None else round(latency_s, 3),
+        "ledger": state.get("ledger"),
+        "fallback": state.get("fallback"),
     }

@@ -140,6 +140,7 @@ async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list
     """One request: one sample, or ``n`` in one go; usage is reported once, on the first."""
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
+    generations: list[Any]
     with count_attempts() as attempts:
         try:
             if n == 1:
@@ -149,9 +150,7 @@ async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list
                 generations = [reply]
             else:
                 result = await pool.get(n).agenerate([messages])
-                generations: list[Any] = [
-                    getattr(g, "message", None) for g in result.generations[0]
-                ]
+                generations = [getattr(g, "message", None) for g in result.generations[0]]
         except Exception as err:
             tries = max(attempts[0], 1)
             error = describe_error(err, timeout_s=timeout_s)
