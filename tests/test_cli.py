@@ -64,7 +64,17 @@ def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     out = json.loads(result.stdout)
-    assert set(out) == {"answer", "layers", "critique", "usage", "degraded", "latency_s"}
+    assert set(out) == {
+        "answer",
+        "layers",
+        "critique",
+        "usage",
+        "degraded",
+        "latency_s",
+        "ledger",
+        "fallback",
+    }
+    assert out["ledger"] is None and out["fallback"] is None
     assert out["answer"] == "Answer 1 from agg."
     assert out["degraded"] is True
     assert [p["ok"] for p in out["layers"][0]] == [True, False]

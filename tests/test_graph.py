@@ -97,7 +97,11 @@ async def test_failed_proposers_are_left_out_and_recorded(fake: FakeOpenAI) -> N
 async def test_a_layer_with_no_answer_stops_the_run_with_every_reason(fake: FakeOpenAI) -> None:
     fake.behave("a", always=401)
     fake.behave("b", always=404)
-    with pytest.raises(MoARunError, match=r"layer 1 got 0 of 2 proposals, below its quorum of 1 \(L1/a: HTTP 401: .*; L1/b: HTTP 404"):
+    with pytest.raises(
+        MoARunError,
+        match=r"layer 1 got 0 of 2 proposals, below its quorum of 1 "
+        r"\(L1/a: HTTP 401: .*; L1/b: HTTP 404",
+    ):
         await ask(topo([[{"model": "openai:a"}, {"model": "openai:b"}]]))
     assert fake.requests_for("agg") == []
 
