@@ -78,9 +78,13 @@ def make_join(layer: int, topology: Topology, *, prices: PriceTable) -> Node:
             already_skipped=old["skipped"],
             previous_refs_tokens=sum(estimate_tokens(t) for t in ok_texts(state, layer)),
         )
-        ledger["actions"] = old["actions"] + [
-            a for a in ledger["actions"] if a not in old["actions"]
+        restored = [
+            f"restored {node}: layer {layer} cost less than its worst case"
+            for node in old["skipped"]
+            if node not in ledger["skipped"]
         ]
+        new = [a for a in ledger["actions"] if a not in old["actions"]]
+        ledger["actions"] = old["actions"] + restored + new
         return {"ledger": ledger}
 
     return join
