@@ -33,6 +33,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/bench_orchestration.py
+	$(BIN)/python bench/bench_failures.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import threading
 import time
@@ -43,7 +44,8 @@ class Behavior:
     ``faults`` is a queue consumed one per request before normal answers resume; each item is
     an HTTP status (``500``, ``429``...), ``"hang"`` (sleeps ``hang_s`` before answering),
     ``"malformed"`` (invalid JSON body) or ``"empty"`` (a completion with no text).
-    ``always`` applies a fault to every request.
+    ``always`` applies a fault to every request. ``random_faults`` maps faults to the chance
+    that any one request gets it (drawn from the server's seeded random generator).
     """
 
     latency_s: float = 0.0
@@ -51,6 +53,7 @@ class Behavior:
     supports_n: bool = True
     faults: list[int | str] = field(default_factory=list)
     always: int | str | None = None
+    random_faults: dict[int | str, float] = field(default_factory=dict)
     retry_after: float | None = None
     hang_s: float = 30.0
 
@@ -63,6 +66,7 @@ class LoggedRequest:
     started: float
     finished: float = 0.0
     status: int = 0
+    fault: int | str | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -80,7 +84,8 @@ def _words(text: str) -> int:
 class FakeOpenAI:
     """``with FakeOpenAI() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT/v1``."""
 
-    def __init__(self, behaviors: dict[str, Behavior] | None = None) -> None:
+    def __init__(self, behaviors: dict[str, Behavior] | None = None, *, seed: int = 0) -> None:
+        self.random = random.Random(seed)
         self.behaviors: dict[str, Behavior] = dict(behaviors or {})
         self.default = Behavior()
         self.requests: list[LoggedRequest] = []
@@ -166,6 +171,14 @@ class FakeOpenAI:
             self.requests.append(log)
             self._counts[model] = number = self._counts.get(model, 0) + 1
             fault = behavior.faults.pop(0) if behavior.faults else behavior.always
+            if fault is None and behavior.random_faults:
+                draw = self.random.random()
+                for candidate, chance in behavior.random_faults.items():
+                    if draw < chance:
+                        fault = candidate
+                        break
+                    draw -= chance
+            log.fault = fault
 
         if behavior.latency_s:
             await asyncio.sleep(behavior.latency_s)
@@ -173,7 +186,11 @@ class FakeOpenAI:
         if n > 1 and not behavior.supports_n:
             return self._error(log, 400, "'n' : number must be at most 1")
         if fault == "hang":
-            await asyncio.sleep(behavior.hang_s)
+            try:
+                await asyncio.sleep(behavior.hang_s)
+            except asyncio.CancelledError:  # the client gave up, or the server is stopping
+                log.status, log.finished = 499, time.perf_counter()
+                return Response(status_code=499)
         elif isinstance(fault, int):
             headers = {}
             if behavior.retry_after is not None:
