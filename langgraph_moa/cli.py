@@ -72,16 +72,16 @@ def _describe(topology: Topology) -> str:
     )
 
 
-_seen_actions: list[str] = []
-
-
-def _progress(node: str, update: dict[str, Any], topology: Topology) -> None:
+def _progress(node: str, update: dict[str, Any], topology: Topology, said: list[str]) -> None:
     """One stderr line per finished proposer, layer, critic; then announce the next stage."""
     proposals = update.get("layers") or []
     for p in proposals:
         label = p["node"] + (f"#{p['sample'] + 1}" if len(proposals) > 1 else "")
         if p["ok"]:
-            err.print(f"  [green]done[/green]   {label}  {p['latency_s']:.2f}s")
+            cached = "  (cached)" if p["cached"] else ""
+            err.print(f"  [green]done[/green]   {label}  {p['latency_s']:.2f}s{cached}")
+        elif p["attempts"] == 0 and not p["cached"]:
+            err.print(f"  [yellow]skipped[/yellow] {label}  {escape(p['error'] or '')}")
         else:
             reason = escape(p["error"] or "")
             err.print(f"  [red]failed[/red] {label}  {p['latency_s']:.2f}s  {reason}")
@@ -95,8 +95,8 @@ def _progress(node: str, update: dict[str, Any], topology: Topology) -> None:
         )
     if node == AGGREGATOR and (a := update.get("aggregator")) and not a["ok"]:
         err.print(f"  [red]failed[/red] aggregator  {escape(a['error'] or '')}")
-    for action in (update.get("ledger") or {}).get("actions", [])[len(_seen_actions) :]:
-        _seen_actions.append(action)
+    for action in (update.get("ledger") or {}).get("actions", [])[len(said) :]:
+        said.append(action)  # budget actions already printed this run
         err.print(f"[yellow]budget[/yellow] {escape(action)}")
     if node == CRITIC and (c := update.get("critique")):
         status = "[green]done[/green]" if c["ok"] else f"[red]failed[/red] {escape(c['error'])}"
@@ -157,6 +157,7 @@ async def _ask(
     inputs = {"messages": [HumanMessage(prompt)]}
     start = time.perf_counter()
     streamed = False
+    said: list[str] = []
 
     async def run(checkpointer: Any) -> MoAState:
         nonlocal streamed
@@ -169,8 +170,10 @@ async def _ask(
                 final = chunk
             elif mode == "updates":
                 for node, update in chunk.items():
-                    if not quiet and node != PREPARE:
-                        _progress(node, update or {}, topology)
+                    if not quiet:
+                        if node == PREPARE:  # its other writes are resets, not news
+                            update = {"ledger": (update or {}).get("ledger")}
+                        _progress(node, update or {}, topology, said)
             elif not as_json:
                 message, meta = chunk
                 if meta.get("langgraph_node") == AGGREGATOR and isinstance(message, AIMessageChunk):

@@ -250,3 +250,40 @@ def test_estimate_cli() -> None:
     )
     assert out.returncode == 0, out.stderr  # no key needed: nothing is called
     assert "L2/dbrx" in out.stdout and "total: 13 calls" in out.stdout
+
+
+def test_cli_reports_budget_and_fallback(fake: FakeOpenAI, tmp_path: Path) -> None:
+    import json
+
+    long_replies(fake)
+    fake.behave("agg", always=500)
+    spec = priced({"max_usd": worst_usd(priced(None, critic=False)) * 0.8})
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(spec.model_dump(mode="json") | {"fallback": "best_proposal"}))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "langgraph_moa.cli",
+            "ask",
+            "one two three",
+            "-t",
+            str(path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert sorted(result["ledger"]["skipped"]) == ["L1/c", "critic"]
+    assert result["fallback"]["policy"] == "best_proposal" and result["degraded"] is True
+    assert result["answer"] == " ".join(["tok"] * 100)
+    for line in (
+        "budget dropped the critic to stay within budget",
+        "skipped L1/c  skipped to stay within budget",
+        "fallback answered with L1/a",
+    ):
+        assert line in out.stderr
