@@ -60,15 +60,24 @@ def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
 
 
 def build_state_graph(
-    topology: Topology, *, cache: BaseCache[Any] | bool = True
+    topology: Topology,
+    *,
+    cache: BaseCache[Any] | bool = True,
+    context_schema: type[Any] | None = None,
 ) -> StateGraph[Any, Any, Any, Any]:
-    """The uncompiled graph, for users who want to add to it before compiling."""
+    """The uncompiled graph, for users who want to add to it before compiling.
+
+    ``context_schema`` only describes run context to LangGraph tooling (Studio shows it); the
+    topology itself is fixed when the graph is built.
+    """
     prices = PriceTable(topology.prices)
     backend = DEFAULT_CACHE if cache is True else cache or None
     proposal_cache = (
         ProposalCache(backend, cache_sampled=topology.cache_sampled) if backend else None
     )
-    graph: StateGraph[Any, Any, Any, Any] = StateGraph(MoAState, input_schema=MoAInput)
+    graph: StateGraph[Any, Any, Any, Any] = StateGraph(
+        MoAState, input_schema=MoAInput, context_schema=context_schema
+    )
     _add(graph, PREPARE, make_prepare(topology, prices=prices))
     graph.add_edge(START, PREPARE)
     previous = PREPARE
@@ -125,6 +134,7 @@ def build_graph(
     *,
     checkpointer: BaseCheckpointSaver[Any] | bool | None = None,
     cache: BaseCache[Any] | bool = True,
+    context_schema: type[Any] | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """A compiled graph for ``topology``: invoke/stream it with ``{"messages": [...]}``.
 
@@ -133,5 +143,5 @@ def build_graph(
     calls are served from the process-wide in-memory cache by default; pass a LangGraph
     ``BaseCache`` (e.g. ``SqliteCache``) to keep them elsewhere, or False for none.
     """
-    graph = build_state_graph(topology, cache=cache)
+    graph = build_state_graph(topology, cache=cache, context_schema=context_schema)
     return graph.compile(checkpointer=checkpointer, name=topology.name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from langgraph.config import get_stream_writer
+
 from langgraph_moa.caching import ProposalCache
 from langgraph_moa.graphs.state import CallRecord, MoAState, Proposal
 from langgraph_moa.nodes.calls import (
@@ -65,9 +67,22 @@ def make_proposer(
         messages, trim = fitted_synthesis_messages(
             agent, state["messages"], ok_texts(state, layer - 1)
         )
+        emit = get_stream_writer()  # progress for stream_mode="custom" (CLI, Studio, server)
+        emit({"event": "proposer_started", "node": node, "model": agent.model})
         outcomes, requests = await call_agent(pool, messages, deadline_s=deadline_s, cache=cache)
+        records = [call_record(agent, node, o, trim) for o in outcomes]
+        for record in records:
+            emit(
+                {
+                    "event": "proposer_finished",
+                    "node": node,
+                    "ok": record["ok"],
+                    "latency_s": record["latency_s"],
+                    "error": record["error"],
+                }
+            )
         return {
-            "layers": proposals([call_record(agent, node, o, trim) for o in outcomes]),
+            "layers": proposals(records),
             "usage": usage_update(agent.model, outcomes, requests, prices),
             "degraded": not all(o.ok for o in outcomes),
         }
