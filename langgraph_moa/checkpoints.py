@@ -1,7 +1,8 @@
-"""Where the CLI keeps conversation threads: an embedded SQLite file by default.
+"""Where threads are kept: an embedded SQLite file by default, or PostgreSQL.
 
-The location is ``$MOA_DB`` if set, else ``$XDG_DATA_HOME/langgraph-moa/threads.sqlite``
-(``~/.local/share/langgraph-moa/threads.sqlite``).
+The store is ``--db`` if given, else ``$MOA_DB``, else ``$XDG_DATA_HOME/langgraph-moa/
+threads.sqlite`` (``~/.local/share/langgraph-moa/threads.sqlite``). A ``postgresql://`` URL uses
+langgraph-checkpoint-postgres (tables are created on first use); anything else is a SQLite path.
 """
 
 from __future__ import annotations
@@ -10,30 +11,53 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_moa.errors import MoAInputError
 
-__all__ = ["default_db_path", "open_checkpointer"]
+__all__ = ["default_db", "open_checkpointer"]
 
 
-def default_db_path() -> Path:
+def default_db() -> str:
+    """The store used when none is named: ``$MOA_DB`` or the per-user SQLite file."""
     if env := os.environ.get("MOA_DB"):
-        return Path(env).expanduser()
+        return env
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "langgraph-moa" / "threads.sqlite"
+    return str(Path(base) / "langgraph-moa" / "threads.sqlite")
+
+
+def _is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
 
 
 @asynccontextmanager
-async def open_checkpointer(path: Path | None = None) -> AsyncIterator[AsyncSqliteSaver]:
-    """An AsyncSqliteSaver on ``path`` (default: :func:`default_db_path`), created if needed."""
-    db = path or default_db_path()
+async def open_checkpointer(
+    db: str | Path | None = None,
+) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """An async LangGraph checkpointer on ``db`` (default: :func:`default_db`)."""
+    target = str(db) if db is not None else default_db()
+    if _is_postgres(target):
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        try:
+            async with AsyncPostgresSaver.from_conn_string(target) as saver:
+                await saver.setup()
+                yield saver
+        except Exception as err:
+            if type(err).__module__.startswith("psycopg"):
+                detail = " ".join(str(err).split())[:200]
+                raise MoAInputError(f"cannot use the PostgreSQL thread store: {detail}") from None
+            raise
+        return
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = Path(target).expanduser()
     try:
-        db.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise MoAInputError(
-            f"cannot create the thread store at {str(db)!r}: {err.strerror}"
-        ) from None
-    async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+        reason = err.strerror
+        raise MoAInputError(f"cannot create the thread store at {str(path)!r}: {reason}") from None
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         yield saver

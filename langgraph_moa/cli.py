@@ -1,7 +1,10 @@
-"""The ``moa`` command: ask a question, draw a topology's graph, list presets.
+"""The ``moa`` command: ask, resume, history, fork, graph, presets.
 
-Bad input (topology, preset, provider, missing key, empty prompt) prints one line on stderr and
-exits with code 2; a run that cannot produce an answer exits with 1. Never a traceback.
+Every run is kept in a thread store (SQLite by default, PostgreSQL with a URL; see
+:mod:`langgraph_moa.checkpoints`), so a crashed run can be resumed, a thread's history listed
+and a past stage forked. Bad input (topology, preset, provider, missing key, empty prompt,
+unknown thread) prints one line on stderr and exits with code 2; a run that cannot produce an
+answer exits with 1. Never a traceback.
 """
 
 from __future__ import annotations
@@ -9,23 +12,24 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
-from langchain_core.messages import AIMessageChunk, HumanMessage
-from langchain_core.runnables import RunnableConfig
-from langgraph.types import StreamMode
-from rich.console import Console
+import yaml
+from langchain_core.messages import HumanMessage
+from langgraph.types import Command, Durability
 from rich.markup import escape
 
+from langgraph_moa.console import Run, ask_review, describe, drive, err, print_estimate, show_review
 from langgraph_moa.errors import MoAError, MoAInputError
-from langgraph_moa.graphs.builder import AGGREGATOR, CRITIC, FALLBACK, PREPARE, build_graph
-from langgraph_moa.graphs.state import MoAState
+from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.nodes.calls import error_text
+from langgraph_moa.nodes.review import parse_decision
 from langgraph_moa.providers import check_credentials
 from langgraph_moa.result import answer_of, result_of
+from langgraph_moa.threads import fork_config, history, run_config, topology_of_thread
 from langgraph_moa.topology import Topology, list_presets, load_preset, load_topology
 
 DEFAULT_PRESET = "local"
@@ -37,7 +41,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -60,144 +63,116 @@ PresetOpt = Annotated[
 TopologyOpt = Annotated[
     Path | None, typer.Option("--topology", "-t", help="Topology file (.yaml/.json).")
 ]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Thread store: a SQLite path or postgresql:// URL (or $MOA_DB)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+ThreadOpt = Annotated[str, typer.Option("--thread", help="The thread id.")]
+DurabilityOpt = Annotated[
+    str,
+    typer.Option(help="When checkpoints are written: sync (each step, safest), async, or exit."),
+]
 
 
-# --- moa ask -------------------------------------------------------------------------------
-def _describe(topology: Topology) -> str:
-    shape = " -> ".join(str(len(layer.proposers)) for layer in topology.layers)
-    critic = " -> critic" if topology.critic else ""
-    return (
-        f"{topology.name}: proposers {shape}{critic} -> aggregator "
-        f"({topology.calls_per_query()} calls per query)"
-    )
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise MoAInputError(f"cannot read {path!r}: {e.strerror}") from None
 
 
-def _progress(node: str, update: dict[str, Any], topology: Topology, said: list[str]) -> None:
-    """One stderr line per finished proposer, layer, critic; then announce the next stage."""
-    proposals = update.get("layers") or []
-    for p in proposals:
-        label = p["node"] + (f"#{p['sample'] + 1}" if len(proposals) > 1 else "")
-        if p["ok"]:
-            cached = "  (cached)" if p["cached"] else ""
-            err.print(f"  [green]done[/green]   {label}  {p['latency_s']:.2f}s{cached}")
-        elif p["attempts"] == 0 and not p["cached"]:
-            err.print(f"  [yellow]skipped[/yellow] {label}  {escape(p['error'] or '')}")
-        else:
-            reason = escape(p["error"] or "")
-            err.print(f"  [red]failed[/red] {label}  {p['latency_s']:.2f}s  {reason}")
-    last_join = f"L{len(topology.layers)}/join"
-    if node.endswith("/join"):
-        layer = node.split("/", 1)[0]
-        err.print(f"[bold]layer {layer[1:]} complete[/bold]")
-    if node == FALLBACK and (f := update.get("fallback")):
-        err.print(
-            f"[yellow]fallback[/yellow] answered with {escape(f['source'])}: {escape(f['reason'])}"
-        )
-    if node == AGGREGATOR and (a := update.get("aggregator")) and not a["ok"]:
-        err.print(f"  [red]failed[/red] aggregator  {escape(a['error'] or '')}")
-    for action in (update.get("ledger") or {}).get("actions", [])[len(said) :]:
-        said.append(action)  # budget actions already printed this run
-        err.print(f"[yellow]budget[/yellow] {escape(action)}")
-    if node == CRITIC and (c := update.get("critique")):
-        status = "[green]done[/green]" if c["ok"] else f"[red]failed[/red] {escape(c['error'])}"
-        err.print(f"  critic {status}  {c['latency_s']:.2f}s")
-    if node == last_join and topology.critic is not None:
-        err.print("[bold]critic[/bold] reviewing the candidates")
-    elif node == CRITIC or (node == last_join and topology.critic is None):
-        err.print("[bold]aggregator[/bold] writing the final answer")
+def _read_decision(path: Path) -> Any:
+    text = _read_text(str(path))
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError):
+        raise MoAInputError(f"decision file {str(path)!r} is not valid YAML/JSON") from None
+    return parse_decision(data).model_dump()
 
 
-def _print_estimate(topology: Topology, prompt: str, as_json: bool) -> None:
-    from langgraph_moa.budget import estimate
-    from langgraph_moa.pricing import PriceTable
+def _cache_backend(cache: Path | None) -> Any:
+    if cache is None:
+        return True
+    from langgraph_moa.caching import open_cache
 
-    est = estimate(topology, [HumanMessage(prompt)], prices=PriceTable(topology.prices))
-    if as_json:
-        stages = [
-            {"stage": s, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost}
-            for s, p, c, cost in est.stages
-        ]
-        out = {
-            "calls": est.calls,
-            "prompt_tokens": est.prompt_tokens,
-            "completion_tokens": est.completion_tokens,
-            "total_tokens": est.total_tokens,
-            "cost_usd": est.cost_usd,
-            "unpriced": est.unpriced,
-            "stages": stages,
-        }
-        sys.stdout.write(json.dumps(out) + "\n")
-        return
-    width = max(len(s[0]) for s in est.stages)
-    lines = [f"worst case for {topology.name!r} (every call writes its max_tokens):"]
-    for stage, p, c, cost in est.stages:
-        price = "price unknown" if cost is None else f"${cost:.4f}"
-        lines.append(f"  {stage.ljust(width)}  {p:>7} in  {c:>6} out  {price}")
-    total = "unknown" if est.unpriced else f"${est.cost_usd or 0:.4f}"
-    lines.append(
-        f"total: {est.calls} calls, {est.total_tokens} tokens "
-        f"({est.prompt_tokens} in, {est.completion_tokens} out), {total}"
-    )
-    if est.unpriced:
-        lines.append(f"no price for: {', '.join(est.unpriced)} (see prices: / MOA_PRICES)")
-    sys.stdout.write("\n".join(lines) + "\n")
+    try:
+        return open_cache(str(cache))
+    except Exception as e:  # sqlite3 errors: unwritable folder, not a database...
+        fail(f"cannot open the cache {str(cache)!r}: {error_text(e)}")
 
 
-async def _ask(
+async def _run_to_end(
+    graph: Any,
     topology: Topology,
-    prompt: str,
-    thread: str | None,
+    inputs: Any,
+    config: Any,
+    *,
     as_json: bool,
     quiet: bool,
-    cache: Any = True,
-) -> tuple[MoAState, float]:
-    from langgraph_moa.checkpoints import open_checkpointer
+    durability: str,
+) -> Run:
+    """Drive the run; at a review pause ask the person at the terminal, if there is one."""
+    if durability not in ("sync", "async", "exit"):
+        raise MoAInputError(f"unknown --durability {durability!r}; use sync, async or exit")
+    mode = cast(Durability, durability)
+    run = await drive(
+        graph, topology, inputs, config, as_json=as_json, quiet=quiet, durability=mode
+    )
+    total = run.latency_s
+    while run.review is not None and sys.stdin.isatty() and not as_json:
+        decision = parse_decision(ask_review(run.review)).model_dump()
+        run = await drive(
+            graph,
+            topology,
+            Command(resume=decision),
+            config,
+            as_json=as_json,
+            quiet=quiet,
+            durability=mode,
+            said=run.said,
+        )
+        total += run.latency_s
+    run.latency_s = total
+    return run
 
-    config: RunnableConfig = {"configurable": {"thread_id": thread}} if thread else {}
-    inputs = {"messages": [HumanMessage(prompt)]}
-    start = time.perf_counter()
-    streamed = False
-    said: list[str] = []
 
-    async def run(checkpointer: Any) -> MoAState:
-        nonlocal streamed
-        graph = build_graph(topology, checkpointer=checkpointer, cache=cache)
-        final: dict[str, Any] = {}
-        modes: list[StreamMode] = ["updates", "messages", "values"]
-        async for part in graph.astream(inputs, config, stream_mode=modes):
-            mode, chunk = cast(tuple[str, Any], part)
-            if mode == "values":
-                final = chunk
-            elif mode == "updates":
-                for node, update in chunk.items():
-                    if not quiet:
-                        if node == PREPARE:  # its other writes are resets, not news
-                            update = {"ledger": (update or {}).get("ledger")}
-                        _progress(node, update or {}, topology, said)
-            elif not as_json:
-                message, meta = chunk
-                if meta.get("langgraph_node") == AGGREGATOR and isinstance(message, AIMessageChunk):
-                    text = message.text
-                    if text:
-                        sys.stdout.write(text)
-                        sys.stdout.flush()
-                        streamed = True
-        return final  # type: ignore[return-value]
-
-    if thread:
-        async with open_checkpointer() as saver:
-            state = await run(saver)
-    else:
-        state = await run(None)
-    latency = time.perf_counter() - start
+def _finish(run: Run, thread: str, *, as_json: bool, quiet: bool) -> None:
+    """Print the outcome: the answer (if not streamed), a summary line, or the review pause."""
+    state = run.state
+    if run.review is not None:
+        if as_json:
+            out = {"thread_id": thread, "paused": "review", "review": run.review}
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        else:
+            show_review(run.review)
+        err.print(
+            f"[yellow]paused[/yellow] for review: resume with "
+            f"[bold]moa resume --thread {thread} --decision FILE[/bold]"
+        )
+        return
     if not as_json:
-        if not streamed:
-            sys.stdout.write(answer_of(state))
+        if not run.streamed:
+            sys.stdout.write(answer_of(state))  # type: ignore[arg-type]
         sys.stdout.write("\n")
         sys.stdout.flush()
-    return state, latency
+    if not quiet:
+        usage = state.get("usage") or {}
+        cost = usage.get("cost_usd")
+        cost_text = f", ${cost:.4f}" if cost is not None else ""
+        degraded = " [yellow](degraded)[/yellow]" if state.get("degraded") else ""
+        err.print(
+            f"[dim]{run.latency_s:.2f}s, {usage.get('total_tokens', 0)} tokens{cost_text}, "
+            f"thread {thread}[/dim]{degraded}"
+        )
+    if as_json:
+        result = result_of(state, latency_s=run.latency_s)  # type: ignore[arg-type]
+        result["thread_id"] = thread
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
+# --- moa ask ---------------------------------------------------------------------------
 @app.command()
 def ask(
     prompt: Annotated[str, typer.Argument(help="The question or instruction.")],
@@ -205,12 +180,10 @@ def ask(
     topology: TopologyOpt = None,
     thread: Annotated[
         str | None,
-        typer.Option(help="Conversation thread id; turns of one thread see the earlier ones."),
+        typer.Option(help="Thread id: turns of one thread see the earlier ones (default: new)."),
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     estimate_only: Annotated[
         bool,
         typer.Option("--estimate", help="Print the worst-case cost of the query; call nothing."),
@@ -219,39 +192,173 @@ def ask(
         Path | None,
         typer.Option(help="Keep identical proposer calls in this SQLite file across runs."),
     ] = None,
+    db: DbOpt = None,
+    durability: DurabilityOpt = "sync",
 ) -> None:
     """Answer PROMPT with a Mixture-of-Agents; the answer streams to stdout, progress to stderr."""
     if not prompt.strip():
         fail("the prompt is empty")
     topo = resolve_topology(preset, topology)
     if estimate_only:
-        _print_estimate(topo, prompt, as_json)
+        print_estimate(topo, prompt, as_json)
         return
     check_credentials(topo)
+    backend = _cache_backend(cache)
+    thread_id = thread or uuid.uuid4().hex[:12]
     if not quiet:
-        err.print(f"[bold]moa[/bold] {escape(_describe(topo))}")
-    backend: Any = True
-    if cache is not None:
-        from langgraph_moa.caching import open_cache
+        err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
 
-        try:
-            backend = open_cache(str(cache))
-        except Exception as e:  # sqlite3 errors: unwritable folder, not a database...
-            fail(f"cannot open the cache {str(cache)!r}: {error_text(e)}")
-    state, latency = asyncio.run(_ask(topo, prompt, thread, as_json, quiet, backend))
-    if not quiet:
-        usage = state.get("usage") or {}
-        cost = usage.get("cost_usd")
-        cost_text = f", ${cost:.4f}" if cost is not None else ""
-        degraded = " [yellow](degraded)[/yellow]" if state.get("degraded") else ""
-        err.print(
-            f"[dim]{latency:.2f}s, {usage.get('total_tokens', 0)} tokens{cost_text}[/dim]{degraded}"
-        )
+    async def go() -> Run:
+        from langgraph_moa.checkpoints import open_checkpointer
+
+        async with open_checkpointer(db) as saver:
+            graph = build_graph(topo, checkpointer=saver, cache=backend)
+            inputs = {"messages": [HumanMessage(prompt)]}
+            return await _run_to_end(
+                graph,
+                topo,
+                inputs,
+                run_config(thread_id, topo),
+                as_json=as_json,
+                quiet=quiet,
+                durability=durability,
+            )
+
+    _finish(asyncio.run(go()), thread_id, as_json=as_json, quiet=quiet)
+
+
+# --- moa resume / history / fork --------------------------------------------------------
+@app.command()
+def resume(
+    thread: ThreadOpt,
+    decision: Annotated[
+        Path | None,
+        typer.Option(help="Review decision (YAML/JSON): {edit: {REF: text}, drop: [REF]} or {}."),
+    ] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    db: DbOpt = None,
+    durability: DurabilityOpt = "sync",
+) -> None:
+    """Finish a thread's interrupted run (a crash, or a pause for review).
+
+    Proposals already checkpointed are not requested again.
+    """
+    resume_value = _read_decision(decision) if decision else None
+
+    async def go() -> Run:
+        from langgraph_moa.checkpoints import open_checkpointer
+
+        async with open_checkpointer(db) as saver:
+            topo = await topology_of_thread(saver, thread)
+            check_credentials(topo)
+            graph = build_graph(topo, checkpointer=saver)
+            config = run_config(thread, topo)
+            snapshot = await graph.aget_state(config)
+            if snapshot.interrupts:
+                if resume_value is None and not sys.stdin.isatty():
+                    raise MoAInputError(
+                        f"thread {thread!r} is paused for review: give --decision FILE"
+                    )
+                inputs: Any = Command(resume=resume_value) if resume_value is not None else None
+                if inputs is None:
+                    review = snapshot.interrupts[0].value
+                    inputs = Command(resume=parse_decision(ask_review(review)).model_dump())
+            elif snapshot.next:
+                if resume_value is not None:
+                    raise MoAInputError(f"thread {thread!r} is not paused for review")
+                inputs = None
+            else:
+                raise MoAInputError(f"thread {thread!r} has nothing to resume: its run finished")
+            if not quiet:
+                err.print(
+                    f"[bold]moa[/bold] resuming thread {thread} at {', '.join(snapshot.next)}"
+                )
+            return await _run_to_end(
+                graph, topo, inputs, config, as_json=as_json, quiet=quiet, durability=durability
+            )
+
+    _finish(asyncio.run(go()), thread, as_json=as_json, quiet=quiet)
+
+
+@app.command("history")
+def history_cmd(thread: ThreadOpt, as_json: JsonOpt = False, db: DbOpt = None) -> None:
+    """List a thread's checkpoints, newest first: time, step, what had run, what runs next."""
+
+    async def go() -> list[Any]:
+        from langgraph_moa.checkpoints import open_checkpointer
+
+        async with open_checkpointer(db) as saver:
+            topo = await topology_of_thread(saver, thread)
+            return await history(build_graph(topo, checkpointer=saver), thread)
+
+    entries = asyncio.run(go())
     if as_json:
-        result = result_of(state, latency_s=latency)
-        if thread:
-            result["thread_id"] = thread
-        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps([vars(e) for e in entries]) + "\n")
+        return
+    for e in entries:
+        layer = f"L{e.layer}" if e.layer else "-"
+        ran = ", ".join(e.ran) or "(input)"
+        nxt = ", ".join(e.next) or "(end)"
+        sys.stdout.write(
+            f"{e.created_at[:23]}  step {e.step:>2}  {layer:<3}  {e.checkpoint_id}  "
+            f"ran: {ran}  next: {nxt}\n"
+        )
+
+
+@app.command()
+def fork(
+    thread: ThreadOpt,
+    at: Annotated[
+        str, typer.Option(help="The stage to fork after: a proposer, L2/join, critic...")
+    ],
+    edit: Annotated[
+        list[str] | None, typer.Option(help="REF=FILE: replace a proposal's text (repeatable).")
+    ] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option(help="REF: leave a proposal out (repeatable).")
+    ] = None,
+    aggregator: Annotated[
+        str | None, typer.Option(help="Swap the aggregator's model, e.g. openai:gpt-4o.")
+    ] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    db: DbOpt = None,
+    durability: DurabilityOpt = "sync",
+) -> None:
+    """Go back to a stage of the thread's last turn, change proposals or the aggregator, and
+    re-run only what comes after; the original branch stays in the thread."""
+    edits: dict[str, str] = {}
+    for item in edit or []:
+        ref, sep, path = item.partition("=")
+        if not sep or not ref or not path:
+            fail(f"--edit takes REF=FILE, got {item!r}")
+        edits[ref] = _read_text(path)
+
+    async def go() -> Run:
+        from langgraph_moa.checkpoints import open_checkpointer
+
+        async with open_checkpointer(db) as saver:
+            topo = await topology_of_thread(saver, thread)
+            if aggregator:
+                swapped = topo.aggregator.model_copy(update={"model": aggregator})
+                spec = topo.model_dump(mode="json") | {
+                    "aggregator": swapped.model_dump(mode="json")
+                }
+                from langgraph_moa.topology import parse_topology
+
+                topo = parse_topology(spec, source="--aggregator")
+            check_credentials(topo)
+            graph = build_graph(topo, checkpointer=saver)
+            config = await fork_config(graph, topo, thread, at=at, edit=edits, drop=drop or [])
+            config = run_config(thread, topo) | {"configurable": config["configurable"]}
+            if not quiet:
+                err.print(f"[bold]moa[/bold] forking thread {thread} after {at}")
+            return await _run_to_end(
+                graph, topo, None, config, as_json=as_json, quiet=quiet, durability=durability
+            )
+
+    _finish(asyncio.run(go()), thread, as_json=as_json, quiet=quiet)
 
 
 # --- moa graph / presets -------------------------------------------------------------------
@@ -259,13 +366,42 @@ def ask(
 def graph(
     preset: PresetOpt = None,
     topology: TopologyOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="mermaid or ascii.")] = "mermaid",
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="mermaid (default), ascii, svg or html.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file (.svg or .html: drawn offline)."),
+    ] = None,
 ) -> None:
-    """Print the graph that runs for a topology (the same one Studio draws)."""
-    if fmt not in ("mermaid", "ascii"):
-        fail(f"unknown --format {fmt!r}; use mermaid or ascii")
-    drawable = build_graph(resolve_topology(preset, topology)).get_graph()
-    sys.stdout.write(drawable.draw_mermaid() if fmt == "mermaid" else drawable.draw_ascii() + "\n")
+    """Print or draw the graph that runs for a topology (the same one Studio draws)."""
+    from langgraph_moa.drawing import to_html, to_svg, write_drawing
+
+    topo = resolve_topology(preset, topology)
+    compiled = build_graph(topo)
+    if output is not None and fmt is None:
+        write_drawing(compiled, topo, output)
+        err.print(f"wrote {output}")
+        return
+    kind = fmt or "mermaid"
+    drawable = compiled.get_graph()
+    renderers = {
+        "mermaid": drawable.draw_mermaid,
+        "ascii": lambda: drawable.draw_ascii() + "\n",
+        "svg": lambda: to_svg(compiled, topo),
+        "html": lambda: to_html(compiled, topo),
+    }
+    if kind not in renderers:
+        fail(f"unknown --format {kind!r}; use mermaid, ascii, svg or html")
+    text = renderers[kind]()
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        fail(f"cannot write {str(output)!r}: {e.strerror}")
+    err.print(f"wrote {output}")
 
 
 @app.command()

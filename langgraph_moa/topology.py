@@ -192,6 +192,11 @@ class Topology(_Strict):
         "ask this fallback agent.",
     )
     budget: Budget | None = None
+    review: Literal["none", "before_aggregate"] = Field(
+        default="none",
+        description="before_aggregate: pause for a person to approve, edit or drop the "
+        "candidates before the aggregator runs.",
+    )
     cache_sampled: bool = Field(
         default=False,
         description="Also cache calls sampled at temperature > 0 without a seed.",

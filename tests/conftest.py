@@ -11,6 +11,14 @@ from langgraph_moa.testing.fake_openai import FakeOpenAI
 TEST_KEY = "sk-test-not-a-real-key-0123456789"
 
 
+@pytest.fixture(autouse=True)
+def _thread_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep every test's CLI threads out of the user's home."""
+    monkeypatch.setenv("MOA_DB", str(tmp_path_factory.mktemp("db") / "threads.sqlite"))
+
+
 @pytest.fixture(scope="session")
 def _server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:

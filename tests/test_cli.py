@@ -73,6 +73,7 @@ def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
         "latency_s",
         "ledger",
         "fallback",
+        "thread_id",
     }
     assert out["ledger"] is None and out["fallback"] is None
     assert out["answer"] == "Answer 1 from agg."

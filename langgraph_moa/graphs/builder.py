@@ -22,6 +22,7 @@ from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_
 from langgraph_moa.nodes.control import make_join, make_prepare
 from langgraph_moa.nodes.critique import make_critic
 from langgraph_moa.nodes.propose import Node, make_proposer
+from langgraph_moa.nodes.review import make_review
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Topology
 
@@ -39,6 +40,7 @@ PREPARE = "prepare"
 CRITIC = "critic"
 AGGREGATOR = "aggregator"
 FALLBACK = "fallback"
+REVIEW = "review"
 
 
 def proposer_node(layer: int, name: str) -> str:
@@ -109,6 +111,10 @@ def build_state_graph(
         )
         graph.add_edge(previous, CRITIC)
         previous = CRITIC
+    if topology.review == "before_aggregate":
+        _add(graph, REVIEW, make_review(last_layer=last))
+        graph.add_edge(previous, REVIEW)
+        previous = REVIEW
     can_fall_back = topology.fallback != "fail"
     aggregator = make_aggregator(
         topology.aggregator,

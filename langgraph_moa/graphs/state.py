@@ -22,6 +22,7 @@ __all__ = [
     "MoAState",
     "ModelUsage",
     "Proposal",
+    "ReviewRecord",
     "TokenUsage",
     "Usage",
     "add_usage",
@@ -144,6 +145,11 @@ class FallbackRecord(TypedDict):
     error: str | None
 
 
+class ReviewRecord(TypedDict):
+    edited: list[str]  # proposals whose text the reviewer replaced
+    dropped: list[str]  # proposals the reviewer left out
+
+
 class MoAInput(TypedDict):
     """What a run takes: the conversation, ending with the user's new message."""
 
@@ -161,3 +167,4 @@ class MoAState(TypedDict):
     degraded: Annotated[bool, operator.or_]
     ledger: NotRequired[Ledger | None]  # the budget's account, when the topology has a budget
     fallback: NotRequired[FallbackRecord | None]
+    review: NotRequired[ReviewRecord | None]  # what a human reviewer changed, with review on

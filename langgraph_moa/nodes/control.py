@@ -45,6 +45,7 @@ def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
             "critique": None,
             "aggregator": None,
             "fallback": None,
+            "review": None,
             "ledger": ledger,
         }
 
