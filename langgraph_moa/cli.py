@@ -26,7 +26,7 @@ from langgraph_moa.console import Run, ask_review, describe, drive, err, print_e
 from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.nodes.calls import error_text
-from langgraph_moa.nodes.review import parse_decision
+from langgraph_moa.nodes.review import apply_edits, parse_decision
 from langgraph_moa.providers import check_credentials
 from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.threads import fork_config, history, run_config, topology_of_thread
@@ -260,6 +260,9 @@ def resume(
                     raise MoAInputError(
                         f"thread {thread!r} is paused for review: give --decision FILE"
                     )
+                if resume_value is not None:  # check the refs before anything runs
+                    last_layer = snapshot.values["layers"][-1]
+                    apply_edits(last_layer, resume_value["edit"], resume_value["drop"])
                 inputs: Any = Command(resume=resume_value) if resume_value is not None else None
                 if inputs is None:
                     review = snapshot.interrupts[0].value
