@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Why is the sky blue?
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo dev test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 demo: install  ## the main job: a Mixture-of-Agents answer on the embedded model, offline
 	$(BIN)/moa ask "$(PROMPT)" --preset local
+
+dev: install  ## the LangGraph dev server for Studio and the SDK, offline (no browser, no telemetry)
+	LANGSMITH_TRACING=false LANGGRAPH_CLI_NO_ANALYTICS=1 LANGGRAPH_NO_VERSION_CHECK=true \
+		$(BIN)/langgraph dev --no-browser --host 127.0.0.1 --port 2024 \
+		--n-jobs-per-worker 10 --no-reload
 
 test: install
 	$(BIN)/pytest -q
@@ -34,6 +39,7 @@ format: install
 bench: install
 	$(BIN)/python bench/bench_orchestration.py
 	$(BIN)/python bench/bench_failures.py
+	$(BIN)/python bench/bench_checkpoints.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
