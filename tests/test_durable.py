@@ -267,3 +267,27 @@ async def test_review_from_python(fake: FakeOpenAI) -> None:
     state = await graph.ainvoke(Command(resume={"drop": ["L1/a"]}), config)
     assert state["review"] == {"edited": [], "dropped": ["L1/a"]}
     assert fake.requests_for("agg")[0].system.count("\n1. Answer 1 from b.") == 1
+
+
+def test_interactive_review_at_a_terminal(fake: FakeOpenAI, reviewed: Path) -> None:
+    """With a terminal on stdin, `moa ask` asks the reviewer and goes on in the same process."""
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [*MOA, "ask", "Why?", "-t", str(reviewed), "--thread", "tty"],
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    os.close(follower)
+    try:
+        os.write(leader, b"edit L1/a\nA, rewritten\nat the terminal.\n.\ndrop L1/c\nok\n")
+        out, errors = proc.communicate(timeout=120)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0, errors
+    assert out.decode().strip() == "Answer 1 from agg."
+    assert "review>" in errors.decode()
+    system = fake.requests_for("agg")[0].system
+    assert "1. A, rewritten\nat the terminal.\n2. Answer 1 from b." in system
+    assert "Answer 1 from c." not in system
