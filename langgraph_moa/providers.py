@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROVIDERS",
     "ProviderSpec",
+    "call_options",
     "check_credentials",
     "make_chat_model",
     "redact",
@@ -156,6 +157,22 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
         root_async_client=client,
         async_client=client.chat.completions,
     )
+
+
+def call_options(
+    agent: Agent, *, temperature: float | None = None, max_tokens: int | None = None
+) -> dict[str, Any]:
+    """Per-call overrides of an agent's sampling, as keyword arguments its chat model takes."""
+    options: dict[str, Any] = {}
+    if temperature is not None:
+        options["temperature"] = temperature
+    if max_tokens is not None:
+        spec = PROVIDERS[agent.provider]
+        if spec.name == "openai" or not spec.openai_compatible:
+            options["max_tokens"] = max_tokens
+        else:  # the same classic field make_chat_model uses for these services
+            options["extra_body"] = {"max_tokens": max_tokens}
+    return options
 
 
 def redact(text: str) -> str:

@@ -6,7 +6,7 @@ server) shows the same thing and checkpoints stay portable.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, NotRequired
+from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
@@ -16,6 +16,7 @@ from langgraph_moa.budget import Ledger
 from langgraph_moa.fitting import Trim
 
 __all__ = [
+    "AggregatorOptions",
     "CallRecord",
     "FallbackRecord",
     "MoAInput",
@@ -150,10 +151,21 @@ class ReviewRecord(TypedDict):
     dropped: list[str]  # proposals the reviewer left out
 
 
+class AggregatorOptions(TypedDict, total=False):
+    """Per-request overrides of the aggregator's sampling (the OpenAI endpoint passes them)."""
+
+    temperature: float
+    max_tokens: int
+
+
 class MoAInput(TypedDict):
-    """What a run takes: the conversation, ending with the user's new message."""
+    """What a run takes: the conversation, ending with the user's new message, and optionally
+    tools (OpenAI format) for the aggregator and overrides of its sampling."""
 
     messages: Annotated[list[AnyMessage], add_messages]
+    tools: NotRequired[list[dict[str, Any]] | None]
+    tool_choice: NotRequired[str | dict[str, Any] | None]
+    aggregator_options: NotRequired[AggregatorOptions | None]
 
 
 class MoAState(TypedDict):
@@ -168,3 +180,6 @@ class MoAState(TypedDict):
     ledger: NotRequired[Ledger | None]  # the budget's account, when the topology has a budget
     fallback: NotRequired[FallbackRecord | None]
     review: NotRequired[ReviewRecord | None]  # what a human reviewer changed, with review on
+    tools: NotRequired[list[dict[str, Any]] | None]  # the aggregator's tools (OpenAI format)
+    tool_choice: NotRequired[str | dict[str, Any] | None]
+    aggregator_options: NotRequired[AggregatorOptions | None]

@@ -12,10 +12,17 @@ from langchain_core.messages import AIMessage
 
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.state import FallbackRecord, MoAState
-from langgraph_moa.nodes.calls import ModelPool, call_agent, call_record, usage_update
+from langgraph_moa.nodes.calls import (
+    CallExtras,
+    ModelPool,
+    call_agent,
+    call_record,
+    usage_update,
+)
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node, ok_texts
 from langgraph_moa.pricing import PriceTable
+from langgraph_moa.providers import call_options
 from langgraph_moa.topology import Agent
 
 __all__ = ["make_aggregator", "make_fallback", "route_after_aggregator"]
@@ -26,16 +33,34 @@ def _critique_text(state: MoAState) -> str | None:
     return critique["text"] if critique and critique["ok"] else None
 
 
+def call_extras(agent: Agent, state: MoAState) -> CallExtras:
+    """The request's tools and sampling overrides, which go to the final answer's writer only."""
+    options = state.get("aggregator_options") or {}
+    return CallExtras(
+        tools=state.get("tools") or None,
+        tool_choice=state.get("tool_choice"),
+        options=call_options(
+            agent, temperature=options.get("temperature"), max_tokens=options.get("max_tokens")
+        )
+        or None,
+    )
+
+
 def make_aggregator(
     agent: Agent, *, last_layer: int, node: str, prices: PriceTable, can_fall_back: bool
 ) -> Node:
     pool = ModelPool(agent.model_copy(update={"n": 1}), streaming=True)
 
     async def aggregate(state: MoAState) -> dict[str, Any]:
+        extras = call_extras(agent, state)
         messages, trim = fitted_synthesis_messages(
-            agent, state["messages"], ok_texts(state, last_layer), critique=_critique_text(state)
+            agent,
+            state["messages"],
+            ok_texts(state, last_layer),
+            critique=_critique_text(state),
+            keep_tool_messages=bool(extras.tools),
         )
-        outcomes, requests = await call_agent(pool, messages)
+        outcomes, requests = await call_agent(pool, messages, extras=extras)
         outcome = outcomes[0]
         update: dict[str, Any] = {
             "aggregator": call_record(agent, node, outcome, trim),
@@ -82,10 +107,15 @@ def make_fallback(
             )
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
+        extras = call_extras(agent, state)
         messages, _ = fitted_synthesis_messages(
-            agent, state["messages"], ok_texts(state, last_layer), critique=_critique_text(state)
+            agent,
+            state["messages"],
+            ok_texts(state, last_layer),
+            critique=_critique_text(state),
+            keep_tool_messages=bool(extras.tools),
         )
-        outcomes, requests = await call_agent(pool, messages)
+        outcomes, requests = await call_agent(pool, messages, extras=extras)
         outcome = outcomes[0]
         if not outcome.ok or outcome.message is None:
             raise MoARunError(f"{reason}; the fallback ({agent.model}) failed too: {outcome.error}")

@@ -18,8 +18,10 @@ from typing import Any
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import Runnable
 
 from langgraph_moa.caching import ProposalCache
+from langgraph_moa.errors import MoAInputError
 from langgraph_moa.fitting import Trim
 from langgraph_moa.graphs.state import CallRecord, TokenUsage, Usage, add_usage
 from langgraph_moa.http import count_attempts
@@ -28,6 +30,7 @@ from langgraph_moa.providers import PROVIDERS, make_chat_model, redact, supports
 from langgraph_moa.topology import Agent
 
 __all__ = [
+    "CallExtras",
     "ModelPool",
     "Outcome",
     "call_agent",
@@ -100,6 +103,8 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
 
 def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage, attempts: int) -> Outcome:
     text = message.text if isinstance(message.text, str) else str(message.content)
+    if message.tool_calls:  # an answer that calls tools may have no text
+        return Outcome(text, None, latency_s, usage, message, attempts=attempts)
     if not text.strip():
         return Outcome(None, "empty completion", latency_s, usage, attempts=attempts)
     return Outcome(text, None, latency_s, usage, message, attempts=attempts)
@@ -136,7 +141,28 @@ class ModelPool:
         }
 
 
-async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list[Outcome]:
+@dataclass
+class CallExtras:
+    """What a single call adds to the agent's settings: tools (OpenAI format) and overrides."""
+
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+
+    def prepare(self, model: BaseChatModel) -> Runnable[Any, Any]:
+        runnable: Runnable[Any, Any] = model
+        if self.tools:
+            try:
+                choice = self.tool_choice
+                runnable = model.bind_tools(self.tools, tool_choice=choice)  # type: ignore[arg-type]
+            except NotImplementedError:
+                raise MoAInputError(f"{model._llm_type} models cannot call tools") from None
+        return runnable.bind(**self.options) if self.options else runnable
+
+
+async def _request(
+    pool: ModelPool, messages: list[BaseMessage], n: int, extras: CallExtras | None = None
+) -> list[Outcome]:
     """One request: one sample, or ``n`` in one go; usage is reported once, on the first."""
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
@@ -144,13 +170,17 @@ async def _request(pool: ModelPool, messages: list[BaseMessage], n: int) -> list
     with count_attempts() as attempts:
         try:
             if n == 1:
-                call = pool.get().ainvoke(messages)
+                model = pool.get()
+                runnable = extras.prepare(model) if extras else model
+                call = runnable.ainvoke(messages)
                 # in-process models have no HTTP timeout of their own
                 reply = await (asyncio.wait_for(call, timeout_s) if pool.in_process else call)
                 generations = [reply]
             else:
                 result = await pool.get(n).agenerate([messages])
                 generations = [getattr(g, "message", None) for g in result.generations[0]]
+        except MoAInputError:
+            raise
         except Exception as err:
             tries = max(attempts[0], 1)
             error = describe_error(err, timeout_s=timeout_s)
@@ -180,6 +210,7 @@ async def call_agent(
     *,
     deadline_s: float | None = None,
     cache: ProposalCache | None = None,
+    extras: CallExtras | None = None,
 ) -> tuple[list[Outcome], int]:
     """Draw ``agent.n`` samples: one request with ``n`` where the provider allows it, else n.
 
@@ -193,7 +224,7 @@ async def call_agent(
         return [Outcome(t, None, latency, zero_usage(), attempts=0, cached=True) for t in texts], 0
     batched = n == 1 or supports_n(pool.agent)
     sizes = [n] if batched else [1] * n
-    tasks = [asyncio.ensure_future(_request(pool, messages, size)) for size in sizes]
+    tasks = [asyncio.ensure_future(_request(pool, messages, size, extras)) for size in sizes]
     done, pending = await asyncio.wait(tasks, timeout=deadline_s)
     for task in pending:
         task.cancel()

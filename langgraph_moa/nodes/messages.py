@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from langchain_core.messages import (
@@ -9,6 +10,7 @@ from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
 )
 
 from langgraph_moa.fitting import Trim, context_window_for, estimate_tokens, fit_to_window
@@ -26,6 +28,7 @@ __all__ = [
     "fitted_synthesis_messages",
     "numbered",
     "synthesis_messages",
+    "tool_digest",
 ]
 
 
@@ -36,6 +39,38 @@ def numbered(texts: Sequence[str]) -> str:
 
 def _text(message: BaseMessage) -> str:
     return message.text if isinstance(message.text, str) else str(message.content)
+
+
+_DIGEST_CHARS = 400
+
+
+def tool_digest(conversation: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """The conversation with tool traffic folded into plain assistant text.
+
+    Proposers and the critic get no tool schemas, and providers refuse tool messages without
+    them, so an assistant turn that called tools and the results it got become one short
+    assistant message: ``[called get_weather({"city": "Paris"}) -> 18 C, sunny]``.
+    """
+    out: list[BaseMessage] = []
+    for m in conversation:
+        if isinstance(m, AIMessage) and m.tool_calls:
+            calls = ", ".join(
+                f"{c['name']}({json.dumps(c['args'], ensure_ascii=False)})" for c in m.tool_calls
+            )
+            text = _text(m).strip()
+            out.append(AIMessage(f"{text}\n[called {calls}]".strip()))
+        elif isinstance(m, ToolMessage):
+            result = _text(m).strip()
+            if len(result) > _DIGEST_CHARS:
+                result = result[:_DIGEST_CHARS] + " [...]"
+            note = f"[{m.name or 'tool'} returned: {result}]"
+            if out and isinstance(out[-1], AIMessage):
+                out[-1] = AIMessage(f"{_text(out[-1])}\n{note}")
+            else:
+                out.append(AIMessage(note))
+        else:
+            out.append(m)
+    return out
 
 
 def _split_system(conversation: Sequence[BaseMessage]) -> tuple[list[str], list[BaseMessage]]:
@@ -106,9 +141,13 @@ def fitted_synthesis_messages(
     references: Sequence[str],
     *,
     critique: str | None = None,
+    keep_tool_messages: bool = False,
 ) -> tuple[list[BaseMessage], Trim | None]:
     """:func:`synthesis_messages` for ``agent``, with references (and, if need be, earlier
-    turns) trimmed to fit its context window; the trim, if any, is returned for the record."""
+    turns) trimmed to fit its context window; the trim, if any, is returned for the record.
+    Tool traffic is folded into text unless ``keep_tool_messages`` (an agent with tools)."""
+    if not keep_tool_messages:
+        conversation = tool_digest(conversation)
     system_parts, _ = _split_system(conversation)
     fixed = [agent.system_prompt or "", *system_parts, SYNTHESIZE_PROMPT, critique or ""]
     conv, refs, trim = fit_to_window(
@@ -127,6 +166,7 @@ def fitted_critic_messages(
     agent: Agent, conversation: Sequence[BaseMessage], candidates: Sequence[str]
 ) -> tuple[list[BaseMessage], Trim | None]:
     """:func:`critic_messages` with the candidates fitted to the critic's context window."""
+    conversation = tool_digest(conversation)
     fixed = "\n\n".join([agent.system_prompt or "", CRITIC_SYSTEM_PROMPT, CRITIC_REQUEST_PROMPT])
     conv, kept, trim = fit_to_window(
         conversation,

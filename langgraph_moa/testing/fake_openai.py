@@ -32,6 +32,10 @@ Reply = Callable[[dict[str, Any], int, int], str]
 """reply(request_body, request_number_for_this_model, choice_index) -> text."""
 
 
+ToolCalls = Callable[[dict[str, Any], int], list[dict[str, Any]] | None]
+"""tool_calls(request_body, request_number) -> [{"name": ..., "arguments": {...}}] or None."""
+
+
 def default_reply(body: dict[str, Any], number: int, choice: int) -> str:
     suffix = f".{choice + 1}" if body.get("n", 1) > 1 else ""
     return f"Answer {number}{suffix} from {body['model']}."
@@ -56,6 +60,7 @@ class Behavior:
     random_faults: dict[int | str, float] = field(default_factory=dict)
     retry_after: float | None = None
     hang_s: float = 30.0
+    tool_calls: ToolCalls | None = None
 
 
 @dataclass
@@ -200,7 +205,19 @@ class FakeOpenAI:
             log.status, log.finished = 200, time.perf_counter()
             return Response('{"id": "x", "choices": [', media_type="application/json")
 
-        texts = ["" if fault == "empty" else behavior.reply(body, number, k) for k in range(n)]
+        calls = behavior.tool_calls(body, number) if behavior.tool_calls else None
+        tool_calls = [
+            {
+                "id": f"call_{number}_{k}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+            }
+            for k, c in enumerate(calls or [])
+        ]
+        texts = [
+            "" if fault == "empty" or tool_calls else behavior.reply(body, number, k)
+            for k in range(n)
+        ]
         prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
         completion_tokens = sum(_words(t) for t in texts)
         usage = {
@@ -212,7 +229,9 @@ class FakeOpenAI:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                self._sse(log, ident, model, texts[0], usage if include_usage else None),
+                self._sse(
+                    log, ident, model, texts[0], usage if include_usage else None, tool_calls
+                ),
                 media_type="text/event-stream",
             )
         log.status, log.finished = 200, time.perf_counter()
@@ -225,8 +244,9 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": k,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text}
+                        | ({"tool_calls": tool_calls} if tool_calls else {}),
+                        "finish_reason": "tool_calls" if tool_calls else "stop",
                     }
                     for k, text in enumerate(texts)
                 ],
@@ -235,7 +255,13 @@ class FakeOpenAI:
         )
 
     async def _sse(
-        self, log: LoggedRequest, ident: str, model: str, text: str, usage: dict[str, int] | None
+        self,
+        log: LoggedRequest,
+        ident: str,
+        model: str,
+        text: str,
+        usage: dict[str, int] | None,
+        tool_calls: list[dict[str, Any]],
     ) -> Any:
         def event(delta: dict[str, Any], finish: str | None = None) -> str:
             chunk = {
@@ -248,10 +274,15 @@ class FakeOpenAI:
             return f"data: {json.dumps(chunk)}\n\n"
 
         yield event({"role": "assistant", "content": ""})
-        words = text.split(" ")
-        for k, word in enumerate(words):
-            yield event({"content": word if k == 0 else " " + word})
-        yield event({}, "stop")
+        if tool_calls:
+            for k, call in enumerate(tool_calls):
+                yield event({"tool_calls": [call | {"index": k}]})
+            yield event({}, "tool_calls")
+        else:
+            words = text.split(" ")
+            for k, word in enumerate(words):
+                yield event({"content": word if k == 0 else " " + word})
+            yield event({}, "stop")
         if usage is not None:
             chunk = {
                 "id": ident,

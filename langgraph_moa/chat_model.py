@@ -1,0 +1,224 @@
+"""``ChatMixtureOfAgents``: a whole MoA topology as one LangChain chat model.
+
+It drops in wherever a chat model goes (chains, agents, LangGraph's prebuilt ReAct agent):
+invoke/ainvoke, stream/astream (the final answer's tokens), batch/abatch, ``bind_tools`` (the
+tools reach the aggregator only; proposers see tool traffic as a short text digest) and
+``with_structured_output``. ``usage_metadata`` sums every call of the run; ``response_metadata``
+holds the run's record: layers, critique, usage and cost, ledger, fallback, degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, cast
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from langgraph_moa.errors import MoARunError
+from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
+from langgraph_moa.result import result_of
+from langgraph_moa.topology import Topology, load_preset
+
+__all__ = ["ChatMixtureOfAgents"]
+
+_ANSWERING = (AGGREGATOR, FALLBACK)
+
+
+def _usage_metadata(state: dict[str, Any]) -> UsageMetadata:
+    usage = state.get("usage") or {}
+    return UsageMetadata(
+        input_tokens=usage.get("prompt_tokens", 0),
+        output_tokens=usage.get("completion_tokens", 0),
+        total_tokens=usage.get("total_tokens", 0),
+    )
+
+
+def _record(state: dict[str, Any]) -> dict[str, Any]:
+    record = result_of(state)  # type: ignore[arg-type]
+    record.pop("answer")
+    record.pop("latency_s")
+    return record | {"model_name": "mixture-of-agents", "cost_usd": record["usage"]["cost_usd"]}
+
+
+class ChatMixtureOfAgents(BaseChatModel):
+    """A Mixture-of-Agents topology behaving as a single chat model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    topology: Topology = Field(default_factory=lambda: load_preset("local"))
+    proposal_cache: Any = Field(
+        default=True, exclude=True, description="The proposer-call cache: see build_graph(cache=)"
+    )
+    _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> ChatMixtureOfAgents:
+        return cls(topology=load_preset(name), **kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "mixture-of-agents"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"topology": self.topology.name}
+
+    @property
+    def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The LangGraph graph each call runs (no checkpointer: a call is self-contained)."""
+        if self._graph is None:
+            self._graph = build_graph(self.topology, cache=self.proposal_cache)
+        return self._graph
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Give the aggregator these tools; the answer may then carry ``tool_calls``."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice == "any":
+            tool_choice = "required"
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    @staticmethod
+    def _inputs(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+        options = {k: kwargs[k] for k in ("temperature", "max_tokens") if kwargs.get(k) is not None}
+        return {
+            "messages": messages,
+            "tools": kwargs.get("tools") or None,
+            "tool_choice": kwargs.get("tool_choice"),
+            "aggregator_options": options or None,
+        }
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        state = await self.graph.ainvoke(self._inputs(messages, kwargs))
+        answer = state["messages"][-1]
+        if not isinstance(answer, AIMessage):
+            raise MoARunError("the mixture of agents produced no answer")
+        message = AIMessage(
+            content=answer.content,
+            tool_calls=answer.tool_calls,
+            usage_metadata=_usage_metadata(state),
+            response_metadata=_record(state),
+            id=answer.id,
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        final: dict[str, Any] = {}
+        async for part in self.graph.astream(
+            self._inputs(messages, kwargs), stream_mode=["messages", "values"]
+        ):
+            mode, data = cast(tuple[str, Any], part)
+            if mode == "values":
+                final = data
+                continue
+            chunk, meta = data
+            answering = meta.get("langgraph_node") in _ANSWERING
+            if not answering or not isinstance(chunk, AIMessageChunk):
+                continue  # only the final answer streams
+            if chunk.content or chunk.tool_call_chunks:
+                yield ChatGenerationChunk(
+                    message=AIMessageChunk(
+                        content=chunk.content, tool_call_chunks=chunk.tool_call_chunks
+                    )
+                )
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=_usage_metadata(final),
+                response_metadata=_record(final),
+                chunk_position="last",
+            )
+        )
+
+    # The sync API runs the async one on a private event loop in a worker thread, so it also
+    # works when called from code that already has a loop running.
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return _run_sync(lambda: self._agenerate(messages, stop, None, **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        yield from _iterate_sync(lambda: self._astream(messages, stop, None, **kwargs))
+
+
+def _run_sync(make: Callable[[], Any]) -> Any:
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = asyncio.run(make())
+        except BaseException as err:  # handed back to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _iterate_sync(make: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
+    """Drain an async iterator on a worker thread's loop, handing items over as they come."""
+    import queue
+
+    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    async def pump() -> None:
+        async for item in make():
+            items.put(("item", item))
+
+    def work() -> None:
+        try:
+            asyncio.run(pump())
+            items.put(("end", None))
+        except BaseException as err:
+            items.put(("error", err))
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        kind, value = items.get()
+        if kind == "item":
+            yield value
+        elif kind == "error":
+            raise value
+        else:
+            return
