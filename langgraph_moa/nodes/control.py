@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, ToolMessage
 from langgraph.types import Overwrite
 
 from langgraph_moa.budget import Ledger, plan
@@ -28,9 +28,9 @@ def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
     async def prepare(state: MoAState) -> dict[str, Any]:
         """Check the turn can run, before any call, and clear the previous turn's record."""
         messages = state.get("messages") or []
-        if not messages or not isinstance(messages[-1], HumanMessage):
-            raise MoAInputError("the conversation must end with a user message")
-        if not messages[-1].text.strip():
+        if not messages or not isinstance(messages[-1], HumanMessage | ToolMessage):
+            raise MoAInputError("the conversation must end with a user message or tool results")
+        if isinstance(messages[-1], HumanMessage) and not messages[-1].text.strip():
             raise MoAInputError("the prompt is empty")
         check_credentials(topology)
         ledger = None

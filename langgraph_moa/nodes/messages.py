@@ -15,6 +15,7 @@ from langchain_core.messages import (
 
 from langgraph_moa.fitting import Trim, context_window_for, estimate_tokens, fit_to_window
 from langgraph_moa.nodes.prompts import (
+    AFTER_TOOLS_PROMPT,
     CRITIC_REQUEST_PROMPT,
     CRITIC_SYSTEM_PROMPT,
     CRITIQUE_SECTION,
@@ -70,6 +71,8 @@ def tool_digest(conversation: Sequence[BaseMessage]) -> list[BaseMessage]:
                 out.append(AIMessage(note))
         else:
             out.append(m)
+    if conversation and isinstance(conversation[-1], ToolMessage):
+        out.append(HumanMessage(AFTER_TOOLS_PROMPT))
     return out
 
 

@@ -43,3 +43,8 @@ Candidate replies to the user's last message:
 Review each candidate against what the user asked. For every one, say briefly what it gets right \
 and what is wrong, missing, unclear or unnecessary. Then state what an ideal reply should contain \
 and avoid."""
+
+# Sent to proposers (as the user's turn) when the conversation ends with tool results, which they
+# see only as a digest in the assistant's last message.
+AFTER_TOOLS_PROMPT = """\
+The tool results are in your previous message. Using them, give the user your answer now."""
