@@ -23,7 +23,7 @@ from langgraph.types import Command, Durability
 from rich.markup import escape
 
 from langgraph_moa.console import Run, ask_review, describe, drive, err, print_estimate, show_review
-from langgraph_moa.errors import MoAError, MoAInputError
+from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.nodes.review import apply_edits, parse_decision
@@ -225,6 +225,59 @@ def ask(
             )
 
     _finish(asyncio.run(go()), thread_id, as_json=as_json, quiet=quiet)
+
+
+@app.command()
+def chat(
+    preset: PresetOpt = None,
+    topology: TopologyOpt = None,
+    thread: Annotated[
+        str | None, typer.Option(help="Continue this thread (default: a new one).")
+    ] = None,
+    quiet: QuietOpt = False,
+    db: DbOpt = None,
+) -> None:
+    """Chat in the terminal, turn after turn, in a thread kept in the thread store.
+
+    Type a message and press Enter; /exit or end of input (Ctrl-D) leaves.
+    """
+    topo = resolve_topology(preset, topology)
+    check_credentials(topo)
+    thread_id = thread or uuid.uuid4().hex[:12]
+    err.print(
+        f"[bold]moa chat[/bold] {escape(describe(topo))}, thread {thread_id} (/exit to leave)"
+    )
+
+    async def go() -> None:
+        from langgraph_moa.checkpoints import open_checkpointer
+
+        async with open_checkpointer(db) as saver:
+            graph = build_graph(topo, checkpointer=saver)
+            config = run_config(thread_id, topo)
+            while True:
+                err.print("[bold]you>[/bold] ", end="")
+                line = await asyncio.to_thread(sys.stdin.readline)
+                if not line or line.strip() == "/exit":
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    run = await _run_to_end(
+                        graph,
+                        topo,
+                        {"messages": [HumanMessage(line.strip())]},
+                        config,
+                        as_json=False,
+                        quiet=quiet,
+                        durability="sync",
+                    )
+                except MoARunError as e:  # this turn failed; the chat goes on
+                    err.print(f"[red]moa: error:[/red] {escape(str(e))}")
+                    continue
+                _finish(run, thread_id, as_json=False, quiet=True)
+
+    asyncio.run(go())
+    err.print(f"continue later with: moa chat --thread {thread_id}")
 
 
 # --- moa resume / history / fork --------------------------------------------------------

@@ -143,3 +143,30 @@ def test_graph_and_presets() -> None:
     listing = run("presets")
     names = [line.split()[0] for line in listing.stdout.splitlines()]
     assert names == ["local", "moa", "moa-gpt4o", "moa-lite", "openpipe", "self-moa"]
+
+
+def test_chat_keeps_the_thread(fake: FakeOpenAI, topology_file: Path) -> None:
+    def chat(lines: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MOA, "chat", "-t", str(topology_file), "--thread", "c1", "--quiet", *args],
+            input=lines,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ),
+        )
+
+    first = chat("Write a haiku.\n\nMake it sadder.\n")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["Answer 1 from agg.", "Answer 2 from agg."]
+    assert "continue later with: moa chat --thread c1" in first.stderr
+    again = chat("One more?\n/exit\nignored\n")  # a new process, the same thread
+    assert again.stdout.splitlines() == ["Answer 3 from agg."]
+    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[1:]]
+    assert contents == [
+        "Write a haiku.",
+        "Answer 1 from agg.",
+        "Make it sadder.",
+        "Answer 2 from agg.",
+        "One more?",
+    ]
