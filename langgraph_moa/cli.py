@@ -280,6 +280,43 @@ def chat(
     err.print(f"continue later with: moa chat --thread {thread_id}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless keys are set).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    topologies: Annotated[
+        Path | None, typer.Option(help="Also serve the topology files of this folder, by stem.")
+    ] = None,
+    keys_file: Annotated[
+        Path | None, typer.Option(help="Bearer keys, one per line (also $MOA_SERVE_KEYS).")
+    ] = None,
+    max_concurrency: Annotated[
+        int, typer.Option(help="Requests run at once; more get 429 at once.")
+    ] = 16,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = (
+        1024 * 1024
+    ),
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
+    and /v1/models, each topology under its own model id."""
+    from langgraph_moa.serve import run_server
+
+    run_server(
+        host,
+        port,
+        topologies,
+        keys_file,
+        max_concurrency,
+        max_body_bytes,
+        log_level=log_level,
+        access_log=access_log,
+    )
+
+
 # --- moa resume / history / fork --------------------------------------------------------
 @app.command()
 def resume(
