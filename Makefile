@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/bench_orchestration.py
 	$(BIN)/python bench/bench_failures.py
 	$(BIN)/python bench/bench_checkpoints.py
+	$(BIN)/python bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
