@@ -1,15 +1,17 @@
 """langgraph-moa: Mixture-of-Agents as a LangGraph application.
 
 Public API: :class:`Topology`, :func:`load_preset`, :func:`load_topology`, :func:`list_presets`,
-:func:`build_graph`.
+:func:`build_graph`, and :class:`ChatMixtureOfAgents` (a topology as a LangChain chat model).
 """
 
+from langgraph_moa.chat_model import ChatMixtureOfAgents
 from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
 from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
 from langgraph_moa.topology import Agent, Layer, Topology, list_presets, load_preset, load_topology
 
 __all__ = [
     "Agent",
+    "ChatMixtureOfAgents",
     "Layer",
     "MissingCredentialsError",
     "MoAError",
