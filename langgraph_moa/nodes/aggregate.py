@@ -11,10 +11,12 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 
 from langgraph_moa.errors import MoARunError
+from langgraph_moa.fitting import Trim
 from langgraph_moa.graphs.state import FallbackRecord, MoAState
 from langgraph_moa.nodes.calls import (
     CallExtras,
     ModelPool,
+    Outcome,
     call_agent,
     call_record,
     usage_update,
@@ -46,21 +48,31 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
     )
 
 
+async def _write_answer(
+    pool: ModelPool, state: MoAState, last_layer: int
+) -> tuple[list[Outcome], int, Trim | None]:
+    """One synthesis call over the last layer's answers (and the critique), with the request's
+    tools and options: what the aggregator, and a fallback model, both do."""
+    agent = pool.agent
+    extras = call_extras(agent, state)
+    messages, trim = fitted_synthesis_messages(
+        agent,
+        state["messages"],
+        ok_texts(state, last_layer),
+        critique=_critique_text(state),
+        keep_tool_messages=bool(extras.tools),
+    )
+    outcomes, requests = await call_agent(pool, messages, extras=extras)
+    return outcomes, requests, trim
+
+
 def make_aggregator(
     agent: Agent, *, last_layer: int, node: str, prices: PriceTable, can_fall_back: bool
 ) -> Node:
     pool = ModelPool(agent.model_copy(update={"n": 1}), streaming=True)
 
     async def aggregate(state: MoAState) -> dict[str, Any]:
-        extras = call_extras(agent, state)
-        messages, trim = fitted_synthesis_messages(
-            agent,
-            state["messages"],
-            ok_texts(state, last_layer),
-            critique=_critique_text(state),
-            keep_tool_messages=bool(extras.tools),
-        )
-        outcomes, requests = await call_agent(pool, messages, extras=extras)
+        outcomes, requests, trim = await _write_answer(pool, state, last_layer)
         outcome = outcomes[0]
         update: dict[str, Any] = {
             "aggregator": call_record(agent, node, outcome, trim),
@@ -107,15 +119,7 @@ def make_fallback(
             )
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
-        extras = call_extras(agent, state)
-        messages, _ = fitted_synthesis_messages(
-            agent,
-            state["messages"],
-            ok_texts(state, last_layer),
-            critique=_critique_text(state),
-            keep_tool_messages=bool(extras.tools),
-        )
-        outcomes, requests = await call_agent(pool, messages, extras=extras)
+        outcomes, requests, _ = await _write_answer(pool, state, last_layer)
         outcome = outcomes[0]
         if not outcome.ok or outcome.message is None:
             raise MoARunError(f"{reason}; the fallback ({agent.model}) failed too: {outcome.error}")
