@@ -303,7 +303,7 @@ def serve(
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
     and /v1/models, each topology under its own model id."""
-    from langgraph_moa.serve import run_server
+    from langgraph_moa.serving import run_server
 
     run_server(
         host,

@@ -28,7 +28,8 @@ import openai
 import pytest
 import yaml
 
-from langgraph_moa.serve import SelfAddress, _KeyRing, create_app, load_keys
+from langgraph_moa.serving import SelfAddress, create_app, load_keys
+from langgraph_moa.serving.access import _KeyRing
 from langgraph_moa.testing.fake_openai import Behavior, FakeOpenAI
 from langgraph_moa.topology import list_presets
 from tests.conftest import TEST_KEY

@@ -1,0 +1,610 @@
+"""The FastAPI app and its uvicorn runner: the catalog of served models, running one completion
+(whole or streamed) with a bounded number at once, noticing clients that leave, and the outer
+guard for keys and body size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from langchain_core.messages import AIMessageChunk
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError
+from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
+from langgraph_moa.providers import check_credentials
+from langgraph_moa.result import result_of
+from langgraph_moa.serving.access import (
+    KEYS_ENV,
+    SelfAddress,
+    _KeyRing,
+    _refusal,
+    is_loopback_host,
+    load_keys,
+)
+from langgraph_moa.serving.errors import (
+    APIError,
+    _error_of_run,
+    _internal_error,
+    _log,
+    _too_large,
+    _validation_error,
+)
+from langgraph_moa.serving.protocol import (
+    _answer,
+    _finish_reason,
+    _graph_inputs,
+    _moa_record,
+    _openai_tool_calls,
+    _parse_request,
+    _sse,
+    _text,
+    _tool_call_delta,
+    _usage,
+)
+from langgraph_moa.topology import Topology, list_presets, load_preset, load_topology
+
+DEFAULT_HOST = "127.0.0.1"
+# Not 8000: that is vLLM's usual port, which the `vllm` provider points at by default.
+DEFAULT_PORT = 8080
+DEFAULT_MAX_CONCURRENCY = 16
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+TOPOLOGY_SUFFIXES = (".yaml", ".yml", ".json")
+
+_T = TypeVar("_T")
+
+
+# --- the models on offer ----------------------------------------------------------------------
+
+
+@dataclass
+class _Served:
+    id: str
+    topology: Topology
+    source: str  # "preset" or the file's path
+    refusal: str | None = None
+
+
+def _load_catalog(topologies_dir: str | Path | None) -> dict[str, _Served]:
+    catalog = {name: _Served(name, load_preset(name), "preset") for name in list_presets()}
+    if topologies_dir is None:
+        return catalog
+    folder = Path(topologies_dir)
+    if not folder.is_dir():
+        raise MoAInputError(f"the topologies folder {str(folder)!r} is not a directory")
+    files: dict[str, Path] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise MoAInputError(
+            f"cannot list the topologies folder {str(folder)!r}: {reason}"
+        ) from None
+    for path in entries:
+        if path.suffix.lower() not in TOPOLOGY_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in files:
+            raise MoAInputError(
+                f"two topology files give the model id {path.stem!r}: "
+                f"{files[path.stem].name} and {path.name}"
+            )
+        files[path.stem] = path
+    for model_id, path in files.items():
+        catalog[model_id] = _Served(model_id, load_topology(path), str(path))
+    return catalog
+
+
+# --- running a completion ---------------------------------------------------------------------
+
+
+class _SlotResponse(StreamingResponse):
+    """A streaming response that frees its concurrency slot however the stream ends
+    (finished, failed, or the client went away before it even started)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _unless_client_leaves(work: Awaitable[_T], receive: Receive) -> _T:
+    """Await ``work``, cancelling it if the client disconnects first (the body is read)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise _ClientGone
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class _Service:
+    """Per-app state: the catalog, one compiled graph per model id, the concurrency count."""
+
+    def __init__(
+        self,
+        catalog: dict[str, _Served],
+        *,
+        max_concurrency: int,
+        cache: Any,
+    ) -> None:
+        self.catalog = catalog
+        self.max_concurrency = max_concurrency
+        self.cache = cache
+        self.active = 0
+        self.graphs: dict[str, Any] = {}
+        self.created = int(time.time())
+
+    def lookup(self, model_id: str) -> _Served:
+        served = self.catalog.get(model_id)
+        if served is None:
+            available = ", ".join(m for m, s in self.catalog.items() if s.refusal is None)
+            raise APIError(
+                404,
+                f"the model {model_id!r} does not exist; available: {available}",
+                param="model",
+                code="model_not_found",
+            )
+        if served.refusal is not None:
+            raise APIError(
+                400,
+                f"the model {model_id!r} is not served: {served.refusal}",
+                param="model",
+                code="model_refused",
+            )
+        return served
+
+    def graph_for(self, served: _Served) -> Any:
+        graph = self.graphs.get(served.id)
+        if graph is None:  # built once; a compiled graph holds no per-request state
+            graph = self.graphs[served.id] = build_graph(served.topology, cache=self.cache)
+        return graph
+
+    def take_slot(self) -> Any:
+        if self.active >= self.max_concurrency:
+            raise APIError(
+                429,
+                f"the server is busy: {self.max_concurrency} requests are already running; "
+                "retry shortly",
+                type_="rate_limit_error",
+                code="server_busy",
+                headers={"retry-after": "1", "x-should-retry": "true"},
+            )
+        self.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= 1
+
+        return release
+
+    def models(self) -> dict[str, Any]:
+        data = [
+            {"id": s.id, "object": "model", "created": self.created, "owned_by": "langgraph-moa"}
+            for s in self.catalog.values()
+            if s.refusal is None
+        ]
+        return {"object": "list", "data": data}
+
+    # -- one chat completion ----------------------------------------------------------------
+    async def complete(self, request: Request) -> Response:
+        req = _parse_request(await request.body())
+        served = self.lookup(req.model)
+        inputs = _graph_inputs(req)
+        try:
+            check_credentials(served.topology)
+        except MissingCredentialsError as e:
+            raise _error_of_run(e) from None
+        graph = self.graph_for(served)
+        release = self.take_slot()
+        ident = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = self._stream(graph, inputs, served, ident, include_usage)
+            return _SlotResponse(
+                events,
+                release,
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        try:
+            start = time.perf_counter()
+            try:
+                state = await _unless_client_leaves(graph.ainvoke(inputs), request.receive)
+            except _ClientGone:
+                return Response(status_code=499)
+            except Exception as e:
+                raise _error_of_run(e) from None
+            latency = time.perf_counter() - start
+        finally:
+            release()
+        try:
+            answer = _answer(state)
+        except MoAError as e:
+            raise _error_of_run(e) from None
+        result = result_of(state, latency_s=latency)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": _text(answer) if (_text(answer) or not answer.tool_calls) else None,
+            "refusal": None,
+        }
+        if answer.tool_calls:
+            message["tool_calls"] = _openai_tool_calls(answer)
+        body = {
+            "id": ident,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served.id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(answer),
+                }
+            ],
+            "usage": _usage(result),
+            "moa": _moa_record(result, served.topology),
+        }
+        return JSONResponse(body)
+
+    async def _stream(
+        self,
+        graph: Any,
+        inputs: dict[str, Any],
+        served: _Served,
+        ident: str,
+        include_usage: bool,
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            return _sse(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": served.id,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    ],
+                    **extra,
+                }
+            )
+
+        yield chunk({"role": "assistant", "content": ""})
+        start = time.perf_counter()
+        sent: list[str] = []
+        sent_tool_calls = False
+        state: dict[str, Any] = {}
+        try:
+            async for mode, payload in graph.astream(
+                inputs, stream_mode=["messages", "custom", "values"]
+            ):
+                if mode == "values":
+                    state = payload
+                elif mode == "custom":
+                    # A comment line: SSE parsers (the openai client's too) skip it.
+                    yield f": moa {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
+                elif mode == "messages":
+                    message, meta = payload
+                    if meta.get("langgraph_node") not in (AGGREGATOR, FALLBACK):
+                        continue
+                    if not isinstance(message, AIMessageChunk):
+                        continue  # a whole message written to the state: sent at the end
+                    delta: dict[str, Any] = {}
+                    if text := _text(message):
+                        delta["content"] = text
+                        sent.append(text)
+                    if message.tool_call_chunks:
+                        delta["tool_calls"] = [
+                            _tool_call_delta(c) for c in message.tool_call_chunks
+                        ]
+                        sent_tool_calls = True
+                    if delta:
+                        yield chunk(delta)
+            answer = _answer(state)
+        except Exception as e:
+            # 200 is already sent: the failure goes out as one error event, then [DONE].
+            yield _sse(_error_of_run(e).body())
+            yield "data: [DONE]\n\n"
+            return
+        final, streamed = _text(answer), "".join(sent)
+        if final != streamed and final.startswith(streamed):
+            # e.g. the fallback answered with a proposal, which is not streamed token by token
+            yield chunk({"content": final[len(streamed) :]})
+        if answer.tool_calls and not sent_tool_calls:
+            calls = _openai_tool_calls(answer)
+            yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]})
+        result = result_of(state, latency_s=time.perf_counter() - start)  # type: ignore[arg-type]
+        yield chunk({}, _finish_reason(answer), moa=_moa_record(result, served.topology))
+        if include_usage:
+            yield _sse(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": served.id,
+                    "choices": [],
+                    "usage": _usage(result),
+                }
+            )
+        yield "data: [DONE]\n\n"
+
+
+# --- the outer guard: authentication, body size, last-resort errors ---------------------------
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """Pure ASGI middleware in front of every route: checks the bearer key, enforces the body
+    limit on both the declared Content-Length and the bytes really received, and turns any
+    escaped exception into a 500 without a traceback."""
+
+    def __init__(self, app: ASGIApp, *, keys: _KeyRing, max_body_bytes: int) -> None:
+        self.app = app
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._check(headers)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+            return
+        started = False
+        received = 0
+        limit = self.max_body_bytes
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(limit).response()(scope, receive, send)
+        except Exception as e:
+            _log(f"internal error: {type(e).__name__}: {e}")
+            if not started:
+                await _internal_error().response()(scope, receive, send)
+
+    def _check(self, headers: dict[str, str]) -> APIError | None:
+        if self.keys:
+            scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return APIError(
+                    401,
+                    "missing API key: send it as 'Authorization: Bearer <key>'",
+                    code="invalid_api_key",
+                    headers={"www-authenticate": "Bearer"},
+                )
+            if not self.keys.accepts(token.strip()):
+                return APIError(
+                    401,
+                    "invalid API key",
+                    code="invalid_api_key",
+                    headers={"www-authenticate": "Bearer"},
+                )
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return APIError(400, "invalid Content-Length header", code="invalid_request")
+            if int(declared) > self.max_body_bytes:
+                return _too_large(self.max_body_bytes)
+        return None
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+def create_app(
+    *,
+    topologies_dir: str | Path | None = None,
+    keys: Sequence[str] = (),
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    cache: Any = False,
+) -> FastAPI:
+    """The OpenAI-compatible app. ``host``/``port`` are where it is served, so that topologies
+    calling back into it can be refused; ``keys`` empty means no authentication; ``cache`` is
+    passed to :func:`build_graph` (off by default: a long-running server would otherwise keep
+    every cacheable proposal in memory). Raises MoAInputError for a bad topologies folder or
+    file."""
+    if max_concurrency < 1:
+        raise MoAInputError(f"max concurrency must be at least 1, got {max_concurrency}")
+    if max_body_bytes < 1:
+        raise MoAInputError(f"the body limit must be at least 1 byte, got {max_body_bytes}")
+    catalog = _load_catalog(topologies_dir)
+    here = SelfAddress(host, port)
+    for served in catalog.values():
+        served.refusal = _refusal(served.topology, here)
+    service = _Service(catalog, max_concurrency=max_concurrency, cache=cache)
+
+    app = FastAPI(
+        title="langgraph-moa",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.moa = service
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return _validation_error(exc.errors()).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"unknown route: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        error = APIError(exc.status_code, message, code="invalid_request")
+        error.headers = dict(exc.headers or {})
+        return error.response()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return service.models()
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        served = service.lookup(model_id)
+        return {
+            "id": served.id,
+            "object": "model",
+            "created": service.created,
+            "owned_by": "langgraph-moa",
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await service.complete(request)
+
+    app.add_middleware(_Guard, keys=_KeyRing(keys), max_body_bytes=max_body_bytes)
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise MoAInputError(f"cannot listen on {host}:{port}: {reason}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise MoAInputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    topologies_dir: str | Path | None = None,
+    keys_file: str | Path | None = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    *,
+    cache: Any = False,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
+    """Serve until interrupted. Keys come from ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
+    only a loopback ``host`` is accepted. Raises MoAInputError (one line) for a bad keys file,
+    topologies folder or file, a non-loopback host without keys, or an address that cannot be
+    listened on."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise MoAInputError(f"the port must be between 0 and 65535, got {port}")
+    keys = load_keys(keys_file)
+    if not keys and not is_loopback_host(host):
+        raise MoAInputError(
+            f"refusing to listen on {host} without authentication: give --keys-file or set "
+            f"{KEYS_ENV} (or listen on 127.0.0.1)"
+        )
+    sock = _listen(host, port)
+    try:
+        bound_port = int(sock.getsockname()[1])
+        app = create_app(
+            topologies_dir=topologies_dir,
+            keys=keys,
+            max_concurrency=max_concurrency,
+            max_body_bytes=max_body_bytes,
+            host=host,
+            port=bound_port,
+            cache=cache,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    service: _Service = app.state.moa
+    for served in service.catalog.values():
+        if served.refusal is not None:
+            _log(f"not serving {served.id!r}: {served.refusal}")
+    served_count = sum(1 for s in service.catalog.values() if s.refusal is None)
+    shown = f"[{host}]" if ":" in host else host
+    auth = f"bearer keys ({len(keys)})" if keys else "no authentication"
+    _log(
+        f"listening on http://{shown}:{bound_port}/v1, {served_count} models, {auth}, "
+        f"up to {max_concurrency} concurrent requests"
+    )
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,126 @@
+"""Errors in OpenAI's shape (a status plus an ``{"error": {...}}`` body) and the status each
+kind of failure maps to."""
+
+# 400 a bad request or a model this server refuses; 401 a missing or wrong key; 404 an unknown
+# model or route; 413 a body over the limit; 429 every concurrency slot taken; 502 the upstream
+# models failed; 503 a key missing from the server's environment (the operator's setup, not the
+# caller's fault); 500 anything else, with a generic message and one line on stderr.
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
+from langgraph_moa.providers import redact
+
+
+def _log(message: str) -> None:
+    """One line for the operator on stderr (never a traceback, keys masked)."""
+    sys.stderr.write(f"moa serve: {redact(' '.join(message.split()))}\n")
+    sys.stderr.flush()
+
+
+class APIError(Exception):
+    """An error answer: HTTP status plus OpenAI's ``{"error": {...}}`` body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _no_retry() -> dict[str, str]:
+    # The openai client retries 5xx by default; these failures would only repeat (and be
+    # paid for again), so say so with the header it honours.
+    return {"x-should-retry": "false"}
+
+
+def _internal_error() -> APIError:
+    return APIError(
+        500,
+        "internal server error: the request could not be completed",
+        type_="server_error",
+        code="internal_error",
+    )
+
+
+def _error_of_run(exc: BaseException) -> APIError:
+    """Map what a graph run raised to the status a caller should see."""
+    if isinstance(exc, MissingCredentialsError):
+        return APIError(
+            503,
+            f"this server is not configured for the model: {exc}",
+            type_="server_error",
+            code="missing_api_key",
+            headers=_no_retry(),
+        )
+    if isinstance(exc, MoAInputError):
+        return APIError(400, str(exc), code="invalid_request")
+    if isinstance(exc, MoARunError):
+        return APIError(
+            502,
+            f"the upstream models failed: {exc}",
+            type_="upstream_error",
+            code="upstream_failed",
+            headers=_no_retry(),
+        )
+    if isinstance(exc, MoAError):
+        return APIError(500, str(exc), type_="server_error", code="internal_error")
+    _log(f"internal error: {type(exc).__name__}: {exc}")
+    return _internal_error()
+
+
+def _param_of(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _validation_error(errors: Sequence[Any]) -> APIError:
+    parts, param = [], None
+    for e in errors:
+        loc = [p for p in e.get("loc", ()) if p != "body"]
+        where = _param_of(loc)
+        param = param or where or None
+        msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return APIError(400, "invalid request: " + "; ".join(parts), param=param, code="invalid_value")
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"the request body is too large: the limit is {limit} bytes",
+        code="request_too_large",
+    )

@@ -1,0 +1,369 @@
+"""The OpenAI chat-completions wire format: checking a request, turning its messages into
+LangChain ones, and shaping the reply (message, stream chunks, usage, the extra ``moa`` record)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from langgraph_moa.errors import MoAError
+from langgraph_moa.serving.errors import APIError, _validation_error
+from langgraph_moa.topology import Topology
+
+# --- the request ------------------------------------------------------------------------------
+
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Strict(BaseModel):
+    # Unknown OpenAI fields (user, seed, logprobs...) are accepted and ignored.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _FunctionCall(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError("must be a JSON object encoded as a string") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object encoded as a string")
+        return value
+
+
+class _ToolCall(_Strict):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: _FunctionCall
+
+
+def _check_content(value: Any, *, role: str) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError("content must be a string or a list of content parts")
+    for k, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {k}: a text part needs a string 'text'")
+        elif kind == "image_url" and role == "user":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise ValueError(f"content part {k}: an image_url part needs image_url.url")
+        else:
+            raise ValueError(f"content part {k}: type {kind!r} is not supported in {role} messages")
+    return value
+
+
+class _Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Any = None
+    name: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fits_role(self) -> _Message:
+        _check_content(self.content, role=self.role)
+        if self.role == "assistant":
+            if self.content is None and not self.tool_calls:
+                raise ValueError("an assistant message needs content or tool_calls")
+        elif self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+
+class _FunctionDef(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TOOL_NAME.match(value):
+            raise ValueError("a function name is 1-64 letters, digits, '_' or '-'")
+        return value
+
+
+class _ToolDef(_Strict):
+    type: Literal["function"]
+    function: _FunctionDef
+
+
+class _StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _ChatRequest(_Strict):
+    model: str = Field(min_length=1)
+    messages: list[_Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    tools: list[_ToolDef] | None = None
+    tool_choice: Any = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    n: int | None = None
+
+
+def _check_request(req: _ChatRequest) -> None:
+    """Checks across fields, with OpenAI's wording where it has one."""
+    if req.n not in (None, 1):
+        raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
+    if req.stream_options is not None and not req.stream:
+        raise APIError(
+            400,
+            "stream_options is only allowed when stream is true",
+            param="stream_options",
+            code="invalid_value",
+        )
+    names = [t.function.name for t in req.tools or []]
+    if len(set(names)) != len(names):
+        raise APIError(400, "tool names must be unique", param="tools", code="invalid_value")
+    choice = req.tool_choice
+    if choice is None:
+        return
+    if not req.tools:
+        raise APIError(
+            400,
+            "tool_choice is only allowed when tools are given",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if choice in ("none", "auto", "required"):
+        return
+    named = choice.get("function") if isinstance(choice, dict) else None
+    if not (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(named, dict)
+        and isinstance(named.get("name"), str)
+    ):
+        raise APIError(
+            400,
+            "tool_choice must be 'none', 'auto', 'required' or "
+            '{"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if named["name"] not in names:
+        raise APIError(
+            400,
+            f"tool_choice names {named['name']!r}, which is not among the tools",
+            param="tool_choice",
+            code="invalid_value",
+        )
+
+
+def _parse_request(raw: bytes) -> _ChatRequest:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        req = _ChatRequest.model_validate(data)
+    except ValidationError as err:
+        raise _validation_error(err.errors()) from None
+    _check_request(req)
+    return req
+
+
+def _joined_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p["text"] for p in content if p.get("type") == "text")
+
+
+def _plain_or_parts(content: Any) -> Any:
+    """Text parts only -> one string; parts with images stay a list."""
+    if isinstance(content, list) and all(p.get("type") == "text" for p in content):
+        return "\n".join(p["text"] for p in content)
+    return content if content is not None else ""
+
+
+def _conversation(messages: Sequence[_Message]) -> list[BaseMessage]:
+    """OpenAI messages -> LangChain messages, checking the conversation can be answered."""
+    out: list[BaseMessage] = []
+    calls: dict[str, str] = {}  # tool_call_id -> function name, from earlier assistant turns
+    for k, m in enumerate(messages):
+        content = _plain_or_parts(m.content)
+        extra: dict[str, Any] = {"name": m.name} if m.name else {}
+        if m.role in ("system", "developer"):
+            out.append(SystemMessage(content, **extra))
+        elif m.role == "user":
+            out.append(HumanMessage(content, **extra))
+        elif m.role == "assistant":
+            tool_calls = []
+            for call in m.tool_calls or []:
+                args = call.function.arguments
+                tool_calls.append(
+                    {
+                        "name": call.function.name,
+                        "args": json.loads(args) if args.strip() else {},
+                        "id": call.id,
+                        "type": "tool_call",
+                    }
+                )
+                calls[call.id] = call.function.name
+            out.append(AIMessage(content, tool_calls=tool_calls, **extra))
+        else:
+            call_id = m.tool_call_id or ""
+            if call_id not in calls:
+                raise APIError(
+                    400,
+                    f"messages[{k}]: a tool message must answer a tool call of an earlier "
+                    f"assistant message (no call has id {call_id!r})",
+                    param=f"messages[{k}].tool_call_id",
+                    code="invalid_value",
+                )
+            out.append(ToolMessage(content, tool_call_id=call_id, name=calls[call_id]))
+    last = messages[-1]
+    if last.role not in ("user", "tool"):
+        raise APIError(
+            400,
+            "the conversation must end with a user message (or tool results)",
+            param="messages",
+            code="invalid_value",
+        )
+    if last.role == "user":
+        has_image = isinstance(last.content, list) and any(
+            p.get("type") == "image_url" for p in last.content
+        )
+        if not _joined_text(last.content).strip() and not has_image:
+            raise APIError(
+                400,
+                "the last user message is empty",
+                param=f"messages[{len(messages) - 1}].content",
+                code="invalid_value",
+            )
+    return out
+
+
+def _graph_inputs(req: _ChatRequest) -> dict[str, Any]:
+    inputs: dict[str, Any] = {"messages": _conversation(req.messages)}
+    if req.tools:
+        inputs["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+        if req.tool_choice is not None:
+            inputs["tool_choice"] = req.tool_choice
+    options: dict[str, Any] = {}
+    if req.temperature is not None:
+        options["temperature"] = req.temperature
+    limit = req.max_completion_tokens or req.max_tokens
+    if limit is not None:
+        options["max_tokens"] = limit
+    if options:
+        inputs["aggregator_options"] = options
+    return inputs
+
+
+# --- the response -----------------------------------------------------------------------------
+
+
+def _text(message: BaseMessage) -> str:
+    text = message.text
+    return text if isinstance(text, str) else str(message.content)
+
+
+def _openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": call["name"],
+                "arguments": json.dumps(call["args"], ensure_ascii=False),
+            },
+        }
+        for call in message.tool_calls
+    ]
+
+
+def _answer(state: dict[str, Any]) -> AIMessage:
+    messages = state.get("messages") or []
+    if not messages or not isinstance(messages[-1], AIMessage):
+        raise MoAError("the run ended without an answer")
+    return messages[-1]
+
+
+def _finish_reason(answer: AIMessage) -> str:
+    if answer.tool_calls:
+        return "tool_calls"
+    if (answer.response_metadata or {}).get("finish_reason") == "length":
+        return "length"
+    return "stop"
+
+
+def _usage(result: dict[str, Any]) -> dict[str, int]:
+    usage = result["usage"]
+    return {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["total_tokens"],
+    }
+
+
+def _moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
+    usage = result["usage"]
+    return {
+        "topology": topology.name,
+        "layers": result["layers"],
+        "critique": result["critique"],
+        "cost_usd": usage.get("cost_usd"),
+        "unpriced": usage.get("unpriced", []),
+        "by_model": usage.get("by_model", {}),
+        "degraded": result["degraded"],
+        "ledger": result["ledger"],
+        "fallback": result["fallback"],
+        "latency_s": result["latency_s"],
+    }
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _tool_call_delta(chunk: Any) -> dict[str, Any]:
+    function: dict[str, Any] = {"arguments": chunk.get("args") or ""}
+    if chunk.get("name"):
+        function["name"] = chunk["name"]
+    delta: dict[str, Any] = {"index": chunk.get("index") or 0, "function": function}
+    if chunk.get("id"):
+        delta["id"] = chunk["id"]
+        delta["type"] = "function"
+    return delta
