@@ -23,14 +23,13 @@ from typing_extensions import TypedDict
 
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.fitting import estimate_tokens, message_tokens
+from langgraph_moa.graphs.names import AGGREGATOR, CRITIC, layer_of, proposer_node
 from langgraph_moa.nodes.prompts import CRITIC_REQUEST_PROMPT, SYNTHESIZE_PROMPT
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.providers import supports_n
 from langgraph_moa.topology import Agent, Topology
 
 __all__ = ["BudgetError", "Estimate", "Ledger", "estimate", "plan"]
-
-CRITIC = "critic"
 
 
 class BudgetError(MoARunError):
@@ -112,7 +111,7 @@ def estimate(
         layer = topology.layers[number - 1]
         produced = 0
         for agent in layer.proposers:
-            node = f"L{number}/{agent.name}"
+            node = proposer_node(number, agent.name or "")
             if node in skipped:
                 continue
             fixed = _fixed_tokens(agent, SYNTHESIZE_PROMPT if refs else "")
@@ -128,7 +127,7 @@ def estimate(
         )
         refs += topology.critic.max_tokens
     agg = topology.aggregator
-    out.add("aggregator", agg, conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs, prices)
+    out.add(AGGREGATOR, agg, conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs, prices)
     return out
 
 
@@ -154,7 +153,7 @@ def plan(
 ) -> Ledger:
     """The ledger for the stages still to run: what to skip so the worst case fits."""
     budget = topology.budget
-    skipped = [s for s in already_skipped if s != CRITIC and int(s[1:].split("/")[0]) < from_layer]
+    skipped = [s for s in already_skipped if (layer_of(s) or from_layer) < from_layer]
     actions: list[str] = []
 
     def worst() -> Estimate:
@@ -179,14 +178,14 @@ def plan(
         est = worst()
     for number in range(len(topology.layers), from_layer - 1, -1):
         layer = topology.layers[number - 1]
-        active = [a for a in layer.proposers if f"L{number}/{a.name}" not in skipped]
+        active = [a for a in layer.proposers if proposer_node(number, a.name or "") not in skipped]
         while _over(topology, spent_usd, spent_tokens, est):
             remaining = sum(a.n for a in active)
             if len(active) <= 1 or remaining - active[-1].n < layer.min_proposals:
                 break
             dropped = active.pop()
-            skipped.append(f"L{number}/{dropped.name}")
-            actions.append(f"trimmed L{number}/{dropped.name} to stay within budget")
+            skipped.append(proposer_node(number, dropped.name or ""))
+            actions.append(f"trimmed {skipped[-1]} to stay within budget")
             est = worst()
     if _over(topology, spent_usd, spent_tokens, est):
         assert budget is not None

@@ -18,7 +18,15 @@ from langgraph.types import Durability, StreamMode
 from rich.console import Console
 from rich.markup import escape
 
-from langgraph_moa.graphs.builder import AGGREGATOR, CRITIC, FALLBACK, PREPARE, REVIEW
+from langgraph_moa.graphs.names import (
+    AGGREGATOR,
+    CRITIC,
+    FALLBACK,
+    PREPARE,
+    REVIEW,
+    join_node,
+    layer_of,
+)
 from langgraph_moa.topology import Topology
 
 __all__ = ["Run", "ask_review", "describe", "drive", "err", "print_estimate"]
@@ -78,9 +86,9 @@ def _progress(node: str, update: dict[str, Any], topology: Topology, said: list[
     if node == CRITIC and (c := update.get("critique")):
         status = "[green]done[/green]" if c["ok"] else f"[red]failed[/red] {escape(c['error'])}"
         err.print(f"  critic {status}  {c['latency_s']:.2f}s")
-    last_join = f"L{len(topology.layers)}/join"
+    last_join = join_node(len(topology.layers))
     if node.endswith("/join"):
-        err.print(f"[bold]layer {node.split('/', 1)[0][1:]} complete[/bold]")
+        err.print(f"[bold]layer {layer_of(node)} complete[/bold]")
     stages_before_aggregator = [last_join, CRITIC if topology.critic else None]
     if topology.review == "before_aggregate":
         stages_before_aggregator.append(REVIEW)
@@ -117,7 +125,13 @@ async def drive(
             run.state = chunk
         elif mode == "updates":
             for node, update in chunk.items():
-                if quiet or node == "__interrupt__":
+                if node == "__interrupt__":  # the run paused: keep what the review shows
+                    for pending in update:
+                        value = pending.value
+                        if isinstance(value, dict) and value.get("kind") == "review":
+                            run.review = value
+                    continue
+                if quiet:
                     continue
                 if node == PREPARE:  # its other writes are resets, not news
                     update = {"ledger": (update or {}).get("ledger")}
@@ -130,10 +144,6 @@ async def drive(
                 sys.stdout.flush()
                 run.streamed = True
     run.latency_s = time.perf_counter() - start
-    snapshot = await graph.aget_state(config)
-    for pending in snapshot.interrupts:
-        if isinstance(pending.value, dict) and pending.value.get("kind") == "review":
-            run.review = pending.value
     return run
 
 

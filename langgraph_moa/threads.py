@@ -18,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.graphs.builder import CRITIC, PREPARE, REVIEW, join_node
+from langgraph_moa.graphs.names import CRITIC, PREPARE, REVIEW, join_node, layer_of
 from langgraph_moa.nodes.review import apply_edits
 from langgraph_moa.topology import Topology, parse_topology
 
@@ -70,10 +70,7 @@ class HistoryEntry:
 
 
 def _layer_of(nodes: Sequence[str]) -> int | None:
-    for node in nodes:
-        if node.startswith("L") and "/" in node:
-            return int(node[1:].split("/", 1)[0])
-    return None
+    return next((n for n in map(layer_of, nodes) if n is not None), None)
 
 
 async def _snapshots(graph: CompiledStateGraph[Any, Any, Any, Any], thread_id: str) -> list[Any]:
@@ -114,10 +111,9 @@ def _stage_of(node: str, topology: Topology) -> str:
         stages.append(REVIEW)
     if node in stages:
         return node
-    if node.startswith("L") and "/" in node:
-        layer = node.split("/", 1)[0]
-        if layer[1:].isdigit() and 1 <= int(layer[1:]) <= len(topology.layers):
-            return join_node(int(layer[1:]))
+    layer = layer_of(node)
+    if layer is not None and 1 <= layer <= len(topology.layers):
+        return join_node(layer)
     raise MoAInputError(f"cannot fork at {node!r}: name a proposer or one of {', '.join(stages)}")
 
 
@@ -146,7 +142,7 @@ async def fork_config(
     if edit or drop:
         proposals = [p for layer in values.get("layers", []) for p in layer]
         last_ran = _last_layer_ran(stage, topology)
-        late = [r for r in [*(edit or {}), *drop] if (_layer_of([r]) or 0) > last_ran]
+        late = [r for r in [*(edit or {}), *drop] if (layer_of(r) or 0) > last_ran]
         if late:
             raise MoAInputError(
                 f"{', '.join(late)} had not run yet at {stage}: fork at a later stage to edit it"
@@ -158,9 +154,7 @@ async def fork_config(
 def _last_layer_ran(stage: str, topology: Topology) -> int:
     if stage == PREPARE:
         return 0
-    if stage.endswith("/join"):
-        return int(stage[1:].split("/", 1)[0])
-    return len(topology.layers)
+    return layer_of(stage) or len(topology.layers)
 
 
 def _checkpoint_after(snapshots: Sequence[StateSnapshot], stage: str) -> StateSnapshot | None:

@@ -17,6 +17,15 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from langgraph_moa.caching import DEFAULT_CACHE, ProposalCache
+from langgraph_moa.graphs.names import (
+    AGGREGATOR,
+    CRITIC,
+    FALLBACK,
+    PREPARE,
+    REVIEW,
+    join_node,
+    proposer_node,
+)
 from langgraph_moa.graphs.state import MoAInput, MoAState
 from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_after_aggregator
 from langgraph_moa.nodes.control import make_join, make_prepare
@@ -29,26 +38,14 @@ from langgraph_moa.topology import Topology
 __all__ = [
     "AGGREGATOR",
     "CRITIC",
+    "FALLBACK",
     "PREPARE",
+    "REVIEW",
     "build_graph",
     "build_state_graph",
     "join_node",
     "proposer_node",
 ]
-
-PREPARE = "prepare"
-CRITIC = "critic"
-AGGREGATOR = "aggregator"
-FALLBACK = "fallback"
-REVIEW = "review"
-
-
-def proposer_node(layer: int, name: str) -> str:
-    return f"L{layer}/{name}"
-
-
-def join_node(layer: int) -> str:
-    return f"L{layer}/join"
 
 
 def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
