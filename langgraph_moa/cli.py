@@ -22,6 +22,7 @@ from langchain_core.messages import HumanMessage
 from langgraph.types import Command, Durability
 from rich.markup import escape
 
+from langgraph_moa.checkpoints import open_checkpointer
 from langgraph_moa.console import Run, ask_review, describe, drive, err, print_estimate, show_review
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
 from langgraph_moa.graphs.builder import build_graph
@@ -30,7 +31,13 @@ from langgraph_moa.nodes.review import apply_edits, parse_decision
 from langgraph_moa.providers import check_credentials
 from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.threads import fork_config, history, run_config, topology_of_thread
-from langgraph_moa.topology import Topology, list_presets, load_preset, load_topology
+from langgraph_moa.topology import (
+    Topology,
+    list_presets,
+    load_preset,
+    load_topology,
+    parse_topology,
+)
 
 DEFAULT_PRESET = "local"
 
@@ -209,8 +216,6 @@ def ask(
         err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
 
     async def go() -> Run:
-        from langgraph_moa.checkpoints import open_checkpointer
-
         async with open_checkpointer(db) as saver:
             graph = build_graph(topo, checkpointer=saver, cache=backend)
             inputs = {"messages": [HumanMessage(prompt)]}
@@ -249,8 +254,6 @@ def chat(
     )
 
     async def go() -> None:
-        from langgraph_moa.checkpoints import open_checkpointer
-
         async with open_checkpointer(db) as saver:
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread_id, topo)
@@ -337,8 +340,6 @@ def resume(
     resume_value = _read_decision(decision) if decision else None
 
     async def go() -> Run:
-        from langgraph_moa.checkpoints import open_checkpointer
-
         async with open_checkpointer(db) as saver:
             topo = await topology_of_thread(saver, thread)
             check_credentials(topo)
@@ -379,8 +380,6 @@ def history_cmd(thread: ThreadOpt, as_json: JsonOpt = False, db: DbOpt = None) -
     """List a thread's checkpoints, newest first: time, step, what had run, what runs next."""
 
     async def go() -> list[Any]:
-        from langgraph_moa.checkpoints import open_checkpointer
-
         async with open_checkpointer(db) as saver:
             topo = await topology_of_thread(saver, thread)
             return await history(build_graph(topo, checkpointer=saver), thread)
@@ -429,8 +428,6 @@ def fork(
         edits[ref] = _read_text(path)
 
     async def go() -> Run:
-        from langgraph_moa.checkpoints import open_checkpointer
-
         async with open_checkpointer(db) as saver:
             topo = await topology_of_thread(saver, thread)
             if aggregator:
@@ -438,8 +435,6 @@ def fork(
                 spec = topo.model_dump(mode="json") | {
                     "aggregator": swapped.model_dump(mode="json")
                 }
-                from langgraph_moa.topology import parse_topology
-
                 topo = parse_topology(spec, source="--aggregator")
             check_credentials(topo)
             graph = build_graph(topo, checkpointer=saver)
