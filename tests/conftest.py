@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +12,23 @@ import pytest
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 TEST_KEY = "sk-test-not-a-real-key-0123456789"
+MOA = [sys.executable, "-m", "langgraph_moa.cli"]
+
+
+def run_moa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The `moa` command as a real process, with this test's environment by default."""
+    return subprocess.run(
+        [*MOA, *args], capture_output=True, text=True, timeout=120, env=env or dict(os.environ)
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], expected: str, code: int = 2) -> None:
+    """The command failed with `code` and said why in one `moa: error:` line, no traceback."""
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("moa: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(autouse=True)

@@ -5,29 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from langgraph_moa.testing.fake_openai import FakeOpenAI
-from tests.conftest import TEST_KEY
-
-MOA = [sys.executable, "-m", "langgraph_moa.cli"]
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MOA, *args], capture_output=True, text=True, timeout=120, env=env or dict(os.environ)
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("moa: error: ") and expected in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
+from tests.conftest import MOA, TEST_KEY, one_line_error
+from tests.conftest import run_moa as run
 
 
 @pytest.fixture

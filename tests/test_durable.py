@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,26 +18,15 @@ from langgraph.types import Command
 from langgraph_moa import Topology, build_graph
 from langgraph_moa.checkpoints import open_checkpointer
 from langgraph_moa.testing.fake_openai import FakeOpenAI
+from tests.conftest import MOA, one_line_error
+from tests.conftest import run_moa as moa
 
-MOA = [sys.executable, "-m", "langgraph_moa.cli"]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def moa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MOA, *args], capture_output=True, text=True, timeout=120, env=env or dict(os.environ)
-    )
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> dict:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int, expected: str) -> None:
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
 @pytest.fixture
@@ -139,7 +127,7 @@ def test_kill_9_mid_layer_2_then_resume(fake: FakeOpenAI, two_layers: Path, tmp_
     # no completed proposer was called twice; only the one cut off by the kill
     assert counts(fake) == {"a1": 1, "a2": 1, "fast": 1, "slow": 2, "agg": 1}
     assert [p["node"] for p in result["layers"][1]] == ["L2/fast", "L2/slow"]
-    one_line_error(moa("resume", "--thread", "crash"), 2, "has nothing to resume")
+    one_line_error(moa("resume", "--thread", "crash"), "has nothing to resume")
 
 
 def test_history_and_forks_rerun_only_what_follows(
@@ -184,19 +172,17 @@ def test_history_and_forks_rerun_only_what_follows(
     assert {e["checkpoint_id"] for e in history} <= ids and len(after) > before
 
     # bad forks: one line, exit 2
-    one_line_error(moa("fork", "--thread", "tt", "--at", "L9/x"), 2, "cannot fork at 'L9/x'")
+    one_line_error(moa("fork", "--thread", "tt", "--at", "L9/x"), "cannot fork at 'L9/x'")
     one_line_error(
         moa("fork", "--thread", "tt", "--at", "L1/join", "--drop", "L1/zz"),
-        2,
         "no proposal 'L1/zz'",
     )
     one_line_error(
         moa("fork", "--thread", "tt", "--at", "L1/join", "--drop", "L2/fast"),
-        2,
         "L2/fast had not run yet at L1/join",
     )
-    one_line_error(moa("fork", "--thread", "nope", "--at", "L1/join"), 2, "no thread 'nope'")
-    one_line_error(moa("history", "--thread", "nope"), 2, "no thread 'nope'")
+    one_line_error(moa("fork", "--thread", "nope", "--at", "L1/join"), "no thread 'nope'")
+    one_line_error(moa("history", "--thread", "nope"), "no thread 'nope'")
 
 
 @pytest.fixture
@@ -232,16 +218,13 @@ def test_review_approve_and_bad_decisions(fake: FakeOpenAI, reviewed: Path, tmp_
     moa("ask", "Why?", "-t", str(reviewed), "--thread", "rv2", "--quiet")
     bad = tmp_path / "bad.json"
     bad.write_text('{"drop": ["L1/zz"]}')
-    one_line_error(
-        moa("resume", "--thread", "rv2", "--decision", str(bad)), 2, "no proposal 'L1/zz'"
-    )
+    one_line_error(moa("resume", "--thread", "rv2", "--decision", str(bad)), "no proposal 'L1/zz'")
     bad.write_text('{"delete": ["L1/a"]}')
     one_line_error(
         moa("resume", "--thread", "rv2", "--decision", str(bad)),
-        2,
         "invalid review decision: delete: Extra inputs are not permitted",
     )
-    one_line_error(moa("resume", "--thread", "rv2"), 2, "is paused for review: give --decision")
+    one_line_error(moa("resume", "--thread", "rv2"), "is paused for review: give --decision")
     approve = tmp_path / "approve.json"
     approve.write_text("{}")
     out = ok_json(moa("resume", "--thread", "rv2", "--decision", str(approve), "--json"))
