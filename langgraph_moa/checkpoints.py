@@ -16,6 +16,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_moa.errors import MoAInputError
+from langgraph_moa.extras import require_extra
 
 __all__ = ["default_db", "open_checkpointer"]
 
@@ -39,6 +40,7 @@ async def open_checkpointer(
     """An async LangGraph checkpointer on ``db`` (default: :func:`default_db`)."""
     target = str(db) if db is not None else default_db()
     if _is_postgres(target):
+        require_extra("postgres", "a PostgreSQL thread store")
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
         try:

@@ -10,33 +10,46 @@ answer exits with 1. Never a traceback.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
+import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
-import yaml
 from langchain_core.messages import HumanMessage
+from langgraph.graph import END
 from langgraph.types import Command, Durability
 from rich.markup import escape
 
 from langgraph_moa.checkpoints import open_checkpointer
 from langgraph_moa.console import Run, ask_review, describe, drive, err, print_estimate, show_review
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
+from langgraph_moa.extras import require_extra
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.nodes.review import apply_edits, parse_decision
-from langgraph_moa.providers import check_credentials
+from langgraph_moa.providers import check_ready
 from langgraph_moa.result import answer_of, result_of
-from langgraph_moa.threads import fork_config, history, run_config, topology_of_thread
+from langgraph_moa.threads import (
+    fork_config,
+    history,
+    run_config,
+    stored_topology,
+    topology_of_thread,
+)
 from langgraph_moa.topology import (
     Topology,
     list_presets,
     load_preset,
     load_topology,
     parse_topology,
+    read_data_file,
 )
 
 DEFAULT_PRESET = "local"
@@ -44,10 +57,52 @@ DEFAULT_PRESET = "local"
 app = typer.Typer(
     name="moa",
     help="Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation.",
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+class Interrupted(Exception):
+    """The person at the terminal pressed Ctrl-C during a run."""
+
+
+def _version() -> str:
+    try:
+        return version("langgraph-moa")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"moa (langgraph-moa) {_version()}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_show_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation."""
+
+
+class DurabilityChoice(enum.StrEnum):
+    sync = "sync"
+    async_ = "async"
+    exit = "exit"
+
+
+class GraphFormat(enum.StrEnum):
+    mermaid = "mermaid"
+    ascii = "ascii"
+    svg = "svg"
+    html = "html"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -78,8 +133,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object at 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
 ThreadOpt = Annotated[str, typer.Option("--thread", help="The thread id.")]
 DurabilityOpt = Annotated[
-    str,
+    DurabilityChoice,
     typer.Option(help="When checkpoints are written: sync (each step, safest), async, or exit."),
+]
+SwitchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--switch-topology",
+        help="Run an existing thread with the given --preset/--topology instead of its own.",
+    ),
 ]
 
 
@@ -91,12 +153,91 @@ def _read_text(path: str) -> str:
 
 
 def _read_decision(path: Path) -> Any:
-    text = _read_text(str(path))
+    return parse_decision(read_data_file(path, what="decision file")).model_dump()
+
+
+def _read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input when it is ``-``."""
+    if prompt != "-":
+        return prompt
+    data = sys.stdin.buffer.read()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError):
-        raise MoAInputError(f"decision file {str(path)!r} is not valid YAML/JSON") from None
-    return parse_decision(data).model_dump()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MoAInputError(f"the prompt on stdin is not UTF-8 (byte {e.start})") from None
+
+
+async def _thread_topology(
+    saver: Any,
+    thread: str | None,
+    preset: str | None,
+    topology: Path | None,
+    *,
+    switch: bool,
+) -> Topology:
+    """The topology to run: an existing thread keeps its own unless told to switch."""
+    chosen = resolve_topology(preset, topology) if preset or topology else None
+    stored = await stored_topology(saver, thread) if thread else None
+    if stored is None:
+        return chosen or load_preset(DEFAULT_PRESET)
+    if chosen is None:
+        return stored
+    if switch or chosen.model_dump() == stored.model_dump():
+        return chosen
+    raise MoAInputError(
+        f"thread {thread!r} runs topology {stored.name!r}, not {chosen.name!r}: leave out "
+        "--preset/--topology to continue it, or add --switch-topology"
+    )
+
+
+@asynccontextmanager
+async def _ctrl_c_cancels() -> AsyncIterator[None]:
+    """Ctrl-C cancels the current task (the run and every call it started) and raises
+    Interrupted, so the caller can say what was kept instead of dying mid-write."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    pressed = False
+
+    def on_sigint() -> None:
+        nonlocal pressed
+        pressed = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not pressed:
+            raise
+        task.uncancel()
+        raise Interrupted from None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _resume_command(thread: str, db: str | None) -> str:
+    return f"moa resume --thread {thread}" + (f" --db {db}" if db else "")
+
+
+async def _read_line() -> str:
+    """One line of standard input without blocking the event loop ("" at end of input).
+
+    A terminal or pipe is watched by the loop (so Ctrl-C at the prompt is not stuck behind a
+    blocked thread); a regular file, which the loop cannot watch, is read directly.
+    """
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    ready: asyncio.Future[None] = loop.create_future()
+    try:
+        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+    except (PermissionError, OSError, ValueError):
+        return sys.stdin.readline()
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    return sys.stdin.readline()
 
 
 def _cache_backend(cache: Path | None) -> Any:
@@ -118,14 +259,19 @@ async def _run_to_end(
     *,
     as_json: bool,
     quiet: bool,
-    durability: str,
+    durability: DurabilityChoice | str,
 ) -> Run:
     """Drive the run; at a review pause ask the person at the terminal, if there is one."""
-    if durability not in ("sync", "async", "exit"):
-        raise MoAInputError(f"unknown --durability {durability!r}; use sync, async or exit")
-    mode = cast(Durability, durability)
+    mode = cast(Durability, getattr(durability, "value", durability))
     run = await drive(
-        graph, topology, inputs, config, as_json=as_json, quiet=quiet, durability=mode
+        graph,
+        topology,
+        inputs,
+        config,
+        as_json=as_json,
+        quiet=quiet,
+        durability=mode,
+        state=None if isinstance(inputs, dict) else dict((await graph.aget_state(config)).values),
     )
     total = run.latency_s
     while run.review is not None and sys.stdin.isatty() and not as_json:
@@ -139,13 +285,28 @@ async def _run_to_end(
             quiet=quiet,
             durability=mode,
             said=run.said,
+            state=run.state,
         )
         total += run.latency_s
     run.latency_s = total
     return run
 
 
-def _finish(run: Run, thread: str, *, as_json: bool, quiet: bool) -> None:
+def _say_if_truncated(state: dict[str, Any], topology: Topology | None) -> None:
+    """A note on stderr when the answer stopped at its token limit, not at its end."""
+    aggregator = state.get("aggregator") or {}
+    if aggregator.get("finish_reason") != "length":
+        return
+    limit = f" of {topology.aggregator.max_tokens} tokens" if topology else ""
+    err.print(
+        f"[yellow]moa: note:[/yellow] the answer was cut at the aggregator's limit{limit} "
+        "(finish reason 'length'); raise aggregator.max_tokens in the topology for a longer one"
+    )
+
+
+def _finish(
+    run: Run, thread: str, *, as_json: bool, quiet: bool, topology: Topology | None = None
+) -> None:
     """Print the outcome: the answer (if not streamed), a summary line, or the review pause."""
     state = run.state
     if run.review is not None:
@@ -164,6 +325,7 @@ def _finish(run: Run, thread: str, *, as_json: bool, quiet: bool) -> None:
             sys.stdout.write(answer_of(state))  # type: ignore[arg-type]
         sys.stdout.write("\n")
         sys.stdout.flush()
+    _say_if_truncated(state, topology)
     if not quiet:
         usage = state.get("usage") or {}
         cost = usage.get("cost_usd")
@@ -179,16 +341,19 @@ def _finish(run: Run, thread: str, *, as_json: bool, quiet: bool) -> None:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
-# --- moa ask ---------------------------------------------------------------------------
+# --- moa ask / chat ---------------------------------------------------------------------
 @app.command()
 def ask(
-    prompt: Annotated[str, typer.Argument(help="The question or instruction.")],
+    prompt: Annotated[
+        str, typer.Argument(help="The question or instruction; - reads it from stdin.")
+    ],
     preset: PresetOpt = None,
     topology: TopologyOpt = None,
     thread: Annotated[
         str | None,
         typer.Option(help="Thread id: turns of one thread see the earlier ones (default: new)."),
     ] = None,
+    switch_topology: SwitchOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     estimate_only: Annotated[
@@ -200,36 +365,54 @@ def ask(
         typer.Option(help="Keep identical proposer calls in this SQLite file across runs."),
     ] = None,
     db: DbOpt = None,
-    durability: DurabilityOpt = "sync",
+    durability: DurabilityOpt = DurabilityChoice.sync,
 ) -> None:
-    """Answer PROMPT with a Mixture-of-Agents; the answer streams to stdout, progress to stderr."""
+    """Answer PROMPT with a Mixture-of-Agents; the answer streams to stdout, progress to stderr.
+
+    A --thread keeps its topology. Ctrl-C stops the run and prints how to finish it.
+    """
+    prompt = _read_prompt(prompt)
     if not prompt.strip():
         fail("the prompt is empty")
-    topo = resolve_topology(preset, topology)
     if estimate_only:
-        print_estimate(topo, prompt, as_json)
+        print_estimate(resolve_topology(preset, topology), prompt, as_json)
         return
-    check_credentials(topo)
     backend = _cache_backend(cache)
     thread_id = thread or uuid.uuid4().hex[:12]
-    if not quiet:
-        err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
 
-    async def go() -> Run:
+    async def go() -> tuple[Run | None, Topology]:
         async with open_checkpointer(db) as saver:
+            topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
+            check_ready(topo, probe_local=True)
+            if not quiet:
+                err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
             graph = build_graph(topo, checkpointer=saver, cache=backend)
-            inputs = {"messages": [HumanMessage(prompt)]}
-            return await _run_to_end(
-                graph,
-                topo,
-                inputs,
-                run_config(thread_id, topo),
-                as_json=as_json,
-                quiet=quiet,
-                durability=durability,
-            )
+            config = run_config(thread_id, topo)
+            try:
+                async with _ctrl_c_cancels():
+                    run = await _run_to_end(
+                        graph,
+                        topo,
+                        {"messages": [HumanMessage(prompt)]},
+                        config,
+                        as_json=as_json,
+                        quiet=quiet,
+                        durability=durability,
+                    )
+            except Interrupted:
+                snapshot = await graph.aget_state(config)
+                if snapshot.next:
+                    fail(
+                        f"interrupted; what finished is saved in thread {thread_id}: "
+                        f"finish it with: {_resume_command(thread_id, db)}",
+                        130,
+                    )
+                fail("interrupted before anything was saved", 130)
+            return run, topo
 
-    _finish(asyncio.run(go()), thread_id, as_json=as_json, quiet=quiet)
+    run, topo = asyncio.run(go())
+    assert run is not None
+    _finish(run, thread_id, as_json=as_json, quiet=quiet, topology=topo)
 
 
 @app.command()
@@ -239,48 +422,66 @@ def chat(
     thread: Annotated[
         str | None, typer.Option(help="Continue this thread (default: a new one).")
     ] = None,
+    switch_topology: SwitchOpt = False,
     quiet: QuietOpt = False,
     db: DbOpt = None,
 ) -> None:
     """Chat in the terminal, turn after turn, in a thread kept in the thread store.
 
-    Type a message and press Enter; /exit or end of input (Ctrl-D) leaves.
+    Enter sends; /exit, Ctrl-D or Ctrl-C at the prompt leaves; Ctrl-C mid-answer drops the turn.
     """
-    topo = resolve_topology(preset, topology)
-    check_credentials(topo)
     thread_id = thread or uuid.uuid4().hex[:12]
-    err.print(
-        f"[bold]moa chat[/bold] {escape(describe(topo))}, thread {thread_id} (/exit to leave)"
-    )
+
+    async def turn(graph: Any, topo: Topology, saver: Any, config: Any, text: str) -> None:
+        before = await graph.aget_state(config)
+        try:
+            async with _ctrl_c_cancels():
+                run = await _run_to_end(
+                    graph,
+                    topo,
+                    {"messages": [HumanMessage(text)]},
+                    config,
+                    as_json=False,
+                    quiet=quiet,
+                    durability="sync",
+                )
+        except Interrupted:
+            # Forget the cancelled turn: the thread goes back to how it was before it.
+            if before.created_at is None:
+                await saver.adelete_thread(thread_id)
+            else:
+                await graph.aupdate_state(before.config, None, as_node=END)
+            sys.stdout.write("\n")
+            err.print("[yellow]cancelled[/yellow] this turn; the thread does not keep it")
+            return
+        except MoARunError as e:  # this turn failed; the chat goes on
+            err.print(f"[red]moa: error:[/red] {escape(str(e))}")
+            return
+        _finish(run, thread_id, as_json=False, quiet=True, topology=topo)
 
     async def go() -> None:
         async with open_checkpointer(db) as saver:
+            topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
+            check_ready(topo, probe_local=True)
+            err.print(
+                f"[bold]moa chat[/bold] {escape(describe(topo))}, thread {thread_id} "
+                "(/exit to leave)"
+            )
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread_id, topo)
             while True:
                 err.print("[bold]you>[/bold] ", end="")
-                line = await asyncio.to_thread(sys.stdin.readline)
+                line = await _read_line()
                 if not line or line.strip() == "/exit":
                     break
-                if not line.strip():
-                    continue
-                try:
-                    run = await _run_to_end(
-                        graph,
-                        topo,
-                        {"messages": [HumanMessage(line.strip())]},
-                        config,
-                        as_json=False,
-                        quiet=quiet,
-                        durability="sync",
-                    )
-                except MoARunError as e:  # this turn failed; the chat goes on
-                    err.print(f"[red]moa: error:[/red] {escape(str(e))}")
-                    continue
-                _finish(run, thread_id, as_json=False, quiet=True)
+                if line.strip():
+                    await turn(graph, topo, saver, config, line.strip())
 
-    asyncio.run(go())
-    err.print(f"continue later with: moa chat --thread {thread_id}")
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:  # Ctrl-C at the prompt: leave the chat
+        err.print("")
+    err.print(f"continue later with: moa chat --thread {thread_id}" + (f" --db {db}" if db else ""))
 
 
 @app.command()
@@ -306,6 +507,7 @@ def serve(
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
     and /v1/models, each topology under its own model id."""
+    require_extra("serve", "moa serve")
     from langgraph_moa.serving import run_server
 
     run_server(
@@ -331,7 +533,7 @@ def resume(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     db: DbOpt = None,
-    durability: DurabilityOpt = "sync",
+    durability: DurabilityOpt = DurabilityChoice.sync,
 ) -> None:
     """Finish a thread's interrupted run (a crash, or a pause for review).
 
@@ -339,10 +541,10 @@ def resume(
     """
     resume_value = _read_decision(decision) if decision else None
 
-    async def go() -> Run:
+    async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver:
             topo = await topology_of_thread(saver, thread)
-            check_credentials(topo)
+            check_ready(topo, probe_local=True)
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread, topo)
             snapshot = await graph.aget_state(config)
@@ -368,11 +570,13 @@ def resume(
                 err.print(
                     f"[bold]moa[/bold] resuming thread {thread} at {', '.join(snapshot.next)}"
                 )
-            return await _run_to_end(
+            run = await _run_to_end(
                 graph, topo, inputs, config, as_json=as_json, quiet=quiet, durability=durability
             )
+            return run, topo
 
-    _finish(asyncio.run(go()), thread, as_json=as_json, quiet=quiet)
+    run, topo = asyncio.run(go())
+    _finish(run, thread, as_json=as_json, quiet=quiet, topology=topo)
 
 
 @app.command("history")
@@ -416,7 +620,7 @@ def fork(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     db: DbOpt = None,
-    durability: DurabilityOpt = "sync",
+    durability: DurabilityOpt = DurabilityChoice.sync,
 ) -> None:
     """Go back to a stage of the thread's last turn, change proposals or the aggregator, and
     re-run only what comes after; the original branch stays in the thread."""
@@ -427,7 +631,7 @@ def fork(
             fail(f"--edit takes REF=FILE, got {item!r}")
         edits[ref] = _read_text(path)
 
-    async def go() -> Run:
+    async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver:
             topo = await topology_of_thread(saver, thread)
             if aggregator:
@@ -436,17 +640,19 @@ def fork(
                     "aggregator": swapped.model_dump(mode="json")
                 }
                 topo = parse_topology(spec, source="--aggregator")
-            check_credentials(topo)
+            check_ready(topo, probe_local=True)
             graph = build_graph(topo, checkpointer=saver)
             config = await fork_config(graph, topo, thread, at=at, edit=edits, drop=drop or [])
             config = run_config(thread, topo) | {"configurable": config["configurable"]}
             if not quiet:
                 err.print(f"[bold]moa[/bold] forking thread {thread} after {at}")
-            return await _run_to_end(
+            run = await _run_to_end(
                 graph, topo, None, config, as_json=as_json, quiet=quiet, durability=durability
             )
+            return run, topo
 
-    _finish(asyncio.run(go()), thread, as_json=as_json, quiet=quiet)
+    run, topo = asyncio.run(go())
+    _finish(run, thread, as_json=as_json, quiet=quiet, topology=topo)
 
 
 # --- moa graph / presets -------------------------------------------------------------------
@@ -455,7 +661,8 @@ def graph(
     preset: PresetOpt = None,
     topology: TopologyOpt = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", "-f", help="mermaid (default), ascii, svg or html.")
+        GraphFormat | None,
+        typer.Option("--format", "-f", help="mermaid (default), ascii, svg or html."),
     ] = None,
     output: Annotated[
         Path | None,
@@ -471,16 +678,14 @@ def graph(
         write_drawing(compiled, topo, output)
         err.print(f"wrote {output}")
         return
-    kind = fmt or "mermaid"
+    kind = fmt.value if fmt else "mermaid"
     drawable = compiled.get_graph()
     renderers = {
         "mermaid": drawable.draw_mermaid,
-        "ascii": lambda: drawable.draw_ascii() + "\n",
+        "ascii": lambda: _ascii(drawable),
         "svg": lambda: to_svg(compiled, topo),
         "html": lambda: to_html(compiled, topo),
     }
-    if kind not in renderers:
-        fail(f"unknown --format {kind!r}; use mermaid, ascii, svg or html")
     text = renderers[kind]()
     if output is None:
         sys.stdout.write(text)
@@ -490,6 +695,11 @@ def graph(
     except OSError as e:
         fail(f"cannot write {str(output)!r}: {e.strerror}")
     err.print(f"wrote {output}")
+
+
+def _ascii(drawable: Any) -> str:
+    require_extra("draw", "moa graph --format ascii")
+    return str(drawable.draw_ascii()) + "\n"
 
 
 @app.command()
@@ -502,19 +712,28 @@ def presets() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user-facing errors become one line on stderr."""
+    """Console-script entry point: usage errors and run errors alike become one line on stderr
+    (``moa: error: ...``; exit 2 for bad input, 1 for a failed run, 130 for Ctrl-C)."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, standalone_mode=True)
+        # `moa` alone shows what it can do
+        code = app(args=args or ["--help"], standalone_mode=False, prog_name="moa")
     except SystemExit:
         raise
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None and ctx.command_path != "moa" else ""
+        message = e.format_message().replace("Value error, ", "")
+        fail(f"{where}{message}", getattr(e, "exit_code", 2))
+    except (typer.Abort, KeyboardInterrupt):
+        fail("interrupted", 130)
     except MoAInputError as e:
         fail(str(e), 2)
     except MoAError as e:
         fail(str(e), 1)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
     except Exception as e:  # never a traceback for the user
         fail(error_text(e), 1)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability, StreamMode
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
+from rich.spinner import Spinner
+from rich.table import Table
 
 from langgraph_moa.graphs.names import (
     AGGREGATOR,
@@ -26,10 +29,20 @@ from langgraph_moa.graphs.names import (
     REVIEW,
     join_node,
     layer_of,
+    proposer_node,
 )
 from langgraph_moa.topology import Topology
 
-__all__ = ["Run", "ask_review", "describe", "drive", "err", "print_estimate"]
+__all__ = [
+    "Run",
+    "ask_review",
+    "describe",
+    "drive",
+    "err",
+    "print_estimate",
+    "progress_for",
+    "show_review",
+]
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -55,27 +68,71 @@ class Run:
     said: list[str] = field(default_factory=list)
 
 
-def _progress(node: str, update: dict[str, Any], topology: Topology, said: list[str]) -> None:
-    """One stderr line per finished proposer, layer, critic; then announce the next stage."""
-    proposals = update.get("layers") or []
-    for p in proposals:
-        label = p["node"] + (f"#{p['sample'] + 1}" if len(proposals) > 1 else "")
-        if node == REVIEW:
-            continue
-        if p["ok"]:
-            cached = "  (cached)" if p["cached"] else ""
-            err.print(f"  [green]done[/green]   {label}  {p['latency_s']:.2f}s{cached}")
-        elif p["attempts"] == 0 and not p["cached"]:
-            err.print(f"  [yellow]skipped[/yellow] {label}  {escape(p['error'] or '')}")
-        else:
-            reason = escape(p["error"] or "")
-            err.print(f"  [red]failed[/red] {label}  {p['latency_s']:.2f}s  {reason}")
+def _stage_before_aggregator(topology: Topology) -> str:
+    """The node after which the aggregator starts: the last join, the critic, or the review."""
+    stages = [join_node(len(topology.layers)), CRITIC if topology.critic else None]
+    if topology.review == "before_aggregate":
+        stages.append(REVIEW)
+    return [s for s in stages if s][-1]
+
+
+class Progress:
+    """What the terminal shows while a run goes: nothing (``--quiet``), the base class."""
+
+    def started(self, node: str) -> None:
+        """A proposer sent its request(s)."""
+
+    def update(self, node: str, update: dict[str, Any]) -> None:
+        """A node finished and wrote ``update``."""
+
+    def answering(self) -> None:
+        """The first token of the final answer is about to be written to stdout."""
+
+    def close(self) -> None:
+        """The run ended, paused or was interrupted: leave the terminal clean."""
+
+
+class LogProgress(Progress):
+    """Plain lines on stderr, one per finished call and stage: for logs, pipes and CI."""
+
+    def __init__(self, topology: Topology, said: list[str]) -> None:
+        self.topology = topology
+        self.said = said
+
+    def update(self, node: str, update: dict[str, Any]) -> None:
+        proposals = update.get("layers") or []
+        for p in proposals:
+            label = p["node"] + (f"#{p['sample'] + 1}" if len(proposals) > 1 else "")
+            if node == REVIEW:
+                continue
+            if p["ok"]:
+                cached = "  (cached)" if p["cached"] else ""
+                err.print(f"  [green]done[/green]   {label}  {p['latency_s']:.2f}s{cached}")
+            elif p["attempts"] == 0 and not p["cached"]:
+                err.print(f"  [yellow]skipped[/yellow] {label}  {escape(p['error'] or '')}")
+            else:
+                reason = escape(p["error"] or "")
+                err.print(f"  [red]failed[/red] {label}  {p['latency_s']:.2f}s  {reason}")
+        _say_notes(node, update, self.said)
+        if node == AGGREGATOR and (a := update.get("aggregator")) and not a["ok"]:
+            err.print(f"  [red]failed[/red] aggregator  {escape(a['error'] or '')}")
+        if node == CRITIC and (c := update.get("critique")):
+            status = "[green]done[/green]" if c["ok"] else f"[red]failed[/red] {escape(c['error'])}"
+            err.print(f"  critic {status}  {c['latency_s']:.2f}s")
+        if node.endswith("/join"):
+            err.print(f"[bold]layer {layer_of(node)} complete[/bold]")
+        if node == join_node(len(self.topology.layers)) and self.topology.critic is not None:
+            err.print("[bold]critic[/bold] reviewing the candidates")
+        if node == _stage_before_aggregator(self.topology):
+            err.print("[bold]aggregator[/bold] writing the final answer")
+
+
+def _say_notes(node: str, update: dict[str, Any], said: list[str]) -> None:
+    """Lines worth keeping above any live display: fallback, review, budget actions."""
     if node == FALLBACK and (f := update.get("fallback")):
         err.print(
             f"[yellow]fallback[/yellow] answered with {escape(f['source'])}: {escape(f['reason'])}"
         )
-    if node == AGGREGATOR and (a := update.get("aggregator")) and not a["ok"]:
-        err.print(f"  [red]failed[/red] aggregator  {escape(a['error'] or '')}")
     if node == REVIEW and (r := update.get("review")):
         err.print(
             f"[bold]review[/bold] edited {r['edited'] or 'none'}, dropped {r['dropped'] or 'none'}"
@@ -83,20 +140,149 @@ def _progress(node: str, update: dict[str, Any], topology: Topology, said: list[
     for action in (update.get("ledger") or {}).get("actions", [])[len(said) :]:
         said.append(action)  # budget actions already printed this run
         err.print(f"[yellow]budget[/yellow] {escape(action)}")
-    if node == CRITIC and (c := update.get("critique")):
-        status = "[green]done[/green]" if c["ok"] else f"[red]failed[/red] {escape(c['error'])}"
-        err.print(f"  critic {status}  {c['latency_s']:.2f}s")
-    last_join = join_node(len(topology.layers))
-    if node.endswith("/join"):
-        err.print(f"[bold]layer {layer_of(node)} complete[/bold]")
-    stages_before_aggregator = [last_join, CRITIC if topology.critic else None]
-    if topology.review == "before_aggregate":
-        stages_before_aggregator.append(REVIEW)
-    final_stage = [s for s in stages_before_aggregator if s][-1]
-    if node == last_join and topology.critic is not None:
-        err.print("[bold]critic[/bold] reviewing the candidates")
-    if node == final_stage:
-        err.print("[bold]aggregator[/bold] writing the final answer")
+
+
+@dataclass
+class _Row:
+    """One line of the live display: a proposer node, the critic or the aggregator."""
+
+    label: str
+    model: str
+    status: str = "waiting"  # waiting, running, answering, done, failed, skipped, cached
+    started: float | None = None
+    seconds: float | None = None
+    tokens: int = 0
+    detail: str = ""
+
+
+_ICONS = {
+    "waiting": "[dim]·[/dim]",
+    "done": "[green]✓[/green]",
+    "cached": "[green]✓[/green]",
+    "failed": "[red]✗[/red]",
+    "skipped": "[yellow]-[/yellow]",
+}
+
+
+class LiveProgress(Progress):
+    """A live table on a terminal's stderr: a row per proposer (spinner and elapsed time while
+    it runs, then done or failed with seconds and tokens), the critic and the aggregator.
+
+    It stops (leaving its last frame) when the answer starts streaming to the same terminal, so
+    the two never overwrite each other.
+    """
+
+    def __init__(self, topology: Topology, said: list[str], state: dict[str, Any]) -> None:
+        self.topology = topology
+        self.said = said
+        self.rows: dict[str, _Row] = {}
+        for i, layer in enumerate(topology.layers, start=1):
+            for agent in layer.proposers:
+                node = proposer_node(i, agent.name or "")
+                self.rows[node] = _Row(node, agent.model)
+        if topology.critic is not None:
+            self.rows[CRITIC] = _Row(CRITIC, topology.critic.model)
+        self.rows[AGGREGATOR] = _Row(AGGREGATOR, topology.aggregator.model)
+        for layer_records in state.get("layers") or []:  # a resumed run: what already ran
+            self._proposals(layer_records)
+        self.live = Live(
+            get_renderable=self._render, console=err, refresh_per_second=8, transient=False
+        )
+        self.live.start()
+
+    def _render(self) -> Table:
+        table = Table.grid(padding=(0, 1))
+        now = time.perf_counter()
+        for row in self.rows.values():
+            seconds: float | None
+            if row.status in ("running", "answering"):
+                icon: Any = Spinner("dots", style="cyan")
+                seconds = now - (row.started or now)
+            else:
+                icon = _ICONS.get(row.status, " ")
+                seconds = row.seconds
+            timing = f"{seconds:5.1f}s" if seconds is not None else ""
+            tokens = f"{row.tokens} tok" if row.tokens else ""
+            table.add_row(
+                icon,
+                escape(row.label),
+                f"[dim]{escape(row.model)}[/dim]",
+                row.status,
+                timing,
+                tokens,
+                escape(row.detail[:70]),
+            )
+        return table
+
+    def _run(self, node: str) -> None:
+        row = self.rows.get(node)
+        if row is not None and row.status == "waiting":
+            row.status, row.started = "running", time.perf_counter()
+
+    def _finish(self, node: str, records: list[dict[str, Any]]) -> None:
+        row = self.rows.get(node)
+        if row is None or not records:
+            return
+        failed = [r for r in records if not r["ok"]]
+        if all(r["attempts"] == 0 and not r["cached"] for r in failed) and failed == records:
+            row.status = "skipped"
+        elif failed:
+            row.status = "failed"
+        elif all(r["cached"] for r in records):
+            row.status = "cached"
+        else:
+            row.status = "done"
+        row.seconds = max(r["latency_s"] for r in records)
+        row.tokens = sum(r["usage"]["total_tokens"] for r in records)
+        if failed:
+            row.detail = failed[0]["error"] or ""
+            if len(records) > 1:
+                row.detail = f"{len(records) - len(failed)}/{len(records)} ok: {row.detail}"
+        elif records[0].get("finish_reason") == "length":
+            row.detail = "cut at max_tokens"
+
+    def _proposals(self, records: list[dict[str, Any]]) -> None:
+        by_node: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            by_node.setdefault(record["node"], []).append(record)
+        for node, mine in by_node.items():
+            self._finish(node, mine)
+
+    def started(self, node: str) -> None:
+        self._run(node)
+
+    def update(self, node: str, update: dict[str, Any]) -> None:
+        if node != REVIEW:
+            self._proposals(update.get("layers") or [])
+        _say_notes(node, update, self.said)
+        if node == CRITIC and (c := update.get("critique")):
+            self._finish(CRITIC, [c])
+        if node in (AGGREGATOR, FALLBACK) and (a := update.get("aggregator")):
+            self._finish(AGGREGATOR, [a])
+        if node == join_node(len(self.topology.layers)):
+            self._run(CRITIC)
+        if node == _stage_before_aggregator(self.topology):
+            self._run(AGGREGATOR)
+
+    def answering(self) -> None:
+        self._run(AGGREGATOR)
+        self.rows[AGGREGATOR].status = "answering"
+        self.close()
+
+    def close(self) -> None:
+        if self.live.is_started:
+            self.live.stop()
+
+
+def progress_for(
+    topology: Topology, *, quiet: bool, said: list[str], state: dict[str, Any] | None = None
+) -> Progress:
+    """The display for a run: none with --quiet, live on a terminal, plain lines elsewhere."""
+    if quiet:
+        return Progress()
+    if err.is_terminal and not err.is_dumb_terminal:
+        return LiveProgress(topology, said, state or {})
+    return LogProgress(topology, said)
 
 
 async def drive(
@@ -109,40 +295,51 @@ async def drive(
     quiet: bool,
     durability: Durability = "sync",
     said: list[str] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> Run:
-    """Run (or resume) the graph, showing progress and streaming the aggregator's tokens."""
+    """Run (or resume) the graph, showing progress and streaming the aggregator's tokens.
+
+    ``state`` is what the thread already holds, for a display that resumes a run.
+    """
     start = time.perf_counter()
     run = Run(state={}, latency_s=0.0, said=said if said is not None else [])
-    modes: list[StreamMode] = ["updates", "messages", "values"]
-    async for part in graph.astream(
-        inputs,
-        config,
-        stream_mode=modes,
-        durability=durability,  # type: ignore[arg-type]
-    ):
-        mode, chunk = cast(tuple[str, Any], part)
-        if mode == "values":
-            run.state = chunk
-        elif mode == "updates":
-            for node, update in chunk.items():
-                if node == "__interrupt__":  # the run paused: keep what the review shows
-                    for pending in update:
-                        value = pending.value
-                        if isinstance(value, dict) and value.get("kind") == "review":
-                            run.review = value
-                    continue
-                if quiet:
-                    continue
-                if node == PREPARE:  # its other writes are resets, not news
-                    update = {"ledger": (update or {}).get("ledger")}
-                _progress(node, update or {}, topology, run.said)
-        elif not as_json:
-            message, meta = chunk
-            answering = meta.get("langgraph_node") in (AGGREGATOR, FALLBACK)
-            if answering and isinstance(message, AIMessageChunk) and (text := message.text):
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                run.streamed = True
+    progress = progress_for(topology, quiet=quiet, said=run.said, state=state)
+    modes: list[StreamMode] = ["updates", "messages", "values", "custom"]
+    try:
+        async for part in graph.astream(
+            inputs,
+            config,
+            stream_mode=modes,
+            durability=durability,  # type: ignore[arg-type]
+        ):
+            mode, chunk = cast(tuple[str, Any], part)
+            if mode == "values":
+                run.state = chunk
+            elif mode == "custom":
+                if isinstance(chunk, dict) and chunk.get("event") == "proposer_started":
+                    progress.started(str(chunk.get("node")))
+            elif mode == "updates":
+                for node, update in chunk.items():
+                    if node == "__interrupt__":  # the run paused: keep what the review shows
+                        for pending in update:
+                            value = pending.value
+                            if isinstance(value, dict) and value.get("kind") == "review":
+                                run.review = value
+                        continue
+                    if node == PREPARE:  # its other writes are resets, not news
+                        update = {"ledger": (update or {}).get("ledger")}
+                    progress.update(node, update or {})
+            elif not as_json:
+                message, meta = chunk
+                answering = meta.get("langgraph_node") in (AGGREGATOR, FALLBACK)
+                if answering and isinstance(message, AIMessageChunk) and (text := message.text):
+                    if not run.streamed:
+                        progress.answering()
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+                    run.streamed = True
+    finally:
+        progress.close()
     run.latency_s = time.perf_counter() - start
     return run
 

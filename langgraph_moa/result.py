@@ -20,12 +20,14 @@ def answer_of(state: MoAState) -> str:
 
 
 def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, Any]:
-    """A JSON-able summary: answer, layers, critique, usage, degraded, latency_s, plus the
-    budget ledger and how a fallback answered (both None when unused)."""
+    """A JSON-able summary: answer, layers, critique, the aggregator's record (latency, attempts,
+    finish reason), usage, degraded, latency_s, plus the budget ledger and how a fallback
+    answered (both None when unused)."""
     return {
         "answer": answer_of(state),
         "layers": state.get("layers") or [],
         "critique": state.get("critique"),
+        "aggregator": state.get("aggregator"),
         "usage": state.get("usage") or empty_usage(),
         "degraded": bool(state.get("degraded")),
         "latency_s": None if latency_s is None else round(latency_s, 3),

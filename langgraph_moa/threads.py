@@ -8,6 +8,7 @@ as_node=...)``), and re-runs only what comes after; the original branch stays in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -18,7 +19,14 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.graphs.names import CRITIC, PREPARE, REVIEW, join_node, layer_of
+from langgraph_moa.graphs.names import (
+    CRITIC,
+    PREPARE,
+    REVIEW,
+    join_node,
+    layer_of,
+    proposer_node,
+)
 from langgraph_moa.nodes.review import apply_edits
 from langgraph_moa.topology import Topology, parse_topology
 
@@ -27,6 +35,7 @@ __all__ = [
     "fork_config",
     "history",
     "run_config",
+    "stored_topology",
     "topology_of_thread",
 ]
 
@@ -43,17 +52,25 @@ def run_config(thread_id: str, topology: Topology, **extra: Any) -> RunnableConf
     return cast(RunnableConfig, config)
 
 
-async def topology_of_thread(checkpointer: BaseCheckpointSaver[Any], thread_id: str) -> Topology:
-    """The topology of the thread's latest run; MoAInputError if the thread is unknown."""
+async def stored_topology(
+    checkpointer: BaseCheckpointSaver[Any], thread_id: str
+) -> Topology | None:
+    """The topology of the thread's latest run, or None if there is no such thread."""
     found = await checkpointer.aget_tuple({"configurable": {"thread_id": thread_id}})
     if found is None:
-        raise MoAInputError(f"no thread {thread_id!r} in the thread store")
+        return None
     spec = (found.metadata or {}).get(TOPOLOGY_KEY)
     if not isinstance(spec, str):
         raise MoAInputError(f"thread {thread_id!r} was not made by moa (no topology recorded)")
-    import json
-
     return parse_topology(json.loads(spec), source=f"topology of thread {thread_id!r}")
+
+
+async def topology_of_thread(checkpointer: BaseCheckpointSaver[Any], thread_id: str) -> Topology:
+    """The topology of the thread's latest run; MoAInputError if the thread is unknown."""
+    topology = await stored_topology(checkpointer, thread_id)
+    if topology is None:
+        raise MoAInputError(f"no thread {thread_id!r} in the thread store")
+    return topology
 
 
 @dataclass
@@ -103,7 +120,7 @@ async def history(
 
 
 def _stage_of(node: str, topology: Topology) -> str:
-    """The stage a fork point names: a proposer stands for its layer's join."""
+    """The stage a fork point names: a proposer of the topology stands for its layer's join."""
     stages = [PREPARE, *(join_node(i) for i in range(1, len(topology.layers) + 1))]
     if topology.critic is not None:
         stages.append(CRITIC)
@@ -111,10 +128,14 @@ def _stage_of(node: str, topology: Topology) -> str:
         stages.append(REVIEW)
     if node in stages:
         return node
-    layer = layer_of(node)
-    if layer is not None and 1 <= layer <= len(topology.layers):
-        return join_node(layer)
-    raise MoAInputError(f"cannot fork at {node!r}: name a proposer or one of {', '.join(stages)}")
+    for i, layer in enumerate(topology.layers, start=1):
+        if node in {proposer_node(i, agent.name or "") for agent in layer.proposers}:
+            return join_node(i)
+    raise MoAInputError(
+        f"cannot fork at {node!r}: no such stage in topology {topology.name!r}; name a "
+        f"proposer (e.g. {proposer_node(1, topology.layers[0].proposers[0].name or '')}) or "
+        f"one of {', '.join(stages)}"
+    )
 
 
 async def fork_config(

@@ -29,6 +29,7 @@ __all__ = [
     "list_presets",
     "load_preset",
     "load_topology",
+    "read_data_file",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -287,19 +288,39 @@ def parse_topology(data: Any, *, source: str = "topology") -> Topology:
         raise MoAInputError(f"invalid {source}: {describe_validation_error(err)}") from None
 
 
-def load_topology(path: str | Path) -> Topology:
-    """Read a topology from a .yaml/.yml/.json file."""
+def _syntax_error(err: json.JSONDecodeError | yaml.YAMLError) -> str:
+    """Where and what: ``line 3, column 7: mapping values are not allowed here``."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"line {err.lineno}, column {err.colno}: {err.msg}"
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return str(problem)
+
+
+def read_data_file(path: str | Path, *, what: str) -> Any:
+    """Read a YAML (or ``.json``) file; MoAInputError naming ``what`` and where it is broken."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
-        raise MoAInputError(f"cannot read topology file {str(p)!r}: {err.strerror}") from None
+        raise MoAInputError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise MoAInputError(f"{what} {str(p)!r} is not UTF-8 text (byte {err.start})") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise MoAInputError(f"topology file {str(p)!r} is not valid YAML/JSON: {first}") from None
-    return parse_topology(data, source=f"topology file {str(p)!r}")
+        kind = "JSON" if p.suffix == ".json" else "YAML"
+        raise MoAInputError(
+            f"{what} {str(p)!r} is not valid {kind}: {_syntax_error(err)}"
+        ) from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read a topology from a .yaml/.yml/.json file."""
+    data = read_data_file(path, what="topology file")
+    return parse_topology(data, source=f"topology file {str(path)!r}")
 
 
 def _preset_files() -> dict[str, Any]:

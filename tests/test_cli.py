@@ -52,6 +52,7 @@ def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
         "answer",
         "layers",
         "critique",
+        "aggregator",
         "usage",
         "degraded",
         "latency_s",
@@ -60,6 +61,9 @@ def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
         "thread_id",
     }
     assert out["ledger"] is None and out["fallback"] is None
+    agg = out["aggregator"]
+    assert agg["ok"] and agg["attempts"] == 1 and agg["finish_reason"] == "stop"
+    assert agg["latency_s"] > 0 and agg["model"] == "openai:agg"
     assert out["answer"] == "Answer 1 from agg."
     assert out["degraded"] is True
     assert [p["ok"] for p in out["layers"][0]] == [True, False]
@@ -105,10 +109,13 @@ def test_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad.write_text("layers:\n  - proposers: [{model: 'acme:x'}]\naggregator: {model: 'openai:a'}\n")
     one_line_error(run("ask", "hi", "-t", str(bad)), "unknown provider 'acme'")
     bad.write_text("layers: [}\n")
-    one_line_error(run("ask", "hi", "-t", str(bad)), "is not valid YAML/JSON")
+    one_line_error(run("ask", "hi", "-t", str(bad)), "is not valid YAML: line 1, column 10:")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"layers": [\n  1,,\n]}')
+    one_line_error(run("ask", "hi", "-t", str(bad_json)), "is not valid JSON: line 2, column 5:")
     one_line_error(run("ask", "hi", "-t", str(tmp_path / "nope.yaml")), "cannot read topology")
     one_line_error(run("ask", "hi", "-p", "moa", "-t", str(bad)), "not both")
-    one_line_error(run("graph", "--format", "png"), "unknown --format 'png'")
+    one_line_error(run("graph", "--format", "png"), "'png' is not one of 'mermaid', 'ascii'")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     one_line_error(
         run("ask", "hi", "--preset", "moa-gpt4o", env=env),
@@ -154,3 +161,109 @@ def test_chat_keeps_the_thread(fake: FakeOpenAI, topology_file: Path) -> None:
         "Answer 2 from agg.",
         "One more?",
     ]
+
+
+def test_version_help_and_usage_errors() -> None:
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("moa (langgraph-moa) ")
+    for args in (["-h"], ["--help"], ["ask", "-h"], []):
+        shown = run(*args)
+        assert shown.returncode == 0 and "Usage: moa" in shown.stdout, args
+    assert "--install-completion" in run("-h").stdout
+    completion = run("--show-completion", "bash")
+    assert completion.returncode == 0 and "complete" in completion.stdout
+    one_line_error(run("ask"), "moa ask: Missing argument")
+    one_line_error(run("bogus"), "No such command 'bogus'")
+    one_line_error(run("ask", "hi", "--bogus"), "No such option: --bogus")
+    one_line_error(
+        run("ask", "hi", "--durability", "never"),
+        "'never' is not one of 'sync', 'async', 'exit'",
+    )
+    assert "<sync|async|exit>" in run("ask", "-h").stdout  # choices shown
+
+
+def test_prompt_from_stdin(fake: FakeOpenAI, topology_file: Path) -> None:
+    def ask(data: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*MOA, "ask", "-", "-t", str(topology_file), "--quiet"],
+            input=data,
+            capture_output=True,
+            timeout=120,
+            env=dict(os.environ),
+        )
+
+    result = ask("A question\nover two lines, with é.".encode())
+    assert result.returncode == 0, result.stderr
+    assert fake.requests_for("agg")[0].messages[-1]["content"] == (
+        "A question\nover two lines, with é."
+    )
+    bad = ask(b"caf\xe9")
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip() == "moa: error: the prompt on stdin is not UTF-8 (byte 3)"
+    empty = ask(b"  \n")
+    assert empty.returncode == 2 and b"the prompt is empty" in empty.stderr
+
+
+def test_truncated_answer_is_said(fake: FakeOpenAI, topology_file: Path) -> None:
+    fake.behave("agg", finish_reason="length")
+    result = run("ask", "Why?", "-t", str(topology_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Answer 1 from agg.\n"
+    assert (
+        "moa: note: the answer was cut at the aggregator's limit of 512 tokens "
+        "(finish reason 'length')" in " ".join(result.stderr.split())
+    )
+    as_json = run("ask", "Why?", "-t", str(topology_file), "--json", "--quiet")
+    out = json.loads(as_json.stdout)
+    assert out["aggregator"]["finish_reason"] == "length"
+    assert "cut at the aggregator's limit" in as_json.stderr
+    fake.behave("agg", finish_reason="stop")
+    whole = run("ask", "Why?", "-t", str(topology_file))
+    assert "cut at" not in whole.stderr
+
+
+def test_a_thread_keeps_its_topology(fake: FakeOpenAI, topology_file: Path, tmp_path: Path) -> None:
+    first = run("ask", "Q1", "-t", str(topology_file), "--thread", "keep", "--quiet")
+    assert first.returncode == 0, first.stderr
+    # No --preset/--topology: the thread's own topology, not the default (local) preset.
+    second = run("ask", "Q2", "--thread", "keep", "--json", "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["answer"] == "Answer 2 from agg."
+    assert [m["content"] for m in fake.requests_for("agg")[-1].messages[1:]] == [
+        "Q1",
+        "Answer 1 from agg.",
+        "Q2",
+    ]
+    # The same topology named again is fine; another one is refused, the thread untouched.
+    assert run("ask", "Q3", "-t", str(topology_file), "--thread", "keep", "-q").returncode == 0
+    one_line_error(
+        run("ask", "Q4", "--preset", "moa", "--thread", "keep"),
+        "thread 'keep' runs topology 'mine', not 'moa': leave out --preset/--topology",
+    )
+    one_line_error(
+        run("chat", "--preset", "moa", "--thread", "keep"),
+        "thread 'keep' runs topology 'mine', not 'moa'",
+    )
+    assert len(fake.requests_for("agg")) == 3
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        "name: other\nlayers:\n  - proposers: [{model: 'openai:x'}]\n"
+        "aggregator: {model: 'openai:agg2'}\n"
+    )
+    switched = run("ask", "Q5", "-t", str(other), "--thread", "keep", "--switch-topology", "-q")
+    assert switched.returncode == 0, switched.stderr
+    assert [m["content"] for m in fake.requests_for("agg2")[0].messages[1:]][-1] == "Q5"
+
+
+def test_fork_at_a_stage_that_does_not_exist_is_refused(
+    fake: FakeOpenAI, topology_file: Path
+) -> None:
+    assert run("ask", "Q", "-t", str(topology_file), "--thread", "f", "-q").returncode == 0
+    for typo in ("L2/typo", "L1/joinn", "L3/join", "L9/a", "critic"):
+        one_line_error(
+            run("fork", "--thread", "f", "--at", typo),
+            f"cannot fork at {typo!r}: no such stage in topology 'mine'",
+        )
+    forked = run("fork", "--thread", "f", "--at", "L2/c", "-q")
+    assert forked.returncode == 0, forked.stderr
+    assert len(fake.requests_for("c")) == 1 and len(fake.requests_for("agg")) == 2

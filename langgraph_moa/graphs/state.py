@@ -52,6 +52,9 @@ class CallRecord(TypedDict):
     attempts: int  # HTTP requests sent for it, retries included (0 when served from the cache)
     cached: bool
     trimmed: Trim | None  # how its input was cut to fit the model's context window, if it was
+    # why the model stopped: "stop", "length" (cut at max_tokens), "tool_calls"...; None when
+    # the call failed or the provider did not say
+    finish_reason: NotRequired[str | None]
 
 
 class Proposal(CallRecord):

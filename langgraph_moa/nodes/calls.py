@@ -55,6 +55,7 @@ class Outcome:
     message: AIMessage | None = None
     attempts: int = 1
     cached: bool = False
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,11 +104,15 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
 
 def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage, attempts: int) -> Outcome:
     text = message.text if isinstance(message.text, str) else str(message.content)
+    finish = message.response_metadata.get("finish_reason")
+    finish = str(finish) if finish is not None else None
     if message.tool_calls:  # an answer that calls tools may have no text
-        return Outcome(text, None, latency_s, usage, message, attempts=attempts)
+        return Outcome(text, None, latency_s, usage, message, attempts, finish_reason=finish)
     if not text.strip():
-        return Outcome(None, "empty completion", latency_s, usage, attempts=attempts)
-    return Outcome(text, None, latency_s, usage, message, attempts=attempts)
+        return Outcome(
+            None, "empty completion", latency_s, usage, attempts=attempts, finish_reason=finish
+        )
+    return Outcome(text, None, latency_s, usage, message, attempts, finish_reason=finish)
 
 
 class ModelPool:
@@ -284,6 +289,7 @@ def call_record(
         "attempts": outcome.attempts,
         "cached": outcome.cached,
         "trimmed": trimmed,
+        "finish_reason": outcome.finish_reason,
     }
 
 

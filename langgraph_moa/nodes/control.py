@@ -18,7 +18,7 @@ from langgraph_moa.fitting import estimate_tokens
 from langgraph_moa.graphs.state import MoAState, empty_usage
 from langgraph_moa.nodes.propose import Node, ok_texts
 from langgraph_moa.pricing import PriceTable
-from langgraph_moa.providers import check_credentials
+from langgraph_moa.providers import check_ready
 from langgraph_moa.topology import Topology
 
 __all__ = ["make_join", "make_prepare"]
@@ -32,7 +32,7 @@ def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
             raise MoAInputError("the conversation must end with a user message or tool results")
         if isinstance(messages[-1], HumanMessage) and not messages[-1].text.strip():
             raise MoAInputError("the prompt is empty")
-        check_credentials(topology)
+        check_ready(topology)
         ledger = None
         if topology.budget is not None:
             ledger = plan(

@@ -21,9 +21,14 @@ from langchain_core.messages import AIMessageChunk
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError
+from langgraph_moa.errors import (
+    MissingCredentialsError,
+    MissingExtraError,
+    MoAError,
+    MoAInputError,
+)
 from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
-from langgraph_moa.providers import check_credentials
+from langgraph_moa.providers import check_ready
 from langgraph_moa.result import result_of
 from langgraph_moa.serving.access import (
     KEYS_ENV,
@@ -225,8 +230,8 @@ class _Service:
         served = self.lookup(req.model)
         inputs = _graph_inputs(req)
         try:
-            check_credentials(served.topology)
-        except MissingCredentialsError as e:
+            check_ready(served.topology)
+        except (MissingCredentialsError, MissingExtraError) as e:
             raise _error_of_run(e) from None
         graph = self.graph_for(served)
         release = self.take_slot()

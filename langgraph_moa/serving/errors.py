@@ -14,7 +14,14 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
+from langgraph_moa.errors import (
+    LocalModelUnusableError,
+    MissingCredentialsError,
+    MissingExtraError,
+    MoAError,
+    MoAInputError,
+    MoARunError,
+)
 from langgraph_moa.providers import redact
 
 
@@ -82,6 +89,14 @@ def _error_of_run(exc: BaseException) -> APIError:
             f"this server is not configured for the model: {exc}",
             type_="server_error",
             code="missing_api_key",
+            headers=_no_retry(),
+        )
+    if isinstance(exc, MissingExtraError | LocalModelUnusableError):
+        return APIError(
+            503,
+            f"this server cannot run the model: {exc}",
+            type_="server_error",
+            code="model_unavailable",
             headers=_no_retry(),
         )
     if isinstance(exc, MoAInputError):

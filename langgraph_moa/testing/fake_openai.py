@@ -61,6 +61,7 @@ class Behavior:
     retry_after: float | None = None
     hang_s: float = 30.0
     tool_calls: ToolCalls | None = None
+    finish_reason: str = "stop"  # e.g. "length": the reply was cut at max_tokens
 
 
 @dataclass
@@ -230,7 +231,13 @@ class FakeOpenAI:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
                 self._sse(
-                    log, ident, model, texts[0], usage if include_usage else None, tool_calls
+                    log,
+                    ident,
+                    model,
+                    texts[0],
+                    usage if include_usage else None,
+                    tool_calls,
+                    behavior.finish_reason,
                 ),
                 media_type="text/event-stream",
             )
@@ -246,7 +253,7 @@ class FakeOpenAI:
                         "index": k,
                         "message": {"role": "assistant", "content": text}
                         | ({"tool_calls": tool_calls} if tool_calls else {}),
-                        "finish_reason": "tool_calls" if tool_calls else "stop",
+                        "finish_reason": "tool_calls" if tool_calls else behavior.finish_reason,
                     }
                     for k, text in enumerate(texts)
                 ],
@@ -262,6 +269,7 @@ class FakeOpenAI:
         text: str,
         usage: dict[str, int] | None,
         tool_calls: list[dict[str, Any]],
+        finish_reason: str,
     ) -> Any:
         def event(delta: dict[str, Any], finish: str | None = None) -> str:
             chunk = {
@@ -282,7 +290,7 @@ class FakeOpenAI:
             words = text.split(" ")
             for k, word in enumerate(words):
                 yield event({"content": word if k == 0 else " " + word})
-            yield event({}, "stop")
+            yield event({}, finish_reason)
         if usage is not None:
             chunk = {
                 "id": ident,
