@@ -28,16 +28,22 @@ from langgraph_moa.errors import LocalModelUnusableError
 __all__ = ["REBUILD_HINT", "check_local_runtime", "compiled_cpu_features"]
 
 REBUILD_HINT = (
-    "rebuild it for any x86-64 CPU: `make clean && make install` in a checkout, or "
-    "scripts/local-model-wheel.sh PATH/TO/pip"
+    "rebuild llama.cpp for any x86-64 CPU: `make clean && make install` in a checkout, or "
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install '
+    "--force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36"
 )
 
-# Loads the model and decodes a couple of tokens: enough to reach the CPU kernels that crash.
+# Loads the model as the project does, then evaluates a prompt of several tokens (the batched
+# matrix kernels: a one-token prompt never reaches the AMX code that crashes) and decodes a few
+# tokens (the one-token kernels).
 _CHILD = """
-import sys
+import os, sys
 from llama_cpp import Llama
-llama = Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
-llama.create_completion("Hello", max_tokens=2)
+threads = max(1, min(os.cpu_count() or 1, 8))
+llama = Llama(model_path=sys.argv[1], n_ctx=512, n_threads=threads, n_threads_batch=threads,
+              verbose=False)
+prompt = "Check that this machine can run the model: read these words and write a few more. "
+llama.create_completion(prompt * 2, max_tokens=4, temperature=0.0)
 """
 _CHILD_TIMEOUT_S = 120.0
 _lock = threading.Lock()

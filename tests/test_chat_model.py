@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
+from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel
@@ -142,9 +142,9 @@ async def test_with_structured_output(fake: FakeOpenAI) -> None:
     )
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # create_react_agent moved packages
-async def test_inside_a_langgraph_agent_with_a_tool(fake: FakeOpenAI) -> None:
-    from langgraph.prebuilt import create_react_agent
+async def test_inside_a_langchain_agent_with_a_tool(fake: FakeOpenAI) -> None:
+    """LangChain 1.x's agent loop (`create_agent`; LangGraph's `create_react_agent` is
+    deprecated) with MoA as its model."""
 
     def agg_behaviour(body: dict, number: int) -> list[dict] | None:
         seen_result = any(m["role"] == "tool" for m in body["messages"])
@@ -155,7 +155,7 @@ async def test_inside_a_langgraph_agent_with_a_tool(fake: FakeOpenAI) -> None:
         tool_calls=agg_behaviour,
         reply=lambda body, n, k: "Bring sunglasses, not an umbrella.",
     )
-    agent = create_react_agent(moa(), [get_weather])
+    agent = create_agent(moa(), [get_weather])
     state = await agent.ainvoke({"messages": [HumanMessage("What should I pack for Oslo?")]})
     kinds = [m.type for m in state["messages"]]
     assert kinds == ["human", "ai", "tool", "ai"]

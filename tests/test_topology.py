@@ -149,7 +149,9 @@ def test_files(tmp_path: Path) -> None:
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("layers: [\n")
-    with pytest.raises(MoAInputError, match="is not valid YAML: line 2, column 1: expected the node content"):
+    with pytest.raises(
+        MoAInputError, match="is not valid YAML: line 2, column 1: expected the node content"
+    ):
         load_topology(broken)
     with pytest.raises(MoAInputError, match="cannot read topology file"):
         load_topology(tmp_path / "missing.yaml")
