@@ -15,10 +15,11 @@ import os
 import random
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -60,11 +61,28 @@ def resolve_model_path(name: str) -> Path:
     return path
 
 
+class _Stopped(Exception):
+    """The caller was cancelled: generation stops at the next token (checked between the
+    tokens of a streamed completion; llama.cpp's own per-token hooks run as C callbacks, where
+    an exception cannot stop anything)."""
+
+
 @dataclass
 class _Engine:
     llama: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
     formatter: Any = None
+
+    @contextmanager
+    def turn(self, cancel: threading.Event | None) -> Iterator[None]:
+        """Hold the model for one call; give up waiting for it if the caller is cancelled."""
+        while not self.lock.acquire(timeout=0.05):
+            if cancel is not None and cancel.is_set():
+                raise _Stopped
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         if self.formatter is None:
@@ -138,7 +156,7 @@ class ChatLocalLlama(BaseChatModel):
         return _engine(str(resolve_model_path(self.model_path)), self.n_ctx)
 
     def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        params = {
+        params: dict[str, Any] = {
             "temperature": kwargs.get("temperature", self.temperature),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
             "stop": stop or [],
@@ -158,7 +176,7 @@ class ChatLocalLlama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         engine = self._engine()
-        with engine.lock:
+        with engine.turn(None):
             response = engine.llama.create_chat_completion(
                 messages=_to_llama_messages(messages), **self._params(stop, kwargs)
             )
@@ -185,16 +203,28 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        return self._chunks(messages, stop, kwargs, None)
+
+    def _chunks(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None,
+    ) -> Iterator[ChatGenerationChunk]:
         engine = self._engine()
         llama_messages = _to_llama_messages(messages)
         text: list[str] = []
         finish_reason = None
-        with engine.lock:
+        with engine.turn(cancel):
             prompt_tokens = engine.count_prompt_tokens(llama_messages)
             stream = engine.llama.create_chat_completion(
                 messages=llama_messages, stream=True, **self._params(stop, kwargs)
             )
             for chunk in stream:
+                if cancel is not None and cancel.is_set():
+                    stream.close()
+                    raise _Stopped
                 choice = chunk["choices"][0]
                 finish_reason = choice.get("finish_reason") or finish_reason
                 delta = choice.get("delta", {}).get("content")
@@ -224,7 +254,36 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+        """The blocking call in a worker thread; if this coroutine is cancelled, the thread
+        stops at its next token and is awaited, so no computation outlives the call."""
+        cancel = threading.Event()
+
+        def complete() -> ChatResult:  # the streamed tokens, merged: cancellable between them
+            merged: ChatGenerationChunk | None = None
+            for chunk in self._chunks(messages, stop, kwargs, cancel):
+                merged = chunk if merged is None else merged + chunk
+            assert merged is not None  # the last chunk always carries usage
+            message = cast(AIMessageChunk, merged.message)
+            return ChatResult(
+                generations=[
+                    ChatGeneration(
+                        message=AIMessage(
+                            content=message.content,
+                            usage_metadata=message.usage_metadata,
+                            response_metadata=message.response_metadata,
+                        )
+                    )
+                ]
+            )
+
+        worker = asyncio.ensure_future(asyncio.to_thread(complete))
+        try:
+            return await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            cancel.set()
+            with suppress(_Stopped):
+                await worker
+            raise
 
     async def _astream(
         self,
@@ -233,14 +292,18 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        """Run the blocking generator in one worker thread and hand chunks over a queue."""
+        """Run the blocking generator in one worker thread and hand chunks over a queue; if the
+        consumer stops early or is cancelled, the thread stops at its next token."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
 
         def produce() -> None:
             try:
-                for chunk in self._stream(messages, stop, None, **kwargs):
+                for chunk in self._chunks(messages, stop, kwargs, cancel):
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+            except _Stopped:
+                pass
             except BaseException as err:  # handed to the consumer, re-raised there
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
             finally:
@@ -257,4 +320,5 @@ class ChatLocalLlama(BaseChatModel):
                 else:
                     break
         finally:
-            await worker
+            cancel.set()  # a no-op if the generation already ended
+            await asyncio.shield(worker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,23 @@ def test_the_packaged_model_passes_the_check(
         assert done.returncode == 0, done.stderr
         (verdict,) = (tmp_path / "cache" / "langgraph-moa" / "local-check").glob("*.json")
         assert '"reason": null' in verdict.read_text()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_cancelled_call_stops_the_model_at_the_next_token(streaming: bool) -> None:
+    model = ChatLocalLlama(max_tokens=2000, temperature=0.0, streaming=streaming)
+    await model.ainvoke("Hi.")  # loaded, so the cancelled call is busy generating
+    call = asyncio.ensure_future(model.ainvoke("Write a very long story about a dragon."))
+    await asyncio.sleep(1.0)
+    started = time.perf_counter()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # stopped, not run to its 2,000 tokens (~30 s here); the bound is loose: 2 noisy cores
+    assert time.perf_counter() - started < 5.0
+    engine = model._engine()
+    assert not engine.lock.locked()
+    quick = ChatLocalLlama(max_tokens=2, temperature=0.0)
+    started = time.perf_counter()
+    await quick.ainvoke("Hi.")  # the model is free at once
+    assert time.perf_counter() - started < 5.0

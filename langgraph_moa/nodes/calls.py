@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -88,7 +89,9 @@ def error_text(err: BaseException) -> str:
 
 def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str:
     """What went wrong with a call, in the words a user needs (status, timeout, connection...)."""
-    if isinstance(err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError):
+    if isinstance(
+        err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError | httpx2.TimeoutException
+    ):
         return f"timed out after {timeout_s:g}s" if timeout_s else "timed out"
     if isinstance(err, openai.APIStatusError):
         body = err.body if isinstance(err.body, dict) else {}
@@ -202,7 +205,20 @@ async def _request(
             outcomes.append(Outcome(None, "malformed response", latency, zero_usage()))
             continue
         usage = _usage_of(message) if k == 0 else zero_usage()
-        outcomes.append(_outcome_of(message, latency, usage, tries))
+        outcome = _outcome_of(message, latency, usage, tries)
+        if pool.streaming and outcome.ok and outcome.finish_reason is None:
+            # A stream that simply stopped (no finish reason, no [DONE]) was cut off: its text
+            # is a fragment, not an answer.
+            received = len(outcome.text or "")
+            outcome = Outcome(
+                None,
+                f"truncated stream: the connection ended after {received} characters, "
+                "before the model finished",
+                latency,
+                usage,
+                attempts=tries,
+            )
+        outcomes.append(outcome)
     for _ in range(n - len(outcomes)):
         missing = f"provider returned {len(generations)} of {n} samples"
         outcomes.append(Outcome(None, missing, latency, zero_usage(), attempts=tries))
@@ -229,16 +245,26 @@ async def call_agent(
         return [Outcome(t, None, latency, zero_usage(), attempts=0, cached=True) for t in texts], 0
     batched = n == 1 or supports_n(pool.agent)
     sizes = [n] if batched else [1] * n
-    tasks = [asyncio.ensure_future(_request(pool, messages, size, extras)) for size in sizes]
-    done, pending = await asyncio.wait(tasks, timeout=deadline_s)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
+    finished: dict[int, list[Outcome]] = {}
+
+    async def send(k: int, size: int) -> None:
+        finished[k] = await _request(pool, messages, size, extras)
+
+    # The requests are children of this call: if the node is cancelled (a client left, Ctrl-C,
+    # a cancelled server run), the task group cancels them too, and their HTTP connections
+    # close. At the deadline, the same happens to those still running; finished ones are kept.
+    try:
+        async with asyncio.timeout(deadline_s), asyncio.TaskGroup() as group:
+            for k, size in enumerate(sizes):
+                group.create_task(send(k, size))
+    except TimeoutError:
+        pass
+    except ExceptionGroup as failed:  # only MoAInputError escapes _request: configuration
+        raise failed.exceptions[0] from None
     outcomes: list[Outcome] = []
-    for task, size in zip(tasks, sizes, strict=True):
-        if task in done:
-            outcomes.extend(task.result())
+    for k, size in enumerate(sizes):
+        if k in finished:
+            outcomes.extend(finished[k])
         else:
             late = f"timed out: the layer's deadline of {deadline_s:g}s passed"
             elapsed = time.perf_counter() - start

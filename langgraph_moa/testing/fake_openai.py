@@ -16,7 +16,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,12 @@ class Behavior:
     ``"malformed"`` (invalid JSON body) or ``"empty"`` (a completion with no text).
     ``always`` applies a fault to every request. ``random_faults`` maps faults to the chance
     that any one request gets it (drawn from the server's seeded random generator).
+    ``drip_s`` sends the response body one byte at a time, this many seconds apart (a server
+    that never trips a read timeout); ``truncate`` ends a stream after its text, without a
+    finish reason and without ``[DONE]`` (a connection cut cleanly mid-answer).
+
+    A request whose client closes the connection (while the server waits out ``latency_s``, a
+    hang, or mid-stream) is logged with status 499 and ``disconnected=True``.
     """
 
     latency_s: float = 0.0
@@ -62,6 +68,8 @@ class Behavior:
     hang_s: float = 30.0
     tool_calls: ToolCalls | None = None
     finish_reason: str = "stop"  # e.g. "length": the reply was cut at max_tokens
+    drip_s: float | None = None
+    truncate: bool = False
 
 
 @dataclass
@@ -72,6 +80,7 @@ class LoggedRequest:
     started: float
     finished: float = 0.0
     status: int = 0
+    disconnected: bool = False
     fault: int | str | None = None
 
     @property
@@ -186,17 +195,13 @@ class FakeOpenAI:
                     draw -= chance
             log.fault = fault
 
-        if behavior.latency_s:
-            await asyncio.sleep(behavior.latency_s)
+        if behavior.latency_s and not await self._wait(request, behavior.latency_s, log):
+            return Response(status_code=499)
         n = int(body.get("n") or 1)
         if n > 1 and not behavior.supports_n:
             return self._error(log, 400, "'n' : number must be at most 1")
-        if fault == "hang":
-            try:
-                await asyncio.sleep(behavior.hang_s)
-            except asyncio.CancelledError:  # the client gave up, or the server is stopping
-                log.status, log.finished = 499, time.perf_counter()
-                return Response(status_code=499)
+        if fault == "hang" and not await self._wait(request, behavior.hang_s, log):
+            return Response(status_code=499)
         elif isinstance(fault, int):
             headers = {}
             if behavior.retry_after is not None:
@@ -229,20 +234,21 @@ class FakeOpenAI:
         ident = f"chatcmpl-fake-{model}-{number}"
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = self._sse(
+                log,
+                ident,
+                model,
+                texts[0],
+                usage if include_usage else None,
+                tool_calls,
+                behavior.finish_reason,
+                behavior.truncate,
+            )
             return StreamingResponse(
-                self._sse(
-                    log,
-                    ident,
-                    model,
-                    texts[0],
-                    usage if include_usage else None,
-                    tool_calls,
-                    behavior.finish_reason,
-                ),
+                self._dripped(events, behavior.drip_s, log),
                 media_type="text/event-stream",
             )
-        log.status, log.finished = 200, time.perf_counter()
-        return JSONResponse(
+        reply = json.dumps(
             {
                 "id": ident,
                 "object": "chat.completion",
@@ -260,6 +266,51 @@ class FakeOpenAI:
                 "usage": usage,
             }
         )
+        if behavior.drip_s:
+
+            async def whole() -> AsyncIterator[str]:
+                yield reply
+                log.status = 200
+
+            return StreamingResponse(
+                self._dripped(whole(), behavior.drip_s, log), media_type="application/json"
+            )
+        log.status, log.finished = 200, time.perf_counter()
+        return Response(reply, media_type="application/json")
+
+    async def _wait(self, request: Request, seconds: float, log: LoggedRequest) -> bool:
+        """Sleep ``seconds``; False (and the request logged as 499) if the client left first."""
+        deadline = time.perf_counter() + seconds
+        try:
+            while (left := deadline - time.perf_counter()) > 0:
+                await asyncio.sleep(min(left, 0.02))
+                if await request.is_disconnected():
+                    log.status, log.finished = 499, time.perf_counter()
+                    log.disconnected = True
+                    return False
+        except asyncio.CancelledError:  # the server is stopping
+            log.status, log.finished = 499, time.perf_counter()
+            raise
+        return True
+
+    async def _dripped(
+        self, events: AsyncIterator[str], drip_s: float | None, log: LoggedRequest
+    ) -> AsyncIterator[str]:
+        """The body as produced, or one byte every ``drip_s`` seconds; a client that leaves
+        mid-body is logged."""
+        try:
+            async for event in events:
+                if not drip_s:
+                    yield event
+                    continue
+                for char in event:
+                    yield char
+                    await asyncio.sleep(drip_s)
+        except asyncio.CancelledError:  # Starlette cancels the body when the client leaves
+            log.status, log.finished, log.disconnected = 499, time.perf_counter(), True
+            raise
+        if log.status == 200:
+            log.finished = time.perf_counter()
 
     async def _sse(
         self,
@@ -270,7 +321,8 @@ class FakeOpenAI:
         usage: dict[str, int] | None,
         tool_calls: list[dict[str, Any]],
         finish_reason: str,
-    ) -> Any:
+        truncate: bool = False,
+    ) -> AsyncIterator[str]:
         def event(delta: dict[str, Any], finish: str | None = None) -> str:
             chunk = {
                 "id": ident,
@@ -290,6 +342,9 @@ class FakeOpenAI:
             words = text.split(" ")
             for k, word in enumerate(words):
                 yield event({"content": word if k == 0 else " " + word})
+            if truncate:
+                log.status = 200
+                return
             yield event({}, finish_reason)
         if usage is not None:
             chunk = {
@@ -302,4 +357,4 @@ class FakeOpenAI:
             }
             yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
-        log.status, log.finished = 200, time.perf_counter()
+        log.status = 200
