@@ -9,8 +9,6 @@ holds the run's record: layers, critique, usage and cost, ledger, fallback, degr
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -28,6 +26,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
 from langgraph_moa.result import result_of
+from langgraph_moa.sync_loop import iterate_sync, run_sync
 from langgraph_moa.topology import Topology, load_preset
 
 __all__ = ["ChatMixtureOfAgents"]
@@ -158,8 +157,8 @@ class ChatMixtureOfAgents(BaseChatModel):
             )
         )
 
-    # The sync API runs the async one on a private event loop in a worker thread, so it also
-    # works when called from code that already has a loop running.
+    # The sync API runs the async one on the process's shared sync loop (see sync_loop), so it
+    # also works when called from code that already has a loop running.
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -167,7 +166,7 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _run_sync(lambda: self._agenerate(messages, stop, None, **kwargs))
+        return run_sync(lambda: self._agenerate(messages, stop, None, **kwargs))
 
     def _stream(
         self,
@@ -176,49 +175,4 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        yield from _iterate_sync(lambda: self._astream(messages, stop, None, **kwargs))
-
-
-def _run_sync(make: Callable[[], Any]) -> Any:
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["value"] = asyncio.run(make())
-        except BaseException as err:  # handed back to the caller's thread
-            box["error"] = err
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _iterate_sync(make: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
-    """Drain an async iterator on a worker thread's loop, handing items over as they come."""
-    import queue
-
-    items: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    async def pump() -> None:
-        async for item in make():
-            items.put(("item", item))
-
-    def work() -> None:
-        try:
-            asyncio.run(pump())
-            items.put(("end", None))
-        except BaseException as err:
-            items.put(("error", err))
-
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        kind, value = items.get()
-        if kind == "item":
-            yield value
-        elif kind == "error":
-            raise value
-        else:
-            return
+        yield from iterate_sync(lambda: self._astream(messages, stop, None, **kwargs))

@@ -7,7 +7,6 @@ What runs is exactly what ``get_graph()`` draws.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from langchain_core.runnables import RunnableLambda
@@ -33,6 +32,7 @@ from langgraph_moa.nodes.critique import make_critic
 from langgraph_moa.nodes.propose import Node, make_proposer
 from langgraph_moa.nodes.review import make_review
 from langgraph_moa.pricing import PriceTable
+from langgraph_moa.sync_loop import run_sync
 from langgraph_moa.topology import Topology
 
 __all__ = [
@@ -51,11 +51,11 @@ __all__ = [
 def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
     """Add an async node that also runs under the sync API (``invoke``/``stream``)."""
 
-    def run_sync(state: MoAState) -> dict[str, Any]:
-        # LangGraph runs sync nodes in worker threads, where no event loop is running.
-        return asyncio.run(node(state))
+    def in_sync_api(state: MoAState) -> dict[str, Any]:
+        # On the process's shared loop, in this run's context (see sync_loop).
+        return run_sync(lambda: node(state))
 
-    graph.add_node(name, RunnableLambda(run_sync, afunc=node, name=name))
+    graph.add_node(name, RunnableLambda(in_sync_api, afunc=node, name=name))
 
 
 def build_state_graph(

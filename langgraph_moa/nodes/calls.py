@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,18 +119,25 @@ def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage, attempt
 
 class ModelPool:
     """An agent's chat models, built on first use (keys are read only when a call is made) and
-    kept per event loop (an HTTP connection pool belongs to the loop that opened it)."""
+    kept per event loop (an HTTP connection pool belongs to the loop that opened it).
+
+    The sync API runs on one shared loop (:mod:`langgraph_moa.sync_loop`), so a process has few
+    loops. Models of a loop that has been closed (``asyncio.run`` returned) are dropped at the
+    next call, so their clients and sockets do not pile up across ``asyncio.run`` calls.
+    """
 
     def __init__(self, agent: Agent, *, streaming: bool = False) -> None:
         self.agent = agent
         self.streaming = streaming
         self.in_process = not PROVIDERS[agent.provider].openai_compatible
-        self._models: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[int, BaseChatModel]
-        ] = weakref.WeakKeyDictionary()
+        self._models: dict[asyncio.AbstractEventLoop, dict[int, BaseChatModel]] = {}
 
     def get(self, n: int = 1) -> BaseChatModel:
-        models = self._models.setdefault(asyncio.get_running_loop(), {})
+        loop = asyncio.get_running_loop()
+        if loop not in self._models:
+            for closed in [old for old in self._models if old.is_closed()]:
+                del self._models[closed]
+        models = self._models.setdefault(loop, {})
         if n not in models:
             models[n] = make_chat_model(self.agent, streaming=self.streaming, n=n)
         return models[n]

@@ -279,18 +279,28 @@ class FakeOpenAI:
         return Response(reply, media_type="application/json")
 
     async def _wait(self, request: Request, seconds: float, log: LoggedRequest) -> bool:
-        """Sleep ``seconds``; False (and the request logged as 499) if the client left first."""
-        deadline = time.perf_counter() + seconds
+        """Sleep ``seconds``; False (and the request logged as 499) if the client left first.
+
+        The body has been read, so the next ASGI message is the client's disconnect: waiting
+        for it costs nothing while the request is pending.
+        """
+
+        async def client_left() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(client_left())
         try:
-            while (left := deadline - time.perf_counter()) > 0:
-                await asyncio.sleep(min(left, 0.02))
-                if await request.is_disconnected():
-                    log.status, log.finished = 499, time.perf_counter()
-                    log.disconnected = True
-                    return False
+            done, _ = await asyncio.wait([watcher], timeout=seconds)
         except asyncio.CancelledError:  # the server is stopping
             log.status, log.finished = 499, time.perf_counter()
             raise
+        finally:
+            watcher.cancel()
+        if watcher in done:
+            log.status, log.finished = 499, time.perf_counter()
+            log.disconnected = True
+            return False
         return True
 
     async def _dripped(
