@@ -1,14 +1,25 @@
-"""Where threads are kept: an embedded SQLite file by default, or PostgreSQL.
+"""Where threads are kept: an embedded SQLite file by default, or PostgreSQL; and the lock that
+lets one run at a time write a thread.
 
 The store is ``--db`` if given, else ``$MOA_DB``, else ``$XDG_DATA_HOME/langgraph-moa/
 threads.sqlite`` (``~/.local/share/langgraph-moa/threads.sqlite``). A ``postgresql://`` URL uses
 langgraph-checkpoint-postgres (tables are created on first use); anything else is a SQLite path.
+
+Two runs on one thread at once would each start from the same checkpoint and the later write
+would hide the earlier turn. :func:`thread_lock` serializes them across processes: an advisory
+lock on PostgreSQL, an ``flock`` on a file beside the SQLite store. Both are released by the
+operating system or the database when the holder dies (kill -9 included), so a crash never leaves
+a thread locked. LangGraph's checkpointers have no such lock (the LangGraph server serializes
+runs itself), hence this code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +29,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
 
-__all__ = ["default_db", "open_checkpointer"]
+__all__ = ["default_db", "open_checkpointer", "thread_lock"]
+
+_LOCK_POLL_S = 0.1
 
 
 def default_db() -> str:
@@ -63,3 +76,63 @@ async def open_checkpointer(
         raise MoAInputError(f"cannot create the thread store at {str(path)!r}: {reason}") from None
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         yield saver
+
+
+@asynccontextmanager
+async def thread_lock(
+    db: str | Path | None, thread_id: str, *, on_wait: Callable[[], None] | None = None
+) -> AsyncIterator[None]:
+    """Hold ``thread_id``'s lock in the store ``db`` for the duration of the block; if another
+    run holds it, call ``on_wait`` once and wait (cancellable) until it is released."""
+    target = str(db) if db is not None else default_db()
+    digest = hashlib.sha256(thread_id.encode("utf-8", "surrogatepass")).digest()
+    if _is_postgres(target):
+        require_extra("postgres", "a PostgreSQL thread store")
+        async with _advisory_lock(target, int.from_bytes(digest[:8], "big", signed=True), on_wait):
+            yield
+        return
+    lock_dir = Path(target).expanduser().with_name(Path(target).name + ".locks")
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_dir / f"{digest.hex()[:32]}.lock", "a+b")  # noqa: SIM115
+    except OSError as err:
+        raise MoAInputError(
+            f"cannot lock thread {thread_id!r} in {str(lock_dir)!r}: {err.strerror}"
+        ) from None
+    with handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                await asyncio.sleep(_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@asynccontextmanager
+async def _advisory_lock(
+    url: str, key: int, on_wait: Callable[[], None] | None
+) -> AsyncIterator[None]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        waited = False
+        while True:
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+            if row and row[0]:
+                break
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            await asyncio.sleep(_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

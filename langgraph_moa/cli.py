@@ -27,7 +27,7 @@ from langgraph.graph import END
 from langgraph.types import Command, Durability
 from rich.markup import escape
 
-from langgraph_moa.checkpoints import open_checkpointer
+from langgraph_moa.checkpoints import open_checkpointer, thread_lock
 from langgraph_moa.console import Run, ask_review, describe, drive, err, print_estimate, show_review
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
 from langgraph_moa.extras import require_extra
@@ -216,6 +216,17 @@ async def _ctrl_c_cancels() -> AsyncIterator[None]:
         loop.remove_signal_handler(signal.SIGINT)
 
 
+def _lock(db: str | None, thread: str) -> Any:
+    """One run at a time on a thread (other processes included): a second one waits."""
+    return thread_lock(
+        db,
+        thread,
+        on_wait=lambda: err.print(
+            f"[yellow]waiting[/yellow]: another run is writing thread {escape(thread)}"
+        ),
+    )
+
+
 def _resume_command(thread: str, db: str | None) -> str:
     return f"moa resume --thread {thread}" + (f" --db {db}" if db else "")
 
@@ -389,7 +400,7 @@ def ask(
             graph = build_graph(topo, checkpointer=saver, cache=backend)
             config = run_config(thread_id, topo)
             try:
-                async with _ctrl_c_cancels():
+                async with _ctrl_c_cancels(), _lock(db, thread_id):
                     run = await _run_to_end(
                         graph,
                         topo,
@@ -433,9 +444,10 @@ def chat(
     thread_id = thread or uuid.uuid4().hex[:12]
 
     async def turn(graph: Any, topo: Topology, saver: Any, config: Any, text: str) -> None:
-        before = await graph.aget_state(config)
+        before = None
         try:
-            async with _ctrl_c_cancels():
+            async with _ctrl_c_cancels(), _lock(db, thread_id):
+                before = await graph.aget_state(config)
                 run = await _run_to_end(
                     graph,
                     topo,
@@ -447,10 +459,13 @@ def chat(
                 )
         except Interrupted:
             # Forget the cancelled turn: the thread goes back to how it was before it.
-            if before.created_at is None:
-                await saver.adelete_thread(thread_id)
-            else:
-                await graph.aupdate_state(before.config, None, as_node=END)
+            async with _lock(db, thread_id):
+                if before is None:  # cancelled while waiting for another run: nothing ran
+                    pass
+                elif before.created_at is None:
+                    await saver.adelete_thread(thread_id)
+                else:
+                    await graph.aupdate_state(before.config, None, as_node=END)
             sys.stdout.write("\n")
             err.print("[yellow]cancelled[/yellow] this turn; the thread does not keep it")
             return
@@ -542,7 +557,7 @@ def resume(
     resume_value = _read_decision(decision) if decision else None
 
     async def go() -> tuple[Run, Topology]:
-        async with open_checkpointer(db) as saver:
+        async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
             check_ready(topo, probe_local=True)
             graph = build_graph(topo, checkpointer=saver)
@@ -632,7 +647,7 @@ def fork(
         edits[ref] = _read_text(path)
 
     async def go() -> tuple[Run, Topology]:
-        async with open_checkpointer(db) as saver:
+        async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
             if aggregator:
                 swapped = topo.aggregator.model_copy(update={"model": aggregator})
