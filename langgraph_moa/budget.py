@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from langchain_core.messages import BaseMessage
 from typing_extensions import TypedDict
 
-from langgraph_moa.errors import MoARunError
+from langgraph_moa.errors import MoAInputError, MoARunError
 from langgraph_moa.fitting import estimate_tokens, message_tokens
 from langgraph_moa.graphs.names import AGGREGATOR, CRITIC, layer_of, proposer_node
 from langgraph_moa.nodes.prompts import CRITIC_REQUEST_PROMPT, SYNTHESIZE_PROMPT
@@ -29,7 +29,7 @@ from langgraph_moa.pricing import PriceTable
 from langgraph_moa.providers import supports_n
 from langgraph_moa.topology import Agent, Topology
 
-__all__ = ["BudgetError", "Estimate", "Ledger", "estimate", "plan"]
+__all__ = ["BudgetError", "Estimate", "Ledger", "check_priced", "estimate", "plan"]
 
 
 class BudgetError(MoARunError):
@@ -140,6 +140,22 @@ def _over(topology: Topology, spent_usd: float, spent_tokens: int, est: Estimate
     return budget.max_usd is not None and spent_usd + (est.cost_usd or 0.0) > budget.max_usd
 
 
+def check_priced(topology: Topology, prices: PriceTable) -> None:
+    """A budget in USD needs a price for every model it may call: a configuration error (one
+    line, before any call), never a run that fails half-way."""
+    budget = topology.budget
+    if budget is None or budget.max_usd is None:
+        return
+    unpriced = list(
+        dict.fromkeys(a.model for a in topology.agents() if prices.price(a.model) is None)
+    )
+    if unpriced:
+        raise MoAInputError(
+            f"budget.max_usd needs a price for {', '.join(unpriced)} "
+            "(add it under prices: in the topology or in MOA_PRICES)"
+        )
+
+
 def plan(
     topology: Topology,
     conversation: Sequence[BaseMessage],
@@ -166,12 +182,8 @@ def plan(
             previous_refs_tokens=previous_refs_tokens,
         )
 
+    check_priced(topology, prices)
     est = worst()
-    if budget is not None and budget.max_usd is not None and est.unpriced:
-        raise BudgetError(
-            f"budget.max_usd needs a price for {', '.join(est.unpriced)} "
-            "(add it under prices: in the topology or in MOA_PRICES)"
-        )
     if topology.critic is not None and _over(topology, spent_usd, spent_tokens, est):
         skipped.append(CRITIC)
         actions.append("dropped the critic to stay within budget")

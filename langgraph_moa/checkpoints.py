@@ -19,6 +19,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -75,6 +76,10 @@ async def open_checkpointer(
         reason = err.strerror
         raise MoAInputError(f"cannot create the thread store at {str(path)!r}: {reason}") from None
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        try:
+            await saver.setup()  # an unwritable or corrupt file fails here, with its name
+        except sqlite3.Error as err:
+            raise MoAInputError(f"cannot use the thread store {str(path)!r}: {err}") from None
         yield saver
 
 

@@ -27,6 +27,7 @@ from langgraph.graph import END
 from langgraph.types import Command, Durability
 from rich.markup import escape
 
+from langgraph_moa.budget import check_priced
 from langgraph_moa.checkpoints import open_checkpointer, thread_lock
 from langgraph_moa.console import Run, ask_review, describe, drive, err, print_estimate, show_review
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
@@ -34,6 +35,7 @@ from langgraph_moa.extras import require_extra
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.nodes.review import apply_edits, parse_decision
+from langgraph_moa.pricing import PriceTable
 from langgraph_moa.providers import check_ready
 from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.threads import (
@@ -98,6 +100,15 @@ class DurabilityChoice(enum.StrEnum):
     exit = "exit"
 
 
+class LogLevel(enum.StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
 class GraphFormat(enum.StrEnum):
     mermaid = "mermaid"
     ascii = "ascii"
@@ -159,6 +170,10 @@ def _read_decision(path: Path) -> Any:
 def _read_prompt(prompt: str) -> str:
     """The prompt argument, or standard input when it is ``-``."""
     if prompt != "-":
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+            raise MoAInputError("the prompt is not valid UTF-8 text") from None
         return prompt
     data = sys.stdin.buffer.read()
     try:
@@ -214,6 +229,12 @@ async def _ctrl_c_cancels() -> AsyncIterator[None]:
         raise Interrupted from None
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def _preflight(topology: Topology) -> None:
+    """Before anything runs: extras, keys, the local model's build, prices for a USD budget."""
+    check_ready(topology, probe_local=True)
+    check_priced(topology, PriceTable(topology.prices))
 
 
 def _lock(db: str | None, thread: str) -> Any:
@@ -394,7 +415,7 @@ def ask(
     async def go() -> tuple[Run | None, Topology]:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
-            check_ready(topo, probe_local=True)
+            _preflight(topo)
             if not quiet:
                 err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
             graph = build_graph(topo, checkpointer=saver, cache=backend)
@@ -477,7 +498,7 @@ def chat(
     async def go() -> None:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
-            check_ready(topo, probe_local=True)
+            _preflight(topo)
             err.print(
                 f"[bold]moa chat[/bold] {escape(describe(topo))}, thread {thread_id} "
                 "(/exit to leave)"
@@ -517,7 +538,7 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = (
         1024 * 1024
     ),
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
@@ -532,7 +553,7 @@ def serve(
         keys_file,
         max_concurrency,
         max_body_bytes,
-        log_level=log_level,
+        log_level=log_level.value,
         access_log=access_log,
     )
 
@@ -559,7 +580,7 @@ def resume(
     async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
-            check_ready(topo, probe_local=True)
+            _preflight(topo)
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread, topo)
             snapshot = await graph.aget_state(config)
@@ -655,7 +676,7 @@ def fork(
                     "aggregator": swapped.model_dump(mode="json")
                 }
                 topo = parse_topology(spec, source="--aggregator")
-            check_ready(topo, probe_local=True)
+            _preflight(topo)
             graph = build_graph(topo, checkpointer=saver)
             config = await fork_config(graph, topo, thread, at=at, edit=edits, drop=drop or [])
             config = run_config(thread, topo) | {"configurable": config["configurable"]}

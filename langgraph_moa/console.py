@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 
+from langgraph_moa.budget import check_priced, estimate
 from langgraph_moa.graphs.names import (
     AGGREGATOR,
     CRITIC,
@@ -31,6 +32,7 @@ from langgraph_moa.graphs.names import (
     layer_of,
     proposer_node,
 )
+from langgraph_moa.pricing import PriceTable
 from langgraph_moa.topology import Topology
 
 __all__ = [
@@ -345,10 +347,9 @@ async def drive(
 
 
 def print_estimate(topology: Topology, prompt: str, as_json: bool) -> None:
-    from langgraph_moa.budget import estimate
-    from langgraph_moa.pricing import PriceTable
-
-    est = estimate(topology, [HumanMessage(prompt)], prices=PriceTable(topology.prices))
+    prices = PriceTable(topology.prices)
+    check_priced(topology, prices)
+    est = estimate(topology, [HumanMessage(prompt)], prices=prices)
     if as_json:
         stages = [
             {"stage": s, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost}

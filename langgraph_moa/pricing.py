@@ -8,16 +8,13 @@ The built-in table covers the models the presets use; a user extends or override
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.topology import Price, describe_validation_error
+from langgraph_moa.topology import Price, describe_validation_error, read_data_file
 
 __all__ = ["BUILTIN_PRICES", "PriceTable"]
 
@@ -47,16 +44,11 @@ _PRICES_FILE = TypeAdapter(dict[str, Price])
 
 
 def _load_prices_file(path: str) -> dict[str, Price]:
+    data = read_data_file(path, what="MOA_PRICES file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
         return _PRICES_FILE.validate_python(data or {})
-    except OSError as err:
-        raise MoAInputError(f"MOA_PRICES: cannot read {path!r}: {err.strerror}") from None
     except ValidationError as err:
-        raise MoAInputError(f"MOA_PRICES {path!r}: {describe_validation_error(err)}") from None
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise MoAInputError(f"MOA_PRICES {path!r} is not valid YAML/JSON: {err}") from None
+        raise MoAInputError(f"MOA_PRICES file {path!r}: {describe_validation_error(err)}") from None
 
 
 class PriceTable:

@@ -10,6 +10,7 @@ Keys are read from the environment when a model is made and never stored anywher
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,9 +194,18 @@ def call_options(
 
 
 def redact(text: str) -> str:
-    """Mask every configured provider key that appears in ``text``."""
+    """Mask every configured provider key that appears in ``text``.
+
+    A key of 6 characters or more is masked wherever it appears; a shorter one (a test or local
+    server's key) wherever it stands as a word of its own, so that masking it cannot mangle
+    ordinary words that merely contain it.
+    """
     for spec in PROVIDERS.values():
         key = os.environ.get(spec.key_env)
-        if key and len(key) >= 6 and key in text:
+        if not key or key not in text:
+            continue
+        if len(key) >= 6:
             text = text.replace(key, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", "***", text)
     return text

@@ -168,7 +168,15 @@ async def fork_config(
             raise MoAInputError(
                 f"{', '.join(late)} had not run yet at {stage}: fork at a later stage to edit it"
             )
-        changes["layers"] = apply_edits(proposals, dict(edit or {}), list(drop))
+        changed = apply_edits(proposals, dict(edit or {}), list(drop))
+        merged = {(p["layer"], p["index"]): p for p in [*proposals, *changed]}
+        for layer in sorted({p["layer"] for p in changed}):
+            if not any(p["ok"] for (n, _), p in merged.items() if n == layer):
+                raise MoAInputError(
+                    f"dropping {', '.join(drop)} leaves layer {layer} with no proposal: "
+                    "nothing to synthesize (keep or edit at least one)"
+                )
+        changes["layers"] = changed
     return await graph.aupdate_state(target.config, changes or None, as_node=stage)
 
 

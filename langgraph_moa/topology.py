@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from langgraph_moa.errors import MoAInputError
 
 __all__ = [
+    "MAX_LAYERS",
+    "MAX_PROPOSERS_PER_LAYER",
     "Agent",
     "Budget",
     "Layer",
@@ -34,6 +36,14 @@ __all__ = [
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
+
+# Names a proposer cannot take: each layer's own join node is "L<i>/join".
+RESERVED_NAMES = frozenset({"join"})
+# Size limits: far above any useful MoA (the paper's largest is 3 layers of 6), low enough that a
+# small file cannot expand (YAML aliases) into a graph that takes minutes and gigabytes to build.
+MAX_LAYERS = 16
+MAX_PROPOSERS_PER_LAYER = 64
+MAX_FILE_BYTES = 1024 * 1024
 
 
 class _Strict(BaseModel):
@@ -97,7 +107,7 @@ class Agent(_Strict):
     @field_validator("model")
     @classmethod
     def _check_model(cls, value: str) -> str:
-        if not _MODEL_RE.match(value):
+        if not _MODEL_RE.match(value) or not value.isprintable():
             raise ValueError(
                 f'model must look like "provider:model" (e.g. "openai:gpt-4o"), got {value!r}'
             )
@@ -117,6 +127,8 @@ class Agent(_Strict):
                 "name may hold only letters, digits, '.', '_' and '-', and must start with a "
                 f"letter or digit; got {value!r}"
             )
+        if value in RESERVED_NAMES:
+            raise ValueError(f"name {value!r} is reserved (each layer has a node L<i>/{value})")
         return value
 
     @property
@@ -131,7 +143,7 @@ class Agent(_Strict):
 class Layer(_Strict):
     """Proposers that run concurrently and all see the previous layer's answers."""
 
-    proposers: list[Agent] = Field(min_length=1)
+    proposers: list[Agent] = Field(min_length=1, max_length=MAX_PROPOSERS_PER_LAYER)
     deadline_s: float | None = Field(
         default=None, gt=0, description="The layer goes on with what it has after this long."
     )
@@ -151,7 +163,7 @@ class Layer(_Strict):
                 f"min_proposals ({self.min_proposals}) is above the layer's size ({self.size})"
             )
         explicit = [a.name for a in self.proposers if a.name]
-        seen: set[str] = set()
+        seen: set[str] = set(RESERVED_NAMES)  # a derived name steps around them too
         for name in explicit:
             if name in seen:
                 raise ValueError(f"duplicate proposer name {name!r} in this layer")
@@ -176,9 +188,9 @@ class Price(_Strict):
 class Topology(_Strict):
     """A whole Mixture-of-Agents: proposer layers, an optional critic, one aggregator."""
 
-    name: str = "moa"
-    description: str = ""
-    layers: list[Layer] = Field(min_length=1)
+    name: str = Field(default="moa", min_length=1, max_length=100)
+    description: str = Field(default="", max_length=2000)
+    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
     critic: Agent | None = None
     aggregator: Agent
     prices: dict[str, Price] = Field(
@@ -202,6 +214,14 @@ class Topology(_Strict):
         default=False,
         description="Also cache calls sampled at temperature > 0 without a seed.",
     )
+
+    @field_validator("name", "description")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # shown on terminals and in HTTP responses: no control characters (ANSI escapes)
+        if not value.replace("\n", " ").isprintable():
+            raise ValueError("must be printable text (no control characters)")
+        return value
 
     @model_validator(mode="after")
     def _complete_agents(self) -> Topology:
@@ -278,10 +298,27 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _check_size(data: dict[str, Any], source: str) -> None:
+    """Refuse an oversized topology before validating it (validation is the slow part)."""
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        return  # validation says what is wrong
+    if len(layers) > MAX_LAYERS:
+        raise MoAInputError(f"{source}: {len(layers)} layers, more than the limit of {MAX_LAYERS}")
+    for number, layer in enumerate(layers, 1):
+        proposers = layer.get("proposers") if isinstance(layer, dict) else None
+        if isinstance(proposers, list) and len(proposers) > MAX_PROPOSERS_PER_LAYER:
+            raise MoAInputError(
+                f"{source}: layer {number} has {len(proposers)} proposers, more than the limit "
+                f"of {MAX_PROPOSERS_PER_LAYER}"
+            )
+
+
 def parse_topology(data: Any, *, source: str = "topology") -> Topology:
     """Validate already-loaded data; raise MoAInputError with a one-line reason."""
     if not isinstance(data, dict):
         raise MoAInputError(f"{source}: expected a mapping at the top level")
+    _check_size(data, source)
     try:
         return Topology.model_validate(data)
     except ValidationError as err:
@@ -302,19 +339,26 @@ def _syntax_error(err: json.JSONDecodeError | yaml.YAMLError) -> str:
 def read_data_file(path: str | Path, *, what: str) -> Any:
     """Read a YAML (or ``.json``) file; MoAInputError naming ``what`` and where it is broken."""
     p = Path(path)
+    kind = "JSON" if p.suffix == ".json" else "YAML"
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:  # at most the limit: /dev/zero or a huge file must not hang
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise MoAInputError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise MoAInputError(f"{what} {str(p)!r} is larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise MoAInputError(f"{what} {str(p)!r} is not UTF-8 text (byte {err.start})") from None
     try:
         return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        kind = "JSON" if p.suffix == ".json" else "YAML"
         raise MoAInputError(
             f"{what} {str(p)!r} is not valid {kind}: {_syntax_error(err)}"
         ) from None
+    except (RecursionError, MemoryError):
+        raise MoAInputError(f"{what} {str(p)!r} is nested too deeply") from None
 
 
 def load_topology(path: str | Path) -> Topology:

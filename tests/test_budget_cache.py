@@ -12,7 +12,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.cache.memory import InMemoryCache
 
-from langgraph_moa import MoARunError, Topology, build_graph, load_preset
+from langgraph_moa import MoAInputError, MoARunError, Topology, build_graph, load_preset
 from langgraph_moa.budget import estimate
 from langgraph_moa.pricing import PriceTable
 from langgraph_moa.testing.fake_openai import FakeOpenAI
@@ -135,7 +135,10 @@ async def test_usd_budget_needs_prices(fake: FakeOpenAI) -> None:
             "budget": {"max_usd": 1},
         }
     )
-    with pytest.raises(MoARunError, match=r"budget\.max_usd needs a price for openai:mystery"):
+    # configuration, refused before any call (issue 9: it used to fail as a run error)
+    with pytest.raises(
+        MoAInputError, match=r"budget\.max_usd needs a price for openai:mystery, openai:agg"
+    ):
         await ask(topology)
     assert fake.requests == []
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
+from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable
+from langchain_core.runnables.config import ensure_config, merge_configs
 
 from langgraph_moa.caching import ProposalCache
 from langgraph_moa.errors import MoAInputError
@@ -42,6 +45,7 @@ __all__ = [
 ]
 
 _MAX_ERROR_CHARS = 300
+MIN_REPLY_LIMIT = 100_000
 
 
 @dataclass
@@ -66,17 +70,63 @@ def zero_usage() -> TokenUsage:
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
+def _count(value: Any) -> int:
+    """A token count as reported: anything but a non-negative integer counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _usage_of(message: BaseMessage) -> TokenUsage:
     meta = getattr(message, "usage_metadata", None) or {}
-    prompt, completion = meta.get("input_tokens", 0), meta.get("output_tokens", 0)
+    prompt, completion = _count(meta.get("input_tokens")), _count(meta.get("output_tokens"))
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": meta.get("total_tokens", prompt + completion),
+        "total_tokens": _count(meta.get("total_tokens")) or prompt + completion,
     }
 
 
+def reply_limit(agent: Agent) -> int:
+    """The most characters kept from one reply: far above what ``max_tokens`` allows (a token
+    is about 4 characters), so only a broken or hostile upstream reaches it."""
+    return max(MIN_REPLY_LIMIT, agent.max_tokens * 16)
+
+
+class ReplyTooLong(Exception):
+    """An upstream reply passed :func:`reply_limit`; the stream is closed there."""
+
+
+class _QuietStop(logging.Filter):
+    """LangChain logs a warning for every exception a callback raises, even one raised on
+    purpose to stop a stream; the failure is in the call's record, so the log line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_StopLongReplies" not in record.getMessage()
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietStop())
+
+
+class _StopLongReplies(AsyncCallbackHandler):
+    """Counts a streamed reply's characters and stops the request once past the limit (a
+    callback with ``raise_error`` is how LangChain lets a caller abort a stream)."""
+
+    raise_error = True
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+
+    async def on_llm_new_token(  # type: ignore[override]
+        self, token: str | list[str | dict[str, Any]], **kwargs: Any
+    ) -> None:
+        self.seen += len(token) if isinstance(token, str) else len(str(token))
+        if self.seen > self.limit:
+            raise ReplyTooLong(f"the reply passed {self.limit} characters; it was cut off there")
+
+
 def _short(text: str) -> str:
+    # one line, keys masked, no terminal control sequences from whatever the upstream said
+    text = "".join(c if c.isprintable() else " " for c in text)
     text = redact(" ".join(text.split()))
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
@@ -99,6 +149,8 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
     if isinstance(err, openai.APIConnectionError):
         cause = err.__cause__ or err.__context__
         return _short(f"connection failed: {cause or err}")
+    if isinstance(err, ReplyTooLong):
+        return str(err)
     if isinstance(err, json.JSONDecodeError | openai.APIResponseValidationError):
         return _short(f"malformed response: {err}")
     return error_text(err)
@@ -186,7 +238,11 @@ async def _request(
             if n == 1:
                 model = pool.get()
                 runnable = extras.prepare(model) if extras else model
-                call = runnable.ainvoke(messages)
+                limit = reply_limit(pool.agent)
+                # the guard joins the inherited callbacks (LangGraph's token streaming among
+                # them): a config with only it would replace them
+                config = merge_configs(ensure_config(), {"callbacks": [_StopLongReplies(limit)]})
+                call = runnable.ainvoke(messages, config)
                 # in-process models have no HTTP timeout of their own
                 reply = await (asyncio.wait_for(call, timeout_s) if pool.in_process else call)
                 generations = [reply]
@@ -212,6 +268,15 @@ async def _request(
             continue
         usage = _usage_of(message) if k == 0 else zero_usage()
         outcome = _outcome_of(message, latency, usage, tries)
+        if outcome.text is not None and len(outcome.text) > reply_limit(pool.agent):
+            limit = reply_limit(pool.agent)
+            outcome = Outcome(
+                None,
+                f"the reply was {len(outcome.text)} characters, more than the limit of {limit}",
+                latency,
+                usage,
+                attempts=tries,
+            )
         if pool.streaming and outcome.ok and outcome.finish_reason is None:
             # A stream that simply stopped (no finish reason, no [DONE]) was cut off: its text
             # is a fragment, not an answer.

@@ -70,6 +70,10 @@ class Behavior:
     finish_reason: str = "stop"  # e.g. "length": the reply was cut at max_tokens
     drip_s: float | None = None
     truncate: bool = False
+    usage: dict[str, Any] | None = None  # reported instead of the word counts
+    # the text of injected HTTP errors; "{key}" stands for the request's API key, echoed back
+    # as OpenAI does on a 401
+    error_message: str | None = None
 
 
 @dataclass
@@ -206,7 +210,11 @@ class FakeOpenAI:
             headers = {}
             if behavior.retry_after is not None:
                 headers["retry-after"] = str(behavior.retry_after)
-            return self._error(log, fault, f"injected failure {fault}", **headers)
+            message = f"injected failure {fault}"
+            if behavior.error_message is not None:  # "{key}": the request's key, echoed back
+                key = request.headers.get("authorization", "").removeprefix("Bearer ")
+                message = behavior.error_message.replace("{key}", key)
+            return self._error(log, fault, message, **headers)
         elif fault == "malformed":
             log.status, log.finished = 200, time.perf_counter()
             return Response('{"id": "x", "choices": [', media_type="application/json")
@@ -226,7 +234,7 @@ class FakeOpenAI:
         ]
         prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
         completion_tokens = sum(_words(t) for t in texts)
-        usage = {
+        usage = behavior.usage or {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
