@@ -306,3 +306,36 @@ async def _scenario(url: str, fake: FakeOpenAI) -> None:
 @needs_cli
 async def test_langgraph_dev_end_to_end(server_url: str, fake: FakeOpenAI) -> None:
     await asyncio.wait_for(_scenario(server_url, fake), SCENARIO_DEADLINE_S)
+
+
+async def _cancel_scenario(url: str, fake: FakeOpenAI) -> None:
+    client = get_client(url=url, api_key=None, timeout=30.0)
+    assistant = await client.assistants.create(
+        "moa-custom", config={"configurable": {"topology": TOPOLOGY}}, name="to cancel"
+    )
+    for k in (1, 2, 3):
+        fake.behave(f"p{k}", latency_s=60)
+    thread = await client.threads.create()
+    run = await client.runs.create(
+        thread["thread_id"],
+        assistant["assistant_id"],
+        input={"messages": [{"role": "user", "content": "Why?"}]},
+    )
+    deadline = time.monotonic() + 30
+    while len(fake.requests) < 3:  # the three proposers of layer 1 are waiting upstream
+        assert time.monotonic() < deadline, "the run never reached the proposers"
+        await asyncio.sleep(0.05)
+    in_flight = list(fake.requests)
+    await client.runs.cancel(thread["thread_id"], run["run_id"])
+    cancelled_at = time.monotonic()
+    while not all(r.disconnected for r in in_flight):
+        assert time.monotonic() - cancelled_at < 5, "upstream requests outlived the cancelled run"
+        await asyncio.sleep(0.02)
+    assert len(fake.requests) == 3  # and nothing new was sent
+
+
+@needs_cli
+async def test_cancelling_a_server_run_closes_its_upstream_requests(
+    server_url: str, fake: FakeOpenAI
+) -> None:
+    await asyncio.wait_for(_cancel_scenario(server_url, fake), SCENARIO_DEADLINE_S)
