@@ -132,7 +132,9 @@ async def test_layer_wall_time_is_its_slowest_proposer(fake: FakeOpenAI) -> None
     start = time.perf_counter()
     await ask(topology)
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.6 + 0.4, elapsed  # the sum would be 2.1 s
+    # Concurrent, not one after the other (the sum would be 2.1 s). The margin is for a busy
+    # 2-core machine; speed itself is measured in bench/, not here.
+    assert elapsed < 1.6, elapsed
     assert elapsed >= 0.6
 
 
