@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -72,6 +73,16 @@ class ChatMixtureOfAgents(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"topology": self.topology.name}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """What tracers show for this model: the topology's name, and the aggregator's
+        sampling settings (the only stage call-time options reach)."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "langgraph-moa"
+        params["ls_model_name"] = kwargs.get("model") or self.topology.name
+        params["ls_temperature"] = kwargs.get("temperature", self.topology.aggregator.temperature)
+        params["ls_max_tokens"] = kwargs.get("max_tokens", self.topology.aggregator.max_tokens)
+        return params
 
     @property
     def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
