@@ -538,6 +538,17 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = (
         1024 * 1024
     ),
+    max_messages: Annotated[
+        int | None, typer.Option(help="Most messages in one request (400 above; 2000).")
+    ] = None,
+    read_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds a client has to send a request's headers, and its body (15)."),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(help="Connections held at once; the longest idle is closed beyond (1024)."),
+    ] = None,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
@@ -545,6 +556,14 @@ def serve(
     and /v1/models, each topology under its own model id."""
     require_extra("serve", "moa serve")
     from langgraph_moa.serving import run_server
+
+    # given limits only: the defaults live with the server (importing them needs FastAPI)
+    given = {
+        "max_messages": max_messages,
+        "read_timeout_s": read_timeout,
+        "max_connections": max_connections,
+    }
+    limits: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
 
     run_server(
         host,
@@ -554,6 +573,7 @@ def serve(
         max_concurrency,
         max_body_bytes,
         log_level=log_level.value,
+        **limits,
         access_log=access_log,
     )
 

@@ -165,6 +165,10 @@ def topologies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "needkey.yml").write_text(NEEDS_KEY)
     (folder / "fallback.json").write_text(json.dumps(yaml.safe_load(FALLBACK)))
     (folder / "loop.yaml").write_text(LOOP)
+    (folder / "unpriced.yaml").write_text(
+        "layers: [{proposers: [{model: 'openai:mystery'}]}]\naggregator: {model: 'openai:agg'}\n"
+        "budget: {max_usd: 0.01}\n"
+    )
     (folder / "notes.txt").write_text("not a topology")
     return folder
 
@@ -693,6 +697,17 @@ def test_a_topology_calling_this_server_is_refused(served: Server, fake: FakeOpe
     assert f"localhost:{served.port}" in error["message"]
     assert error["param"] == "model" and error["code"] == "model_refused"
     assert fake.requests == []
+
+
+def test_a_usd_budget_without_prices_is_refused_at_start_up(
+    served: Server, fake: FakeOpenAI
+) -> None:
+    """Configuration, found when the server starts (and logged), not a 502 per request."""
+    response = served.post({"model": "unpriced", "messages": MESSAGES})
+    error = assert_openai_error(response, 400, "budget.max_usd needs a price for")
+    assert error["code"] == "model_refused"
+    assert fake.requests == []
+    assert "not serving 'unpriced': budget.max_usd needs a price" in served.log.read_text()
 
 
 # --- starting up ------------------------------------------------------------------------------

@@ -9,17 +9,24 @@ from langgraph_moa.serving.app import (
     DEFAULT_PORT,
     create_app,
     run_server,
+    server_config,
 )
+from langgraph_moa.serving.protocol import DEFAULT_MAX_MESSAGES
+from langgraph_moa.serving.transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_MESSAGES",
     "DEFAULT_PORT",
+    "DEFAULT_READ_TIMEOUT_S",
     "KEYS_ENV",
     "SelfAddress",
     "create_app",
     "is_loopback_host",
     "load_keys",
     "run_server",
+    "server_config",
 ]

@@ -1,6 +1,11 @@
 """The FastAPI app and its uvicorn runner: the catalog of served models, running one completion
-(whole or streamed) with a bounded number at once, noticing clients that leave, and the outer
-guard for keys and body size."""
+(whole or streamed) with a bounded number at once, on the runs loop (runs.py), cancelling the
+run of a client that leaves, and the outer guard for keys, body size and body time.
+
+The guard is a hand-written pure ASGI middleware because what it enforces is outside what
+FastAPI and Starlette offer: the bytes really received (not only the declared Content-Length),
+a deadline on receiving the body, and answering errors in OpenAI's format however the request
+ends."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessageChunk
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from langgraph_moa.errors import (
@@ -44,9 +50,11 @@ from langgraph_moa.serving.errors import (
     _internal_error,
     _log,
     _too_large,
+    _too_slow,
     _validation_error,
 )
 from langgraph_moa.serving.protocol import (
+    DEFAULT_MAX_MESSAGES,
     _answer,
     _finish_reason,
     _graph_inputs,
@@ -57,6 +65,13 @@ from langgraph_moa.serving.protocol import (
     _text,
     _tool_call_delta,
     _usage,
+)
+from langgraph_moa.serving.runs import Run, Runner
+from langgraph_moa.serving.transport import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_TIMEOUT_S,
+    connection_cap,
+    protocol_class,
 )
 from langgraph_moa.topology import Topology, list_presets, load_preset, load_topology
 
@@ -113,28 +128,29 @@ def _load_catalog(topologies_dir: str | Path | None) -> dict[str, _Served]:
 # --- running a completion ---------------------------------------------------------------------
 
 
-class _SlotResponse(StreamingResponse):
-    """A streaming response that frees its concurrency slot however the stream ends
-    (finished, failed, or the client went away before it even started)."""
+class _RunResponse(StreamingResponse):
+    """A streamed completion: however the stream ends (finished, failed, the client went away,
+    even before it started), its run is cancelled if still going and awaited."""
 
-    def __init__(self, content: AsyncIterator[str], release: Any, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[str], run: Run[Any], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
-        self._release = release
+        self._run = run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._release()
+            self._run.cancel()
+            await asyncio.wait({self._run.ended})
 
 
 class _ClientGone(Exception):
     pass
 
 
-async def _unless_client_leaves(work: Awaitable[_T], receive: Receive) -> _T:
-    """Await ``work``, cancelling it if the client disconnects first (the body is read)."""
-    task = asyncio.ensure_future(work)
+async def _unless_client_leaves(run: Run[_T], receive: Receive) -> _T:
+    """The run's result; if the client disconnects first (the body is read), the run is
+    cancelled and awaited, then _ClientGone is raised."""
 
     async def watch() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -142,33 +158,43 @@ async def _unless_client_leaves(work: Awaitable[_T], receive: Receive) -> _T:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
+        await asyncio.wait({run.ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if run.ended.done():
+            return run.outcome()
         raise _ClientGone
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if not run.ended.done():
+            run.cancel()
+            await asyncio.wait({run.ended})
+
+
+async def _stream_graph(graph: Any, inputs: dict[str, Any], run: Run[None]) -> None:
+    """The graph's stream, handed to the serving loop item by item (on the runs loop)."""
+    async for item in graph.astream(inputs, stream_mode=["messages", "custom", "values"]):
+        run.emit(item)
 
 
 class _Service:
-    """Per-app state: the catalog, one compiled graph per model id, the concurrency count."""
+    """Per-app state: the catalog, one compiled graph per model id, the concurrency count, and
+    the loop the runs happen on."""
 
     def __init__(
         self,
         catalog: dict[str, _Served],
         *,
         max_concurrency: int,
+        max_messages: int = DEFAULT_MAX_MESSAGES,
         cache: Any,
     ) -> None:
         self.catalog = catalog
         self.max_concurrency = max_concurrency
+        self.max_messages = max_messages
         self.cache = cache
         self.active = 0
         self.graphs: dict[str, Any] = {}
         self.created = int(time.time())
+        self.runner = Runner()
 
     def lookup(self, model_id: str) -> _Served:
         served = self.catalog.get(model_id)
@@ -195,7 +221,7 @@ class _Service:
             graph = self.graphs[served.id] = build_graph(served.topology, cache=self.cache)
         return graph
 
-    def take_slot(self) -> Any:
+    def take_slot(self) -> Callable[[], None]:
         if self.active >= self.max_concurrency:
             raise APIError(
                 429,
@@ -226,36 +252,40 @@ class _Service:
 
     # -- one chat completion ----------------------------------------------------------------
     async def complete(self, request: Request) -> Response:
-        req = _parse_request(await request.body())
+        raw = await request.body()
+        # Checking and converting up to max_messages messages takes CPU time (tens of ms): in a
+        # worker thread, so that the serving loop answers other requests meanwhile.
+        req = await asyncio.to_thread(_parse_request, raw, max_messages=self.max_messages)
         served = self.lookup(req.model)
-        inputs = _graph_inputs(req)
+        inputs = await asyncio.to_thread(_graph_inputs, req)
         try:
             check_ready(served.topology)
         except (MissingCredentialsError, MissingExtraError) as e:
             raise _error_of_run(e) from None
         graph = self.graph_for(served)
-        release = self.take_slot()
+        release = self.take_slot()  # held until the run has ended, however it ends
         ident = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = self._stream(graph, inputs, served, ident, include_usage)
-            return _SlotResponse(
+            stream_run: Run[None] = self._start(
+                lambda run: _stream_graph(graph, inputs, run), release
+            )
+            events = self._stream(stream_run, served, ident, include_usage)
+            return _RunResponse(
                 events,
-                release,
+                stream_run,
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
+        start = time.perf_counter()
+        run: Run[Any] = self._start(lambda run: graph.ainvoke(inputs), release)
         try:
-            start = time.perf_counter()
-            try:
-                state = await _unless_client_leaves(graph.ainvoke(inputs), request.receive)
-            except _ClientGone:
-                return Response(status_code=499)
-            except Exception as e:
-                raise _error_of_run(e) from None
-            latency = time.perf_counter() - start
-        finally:
-            release()
+            state = await _unless_client_leaves(run, request.receive)
+        except _ClientGone:
+            return Response(status_code=499)
+        except Exception as e:
+            raise _error_of_run(e) from None
+        latency = time.perf_counter() - start
         try:
             answer = _answer(state)
         except MoAError as e:
@@ -286,10 +316,18 @@ class _Service:
         }
         return JSONResponse(body)
 
+    def _start(
+        self, make: Callable[[Run[Any]], Awaitable[Any]], release: Callable[[], None]
+    ) -> Run[Any]:
+        try:
+            return self.runner.start(make, release)
+        except BaseException:
+            release()
+            raise
+
     async def _stream(
         self,
-        graph: Any,
-        inputs: dict[str, Any],
+        run: Run[None],
         served: _Served,
         ident: str,
         include_usage: bool,
@@ -316,9 +354,7 @@ class _Service:
         sent_tool_calls = False
         state: dict[str, Any] = {}
         try:
-            async for mode, payload in graph.astream(
-                inputs, stream_mode=["messages", "custom", "values"]
-            ):
+            async for mode, payload in run.items():
                 if mode == "values":
                     state = payload
                 elif mode == "custom":
@@ -377,15 +413,23 @@ class _TooLarge(Exception):
     pass
 
 
+class _TooSlow(Exception):
+    pass
+
+
 class _Guard:
     """Pure ASGI middleware in front of every route: checks the bearer key, enforces the body
-    limit on both the declared Content-Length and the bytes really received, and turns any
-    escaped exception into a 500 without a traceback."""
+    limit on both the declared Content-Length and the bytes really received, gives the body
+    ``read_timeout_s`` to arrive (408 after), lets a client that disconnects go without a word,
+    and turns any other escaped exception into a 500 without a traceback."""
 
-    def __init__(self, app: ASGIApp, *, keys: _KeyRing, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, keys: _KeyRing, max_body_bytes: int, read_timeout_s: float
+    ) -> None:
         self.app = app
         self.keys = keys
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -399,14 +443,23 @@ class _Guard:
         started = False
         received = 0
         limit = self.max_body_bytes
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # from here on, only a disconnect can come: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _TooLarge
+                body_done = not message.get("more_body", False)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -420,6 +473,11 @@ class _Guard:
         except _TooLarge:
             if not started:
                 await _too_large(limit).response()(scope, receive, send)
+        except _TooSlow:
+            if not started:
+                await _too_slow(self.read_timeout_s).response()(scope, receive, send)
+        except ClientDisconnect:
+            pass  # the client left while sending its request: nobody to answer, nothing wrong
         except Exception as e:
             _log(f"internal error: {type(e).__name__}: {e}")
             if not started:
@@ -463,21 +521,29 @@ def create_app(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     cache: Any = False,
+    max_messages: int = DEFAULT_MAX_MESSAGES,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
 ) -> FastAPI:
     """The OpenAI-compatible app. ``host``/``port`` are where it is served, so that topologies
     calling back into it can be refused; ``keys`` empty means no authentication; ``cache`` is
     passed to :func:`build_graph` (off by default: a long-running server would otherwise keep
-    every cacheable proposal in memory). Raises MoAInputError for a bad topologies folder or
-    file."""
-    if max_concurrency < 1:
-        raise MoAInputError(f"max concurrency must be at least 1, got {max_concurrency}")
-    if max_body_bytes < 1:
-        raise MoAInputError(f"the body limit must be at least 1 byte, got {max_body_bytes}")
+    every cacheable proposal in memory); ``max_messages`` bounds a request's messages (and, in
+    all, its content parts and tool calls); ``read_timeout_s`` is how long a request's body may
+    take to arrive (408 after). Raises MoAInputError for a bad topologies folder or file, or a
+    limit below its minimum."""
+    _check_limits(
+        max_concurrency=max_concurrency,
+        max_body_bytes=max_body_bytes,
+        max_messages=max_messages,
+        read_timeout_s=read_timeout_s,
+    )
     catalog = _load_catalog(topologies_dir)
     here = SelfAddress(host, port)
     for served in catalog.values():
         served.refusal = _refusal(served.topology, here)
-    service = _Service(catalog, max_concurrency=max_concurrency, cache=cache)
+    service = _Service(
+        catalog, max_concurrency=max_concurrency, max_messages=max_messages, cache=cache
+    )
 
     app = FastAPI(
         title="langgraph-moa",
@@ -525,8 +591,56 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         return await service.complete(request)
 
-    app.add_middleware(_Guard, keys=_KeyRing(keys), max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        _Guard,
+        keys=_KeyRing(keys),
+        max_body_bytes=max_body_bytes,
+        read_timeout_s=read_timeout_s,
+    )
     return app
+
+
+def _check_limits(
+    *,
+    max_concurrency: int,
+    max_body_bytes: int,
+    max_messages: int,
+    read_timeout_s: float,
+    max_connections: int | None = None,
+) -> None:
+    if max_concurrency < 1:
+        raise MoAInputError(f"max concurrency must be at least 1, got {max_concurrency}")
+    if max_body_bytes < 1:
+        raise MoAInputError(f"the body limit must be at least 1 byte, got {max_body_bytes}")
+    if max_messages < 1:
+        raise MoAInputError(f"the message limit must be at least 1, got {max_messages}")
+    if not read_timeout_s > 0:
+        raise MoAInputError(f"the read timeout must be above 0 seconds, got {read_timeout_s}")
+    if max_connections is not None and max_connections < 1:
+        raise MoAInputError(f"max connections must be at least 1, got {max_connections}")
+
+
+def server_config(
+    app: ASGIApp,
+    *,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> Any:
+    """The uvicorn configuration ``run_server`` uses for ``app``: uvicorn's HTTP protocol with a
+    header deadline and a connection cap (transport.py), no websockets, no lifespan."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        http=protocol_class(read_timeout_s=read_timeout_s, max_connections=max_connections),
+        ws="none",
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -561,15 +675,29 @@ def run_server(
     cache: Any = False,
     log_level: str = "info",
     access_log: bool = True,
+    max_messages: int = DEFAULT_MAX_MESSAGES,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Serve until interrupted. Keys come from ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
-    only a loopback ``host`` is accepted. Raises MoAInputError (one line) for a bad keys file,
-    topologies folder or file, a non-loopback host without keys, or an address that cannot be
-    listened on."""
+    only a loopback ``host`` is accepted. A client has ``read_timeout_s`` to send a request's
+    headers, then as long again for its body; at most ``max_connections`` connections are held
+    (fewer if the process's file-descriptor limit is low: half of it, the other half being kept
+    for upstream requests), the one idle longest closed to make room; the kernel queues up to
+    2048 more not yet accepted. Raises MoAInputError (one line) for a bad keys file, topologies
+    folder or file, a limit below its minimum, a non-loopback host without keys, or an address
+    that cannot be listened on."""
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise MoAInputError(f"the port must be between 0 and 65535, got {port}")
+    _check_limits(
+        max_concurrency=max_concurrency,
+        max_body_bytes=max_body_bytes,
+        max_messages=max_messages,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+    )
     keys = load_keys(keys_file)
     if not keys and not is_loopback_host(host):
         raise MoAInputError(
@@ -587,6 +715,8 @@ def run_server(
             host=host,
             port=bound_port,
             cache=cache,
+            max_messages=max_messages,
+            read_timeout_s=read_timeout_s,
         )
     except BaseException:
         sock.close()
@@ -598,18 +728,20 @@ def run_server(
     served_count = sum(1 for s in service.catalog.values() if s.refusal is None)
     shown = f"[{host}]" if ":" in host else host
     auth = f"bearer keys ({len(keys)})" if keys else "no authentication"
+    connections = connection_cap(max_connections)
     _log(
         f"listening on http://{shown}:{bound_port}/v1, {served_count} models, {auth}, "
-        f"up to {max_concurrency} concurrent requests"
+        f"up to {max_concurrency} concurrent requests and {connections} connections"
     )
-    config = uvicorn.Config(
+    config = server_config(
         app,
+        read_timeout_s=read_timeout_s,
+        max_connections=connections,
         log_level=log_level,
         access_log=access_log,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+        service.runner.close()

@@ -2,9 +2,10 @@
 kind of failure maps to."""
 
 # 400 a bad request or a model this server refuses; 401 a missing or wrong key; 404 an unknown
-# model or route; 413 a body over the limit; 429 every concurrency slot taken; 502 the upstream
-# models failed; 503 a key missing from the server's environment (the operator's setup, not the
-# caller's fault); 500 anything else, with a generic message and one line on stderr.
+# model or route; 408 a body that did not arrive in time; 413 a body over the limit; 429 every
+# concurrency slot taken; 502 the upstream models failed; 503 a key missing from the server's
+# environment (the operator's setup, not the caller's fault), or a run cut short by the server
+# stopping; 500 anything else, with a generic message and one line on stderr.
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from langgraph_moa.errors import (
     MoARunError,
 )
 from langgraph_moa.providers import redact
+from langgraph_moa.serving.runs import RunCancelled
 
 
 def _log(message: str) -> None:
@@ -83,6 +85,13 @@ def _internal_error() -> APIError:
 
 def _error_of_run(exc: BaseException) -> APIError:
     """Map what a graph run raised to the status a caller should see."""
+    if isinstance(exc, RunCancelled):
+        return APIError(
+            503,
+            "the run was cancelled: the server is stopping; retry shortly",
+            type_="server_error",
+            code="run_cancelled",
+        )
     if isinstance(exc, MissingCredentialsError):
         return APIError(
             503,
@@ -138,4 +147,13 @@ def _too_large(limit: int) -> APIError:
         413,
         f"the request body is too large: the limit is {limit} bytes",
         code="request_too_large",
+    )
+
+
+def _too_slow(timeout_s: float) -> APIError:
+    return APIError(
+        408,
+        f"the request body did not arrive within {timeout_s:g} seconds",
+        code="request_timeout",
+        headers={"connection": "close"},
     )

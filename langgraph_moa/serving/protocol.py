@@ -32,6 +32,10 @@ from langgraph_moa.topology import Topology
 # --- the request ------------------------------------------------------------------------------
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Messages per request, and content parts plus tool calls per request (each is converted, then
+# serialized again for every upstream call: a long conversation costs CPU time in proportion).
+DEFAULT_MAX_MESSAGES = 2000
+MAX_TOOLS = 128  # OpenAI's own limit on tools per request
 
 
 class _Strict(BaseModel):
@@ -187,13 +191,83 @@ def _check_request(req: _ChatRequest) -> None:
         )
 
 
-def _parse_request(raw: bytes) -> _ChatRequest:
+def _not_json(reason: str) -> APIError:
+    return APIError(400, f"the request body is not valid JSON: {reason}", code="invalid_json")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _load_json(raw: bytes) -> Any:
+    """The body's JSON, or a 400 for anything the standard library would choke on later: bad
+    syntax or encoding, NaN/Infinity, a number over Python's digit limit, nesting past the
+    recursion limit, a lone surrogate escape (``"\\ud800"``: no valid text to send upstream)."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+        data = json.loads(raw, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise _not_json(f"{e.msg} at line {e.lineno}, column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise _not_json("it is not UTF-8 text") from None
+    except RecursionError:
+        raise _not_json("it is nested too deeply") from None
+    except ValueError as e:  # NaN/Infinity, or an integer over sys.get_int_max_str_digits()
+        reason = str(e) if "JSON value" in str(e) else "a number has too many digits"
+        raise _not_json(reason) from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _not_json(
+            "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode text"
+        ) from None
+    except RecursionError:
+        raise _not_json("it is nested too deeply") from None
+    return data
+
+
+def _check_sizes(data: dict[str, Any], max_messages: int) -> None:
+    """Bound the work one request can ask for before validating it item by item: every message
+    and content part is converted, then serialized once per upstream call."""
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return
+    if len(messages) > max_messages:
+        raise APIError(
+            400,
+            f"too many messages: {len(messages)}; this server takes at most {max_messages} "
+            "per request",
+            param="messages",
+            code="array_above_max_length",
+        )
+    items = 0
+    for m in messages:
+        if isinstance(m, dict):
+            for key in ("content", "tool_calls"):
+                if isinstance(m.get(key), list):
+                    items += len(m[key])
+    if items > max_messages:
+        raise APIError(
+            400,
+            f"too many content parts and tool calls: {items} in all; this server takes at most "
+            f"{max_messages} per request",
+            param="messages",
+            code="array_above_max_length",
+        )
+    tools = data.get("tools")
+    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+        raise APIError(
+            400,
+            f"too many tools: {len(tools)}; at most {MAX_TOOLS} are supported",
+            param="tools",
+            code="array_above_max_length",
+        )
+
+
+def _parse_request(raw: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> _ChatRequest:
+    data = _load_json(raw)
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    _check_sizes(data, max_messages)
     try:
         req = _ChatRequest.model_validate(data)
     except ValidationError as err:
