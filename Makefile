@@ -26,13 +26,15 @@ dev: install  ## the LangGraph dev server for Studio and the SDK, offline (no br
 		$(BIN)/langgraph dev --no-browser --host 127.0.0.1 --port 2024 \
 		--n-jobs-per-worker 10 --no-reload
 
-test: install
-	$(BIN)/pytest -q
+test: install  ## unit tests first (seconds), then integration tests
+	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/integration
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy langgraph_moa
+	$(BIN)/mypy langgraph_moa tests
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

@@ -24,9 +24,9 @@ from typing import Any
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa import Topology, build_graph
-from langgraph_moa.checkpoints import open_checkpointer
+from langgraph_moa.cli.store import open_checkpointer
+from langgraph_moa.cli.threads import history
 from langgraph_moa.testing.fake_openai import FakeOpenAI
-from langgraph_moa.threads import history
 
 LAYERS, WIDTH = 3, 6
 

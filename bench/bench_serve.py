@@ -34,7 +34,7 @@ import openai
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa import build_graph
-from langgraph_moa.topology import load_topology
+from langgraph_moa.spec.topology import load_topology
 
 PROPOSER_S = 0.1
 AGGREGATOR_S = 0.1

@@ -7,7 +7,14 @@ Public API: :class:`Topology`, :func:`load_preset`, :func:`load_topology`, :func
 from langgraph_moa.chat_model import ChatMixtureOfAgents
 from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
 from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
-from langgraph_moa.topology import Agent, Layer, Topology, list_presets, load_preset, load_topology
+from langgraph_moa.spec.topology import (
+    Agent,
+    Layer,
+    Topology,
+    list_presets,
+    load_preset,
+    load_topology,
+)
 
 __all__ = [
     "Agent",

@@ -10,7 +10,7 @@ holds the run's record: layers, critique, usage and cost, ledger, fallback, degr
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -27,8 +27,9 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
 from langgraph_moa.result import result_of
+from langgraph_moa.run import AnswerToken, RunFinished, stream_run
+from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset
 from langgraph_moa.sync_loop import iterate_sync, run_sync
-from langgraph_moa.topology import Topology, load_preset
 
 __all__ = ["ChatMixtureOfAgents"]
 
@@ -56,7 +57,7 @@ class ChatMixtureOfAgents(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    topology: Topology = Field(default_factory=lambda: load_preset("local"))
+    topology: Topology = Field(default_factory=lambda: load_preset(DEFAULT_PRESET))
     proposal_cache: Any = Field(
         default=True, exclude=True, description="The proposer-call cache: see build_graph(cache=)"
     )
@@ -121,7 +122,15 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        state = await self.graph.ainvoke(self._inputs(messages, kwargs))
+        state: dict[str, Any] = {}
+        async for event in stream_run(
+            self.graph,
+            self._inputs(messages, kwargs),
+            tokens=False,
+            deadline_s=self.topology.deadline_s,
+        ):
+            if isinstance(event, RunFinished):
+                state = event.state
         answer = state["messages"][-1]
         if not isinstance(answer, AIMessage):
             raise MoARunError("the mixture of agents produced no answer")
@@ -142,23 +151,18 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         final: dict[str, Any] = {}
-        async for part in self.graph.astream(
-            self._inputs(messages, kwargs), stream_mode=["messages", "values"]
+        async for event in stream_run(
+            self.graph, self._inputs(messages, kwargs), deadline_s=self.topology.deadline_s
         ):
-            mode, data = cast(tuple[str, Any], part)
-            if mode == "values":
-                final = data
-                continue
-            chunk, meta = data
-            answering = meta.get("langgraph_node") in _ANSWERING
-            if not answering or not isinstance(chunk, AIMessageChunk):
-                continue  # only the final answer streams
-            if chunk.content or chunk.tool_call_chunks:
+            if isinstance(event, AnswerToken):  # only the final answer streams
+                chunk = event.chunk
                 yield ChatGenerationChunk(
                     message=AIMessageChunk(
                         content=chunk.content, tool_call_chunks=chunk.tool_call_chunks
                     )
                 )
+            elif isinstance(event, RunFinished):
+                final = event.state
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",

@@ -6,7 +6,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from langgraph_moa.graphs.state import MoAState, empty_usage
+from langgraph_moa.llm.text import text_of
+from langgraph_moa.nodes.state import MoAState, empty_usage
 
 __all__ = ["answer_of", "result_of"]
 
@@ -15,7 +16,7 @@ def answer_of(state: MoAState) -> str:
     """The final answer of the latest turn (the last AI message), or "" if there is none."""
     for message in reversed(state.get("messages") or []):
         if isinstance(message, AIMessage):
-            return message.text if isinstance(message.text, str) else str(message.content)
+            return text_of(message)
     return ""
 
 

@@ -15,8 +15,11 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from langgraph_moa.caching import DEFAULT_CACHE, ProposalCache
-from langgraph_moa.graphs.names import (
+from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_after_aggregator
+from langgraph_moa.nodes.cache import DEFAULT_CACHE, ProposalCache
+from langgraph_moa.nodes.critique import make_critic
+from langgraph_moa.nodes.join import make_join
+from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
     FALLBACK,
@@ -25,15 +28,13 @@ from langgraph_moa.graphs.names import (
     join_node,
     proposer_node,
 )
-from langgraph_moa.graphs.state import MoAInput, MoAState
-from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_after_aggregator
-from langgraph_moa.nodes.control import make_join, make_prepare
-from langgraph_moa.nodes.critique import make_critic
+from langgraph_moa.nodes.prepare import make_prepare
 from langgraph_moa.nodes.propose import Node, make_proposer
 from langgraph_moa.nodes.review import make_review
-from langgraph_moa.pricing import PriceTable
+from langgraph_moa.nodes.state import MoAInput, MoAState
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Topology
 from langgraph_moa.sync_loop import run_sync
-from langgraph_moa.topology import Topology
 
 __all__ = [
     "AGGREGATOR",
@@ -41,6 +42,7 @@ __all__ = [
     "FALLBACK",
     "PREPARE",
     "REVIEW",
+    "MoAGraph",
     "build_graph",
     "build_state_graph",
     "join_node",
@@ -58,12 +60,16 @@ def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
     graph.add_node(name, RunnableLambda(in_sync_api, afunc=node, name=name))
 
 
+# What build_graph returns: state MoAState, input MoAInput, output MoAState (any run context).
+MoAGraph = CompiledStateGraph[MoAState, Any, MoAInput, MoAState]
+
+
 def build_state_graph(
     topology: Topology,
     *,
     cache: BaseCache[Any] | bool = True,
     context_schema: type[Any] | None = None,
-) -> StateGraph[Any, Any, Any, Any]:
+) -> StateGraph[MoAState, Any, MoAInput, MoAState]:
     """The uncompiled graph, for users who want to add to it before compiling.
 
     ``context_schema`` only describes run context to LangGraph tooling (Studio shows it); the
@@ -74,7 +80,7 @@ def build_state_graph(
     proposal_cache = (
         ProposalCache(backend, cache_sampled=topology.cache_sampled) if backend else None
     )
-    graph: StateGraph[Any, Any, Any, Any] = StateGraph(
+    graph: StateGraph[MoAState, Any, MoAInput, MoAState] = StateGraph(
         MoAState, input_schema=MoAInput, context_schema=context_schema
     )
     _add(graph, PREPARE, make_prepare(topology, prices=prices))
@@ -138,7 +144,7 @@ def build_graph(
     checkpointer: BaseCheckpointSaver[Any] | bool | None = None,
     cache: BaseCache[Any] | bool = True,
     context_schema: type[Any] | None = None,
-) -> CompiledStateGraph[Any, Any, Any, Any]:
+) -> MoAGraph:
     """A compiled graph for ``topology``: invoke/stream it with ``{"messages": [...]}``.
 
     With a checkpointer and ``config={"configurable": {"thread_id": ...}}`` a thread keeps its

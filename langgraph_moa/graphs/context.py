@@ -16,11 +16,9 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.topology import Topology, load_preset, parse_topology
+from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset, parse_topology
 
 __all__ = ["DEFAULT_PRESET", "Context", "topology_from_config"]
-
-DEFAULT_PRESET = "local"
 
 
 @dataclass(kw_only=True)

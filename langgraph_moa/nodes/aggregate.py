@@ -11,8 +11,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 
 from langgraph_moa.errors import MoARunError
-from langgraph_moa.fitting import Trim
-from langgraph_moa.graphs.state import FallbackRecord, MoAState
+from langgraph_moa.llm.chat_models import call_options
 from langgraph_moa.nodes.calls import (
     CallExtras,
     ModelPool,
@@ -21,11 +20,12 @@ from langgraph_moa.nodes.calls import (
     call_record,
     usage_update,
 )
+from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node, ok_texts
-from langgraph_moa.pricing import PriceTable
-from langgraph_moa.providers import call_options
-from langgraph_moa.topology import Agent
+from langgraph_moa.nodes.state import FallbackRecord, MoAState
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Agent
 
 __all__ = ["make_aggregator", "make_fallback", "route_after_aggregator"]
 

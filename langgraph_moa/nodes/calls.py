@@ -3,7 +3,8 @@ HTTP attempts, whether it came from the cache.
 
 Failures are caught and returned as outcomes (the graph decides what a failure means); the error
 text is one line, shortened, with any configured API key masked. Retries happen inside the
-openai client (see :mod:`langgraph_moa.http`); a layer deadline cancels what is still running.
+openai client (see :mod:`langgraph_moa.llm.openai_client`); a layer deadline cancels what is
+still running.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import ensure_config, merge_configs
 
-from langgraph_moa.caching import ProposalCache
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.fitting import Trim
-from langgraph_moa.graphs.state import CallRecord, TokenUsage, Usage, add_usage
-from langgraph_moa.http import count_attempts
-from langgraph_moa.pricing import PriceTable
-from langgraph_moa.providers import PROVIDERS, make_chat_model, redact, supports_n
-from langgraph_moa.topology import Agent
+from langgraph_moa.llm.chat_models import make_chat_model, redact
+from langgraph_moa.llm.openai_client import count_attempts
+from langgraph_moa.llm.text import text_of
+from langgraph_moa.nodes.cache import ProposalCache
+from langgraph_moa.nodes.context_window import Trim
+from langgraph_moa.nodes.state import CallRecord, TokenUsage, Usage, add_usage
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.providers import PROVIDERS, requests_for
+from langgraph_moa.spec.topology import Agent
 
 __all__ = [
     "CallExtras",
@@ -116,7 +119,7 @@ class _StopLongReplies(AsyncCallbackHandler):
         self.limit = limit
         self.seen = 0
 
-    async def on_llm_new_token(  # type: ignore[override]
+    async def on_llm_new_token(
         self, token: str | list[str | dict[str, Any]], **kwargs: Any
     ) -> None:
         self.seen += len(token) if isinstance(token, str) else len(str(token))
@@ -157,7 +160,7 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
 
 
 def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage, attempts: int) -> Outcome:
-    text = message.text if isinstance(message.text, str) else str(message.content)
+    text = text_of(message)
     finish = message.response_metadata.get("finish_reason")
     finish = str(finish) if finish is not None else None
     if message.tool_calls:  # an answer that calls tools may have no text
@@ -314,8 +317,7 @@ async def call_agent(
     if cache is not None and (texts := await cache.get(pool.params, messages)) is not None:
         latency = time.perf_counter() - start
         return [Outcome(t, None, latency, zero_usage(), attempts=0, cached=True) for t in texts], 0
-    batched = n == 1 or supports_n(pool.agent)
-    sizes = [n] if batched else [1] * n
+    sizes = [n] if requests_for(pool.agent) == 1 else [1] * n
     finished: dict[int, list[Outcome]] = {}
 
     async def send(k: int, size: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.graphs.state import MoAState
 from langgraph_moa.nodes.calls import (
     ModelPool,
     call_agent,
@@ -18,8 +17,9 @@ from langgraph_moa.nodes.calls import (
 )
 from langgraph_moa.nodes.messages import fitted_critic_messages
 from langgraph_moa.nodes.propose import Node, is_skipped, ok_texts
-from langgraph_moa.pricing import PriceTable
-from langgraph_moa.topology import Agent
+from langgraph_moa.nodes.state import MoAState
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Agent
 
 __all__ = ["make_critic"]
 

@@ -13,7 +13,8 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from langgraph_moa.fitting import Trim, context_window_for, estimate_tokens, fit_to_window
+from langgraph_moa.llm.text import text_of
+from langgraph_moa.nodes.context_window import Trim, estimate_tokens, fit_to_window
 from langgraph_moa.nodes.prompts import (
     AFTER_TOOLS_PROMPT,
     CRITIC_REQUEST_PROMPT,
@@ -21,7 +22,8 @@ from langgraph_moa.nodes.prompts import (
     CRITIQUE_SECTION,
     SYNTHESIZE_PROMPT,
 )
-from langgraph_moa.topology import Agent
+from langgraph_moa.spec.models import context_window_for
+from langgraph_moa.spec.topology import Agent
 
 __all__ = [
     "critic_messages",
@@ -36,10 +38,6 @@ __all__ = [
 def numbered(texts: Sequence[str]) -> str:
     """``1. first\\n2. second``: the paper's layout for references."""
     return "\n".join(f"{i}. {text.strip()}" for i, text in enumerate(texts, 1))
-
-
-def _text(message: BaseMessage) -> str:
-    return message.text if isinstance(message.text, str) else str(message.content)
 
 
 _DIGEST_CHARS = 400
@@ -58,15 +56,15 @@ def tool_digest(conversation: Sequence[BaseMessage]) -> list[BaseMessage]:
             calls = ", ".join(
                 f"{c['name']}({json.dumps(c['args'], ensure_ascii=False)})" for c in m.tool_calls
             )
-            text = _text(m).strip()
+            text = text_of(m).strip()
             out.append(AIMessage(f"{text}\n[called {calls}]".strip()))
         elif isinstance(m, ToolMessage):
-            result = _text(m).strip()
+            result = text_of(m).strip()
             if len(result) > _DIGEST_CHARS:
                 result = result[:_DIGEST_CHARS] + " [...]"
             note = f"[{m.name or 'tool'} returned: {result}]"
             if out and isinstance(out[-1], AIMessage):
-                out[-1] = AIMessage(f"{_text(out[-1])}\n{note}")
+                out[-1] = AIMessage(f"{text_of(out[-1])}\n{note}")
             else:
                 out.append(AIMessage(note))
         else:
@@ -77,7 +75,7 @@ def tool_digest(conversation: Sequence[BaseMessage]) -> list[BaseMessage]:
 
 
 def _split_system(conversation: Sequence[BaseMessage]) -> tuple[list[str], list[BaseMessage]]:
-    system = [_text(m) for m in conversation if isinstance(m, SystemMessage)]
+    system = [text_of(m) for m in conversation if isinstance(m, SystemMessage)]
     rest = [m for m in conversation if not isinstance(m, SystemMessage)]
     return system, rest
 
@@ -119,7 +117,7 @@ def _transcript(conversation: Sequence[BaseMessage]) -> str:
             if isinstance(m, AIMessage)
             else m.type.capitalize()
         )
-        lines.append(f"[{who}]\n{_text(m).strip()}")
+        lines.append(f"[{who}]\n{text_of(m).strip()}")
     return "\n\n".join(lines)
 
 

@@ -7,8 +7,7 @@ from typing import Any
 
 from langgraph.config import get_stream_writer
 
-from langgraph_moa.caching import ProposalCache
-from langgraph_moa.graphs.state import CallRecord, MoAState, Proposal
+from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import (
     ModelPool,
     call_agent,
@@ -17,8 +16,9 @@ from langgraph_moa.nodes.calls import (
     usage_update,
 )
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
-from langgraph_moa.pricing import PriceTable
-from langgraph_moa.topology import Agent
+from langgraph_moa.nodes.state import CallRecord, MoAState, Proposal
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Agent
 
 __all__ = ["Node", "is_skipped", "make_proposer", "ok_texts"]
 
@@ -54,7 +54,7 @@ def make_proposer(
 
     def proposals(records: list[CallRecord]) -> list[Proposal]:
         return [
-            Proposal(**record, layer=layer, index=first_index + k, sample=k)  # type: ignore[typeddict-item]
+            Proposal(**record, layer=layer, index=first_index + k, sample=k)
             for k, record in enumerate(records)
         ]
 

@@ -15,9 +15,9 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langgraph_moa.errors import MoAInputError, MoARunError
-from langgraph_moa.graphs.state import MoAState, Proposal
 from langgraph_moa.nodes.propose import Node
-from langgraph_moa.topology import describe_validation_error
+from langgraph_moa.nodes.state import MoAState, Proposal
+from langgraph_moa.spec.topology import describe_validation_error
 
 __all__ = ["ReviewDecision", "apply_edits", "make_review", "parse_decision", "proposal_ref"]
 

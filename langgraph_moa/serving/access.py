@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
-from langgraph_moa.budget import check_priced
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.pricing import PriceTable
-from langgraph_moa.providers import PROVIDERS
-from langgraph_moa.topology import Topology
+from langgraph_moa.nodes.budget import check_priced
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.providers import PROVIDERS
+from langgraph_moa.spec.topology import Topology
 
 KEYS_ENV = "MOA_SERVE_KEYS"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -72,7 +72,7 @@ def load_keys(keys_file: str | Path | None = None, *, env_value: str | None = No
     return list(dict.fromkeys(keys))
 
 
-class _KeyRing:
+class KeyRing:
     """Checks a bearer token against the configured keys in constant time."""
 
     def __init__(self, keys: Iterable[str]) -> None:
@@ -240,7 +240,7 @@ def _base_url(provider: str) -> str | None:
     return url
 
 
-def _refusal(topology: Topology, here: SelfAddress) -> str | None:
+def refusal_of(topology: Topology, here: SelfAddress) -> str | None:
     """Why this server will not run the topology, or None."""
     for agent in topology.agents():
         url = _base_url(agent.provider)

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from langchain_core.messages import AIMessageChunk
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,38 +32,39 @@ from langgraph_moa.errors import (
     MoAError,
     MoAInputError,
 )
-from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
-from langgraph_moa.providers import check_ready
+from langgraph_moa.graphs.builder import build_graph
+from langgraph_moa.llm.chat_models import check_ready
+from langgraph_moa.llm.text import text_of
 from langgraph_moa.result import result_of
+from langgraph_moa.run import AnswerToken, Progress, RunFinished, stream_run
 from langgraph_moa.serving.access import (
     KEYS_ENV,
+    KeyRing,
     SelfAddress,
-    _KeyRing,
-    _refusal,
     is_loopback_host,
     load_keys,
+    refusal_of,
 )
 from langgraph_moa.serving.errors import (
     APIError,
-    _error_of_run,
-    _internal_error,
-    _log,
-    _too_large,
-    _too_slow,
-    _validation_error,
+    error_of_run,
+    internal_error,
+    log_line,
+    too_large,
+    too_slow,
+    validation_error,
 )
 from langgraph_moa.serving.protocol import (
     DEFAULT_MAX_MESSAGES,
-    _answer,
-    _finish_reason,
-    _graph_inputs,
-    _moa_record,
-    _openai_tool_calls,
-    _parse_request,
-    _sse,
-    _text,
-    _tool_call_delta,
-    _usage,
+    answer_text,
+    finish_reason_of,
+    graph_inputs,
+    moa_record,
+    openai_tool_calls,
+    openai_usage,
+    parse_request,
+    sse_event,
+    tool_call_delta,
 )
 from langgraph_moa.serving.runs import Run, Runner
 from langgraph_moa.serving.transport import (
@@ -73,7 +73,7 @@ from langgraph_moa.serving.transport import (
     connection_cap,
     protocol_class,
 )
-from langgraph_moa.topology import Topology, list_presets, load_preset, load_topology
+from langgraph_moa.spec.topology import Topology, list_presets, load_preset, load_topology
 
 DEFAULT_HOST = "127.0.0.1"
 # Not 8000: that is vLLM's usual port, which the `vllm` provider points at by default.
@@ -170,9 +170,10 @@ async def _unless_client_leaves(run: Run[_T], receive: Receive) -> _T:
 
 
 async def _stream_graph(graph: Any, inputs: dict[str, Any], run: Run[None]) -> None:
-    """The graph's stream, handed to the serving loop item by item (on the runs loop)."""
-    async for item in graph.astream(inputs, stream_mode=["messages", "custom", "values"]):
-        run.emit(item)
+    """The run's events (see :mod:`langgraph_moa.run`), handed to the serving loop one by one
+    (on the runs loop)."""
+    async for event in stream_run(graph, inputs):
+        run.emit(event)
 
 
 class _Service:
@@ -255,13 +256,13 @@ class _Service:
         raw = await request.body()
         # Checking and converting up to max_messages messages takes CPU time (tens of ms): in a
         # worker thread, so that the serving loop answers other requests meanwhile.
-        req = await asyncio.to_thread(_parse_request, raw, max_messages=self.max_messages)
+        req = await asyncio.to_thread(parse_request, raw, max_messages=self.max_messages)
         served = self.lookup(req.model)
-        inputs = await asyncio.to_thread(_graph_inputs, req)
+        inputs = await asyncio.to_thread(graph_inputs, req)
         try:
             check_ready(served.topology)
         except (MissingCredentialsError, MissingExtraError) as e:
-            raise _error_of_run(e) from None
+            raise error_of_run(e) from None
         graph = self.graph_for(served)
         release = self.take_slot()  # held until the run has ended, however it ends
         ident = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
@@ -284,20 +285,20 @@ class _Service:
         except _ClientGone:
             return Response(status_code=499)
         except Exception as e:
-            raise _error_of_run(e) from None
+            raise error_of_run(e) from None
         latency = time.perf_counter() - start
         try:
-            answer = _answer(state)
+            answer = answer_text(state)
         except MoAError as e:
-            raise _error_of_run(e) from None
+            raise error_of_run(e) from None
         result = result_of(state, latency_s=latency)
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": _text(answer) if (_text(answer) or not answer.tool_calls) else None,
+            "content": text_of(answer) if (text_of(answer) or not answer.tool_calls) else None,
             "refusal": None,
         }
         if answer.tool_calls:
-            message["tool_calls"] = _openai_tool_calls(answer)
+            message["tool_calls"] = openai_tool_calls(answer)
         body = {
             "id": ident,
             "object": "chat.completion",
@@ -308,11 +309,11 @@ class _Service:
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": _finish_reason(answer),
+                    "finish_reason": finish_reason_of(answer),
                 }
             ],
-            "usage": _usage(result),
-            "moa": _moa_record(result, served.topology),
+            "usage": openai_usage(result),
+            "moa": moa_record(result, served.topology),
         }
         return JSONResponse(body)
 
@@ -335,7 +336,7 @@ class _Service:
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            return _sse(
+            return sse_event(
                 {
                     "id": ident,
                     "object": "chat.completion.chunk",
@@ -354,53 +355,47 @@ class _Service:
         sent_tool_calls = False
         state: dict[str, Any] = {}
         try:
-            async for mode, payload in run.items():
-                if mode == "values":
-                    state = payload
-                elif mode == "custom":
+            async for event in run.items():
+                if isinstance(event, RunFinished):
+                    state = event.state
+                elif isinstance(event, Progress):
                     # A comment line: SSE parsers (the openai client's too) skip it.
-                    yield f": moa {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
-                elif mode == "messages":
-                    message, meta = payload
-                    if meta.get("langgraph_node") not in (AGGREGATOR, FALLBACK):
-                        continue
-                    if not isinstance(message, AIMessageChunk):
-                        continue  # a whole message written to the state: sent at the end
+                    payload = json.dumps(event.payload, ensure_ascii=False, default=str)
+                    yield f": moa {payload}\n\n"
+                elif isinstance(event, AnswerToken):
                     delta: dict[str, Any] = {}
-                    if text := _text(message):
+                    if text := event.text:
                         delta["content"] = text
                         sent.append(text)
-                    if message.tool_call_chunks:
-                        delta["tool_calls"] = [
-                            _tool_call_delta(c) for c in message.tool_call_chunks
-                        ]
+                    if pieces := event.chunk.tool_call_chunks:
+                        delta["tool_calls"] = [tool_call_delta(c) for c in pieces]
                         sent_tool_calls = True
                     if delta:
                         yield chunk(delta)
-            answer = _answer(state)
+            answer = answer_text(state)
         except Exception as e:
             # 200 is already sent: the failure goes out as one error event, then [DONE].
-            yield _sse(_error_of_run(e).body())
+            yield sse_event(error_of_run(e).body())
             yield "data: [DONE]\n\n"
             return
-        final, streamed = _text(answer), "".join(sent)
+        final, streamed = text_of(answer), "".join(sent)
         if final != streamed and final.startswith(streamed):
             # e.g. the fallback answered with a proposal, which is not streamed token by token
             yield chunk({"content": final[len(streamed) :]})
         if answer.tool_calls and not sent_tool_calls:
-            calls = _openai_tool_calls(answer)
+            calls = openai_tool_calls(answer)
             yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]})
         result = result_of(state, latency_s=time.perf_counter() - start)  # type: ignore[arg-type]
-        yield chunk({}, _finish_reason(answer), moa=_moa_record(result, served.topology))
+        yield chunk({}, finish_reason_of(answer), moa=moa_record(result, served.topology))
         if include_usage:
-            yield _sse(
+            yield sse_event(
                 {
                     "id": ident,
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": served.id,
                     "choices": [],
-                    "usage": _usage(result),
+                    "usage": openai_usage(result),
                 }
             )
         yield "data: [DONE]\n\n"
@@ -424,7 +419,7 @@ class _Guard:
     and turns any other escaped exception into a 500 without a traceback."""
 
     def __init__(
-        self, app: ASGIApp, *, keys: _KeyRing, max_body_bytes: int, read_timeout_s: float
+        self, app: ASGIApp, *, keys: KeyRing, max_body_bytes: int, read_timeout_s: float
     ) -> None:
         self.app = app
         self.keys = keys
@@ -472,16 +467,16 @@ class _Guard:
             await self.app(scope, counting_receive, watching_send)
         except _TooLarge:
             if not started:
-                await _too_large(limit).response()(scope, receive, send)
+                await too_large(limit).response()(scope, receive, send)
         except _TooSlow:
             if not started:
-                await _too_slow(self.read_timeout_s).response()(scope, receive, send)
+                await too_slow(self.read_timeout_s).response()(scope, receive, send)
         except ClientDisconnect:
             pass  # the client left while sending its request: nobody to answer, nothing wrong
         except Exception as e:
-            _log(f"internal error: {type(e).__name__}: {e}")
+            log_line(f"internal error: {type(e).__name__}: {e}")
             if not started:
-                await _internal_error().response()(scope, receive, send)
+                await internal_error().response()(scope, receive, send)
 
     def _check(self, headers: dict[str, str]) -> APIError | None:
         if self.keys:
@@ -505,7 +500,7 @@ class _Guard:
             if not declared.strip().isdigit():
                 return APIError(400, "invalid Content-Length header", code="invalid_request")
             if int(declared) > self.max_body_bytes:
-                return _too_large(self.max_body_bytes)
+                return too_large(self.max_body_bytes)
         return None
 
 
@@ -540,7 +535,7 @@ def create_app(
     catalog = _load_catalog(topologies_dir)
     here = SelfAddress(host, port)
     for served in catalog.values():
-        served.refusal = _refusal(served.topology, here)
+        served.refusal = refusal_of(served.topology, here)
     service = _Service(
         catalog, max_concurrency=max_concurrency, max_messages=max_messages, cache=cache
     )
@@ -559,7 +554,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        return _validation_error(exc.errors()).response()
+        return validation_error(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -593,7 +588,7 @@ def create_app(
 
     app.add_middleware(
         _Guard,
-        keys=_KeyRing(keys),
+        keys=KeyRing(keys),
         max_body_bytes=max_body_bytes,
         read_timeout_s=read_timeout_s,
     )
@@ -724,12 +719,12 @@ def run_server(
     service: _Service = app.state.moa
     for served in service.catalog.values():
         if served.refusal is not None:
-            _log(f"not serving {served.id!r}: {served.refusal}")
+            log_line(f"not serving {served.id!r}: {served.refusal}")
     served_count = sum(1 for s in service.catalog.values() if s.refusal is None)
     shown = f"[{host}]" if ":" in host else host
     auth = f"bearer keys ({len(keys)})" if keys else "no authentication"
     connections = connection_cap(max_connections)
-    _log(
+    log_line(
         f"listening on http://{shown}:{bound_port}/v1, {served_count} models, {auth}, "
         f"up to {max_concurrency} concurrent requests and {connections} connections"
     )

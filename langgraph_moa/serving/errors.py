@@ -23,11 +23,11 @@ from langgraph_moa.errors import (
     MoAInputError,
     MoARunError,
 )
-from langgraph_moa.providers import redact
+from langgraph_moa.llm.chat_models import redact
 from langgraph_moa.serving.runs import RunCancelled
 
 
-def _log(message: str) -> None:
+def log_line(message: str) -> None:
     """One line for the operator on stderr (never a traceback, keys masked)."""
     sys.stderr.write(f"moa serve: {redact(' '.join(message.split()))}\n")
     sys.stderr.flush()
@@ -74,7 +74,7 @@ def _no_retry() -> dict[str, str]:
     return {"x-should-retry": "false"}
 
 
-def _internal_error() -> APIError:
+def internal_error() -> APIError:
     return APIError(
         500,
         "internal server error: the request could not be completed",
@@ -83,7 +83,7 @@ def _internal_error() -> APIError:
     )
 
 
-def _error_of_run(exc: BaseException) -> APIError:
+def error_of_run(exc: BaseException) -> APIError:
     """Map what a graph run raised to the status a caller should see."""
     if isinstance(exc, RunCancelled):
         return APIError(
@@ -120,8 +120,8 @@ def _error_of_run(exc: BaseException) -> APIError:
         )
     if isinstance(exc, MoAError):
         return APIError(500, str(exc), type_="server_error", code="internal_error")
-    _log(f"internal error: {type(exc).__name__}: {exc}")
-    return _internal_error()
+    log_line(f"internal error: {type(exc).__name__}: {exc}")
+    return internal_error()
 
 
 def _param_of(loc: Sequence[int | str]) -> str:
@@ -131,7 +131,7 @@ def _param_of(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _validation_error(errors: Sequence[Any]) -> APIError:
+def validation_error(errors: Sequence[Any]) -> APIError:
     parts, param = [], None
     for e in errors:
         loc = [p for p in e.get("loc", ()) if p != "body"]
@@ -142,7 +142,7 @@ def _validation_error(errors: Sequence[Any]) -> APIError:
     return APIError(400, "invalid request: " + "; ".join(parts), param=param, code="invalid_value")
 
 
-def _too_large(limit: int) -> APIError:
+def too_large(limit: int) -> APIError:
     return APIError(
         413,
         f"the request body is too large: the limit is {limit} bytes",
@@ -150,7 +150,7 @@ def _too_large(limit: int) -> APIError:
     )
 
 
-def _too_slow(timeout_s: float) -> APIError:
+def too_slow(timeout_s: float) -> APIError:
     return APIError(
         408,
         f"the request body did not arrive within {timeout_s:g} seconds",

@@ -26,8 +26,8 @@ from pydantic import (
 )
 
 from langgraph_moa.errors import MoAError
-from langgraph_moa.serving.errors import APIError, _validation_error
-from langgraph_moa.topology import Topology
+from langgraph_moa.serving.errors import APIError, validation_error
+from langgraph_moa.spec.topology import Topology
 
 # --- the request ------------------------------------------------------------------------------
 
@@ -263,7 +263,7 @@ def _check_sizes(data: dict[str, Any], max_messages: int) -> None:
         )
 
 
-def _parse_request(raw: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> _ChatRequest:
+def parse_request(raw: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> _ChatRequest:
     data = _load_json(raw)
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
@@ -271,7 +271,7 @@ def _parse_request(raw: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> _
     try:
         req = _ChatRequest.model_validate(data)
     except ValidationError as err:
-        raise _validation_error(err.errors()) from None
+        raise validation_error(err.errors()) from None
     _check_request(req)
     return req
 
@@ -349,7 +349,7 @@ def _conversation(messages: Sequence[_Message]) -> list[BaseMessage]:
     return out
 
 
-def _graph_inputs(req: _ChatRequest) -> dict[str, Any]:
+def graph_inputs(req: _ChatRequest) -> dict[str, Any]:
     inputs: dict[str, Any] = {"messages": _conversation(req.messages)}
     if req.tools:
         inputs["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
@@ -369,12 +369,7 @@ def _graph_inputs(req: _ChatRequest) -> dict[str, Any]:
 # --- the response -----------------------------------------------------------------------------
 
 
-def _text(message: BaseMessage) -> str:
-    text = message.text
-    return text if isinstance(text, str) else str(message.content)
-
-
-def _openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
+def openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
     return [
         {
             "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
@@ -388,14 +383,14 @@ def _openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
     ]
 
 
-def _answer(state: dict[str, Any]) -> AIMessage:
+def answer_text(state: dict[str, Any]) -> AIMessage:
     messages = state.get("messages") or []
     if not messages or not isinstance(messages[-1], AIMessage):
         raise MoAError("the run ended without an answer")
     return messages[-1]
 
 
-def _finish_reason(answer: AIMessage) -> str:
+def finish_reason_of(answer: AIMessage) -> str:
     if answer.tool_calls:
         return "tool_calls"
     if (answer.response_metadata or {}).get("finish_reason") == "length":
@@ -403,7 +398,7 @@ def _finish_reason(answer: AIMessage) -> str:
     return "stop"
 
 
-def _usage(result: dict[str, Any]) -> dict[str, int]:
+def openai_usage(result: dict[str, Any]) -> dict[str, int]:
     usage = result["usage"]
     return {
         "prompt_tokens": usage["prompt_tokens"],
@@ -412,7 +407,7 @@ def _usage(result: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
+def moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
     usage = result["usage"]
     return {
         "topology": topology.name,
@@ -428,11 +423,11 @@ def _moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
     }
 
 
-def _sse(data: Any) -> str:
+def sse_event(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _tool_call_delta(chunk: Any) -> dict[str, Any]:
+def tool_call_delta(chunk: Any) -> dict[str, Any]:
     function: dict[str, Any] = {"arguments": chunk.get("args") or ""}
     if chunk.get("name"):
         function["name"] = chunk["name"]

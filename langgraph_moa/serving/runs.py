@@ -115,7 +115,7 @@ class Run(Generic[_T]):
             raise RuntimeError("the run has not ended")
         if self._error is not None:
             raise self._error
-        return self._result  # type: ignore[no-any-return]
+        return self._result
 
     async def items(self) -> AsyncIterator[Any]:
         """The emitted items, as they come; then the run's end (raising its error, if any)."""

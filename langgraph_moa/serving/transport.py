@@ -53,7 +53,7 @@ def protocol_class(*, read_timeout_s: float, max_connections: int) -> type[async
 
     base: Any = AutoHTTPProtocol
 
-    class GuardedHTTPProtocol(base):  # type: ignore[misc]
+    class GuardedHTTPProtocol(base):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._deadline: asyncio.TimerHandle | None = None

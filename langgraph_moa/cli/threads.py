@@ -1,0 +1,205 @@
+"""Durable threads: the config a run is stored under, and going back in a thread's history.
+
+Every run records its topology (as JSON) in the checkpoint metadata, so ``moa resume``,
+``moa history`` and ``moa fork`` rebuild exactly the graph that ran. A fork takes the state right
+after a stage ran, applies the user's edits as that stage (LangGraph's ``update_state(...,
+as_node=...)``), and re-runs only what comes after; the original branch stays in the thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.nodes.names import (
+    CRITIC,
+    PREPARE,
+    REVIEW,
+    join_node,
+    layer_of,
+    proposer_node,
+)
+from langgraph_moa.nodes.review import apply_edits
+from langgraph_moa.spec.topology import Topology, parse_topology
+
+__all__ = [
+    "HistoryEntry",
+    "fork_config",
+    "history",
+    "run_config",
+    "stored_topology",
+    "topology_of_thread",
+]
+
+TOPOLOGY_KEY = "moa_topology"
+
+
+def run_config(thread_id: str, topology: Topology, **extra: Any) -> RunnableConfig:
+    """The config to run ``topology`` on ``thread_id``; its checkpoints remember the topology."""
+    config: dict[str, Any] = {
+        "configurable": {"thread_id": thread_id},
+        "metadata": {TOPOLOGY_KEY: topology.model_dump_json()},
+        **extra,
+    }
+    return cast(RunnableConfig, config)
+
+
+async def stored_topology(
+    checkpointer: BaseCheckpointSaver[Any], thread_id: str
+) -> Topology | None:
+    """The topology of the thread's latest run, or None if there is no such thread."""
+    found = await checkpointer.aget_tuple({"configurable": {"thread_id": thread_id}})
+    if found is None:
+        return None
+    spec = (found.metadata or {}).get(TOPOLOGY_KEY)
+    if not isinstance(spec, str):
+        raise MoAInputError(f"thread {thread_id!r} was not made by moa (no topology recorded)")
+    return parse_topology(json.loads(spec), source=f"topology of thread {thread_id!r}")
+
+
+async def topology_of_thread(checkpointer: BaseCheckpointSaver[Any], thread_id: str) -> Topology:
+    """The topology of the thread's latest run; MoAInputError if the thread is unknown."""
+    topology = await stored_topology(checkpointer, thread_id)
+    if topology is None:
+        raise MoAInputError(f"no thread {thread_id!r} in the thread store")
+    return topology
+
+
+@dataclass
+class HistoryEntry:
+    """One checkpoint: which nodes had just run, what runs next, and when."""
+
+    checkpoint_id: str
+    parent_id: str | None
+    step: int
+    created_at: str
+    ran: list[str]
+    next: list[str]
+    layer: int | None  # the proposer layer the checkpoint belongs to, if any
+
+
+def _layer_of(nodes: Sequence[str]) -> int | None:
+    return next((n for n in map(layer_of, nodes) if n is not None), None)
+
+
+async def _snapshots(graph: CompiledStateGraph[Any, Any, Any, Any], thread_id: str) -> list[Any]:
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    return [s async for s in graph.aget_state_history(config)]
+
+
+async def history(
+    graph: CompiledStateGraph[Any, Any, Any, Any], thread_id: str
+) -> list[HistoryEntry]:
+    """Every checkpoint of the thread, newest first, on every branch."""
+    snapshots = await _snapshots(graph, thread_id)
+    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in snapshots}
+    entries = []
+    for snap in snapshots:
+        parent = snap.parent_config["configurable"]["checkpoint_id"] if snap.parent_config else None
+        ran = list(by_id[parent].next) if parent in by_id else []
+        entries.append(
+            HistoryEntry(
+                checkpoint_id=snap.config["configurable"]["checkpoint_id"],
+                parent_id=parent,
+                step=int(snap.metadata.get("step", -1)) if snap.metadata else -1,
+                created_at=snap.created_at or "",
+                ran=ran,
+                next=list(snap.next),
+                layer=_layer_of(ran) or _layer_of(list(snap.next)),
+            )
+        )
+    return entries
+
+
+def _stage_of(node: str, topology: Topology) -> str:
+    """The stage a fork point names: a proposer of the topology stands for its layer's join."""
+    stages = [PREPARE, *(join_node(i) for i in range(1, len(topology.layers) + 1))]
+    if topology.critic is not None:
+        stages.append(CRITIC)
+    if topology.review == "before_aggregate":
+        stages.append(REVIEW)
+    if node in stages:
+        return node
+    for i, layer in enumerate(topology.layers, start=1):
+        if node in {proposer_node(i, agent.name or "") for agent in layer.proposers}:
+            return join_node(i)
+    raise MoAInputError(
+        f"cannot fork at {node!r}: no such stage in topology {topology.name!r}; name a "
+        f"proposer (e.g. {proposer_node(1, topology.layers[0].proposers[0].name or '')}) or "
+        f"one of {', '.join(stages)}"
+    )
+
+
+async def fork_config(
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+    topology: Topology,
+    thread_id: str,
+    *,
+    at: str,
+    edit: Mapping[str, str] | None = None,
+    drop: Sequence[str] = (),
+) -> RunnableConfig:
+    """Fork the thread's latest turn right after stage ``at`` ran, with proposals edited or
+    dropped; returns the config to continue from (``graph.ainvoke(None, config)``)."""
+    stage = _stage_of(at, topology)
+    snapshots: list[StateSnapshot] = await _snapshots(graph, thread_id)
+    if not snapshots:
+        raise MoAInputError(f"no thread {thread_id!r} in the thread store")
+    target = _checkpoint_after(snapshots, stage)
+    if target is None:
+        raise MoAInputError(
+            f"thread {thread_id!r} has no checkpoint after {stage} in its last turn"
+        )
+    values = target.values
+    changes: dict[str, Any] = {}
+    if edit or drop:
+        proposals = [p for layer in values.get("layers", []) for p in layer]
+        last_ran = _last_layer_ran(stage, topology)
+        late = [r for r in [*(edit or {}), *drop] if (layer_of(r) or 0) > last_ran]
+        if late:
+            raise MoAInputError(
+                f"{', '.join(late)} had not run yet at {stage}: fork at a later stage to edit it"
+            )
+        changed = apply_edits(proposals, dict(edit or {}), list(drop))
+        merged = {(p["layer"], p["index"]): p for p in [*proposals, *changed]}
+        for layer in sorted({p["layer"] for p in changed}):
+            if not any(p["ok"] for (n, _), p in merged.items() if n == layer):
+                raise MoAInputError(
+                    f"dropping {', '.join(drop)} leaves layer {layer} with no proposal: "
+                    "nothing to synthesize (keep or edit at least one)"
+                )
+        changes["layers"] = changed
+    return await graph.aupdate_state(target.config, changes or None, as_node=stage)
+
+
+def _last_layer_ran(stage: str, topology: Topology) -> int:
+    if stage == PREPARE:
+        return 0
+    return layer_of(stage) or len(topology.layers)
+
+
+def _checkpoint_after(snapshots: Sequence[StateSnapshot], stage: str) -> StateSnapshot | None:
+    """The newest checkpoint of the current branch's last turn written just after ``stage``."""
+    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in snapshots}
+    current: StateSnapshot | None = snapshots[0]
+    while current is not None:
+        parent_id = (
+            current.parent_config["configurable"]["checkpoint_id"]
+            if current.parent_config
+            else None
+        )
+        parent = by_id.get(parent_id) if parent_id else None
+        if parent is not None and stage in parent.next:
+            return current
+        if parent is not None and PREPARE in parent.next:
+            return None  # reached the start of the last turn
+        current = parent
+    return None

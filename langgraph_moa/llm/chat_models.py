@@ -1,0 +1,149 @@
+"""Turn an agent's ``"provider:model"`` into a LangChain chat model.
+
+OpenAI-compatible services go through langchain-openai's ChatOpenAI with the provider's base URL
+(overridable with ``<PROVIDER>_BASE_URL``) and key (``<PROVIDER>_API_KEY``); ``openai`` reads
+``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` exactly as the openai client does. ``local`` is the
+embedded SmolLM2 model run by llama.cpp (see :mod:`langgraph_moa.llm.local_model`).
+Keys are read from the environment when a model is made and never stored anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.language_models import BaseChatModel
+
+from langgraph_moa.errors import MissingCredentialsError
+from langgraph_moa.extras import require_extra
+from langgraph_moa.llm.local_model import ChatLocalLlama, resolve_model_path
+from langgraph_moa.llm.local_runtime import check_local_runtime
+from langgraph_moa.llm.openai_client import RetryingAsyncOpenAI
+from langgraph_moa.spec.providers import DEFAULT_TIMEOUT_S, PROVIDERS, ProviderSpec
+from langgraph_moa.spec.topology import Retry
+
+if TYPE_CHECKING:
+    from langgraph_moa.spec.topology import Agent, Topology
+
+__all__ = [
+    "call_options",
+    "check_credentials",
+    "check_ready",
+    "make_chat_model",
+    "redact",
+]
+
+
+def _max_tokens_option(spec: ProviderSpec, max_tokens: int) -> dict[str, Any]:
+    """How a reply's length limit is sent. langchain-openai sends OpenAI's newer
+    ``max_completion_tokens``; other OpenAI-compatible services are only sure to understand the
+    classic ``max_tokens``, sent as an extra body field; the embedded model takes it directly."""
+    if spec.name == "openai" or not spec.openai_compatible:
+        return {"max_tokens": max_tokens}
+    return {"extra_body": {"max_tokens": max_tokens}}
+
+
+def check_credentials(topology: Topology) -> None:
+    """Raise MissingCredentialsError naming every unset key variable, before any call is made."""
+    missing: list[str] = []
+    for agent in topology.agents():
+        spec = PROVIDERS[agent.provider]
+        if spec.key_required and not spec.resolve_key() and spec.key_env not in missing:
+            missing.append(spec.key_env)
+    if missing:
+        names = " and ".join(missing)
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingCredentialsError(
+            f"{names} {verb} not set: topology {topology.name!r} needs "
+            f"{'it' if len(missing) == 1 else 'them'} (export the key, or use --preset local)"
+        )
+
+
+def check_ready(topology: Topology, *, probe_local: bool = False) -> None:
+    """Before any call: the extras the topology's providers need are installed (one line naming
+    the pip command if not) and every key is set (see :func:`check_credentials`).
+
+    ``probe_local`` also makes sure llama.cpp can run each local model file on this machine
+    (:mod:`langgraph_moa.llm.local_runtime`; up to a second the first time, then remembered).
+    """
+    for agent in topology.agents():
+        if not PROVIDERS[agent.provider].openai_compatible:
+            require_extra("local", f"the embedded model ({agent.model})")
+            if probe_local:
+                check_local_runtime(resolve_model_path(agent.model_name))
+    check_credentials(topology)
+
+
+def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> BaseChatModel:
+    """A chat model for ``agent``; ``n`` > 1 asks for that many samples in one request."""
+    spec = PROVIDERS[agent.provider]
+    if not spec.openai_compatible:
+        return ChatLocalLlama(
+            model_path=agent.model_name,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            seed=agent.seed,
+            disable_streaming=not streaming,
+        )
+
+    from langchain_openai import ChatOpenAI
+
+    key = spec.resolve_key()
+    if not key:
+        raise MissingCredentialsError(f"{spec.key_env} is not set: {agent.model} needs it")
+    limit = _max_tokens_option(spec, agent.max_tokens)
+    timeout_s = agent.timeout_s or DEFAULT_TIMEOUT_S
+    # A client of this model's own (langchain-openai's shared default is bound to the first
+    # event loop that used it), retrying with the agent's backoff.
+    client = RetryingAsyncOpenAI(
+        api_key=key,
+        base_url=spec.resolve_base_url(),
+        retry=agent.retry or Retry(),
+        timeout_s=timeout_s,
+    )
+    return ChatOpenAI(
+        model=agent.model_name,
+        api_key=key,  # type: ignore[arg-type]
+        base_url=spec.resolve_base_url(),
+        temperature=agent.temperature,
+        n=n,
+        seed=agent.seed,
+        **limit,
+        timeout=timeout_s,
+        max_retries=(agent.retry or Retry()).attempts - 1,
+        stream_usage=True,
+        disable_streaming=not streaming,
+        root_async_client=client,
+        async_client=client.chat.completions,
+    )
+
+
+def call_options(
+    agent: Agent, *, temperature: float | None = None, max_tokens: int | None = None
+) -> dict[str, Any]:
+    """Per-call overrides of an agent's sampling, as keyword arguments its chat model takes."""
+    options: dict[str, Any] = {}
+    if temperature is not None:
+        options["temperature"] = temperature
+    if max_tokens is not None:
+        options |= _max_tokens_option(PROVIDERS[agent.provider], max_tokens)
+    return options
+
+
+def redact(text: str) -> str:
+    """Mask every configured provider key that appears in ``text``.
+
+    A key of 6 characters or more is masked wherever it appears; a shorter one (a test or local
+    server's key) wherever it stands as a word of its own, so that masking it cannot mangle
+    ordinary words that merely contain it.
+    """
+    for spec in PROVIDERS.values():
+        key = os.environ.get(spec.key_env)
+        if not key or key not in text:
+            continue
+        if len(key) >= 6:
+            text = text.replace(key, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", "***", text)
+    return text

@@ -1,0 +1,135 @@
+"""The HTTP side of OpenAI-compatible providers: the openai client's own retries, tuned, and a
+timeout that bounds a whole request.
+
+The openai client already retries what is worth retrying (429, 408, 409, 5xx, timeouts and
+connection errors; never other 4xx), with exponential backoff and jitter, and honours a server's
+Retry-After. This module lets a topology set the backoff (``retry: {attempts, initial_s,
+max_s}``) and counts the HTTP attempts each call made, so records can say how hard we tried.
+
+httpx's timeouts (which the openai client uses) bound each network operation, not a request: a
+server that drips one byte every 100 ms never trips a 2 s read timeout, and a request can run for
+minutes. :class:`WholeRequestTimeout` is a thin transport around httpx's own that puts one
+deadline on each HTTP attempt, from sending the request to the last byte of the body (a
+streamed answer included), and raises httpx's own ``ReadTimeout`` when it passes, so the client
+retries or reports it like any other timeout. httpx has no such setting, hence this wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import random
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2
+import openai
+
+from langgraph_moa.spec.topology import Retry
+
+__all__ = ["RetryingAsyncOpenAI", "WholeRequestTimeout", "count_attempts"]
+
+# Longest Retry-After we wait for; beyond it the failure is reported instead.
+MAX_RETRY_AFTER_S = 120.0
+
+_attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "moa_http_attempts", default=None
+)
+
+
+@contextmanager
+def count_attempts() -> Iterator[list[int]]:
+    """Count the HTTP requests sent inside this block (and tasks it starts): ``counter[0]``."""
+    counter = [0]
+    token = _attempts.set(counter)
+    try:
+        yield counter
+    finally:
+        _attempts.reset(token)
+
+
+async def _on_request(request: Any) -> None:
+    counter = _attempts.get()
+    if counter is not None:
+        counter[0] += 1
+
+
+class _BodyWithDeadline(httpx2.AsyncByteStream):
+    """A response body whose every chunk must arrive before the request's deadline."""
+
+    def __init__(self, body: httpx2.AsyncByteStream, deadline: float, request: Any) -> None:
+        self.body, self.deadline, self.request = body, deadline, request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self.body)
+        while True:
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise httpx2.ReadTimeout(
+                    "the response did not complete within the request's timeout",
+                    request=self.request,
+                ) from None
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.body.aclose()
+
+
+class WholeRequestTimeout(httpx2.AsyncBaseTransport):
+    """An httpx transport whose every request, body included, ends within ``timeout_s``."""
+
+    def __init__(self, timeout_s: float, inner: httpx2.AsyncBaseTransport | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.inner = inner or httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self.inner.handle_async_request(request)
+        except TimeoutError:
+            raise httpx2.ReadTimeout(
+                f"no response within {self.timeout_s:g}s", request=request
+            ) from None
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_BodyWithDeadline(response.stream, deadline, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class RetryingAsyncOpenAI(openai.AsyncOpenAI):
+    """``openai.AsyncOpenAI`` whose retry delays come from a :class:`Retry` setting and whose
+    ``timeout_s`` bounds each whole HTTP attempt (see :class:`WholeRequestTimeout`)."""
+
+    def __init__(self, *, retry: Retry, timeout_s: float, **kwargs: Any) -> None:
+        http_client = openai.DefaultAsyncHttpxClient(
+            timeout=timeout_s,
+            event_hooks={"request": [_on_request]},
+            transport=WholeRequestTimeout(timeout_s),
+        )
+        super().__init__(
+            max_retries=retry.attempts - 1, timeout=timeout_s, http_client=http_client, **kwargs
+        )
+        self._backoff = retry
+
+    def _calculate_retry_timeout(
+        self, remaining_retries: int, options: Any, response_headers: Any = None
+    ) -> float:
+        retry_after = self._parse_retry_after_header(response_headers)
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+            return float(min(retry_after, MAX_RETRY_AFTER_S))
+        done = min(options.get_max_retries(self.max_retries) - remaining_retries, 60)
+        delay = min(self._backoff.initial_s * 2.0**done, self._backoff.max_s)
+        return delay * (1 - 0.25 * random.random())

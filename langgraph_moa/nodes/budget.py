@@ -1,0 +1,224 @@
+"""Per-query budgets: a worst-case estimate of what a topology costs, and the plan that fits.
+
+The estimate assumes every call writes its full ``max_tokens`` and that each layer passes all of
+its answers on; prompt sizes are estimated at about 4 characters per token. Prices come from the
+price table; a budget in USD refuses models without a known price.
+
+When the stages still to run could exceed the budget, the plan shrinks in this order:
+  1. drop the critic;
+  2. trim proposers, from the last layer still to run backwards, each time removing the
+     last-listed proposer of that layer, never going below the layer's ``min_proposals``.
+If even the smallest plan could exceed the budget, the run stops with :class:`BudgetError`.
+The run re-plans after every layer with what was really spent, so an early, cheap layer can
+leave room for more later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from langchain_core.messages import BaseMessage
+from typing_extensions import TypedDict
+
+from langgraph_moa.errors import MoAInputError, MoARunError
+from langgraph_moa.nodes.context_window import estimate_tokens, message_tokens
+from langgraph_moa.nodes.names import AGGREGATOR, CRITIC, layer_of, proposer_node
+from langgraph_moa.nodes.prompts import CRITIC_REQUEST_PROMPT, SYNTHESIZE_PROMPT
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.providers import requests_for
+from langgraph_moa.spec.topology import Agent, Topology
+
+__all__ = ["BudgetError", "Estimate", "Ledger", "check_priced", "estimate", "plan"]
+
+
+class BudgetError(MoARunError):
+    """The budget cannot cover even the smallest plan."""
+
+
+class Ledger(TypedDict):
+    """The budget's account of a turn, kept in state."""
+
+    max_usd: float | None
+    max_tokens: int | None
+    spent_usd: float
+    spent_tokens: int
+    planned_usd: float | None  # spent + worst case of what is still to run, as last planned
+    planned_tokens: int
+    skipped: list[str]  # nodes the plan left out (proposer nodes, "critic")
+    actions: list[str]  # what the plan changed, in order, in words
+
+
+@dataclass
+class Estimate:
+    """Worst case of some stages of a topology."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    unpriced: list[str] = field(default_factory=list)
+    stages: list[tuple[str, int, int, float | None]] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, stage: str, agent: Agent, prompt_tokens: int, prices: PriceTable) -> None:
+        requests = requests_for(agent)
+        prompt = prompt_tokens * requests
+        completion = agent.max_tokens * agent.n
+        cost = prices.cost(agent.model, prompt, completion)
+        self.calls += requests
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        if cost is None:
+            if agent.model not in self.unpriced:
+                self.unpriced.append(agent.model)
+        elif self.cost_usd is not None:
+            self.cost_usd += cost
+        self.stages.append((stage, prompt, completion, cost))
+
+
+def _fixed_tokens(agent: Agent, text: str) -> int:
+    return estimate_tokens(text) + estimate_tokens(agent.system_prompt or "")
+
+
+def estimate(
+    topology: Topology,
+    conversation: Sequence[BaseMessage],
+    *,
+    prices: PriceTable,
+    from_layer: int = 1,
+    skipped: Sequence[str] = (),
+    previous_refs_tokens: int | None = None,
+) -> Estimate:
+    """Worst case of layers ``from_layer``..last, the critic and the aggregator.
+
+    ``previous_refs_tokens`` is the real size of the answers of layer ``from_layer - 1`` when
+    it has already run (default: its worst case).
+    """
+    conv = message_tokens(conversation)
+    out = Estimate()
+    refs = previous_refs_tokens
+    if refs is None:
+        refs = 0
+        if from_layer > 1:
+            layer = topology.layers[from_layer - 2]
+            refs = sum(a.max_tokens * a.n for a in layer.proposers)
+    for number in range(from_layer, len(topology.layers) + 1):
+        layer = topology.layers[number - 1]
+        produced = 0
+        for agent in layer.proposers:
+            node = proposer_node(number, agent.name or "")
+            if node in skipped:
+                continue
+            fixed = _fixed_tokens(agent, SYNTHESIZE_PROMPT if refs else "")
+            out.add(node, agent, conv + fixed + refs, prices)
+            produced += agent.max_tokens * agent.n
+        refs = produced
+    if topology.critic is not None and CRITIC not in skipped:
+        out.add(
+            CRITIC,
+            topology.critic,
+            conv + _fixed_tokens(topology.critic, CRITIC_REQUEST_PROMPT) + refs,
+            prices,
+        )
+        refs += topology.critic.max_tokens
+    agg = topology.aggregator
+    out.add(AGGREGATOR, agg, conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs, prices)
+    return out
+
+
+def _over(topology: Topology, spent_usd: float, spent_tokens: int, est: Estimate) -> bool:
+    budget = topology.budget
+    if budget is None:
+        return False
+    if budget.max_tokens is not None and spent_tokens + est.total_tokens > budget.max_tokens:
+        return True
+    return budget.max_usd is not None and spent_usd + (est.cost_usd or 0.0) > budget.max_usd
+
+
+def check_priced(topology: Topology, prices: PriceTable) -> None:
+    """A budget in USD needs a price for every model it may call: a configuration error (one
+    line, before any call), never a run that fails half-way."""
+    budget = topology.budget
+    if budget is None or budget.max_usd is None:
+        return
+    unpriced = list(
+        dict.fromkeys(a.model for a in topology.agents() if prices.price(a.model) is None)
+    )
+    if unpriced:
+        raise MoAInputError(
+            f"budget.max_usd needs a price for {', '.join(unpriced)} "
+            "(add it under prices: in the topology or in MOA_PRICES)"
+        )
+
+
+def plan(
+    topology: Topology,
+    conversation: Sequence[BaseMessage],
+    *,
+    prices: PriceTable,
+    from_layer: int,
+    spent_usd: float,
+    spent_tokens: int,
+    already_skipped: Sequence[str] = (),
+    previous_refs_tokens: int | None = None,
+) -> Ledger:
+    """The ledger for the stages still to run: what to skip so the worst case fits."""
+    budget = topology.budget
+    skipped = [s for s in already_skipped if (layer_of(s) or from_layer) < from_layer]
+    actions: list[str] = []
+
+    def worst() -> Estimate:
+        return estimate(
+            topology,
+            conversation,
+            prices=prices,
+            from_layer=from_layer,
+            skipped=skipped,
+            previous_refs_tokens=previous_refs_tokens,
+        )
+
+    check_priced(topology, prices)
+    est = worst()
+    if topology.critic is not None and _over(topology, spent_usd, spent_tokens, est):
+        skipped.append(CRITIC)
+        actions.append("dropped the critic to stay within budget")
+        est = worst()
+    for number in range(len(topology.layers), from_layer - 1, -1):
+        layer = topology.layers[number - 1]
+        active = [a for a in layer.proposers if proposer_node(number, a.name or "") not in skipped]
+        while _over(topology, spent_usd, spent_tokens, est):
+            remaining = sum(a.n for a in active)
+            if len(active) <= 1 or remaining - active[-1].n < layer.min_proposals:
+                break
+            dropped = active.pop()
+            skipped.append(proposer_node(number, dropped.name or ""))
+            actions.append(f"trimmed {skipped[-1]} to stay within budget")
+            est = worst()
+    if _over(topology, spent_usd, spent_tokens, est):
+        assert budget is not None
+        limits = []
+        if budget.max_usd is not None:
+            limits.append(f"${spent_usd + (est.cost_usd or 0):.4f} > max_usd ${budget.max_usd:g}")
+        if budget.max_tokens is not None:
+            limits.append(
+                f"{spent_tokens + est.total_tokens} tokens > max_tokens {budget.max_tokens}"
+            )
+        raise BudgetError(
+            "over budget: even the smallest plan could cost "
+            + " and ".join(limits)
+            + f" (spent so far ${spent_usd:.4f}, {spent_tokens} tokens)"
+        )
+    return {
+        "max_usd": budget.max_usd if budget else None,
+        "max_tokens": budget.max_tokens if budget else None,
+        "spent_usd": round(spent_usd, 6),
+        "spent_tokens": spent_tokens,
+        "planned_usd": None if est.cost_usd is None else round(spent_usd + est.cost_usd, 6),
+        "planned_tokens": spent_tokens + est.total_tokens,
+        "skipped": skipped,
+        "actions": actions,
+    }

@@ -1,0 +1,111 @@
+"""Model facts: list prices (USD per million tokens) and context windows, in one table keyed
+``"provider:model"``, where a key ending in ``*`` matches by prefix (``"local:*"``); one lookup
+(exact key, else the longest matching prefix) serves both.
+
+The built-in table covers the models the presets use. A user extends or overrides prices with
+``prices:`` in a topology, or with a YAML/JSON file named by ``MOA_PRICES``
+(``{"provider:model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}``), and declares a
+window with an agent's ``context_window``. Unknown models have no cost (``None``) and no
+window, never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.spec.topology import Price, describe_validation_error, read_data_file
+
+__all__ = [
+    "BUILTIN_PRICES",
+    "KNOWN_CONTEXT_WINDOWS",
+    "MODEL_FACTS",
+    "ModelFacts",
+    "PriceTable",
+    "context_window_for",
+    "lookup",
+]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    price: Price | None = None
+    context_window: int | None = None  # tokens the model accepts
+
+
+def _f(inp: float, out: float, window: int | None = None) -> ModelFacts:
+    return ModelFacts(Price(input_per_mtok=inp, output_per_mtok=out), window)
+
+
+# List prices as published by each provider when the presets were written.
+MODEL_FACTS: dict[str, ModelFacts] = {
+    "openai:gpt-4o": _f(2.50, 10.00, 128000),
+    "openai:gpt-4o-mini": _f(0.15, 0.60, 128000),
+    "openai:gpt-4.1": _f(2.00, 8.00, 1047576),
+    "openai:gpt-4.1-mini": _f(0.40, 1.60, 1047576),
+    "together:Qwen/Qwen1.5-110B-Chat": _f(1.80, 1.80, 32768),
+    "together:Qwen/Qwen1.5-72B-Chat": _f(0.90, 0.90, 32768),
+    "together:microsoft/WizardLM-2-8x22B": _f(1.20, 1.20, 65536),
+    "together:meta-llama/Llama-3-70b-chat-hf": _f(0.90, 0.90, 8192),
+    "together:mistralai/Mixtral-8x22B-Instruct-v0.1": _f(1.20, 1.20, 65536),
+    "together:databricks/dbrx-instruct": _f(1.20, 1.20, 32768),
+    "local:smollm2": _f(0.0, 0.0, 8192),
+    "local:smollm2-135m-instruct": _f(0.0, 0.0, 8192),
+    "local:*": _f(0.0, 0.0),
+    "ollama:*": _f(0.0, 0.0),
+    "vllm:*": _f(0.0, 0.0),
+}
+BUILTIN_PRICES: dict[str, Price] = {k: f.price for k, f in MODEL_FACTS.items() if f.price}
+KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
+    k: f.context_window for k, f in MODEL_FACTS.items() if f.context_window
+}
+
+T = TypeVar("T")
+
+
+def lookup(table: Mapping[str, T], model: str) -> T | None:
+    """``table[model]``, else the entry of the longest ``*`` key that prefixes ``model``."""
+    if model in table:
+        return table[model]
+    prefixes = [k for k in table if k.endswith("*") and model.startswith(k[:-1])]
+    return table[max(prefixes, key=len)] if prefixes else None
+
+
+def context_window_for(model: str, declared: int | None) -> int | None:
+    """The context window of ``model``: the ``declared`` one, else the table's, else None."""
+    return declared if declared is not None else lookup(KNOWN_CONTEXT_WINDOWS, model)
+
+
+_PRICES_FILE = TypeAdapter(dict[str, Price])
+
+
+def _load_prices_file(path: str) -> dict[str, Price]:
+    data = read_data_file(path, what="MOA_PRICES file")
+    try:
+        return _PRICES_FILE.validate_python(data or {})
+    except ValidationError as err:
+        raise MoAInputError(f"MOA_PRICES file {path!r}: {describe_validation_error(err)}") from None
+
+
+class PriceTable:
+    """Built-in prices, then ``MOA_PRICES``, then the topology's own ``prices`` (last wins)."""
+
+    def __init__(self, extra: Mapping[str, Price] | None = None, *, env: bool = True) -> None:
+        self._prices: dict[str, Price] = dict(BUILTIN_PRICES)
+        if env and (path := os.environ.get("MOA_PRICES")):
+            self._prices.update(_load_prices_file(path))
+        self._prices.update(extra or {})
+
+    def price(self, model: str) -> Price | None:
+        return lookup(self._prices, model)
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+        price = self.price(model)
+        if price is None:
+            return None
+        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6

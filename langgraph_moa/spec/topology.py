@@ -1,0 +1,398 @@
+"""The Topology spec: which agents propose in which layer, the optional critic and the aggregator.
+
+A topology is plain data (pydantic v2). It comes from a YAML/JSON file, a shipped preset
+(``presets/*.yaml`` beside this module) or Python, and is validated strictly: unknown keys,
+duplicate names, empty layers and bad types are errors that name the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.spec.providers import PROVIDERS, requests_for
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "MAX_LAYERS",
+    "MAX_PROPOSERS_PER_LAYER",
+    "Agent",
+    "Budget",
+    "Layer",
+    "Price",
+    "Retry",
+    "Topology",
+    "list_presets",
+    "load_preset",
+    "load_topology",
+    "read_data_file",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
+
+# The preset used when none is named (CLI, chat model, Studio): runs offline, needs no key.
+DEFAULT_PRESET = "local"
+
+# Names a proposer cannot take: each layer's own join node is "L<i>/join".
+RESERVED_NAMES = frozenset({"join"})
+# Size limits: far above any useful MoA (the paper's largest is 3 layers of 6), low enough that a
+# small file cannot expand (YAML aliases) into a graph that takes minutes and gigabytes to build.
+MAX_LAYERS = 16
+MAX_PROPOSERS_PER_LAYER = 64
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Retry(_Strict):
+    """Retries of one call on 429, 5xx, timeouts and connection errors (never on other 4xx):
+    exponential backoff from ``initial_s`` doubling up to ``max_s``, with jitter; a server's
+    Retry-After wins."""
+
+    attempts: int = Field(default=3, ge=1, le=20, description="Tries in all, the first included.")
+    initial_s: float = Field(default=0.5, gt=0, le=600)
+    max_s: float = Field(default=8.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Retry:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be at least initial_s ({self.initial_s})")
+        return self
+
+
+class Budget(_Strict):
+    """A per-query ceiling; the run shrinks (drops the critic, then trims proposers) to fit."""
+
+    max_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something(self) -> Budget:
+        if self.max_usd is None and self.max_tokens is None:
+            raise ValueError("set max_usd, max_tokens or both")
+        return self
+
+
+class Agent(_Strict):
+    """One LLM call site: a proposer, the critic or the aggregator."""
+
+    name: str | None = Field(
+        default=None,
+        description="Node-friendly name; derived from the model (and made unique) when absent.",
+    )
+    model: str = Field(
+        description='"provider:model", e.g. "openai:gpt-4o-mini" or "local:smollm2".'
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, gt=0)
+    system_prompt: str | None = Field(
+        default=None, description="A role for this agent, placed first in its system message."
+    )
+    n: int = Field(default=1, ge=1, le=16, description="How many samples to draw from this agent.")
+    seed: int | None = Field(default=None, description="Sampling seed, where the provider has one.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Per-request timeout; default: the topology's timeout_s."
+    )
+    retry: Retry | None = Field(default=None, description="Default: the topology's retry.")
+    context_window: int | None = Field(
+        default=None, gt=0, description="Tokens the model accepts; known models have a default."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not _MODEL_RE.match(value) or not value.isprintable():
+            raise ValueError(
+                f'model must look like "provider:model" (e.g. "openai:gpt-4o"), got {value!r}'
+            )
+        provider = value.split(":", 1)[0]
+        if provider not in PROVIDERS:
+            known = ", ".join(sorted(PROVIDERS))
+            raise ValueError(f"unknown provider {provider!r}; known providers: {known}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError(
+                "name may hold only letters, digits, '.', '_' and '-', and must start with a "
+                f"letter or digit; got {value!r}"
+            )
+        if value in RESERVED_NAMES:
+            raise ValueError(f"name {value!r} is reserved (each layer has a node L<i>/{value})")
+        return value
+
+    @property
+    def provider(self) -> str:
+        return self.model.split(":", 1)[0]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.split(":", 1)[1]
+
+
+class Layer(_Strict):
+    """Proposers that run concurrently and all see the previous layer's answers."""
+
+    proposers: list[Agent] = Field(min_length=1, max_length=MAX_PROPOSERS_PER_LAYER)
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="The layer goes on with what it has after this long."
+    )
+    min_proposals: int = Field(
+        default=1, ge=1, description="Quorum: fewer successful proposals than this fail the run."
+    )
+
+    @property
+    def size(self) -> int:
+        """Proposals the layer makes when nothing fails (an agent with n gives n)."""
+        return sum(a.n for a in self.proposers)
+
+    @model_validator(mode="after")
+    def _name_proposers(self) -> Layer:
+        if self.min_proposals > self.size:
+            raise ValueError(
+                f"min_proposals ({self.min_proposals}) is above the layer's size ({self.size})"
+            )
+        explicit = [a.name for a in self.proposers if a.name]
+        seen: set[str] = set(RESERVED_NAMES)  # a derived name steps around them too
+        for name in explicit:
+            if name in seen:
+                raise ValueError(f"duplicate proposer name {name!r} in this layer")
+            seen.add(name)
+        named: list[Agent] = []
+        for agent in self.proposers:
+            if agent.name is None:
+                agent = agent.model_copy(update={"name": _unique(_derive_name(agent), seen)})
+                seen.add(agent.name or "")
+            named.append(agent)
+        object.__setattr__(self, "proposers", named)
+        return self
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class Topology(_Strict):
+    """A whole Mixture-of-Agents: proposer layers, an optional critic, one aggregator."""
+
+    name: str = Field(default="moa", min_length=1, max_length=100)
+    description: str = Field(default="", max_length=2000)
+    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
+    critic: Agent | None = None
+    aggregator: Agent
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description='Extra or overriding prices, keyed by "provider:model".',
+    )
+    retry: Retry = Field(default_factory=Retry, description="Default retry for every agent.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Default per-request timeout.")
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="The whole run's deadline: past it the run is cancelled and fails, keeping "
+        "what finished (a durable thread can be resumed).",
+    )
+    fallback: Literal["fail", "best_proposal"] | Agent = Field(
+        default="fail",
+        description="If the aggregator fails: fail the run, answer with the best proposal, or "
+        "ask this fallback agent.",
+    )
+    budget: Budget | None = None
+    review: Literal["none", "before_aggregate"] = Field(
+        default="none",
+        description="before_aggregate: pause for a person to approve, edit or drop the "
+        "candidates before the aggregator runs.",
+    )
+    cache_sampled: bool = Field(
+        default=False,
+        description="Also cache calls sampled at temperature > 0 without a seed.",
+    )
+
+    @field_validator("name", "description")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # shown on terminals and in HTTP responses: no control characters (ANSI escapes)
+        if not value.replace("\n", " ").isprintable():
+            raise ValueError("must be printable text (no control characters)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete_agents(self) -> Topology:
+        """Name the critic/aggregator/fallback; give every agent its effective retry/timeout."""
+
+        def complete(agent: Agent, name: str | None = None) -> Agent:
+            update: dict[str, Any] = {}
+            if agent.name is None and name:
+                update["name"] = name
+            if agent.retry is None:
+                update["retry"] = self.retry
+            if agent.timeout_s is None:
+                update["timeout_s"] = self.timeout_s
+            return agent.model_copy(update=update) if update else agent
+
+        layers = [
+            layer.model_copy(update={"proposers": [complete(a) for a in layer.proposers]})
+            for layer in self.layers
+        ]
+        object.__setattr__(self, "layers", layers)
+        for field in ("critic", "aggregator", "fallback"):
+            agent = getattr(self, field)
+            if isinstance(agent, Agent):
+                object.__setattr__(self, field, complete(agent, field))
+        return self
+
+    def agents(self) -> list[Agent]:
+        """Every agent, in the order the graph may call them (the fallback agent last)."""
+        found = [a for layer in self.layers for a in layer.proposers]
+        if self.critic:
+            found.append(self.critic)
+        found.append(self.aggregator)
+        if isinstance(self.fallback, Agent):
+            found.append(self.fallback)
+        return found
+
+    def calls_per_query(self) -> int:
+        """LLM requests one query makes when nothing fails (``n`` > 1 is one request where the
+        provider accepts ``n``, else n requests)."""
+        regular = [a for a in self.agents() if a is not self.fallback]
+        return sum(requests_for(a) for a in regular)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Topology:
+        return load_topology(path)
+
+
+def _derive_name(agent: Agent) -> str:
+    tail = agent.model_name.rstrip("/").rsplit("/", 1)[-1]
+    if tail.endswith(".gguf"):
+        tail = tail[: -len(".gguf")]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-._")
+    return cleaned or agent.provider
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    if base not in taken:
+        return base
+    k = 2
+    while f"{base}-{k}" in taken:
+        k += 1
+    return f"{base}-{k}"
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """Flatten a pydantic error into one line that names each offending field."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "topology"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _check_size(data: dict[str, Any], source: str) -> None:
+    """Refuse an oversized topology before validating it (validation is the slow part)."""
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        return  # validation says what is wrong
+    if len(layers) > MAX_LAYERS:
+        raise MoAInputError(f"{source}: {len(layers)} layers, more than the limit of {MAX_LAYERS}")
+    for number, layer in enumerate(layers, 1):
+        proposers = layer.get("proposers") if isinstance(layer, dict) else None
+        if isinstance(proposers, list) and len(proposers) > MAX_PROPOSERS_PER_LAYER:
+            raise MoAInputError(
+                f"{source}: layer {number} has {len(proposers)} proposers, more than the limit "
+                f"of {MAX_PROPOSERS_PER_LAYER}"
+            )
+
+
+def parse_topology(data: Any, *, source: str = "topology") -> Topology:
+    """Validate already-loaded data; raise MoAInputError with a one-line reason."""
+    if not isinstance(data, dict):
+        raise MoAInputError(f"{source}: expected a mapping at the top level")
+    _check_size(data, source)
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as err:
+        raise MoAInputError(f"invalid {source}: {describe_validation_error(err)}") from None
+
+
+def _syntax_error(err: json.JSONDecodeError | yaml.YAMLError) -> str:
+    """Where and what: ``line 3, column 7: mapping values are not allowed here``."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"line {err.lineno}, column {err.colno}: {err.msg}"
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return str(problem)
+
+
+def read_data_file(path: str | Path, *, what: str) -> Any:
+    """Read a YAML (or ``.json``) file; MoAInputError naming ``what`` and where it is broken."""
+    p = Path(path)
+    kind = "JSON" if p.suffix == ".json" else "YAML"
+    try:
+        with p.open("rb") as f:  # at most the limit: /dev/zero or a huge file must not hang
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise MoAInputError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise MoAInputError(f"{what} {str(p)!r} is larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MoAInputError(f"{what} {str(p)!r} is not UTF-8 text (byte {err.start})") from None
+    try:
+        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise MoAInputError(
+            f"{what} {str(p)!r} is not valid {kind}: {_syntax_error(err)}"
+        ) from None
+    except (RecursionError, MemoryError):
+        raise MoAInputError(f"{what} {str(p)!r} is nested too deeply") from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read a topology from a .yaml/.yml/.json file."""
+    data = read_data_file(path, what="topology file")
+    return parse_topology(data, source=f"topology file {str(path)!r}")
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files("langgraph_moa.spec") / "presets"
+    return {f.name.rsplit(".", 1)[0]: f for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+@cache
+def _load_preset_cached(name: str) -> Topology:
+    files = _preset_files()
+    return parse_topology(yaml.safe_load(files[name].read_text(encoding="utf-8")), source=name)
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, sorted by name."""
+    return {name: load_preset(name).description for name in sorted(_preset_files())}
+
+
+def load_preset(name: str) -> Topology:
+    """A shipped preset by name (``moa``, ``moa-lite``, ``moa-gpt4o``, ``self-moa``, ...)."""
+    if name not in _preset_files():
+        known = ", ".join(sorted(_preset_files()))
+        raise MoAInputError(f"unknown preset {name!r}; known presets: {known}")
+    return _load_preset_cached(name)
