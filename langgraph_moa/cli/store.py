@@ -20,7 +20,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -105,20 +105,31 @@ async def thread_lock(
             f"cannot lock thread {thread_id!r} in {str(lock_dir)!r}: {err.strerror}"
         ) from None
     with handle:
-        waited = False
-        while True:
+
+        async def take() -> bool:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if not waited and on_wait is not None:
-                    on_wait()
-                waited = True
-                await asyncio.sleep(_LOCK_POLL_S)
+                return False
+            return True
+
+        await _until_taken(take, on_wait)
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+async def _until_taken(
+    take: Callable[[], Awaitable[bool]], on_wait: Callable[[], None] | None
+) -> None:
+    """Try ``take`` until it succeeds, a poll every 0.1 s (cancellable); ``on_wait`` once."""
+    if await take():
+        return
+    if on_wait is not None:
+        on_wait()
+    while not await take():
+        await asyncio.sleep(_LOCK_POLL_S)
 
 
 @asynccontextmanager
@@ -128,15 +139,12 @@ async def _advisory_lock(
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        waited = False
-        while True:
+
+        async def take() -> bool:
             row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
-            if row and row[0]:
-                break
-            if not waited and on_wait is not None:
-                on_wait()
-            waited = True
-            await asyncio.sleep(_LOCK_POLL_S)
+            return bool(row and row[0])
+
+        await _until_taken(take, on_wait)
         try:
             yield
         finally:
