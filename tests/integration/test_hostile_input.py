@@ -170,3 +170,19 @@ def test_the_default_cache_is_bounded() -> None:
 
     time.sleep(0.3)
     assert cache.get([(ns, "k0")]) == {}  # expired
+
+
+def test_a_broken_prices_file_is_one_line_naming_it(two: Path, tmp_path: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("openai:a: {input_per_mtok: [\n  1, 2\n")
+    env = dict(os.environ, MOA_PRICES=str(prices))
+    one_line_error(
+        run("ask", "hi", "-t", str(two), "--estimate", env=env),
+        f"MOA_PRICES file {str(prices)!r} is not valid YAML: line 3, column 1:",
+    )
+    decision = tmp_path / "decision.json"
+    decision.write_text("{not json")
+    one_line_error(
+        run("resume", "--thread", "nope", "--decision", str(decision)),
+        f"decision file {str(decision)!r} is not valid JSON: line 1, column 2:",
+    )
