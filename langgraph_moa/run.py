@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.messages import AIMessageChunk
@@ -84,7 +84,6 @@ class ReviewPause:
 class RunFinished:
     state: dict[str, Any]
     latency_s: float
-    review: dict[str, Any] | None = field(default=None)
 
 
 Event = Progress | NodeFinished | AnswerToken | ReviewPause | RunFinished
@@ -112,7 +111,6 @@ async def stream_run(
         modes.append("messages")
     options: dict[str, Any] = {} if durability is None else {"durability": durability}
     state: dict[str, Any] = {}
-    review: dict[str, Any] | None = None
     stream = aiter(graph.astream(inputs, config, stream_mode=modes, **options))
     deadline = None if deadline_s is None else asyncio.get_running_loop().time() + deadline_s
     while True:
@@ -138,7 +136,6 @@ async def stream_run(
                     for pending in update:
                         value = pending.value
                         if isinstance(value, dict) and value.get("kind") == "review":
-                            review = value
                             yield ReviewPause(value)
                     continue
                 if node == PREPARE:  # its other writes are resets, not news
@@ -150,4 +147,4 @@ async def stream_run(
             answering = node in ANSWERING and isinstance(message, AIMessageChunk)
             if answering and (message.content or message.tool_call_chunks):
                 yield AnswerToken(message, node)
-    yield RunFinished(state, time.perf_counter() - start, review)
+    yield RunFinished(state, time.perf_counter() - start)

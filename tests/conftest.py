@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,16 @@ def fake(_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeO
         monkeypatch.setenv(f"{provider}_API_KEY", TEST_KEY)
     monkeypatch.delenv("MOA_PRICES", raising=False)
     yield _server
+
+
+@pytest.fixture
+def topology_file(tmp_path: Path) -> Path:
+    """Two layers (a, b; then c) and an aggregator, all on the fake server."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "name: mine\nlayers:\n"
+        "  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}]\n"
+        "  - proposers: [{model: 'openai:c'}]\n"
+        "aggregator: {model: 'openai:agg'}\n"
+    )
+    return path

@@ -14,18 +14,6 @@ from tests.conftest import MOA, TEST_KEY, one_line_error
 from tests.conftest import run_moa as run
 
 
-@pytest.fixture
-def topology_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mine.yaml"
-    path.write_text(
-        "name: mine\nlayers:\n"
-        "  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}]\n"
-        "  - proposers: [{model: 'openai:c'}]\n"
-        "aggregator: {model: 'openai:agg'}\n"
-    )
-    return path
-
-
 def test_ask_streams_answer_and_reports_progress(fake: FakeOpenAI, topology_file: Path) -> None:
     fake.behave("agg", reply=lambda body, n, k: "The sky scatters blue light most.")
     result = run("ask", "Why is the sky blue?", "--topology", str(topology_file))

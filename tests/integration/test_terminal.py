@@ -88,18 +88,6 @@ def terminals() -> Iterator[list[Terminal]]:
         t.close()
 
 
-@pytest.fixture
-def topology_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mine.yaml"
-    path.write_text(
-        "name: mine\nlayers:\n"
-        "  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}]\n"
-        "  - proposers: [{model: 'openai:c'}]\n"
-        "aggregator: {model: 'openai:agg'}\n"
-    )
-    return path
-
-
 def wait_for_request(fake: FakeOpenAI, model: str, count: int = 1, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while len(fake.requests_for(model)) < count:
