@@ -106,8 +106,12 @@ class ChatMixtureOfAgents(BaseChatModel):
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     @staticmethod
-    def _inputs(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _inputs(
+        messages: list[BaseMessage], kwargs: dict[str, Any], stop: list[str] | None = None
+    ) -> dict[str, Any]:
         options = {k: kwargs[k] for k in ("temperature", "max_tokens") if kwargs.get(k) is not None}
+        if stop:  # the final answer stops there (the proposals are not cut)
+            options["stop"] = list(stop)
         return {
             "messages": messages,
             "tools": kwargs.get("tools") or None,
@@ -125,7 +129,7 @@ class ChatMixtureOfAgents(BaseChatModel):
         state: dict[str, Any] = {}
         async for event in stream_run(
             self.graph,
-            self._inputs(messages, kwargs),
+            self._inputs(messages, kwargs, stop),
             tokens=False,
             deadline_s=self.topology.deadline_s,
         ):
@@ -152,7 +156,7 @@ class ChatMixtureOfAgents(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         final: dict[str, Any] = {}
         async for event in stream_run(
-            self.graph, self._inputs(messages, kwargs), deadline_s=self.topology.deadline_s
+            self.graph, self._inputs(messages, kwargs, stop), deadline_s=self.topology.deadline_s
         ):
             if isinstance(event, AnswerToken):  # only the final answer streams
                 chunk = event.chunk

@@ -558,6 +558,14 @@ def serve(
     ] = None,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    capture: Annotated[
+        Path | None,
+        typer.Option(help="Serve pass-through models capture/<provider:model>; write here."),
+    ] = None,
+    capture_config: Annotated[
+        Path | None,
+        typer.Option(help="Capture aliases, sampling, dropped/hashed fields (YAML)."),
+    ] = None,
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
     and /v1/models, each topology under its own model id."""
@@ -582,6 +590,8 @@ def serve(
         log_level=log_level.value,
         **limits,
         access_log=access_log,
+        capture_dir=capture,
+        capture_config=capture_config,
     )
 
 

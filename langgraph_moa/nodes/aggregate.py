@@ -38,12 +38,18 @@ def _critique_text(state: MoAState) -> str | None:
 def call_extras(agent: Agent, state: MoAState) -> CallExtras:
     """The request's tools and sampling overrides, which go to the final answer's writer only."""
     options = state.get("aggregator_options") or {}
+    # the length limit and temperature go as the provider wants them; the rest under
+    # OpenAI's names, which the chat models take as call keyword arguments
+    passed = {
+        k: v for k, v in options.items() if k not in ("temperature", "max_tokens") and v is not None
+    }
     return CallExtras(
         tools=state.get("tools") or None,
         tool_choice=state.get("tool_choice"),
         options=call_options(
             agent, temperature=options.get("temperature"), max_tokens=options.get("max_tokens")
         )
+        | passed
         or None,
     )
 

@@ -155,10 +155,18 @@ class ReviewRecord(TypedDict):
 
 
 class AggregatorOptions(TypedDict, total=False):
-    """Per-request overrides of the aggregator's sampling (the OpenAI endpoint passes them)."""
+    """Per-request overrides of the final answer's writer (the aggregator, or the fallback
+    model): its sampling and the shape of its output. The OpenAI endpoint and the chat model
+    pass them; the names and values are OpenAI's."""
 
     temperature: float
     max_tokens: int
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    stop: list[str]
+    response_format: dict[str, Any]
+    parallel_tool_calls: bool
 
 
 class MoAInput(TypedDict):

@@ -14,6 +14,7 @@ import json
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,24 +47,36 @@ from langgraph_moa.serving.access import (
     load_keys,
     refusal_of,
 )
+from langgraph_moa.serving.access_log import (
+    access_record,
+    configure,
+    log_request,
+    new_record,
+    note_usage,
+)
+from langgraph_moa.serving.capture import CaptureSink, load_capture_config
 from langgraph_moa.serving.errors import (
     APIError,
     error_of_run,
+    http_wording,
     internal_error,
     log_line,
     too_large,
     too_slow,
     validation_error,
 )
+from langgraph_moa.serving.passthrough import PREFIX, PassThrough
 from langgraph_moa.serving.protocol import (
     DEFAULT_MAX_MESSAGES,
     answer_text,
     finish_reason_of,
     graph_inputs,
+    load_body,
     moa_record,
     openai_tool_calls,
     openai_usage,
     parse_request,
+    requested_model,
     sse_event,
     tool_call_delta,
 )
@@ -73,7 +87,14 @@ from langgraph_moa.serving.transport import (
     connection_cap,
     protocol_class,
 )
-from langgraph_moa.spec.topology import Topology, list_presets, load_preset, load_topology
+from langgraph_moa.spec.providers import PROVIDERS
+from langgraph_moa.spec.topology import (
+    Agent,
+    Topology,
+    list_presets,
+    load_preset,
+    load_topology,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 # Not 8000: that is vLLM's usual port, which the `vllm` provider points at by default.
@@ -81,6 +102,10 @@ DEFAULT_PORT = 8080
 DEFAULT_MAX_CONCURRENCY = 16
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 TOPOLOGY_SUFFIXES = (".yaml", ".yml", ".json")
+# Graphs compiled for a request's seed (see _with_seed), kept for the seeds used most recently.
+SEEDED_GRAPHS = 32
+# What the embedded model (an in-process aggregator) takes of the writer's options.
+_IN_PROCESS_OPTIONS = frozenset({"temperature", "max_tokens", "stop"})
 
 _T = TypeVar("_T")
 
@@ -123,6 +148,61 @@ def _load_catalog(topologies_dir: str | Path | None) -> dict[str, _Served]:
     for model_id, path in files.items():
         catalog[model_id] = _Served(model_id, load_topology(path), str(path))
     return catalog
+
+
+def not_ready(topology: Topology) -> str | None:
+    """Why this server cannot run ``topology`` right now (a key not set, an extra not
+    installed), in words for an HTTP client; None if it can. Keys are read at each call, so a
+    key set later is seen."""
+    try:
+        check_ready(topology)
+    except (MissingCredentialsError, MissingExtraError) as e:
+        return http_wording(str(e))
+    return None
+
+
+def _with_seed(value: Any, seed: int) -> Any:
+    """``value`` (a topology, or any part of one) with every agent's seed set to ``seed``."""
+    if isinstance(value, Agent):
+        return value.model_copy(update={"seed": seed})
+    if isinstance(value, BaseModel):
+        update = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = _with_seed(old, seed)
+            if new is not old:
+                update[name] = new
+        return value.model_copy(update=update) if update else value
+    if isinstance(value, list):
+        items = [_with_seed(v, seed) for v in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
+
+
+def _writers(topology: Topology) -> list[Agent]:
+    """The agents that may write the final answer: the aggregator, and a fallback model."""
+    found = [topology.aggregator]
+    if isinstance(topology.fallback, Agent):
+        found.append(topology.fallback)
+    return found
+
+
+def _check_writer_options(served: _Served, options: dict[str, Any]) -> None:
+    """A 400 for a request field the answer's writer cannot take (the embedded model has no
+    top_p, penalties or response formats): refused, not ignored."""
+    for agent in _writers(served.topology):
+        spec = PROVIDERS.get(agent.provider)
+        if spec is None or spec.openai_compatible:
+            continue
+        for name in options:
+            if name not in _IN_PROCESS_OPTIONS:
+                raise APIError(
+                    400,
+                    f"unsupported parameter {name!r} for the model {served.id!r}: its answer "
+                    f"is written by {agent.model}, which does not take it",
+                    param=name,
+                    code="unsupported_parameter",
+                )
 
 
 # --- running a completion ---------------------------------------------------------------------
@@ -187,18 +267,36 @@ class _Service:
         max_concurrency: int,
         max_messages: int = DEFAULT_MAX_MESSAGES,
         cache: Any,
+        passthrough: PassThrough | None = None,
     ) -> None:
         self.catalog = catalog
+        self.passthrough = passthrough
         self.max_concurrency = max_concurrency
         self.max_messages = max_messages
         self.cache = cache
         self.active = 0
         self.graphs: dict[str, Any] = {}
+        self.seeded: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self.created = int(time.time())
         self.runner = Runner()
 
+    async def aclose(self) -> None:
+        """Close what the service owns on the serving loop (the pass-through's HTTP client),
+        then write the capture rows still queued."""
+        if self.passthrough is not None:
+            await self.passthrough.aclose()
+            self.passthrough.sink.close()
+
     def lookup(self, model_id: str) -> _Served:
         served = self.catalog.get(model_id)
+        if served is None and model_id.startswith(PREFIX):
+            raise APIError(
+                404,
+                f"the model {model_id!r} does not exist: this server was started without a "
+                "capture directory, so it serves no pass-through models",
+                param="model",
+                code="model_not_found",
+            )
         if served is None:
             available = ", ".join(m for m, s in self.catalog.items() if s.refusal is None)
             raise APIError(
@@ -216,7 +314,18 @@ class _Service:
             )
         return served
 
-    def graph_for(self, served: _Served) -> Any:
+    def graph_for(self, served: _Served, seed: int | None = None) -> Any:
+        if seed is not None:
+            # every call of the run takes the request's seed: the topology's agents with it
+            key = (served.id, seed)
+            graph = self.seeded.get(key)
+            if graph is None:
+                topology = _with_seed(served.topology, seed)
+                graph = self.seeded[key] = build_graph(topology, cache=self.cache)
+                while len(self.seeded) > SEEDED_GRAPHS:
+                    self.seeded.popitem(last=False)
+            self.seeded.move_to_end(key)
+            return graph
         graph = self.graphs.get(served.id)
         if graph is None:  # built once; a compiled graph holds no per-request state
             graph = self.graphs[served.id] = build_graph(served.topology, cache=self.cache)
@@ -243,27 +352,67 @@ class _Service:
 
         return release
 
+    def model_entry(self, model_id: str) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "langgraph-moa",
+        }
+
     def models(self) -> dict[str, Any]:
-        data = [
-            {"id": s.id, "object": "model", "created": self.created, "owned_by": "langgraph-moa"}
-            for s in self.catalog.values()
-            if s.refusal is None
-        ]
-        return {"object": "list", "data": data}
+        """The models that can run now in ``data``; the others in ``unavailable``, each with
+        the reason (refused at start-up, or a key or extra missing now)."""
+        data, unavailable = [], []
+        for s in self.catalog.values():
+            reason = s.refusal or not_ready(s.topology)
+            if reason is None:
+                data.append(self.model_entry(s.id))
+            else:
+                unavailable.append({"id": s.id, "reason": reason})
+        if self.passthrough is not None:
+            for alias in self.passthrough.listed():
+                upstream = self.passthrough.resolve(alias)
+                reason = self.passthrough.not_ready(upstream)
+                if reason is None:
+                    data.append(self.model_entry(alias))
+                else:
+                    unavailable.append({"id": alias, "reason": reason})
+        return {"object": "list", "data": data, "unavailable": unavailable}
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        if self.passthrough is not None and self.passthrough.handles(model_id):
+            self.passthrough.resolve(model_id)  # 404 if it cannot name an upstream model
+            return self.model_entry(model_id)
+        return self.model_entry(self.lookup(model_id).id)
 
     # -- one chat completion ----------------------------------------------------------------
     async def complete(self, request: Request) -> Response:
         raw = await request.body()
+        record = access_record(request)
+        data = load_body(raw)
+        record["model"] = model_id = requested_model(data)
+        if model_id and self.passthrough is not None and self.passthrough.handles(model_id):
+            return await self.passthrough.complete(data, record)
         # Checking and converting up to max_messages messages takes CPU time (tens of ms): in a
         # worker thread, so that the serving loop answers other requests meanwhile.
-        req = await asyncio.to_thread(parse_request, raw, max_messages=self.max_messages)
+        req = await asyncio.to_thread(parse_request, data, max_messages=self.max_messages)
         served = self.lookup(req.model)
         inputs = await asyncio.to_thread(graph_inputs, req)
+        _check_writer_options(served, inputs.get("aggregator_options") or {})
         try:
             check_ready(served.topology)
         except (MissingCredentialsError, MissingExtraError) as e:
-            raise error_of_run(e) from None
-        graph = self.graph_for(served)
+            raise APIError(
+                503,
+                f"the model {served.id!r} cannot run on this server: {http_wording(str(e))}",
+                type_="server_error",
+                code="missing_api_key"
+                if isinstance(e, MissingCredentialsError)
+                else "model_unavailable",
+                headers={"x-should-retry": "false"},
+            ) from None
+        graph = self.graph_for(served, req.seed)
         release = self.take_slot()  # held until the run has ended, however it ends
         ident = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
         if req.stream:
@@ -271,7 +420,7 @@ class _Service:
             stream_run: Run[None] = self._start(
                 lambda run: _stream_graph(graph, inputs, run), release
             )
-            events = self._stream(stream_run, served, ident, include_usage)
+            events = self._stream(stream_run, served, ident, include_usage, record)
             return _RunResponse(
                 events,
                 stream_run,
@@ -292,6 +441,7 @@ class _Service:
         except MoAError as e:
             raise error_of_run(e) from None
         result = result_of(state, latency_s=latency)
+        note_usage(record, openai_usage(result) | {"cost_usd": result["usage"].get("cost_usd")})
         message: dict[str, Any] = {
             "role": "assistant",
             "content": text_of(answer) if (text_of(answer) or not answer.tool_calls) else None,
@@ -332,6 +482,7 @@ class _Service:
         served: _Served,
         ident: str,
         include_usage: bool,
+        record: dict[str, Any],
     ) -> AsyncIterator[str]:
         created = int(time.time())
 
@@ -386,6 +537,7 @@ class _Service:
             calls = openai_tool_calls(answer)
             yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]})
         result = result_of(state, latency_s=time.perf_counter() - start)  # type: ignore[arg-type]
+        note_usage(record, openai_usage(result) | {"cost_usd": result["usage"].get("cost_usd")})
         yield chunk({}, finish_reason_of(answer), moa=moa_record(result, served.topology))
         if include_usage:
             yield sse_event(
@@ -402,6 +554,9 @@ class _Service:
 
 
 # --- the outer guard: authentication, body size, last-resort errors ---------------------------
+
+# Routes answered without a key: a load balancer's health probe carries none.
+OPEN_ROUTES = frozenset({"/health"})
 
 
 class _TooLarge(Exception):
@@ -430,8 +585,25 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        begun = time.perf_counter()
+        record = new_record(scope)
+        status = 0
+
+        async def logged_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, logged_send)
+        finally:
+            shown = status or 499  # no answer was sent: the client left first
+            log_request(scope["method"], scope["path"], shown, time.perf_counter() - begun, record)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._check(headers)
+        refusal = self._check(headers, open_route=scope["path"] in OPEN_ROUTES)
         if refusal is not None:
             await refusal.response()(scope, receive, send)
             return
@@ -478,8 +650,8 @@ class _Guard:
             if not started:
                 await internal_error().response()(scope, receive, send)
 
-    def _check(self, headers: dict[str, str]) -> APIError | None:
-        if self.keys:
+    def _check(self, headers: dict[str, str], *, open_route: bool = False) -> APIError | None:
+        if self.keys and not open_route:
             scheme, _, token = headers.get("authorization", "").strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return APIError(
@@ -518,14 +690,19 @@ def create_app(
     cache: Any = False,
     max_messages: int = DEFAULT_MAX_MESSAGES,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    capture_dir: str | Path | None = None,
+    capture_config: str | Path | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. ``host``/``port`` are where it is served, so that topologies
     calling back into it can be refused; ``keys`` empty means no authentication; ``cache`` is
     passed to :func:`build_graph` (off by default: a long-running server would otherwise keep
     every cacheable proposal in memory); ``max_messages`` bounds a request's messages (and, in
     all, its content parts and tool calls); ``read_timeout_s`` is how long a request's body may
-    take to arrive (408 after). Raises MoAInputError for a bad topologies folder or file, or a
-    limit below its minimum."""
+    take to arrive (408 after). ``capture_dir`` serves the pass-through models
+    (``capture/<provider:model>`` and the aliases of ``capture_config``) and writes their
+    exchanges there (capture.py); the app then owns a writer thread, closed by the service's
+    ``aclose``. Raises MoAInputError for a bad topologies folder or file, a limit below its
+    minimum, a bad capture configuration or a capture directory that cannot be written."""
     _check_limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
@@ -536,8 +713,27 @@ def create_app(
     here = SelfAddress(host, port)
     for served in catalog.values():
         served.refusal = refusal_of(served.topology, here)
+    passthrough = None
+    if capture_dir is not None:
+        config = load_capture_config(capture_config)
+        for alias in config.aliases:
+            if alias in catalog:
+                raise MoAInputError(f"the capture alias {alias!r} is already a served model id")
+        passthrough = PassThrough(CaptureSink(capture_dir, config), here)
+        try:
+            for alias in config.aliases:
+                passthrough.resolve(alias)
+        except APIError as e:
+            passthrough.sink.close()
+            raise MoAInputError(f"capture config: {e.message}") from None
+    elif capture_config is not None:
+        raise MoAInputError("a capture configuration needs a capture directory")
     service = _Service(
-        catalog, max_concurrency=max_concurrency, max_messages=max_messages, cache=cache
+        catalog,
+        max_concurrency=max_concurrency,
+        max_messages=max_messages,
+        cache=cache,
+        passthrough=passthrough,
     )
 
     app = FastAPI(
@@ -568,19 +764,33 @@ def create_app(
         error.headers = dict(exc.headers or {})
         return error.response()
 
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness, without a key and without naming models: the process answers, and how
+        busy it is."""
+        return {
+            "status": "ok",
+            "active_requests": service.active,
+            "max_concurrency": service.max_concurrency,
+        }
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return service.models()
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
-        served = service.lookup(model_id)
-        return {
-            "id": served.id,
-            "object": "model",
-            "created": service.created,
-            "owned_by": "langgraph-moa",
-        }
+        return service.model(model_id)
+
+    @app.get("/v1/capture/stats")
+    async def capture_stats() -> dict[str, Any]:
+        if service.passthrough is None:
+            raise APIError(
+                404,
+                "this server was started without a capture directory",
+                code="capture_off",
+            )
+        return service.passthrough.sink.snapshot()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -673,6 +883,8 @@ def run_server(
     max_messages: int = DEFAULT_MAX_MESSAGES,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    capture_dir: str | Path | None = None,
+    capture_config: str | Path | None = None,
 ) -> None:
     """Serve until interrupted. Keys come from ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
     only a loopback ``host`` is accepted. A client has ``read_timeout_s`` to send a request's
@@ -712,6 +924,8 @@ def run_server(
             cache=cache,
             max_messages=max_messages,
             read_timeout_s=read_timeout_s,
+            capture_dir=capture_dir,
+            capture_config=capture_config,
         )
     except BaseException:
         sock.close()
@@ -728,15 +942,29 @@ def run_server(
         f"listening on http://{shown}:{bound_port}/v1, {served_count} models, {auth}, "
         f"up to {max_concurrency} concurrent requests and {connections} connections"
     )
+    if service.passthrough is not None:
+        log_line(f"capturing pass-through traffic to {service.passthrough.sink.directory}")
+    # this server's own access lines (access_log.py), not uvicorn's; INFO, as uvicorn's were
+    configure(access_log and log_level.lower() in ("trace", "debug", "info"))
     config = server_config(
         app,
         read_timeout_s=read_timeout_s,
         max_connections=connections,
         log_level=log_level,
-        access_log=access_log,
+        access_log=False,
     )
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await service.aclose()
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        # as uvicorn's Server.run does, with the close of what the service owns on that loop
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(serve())
     finally:
         sock.close()
         service.runner.close()

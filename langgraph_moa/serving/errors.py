@@ -9,6 +9,7 @@ kind of failure maps to."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,12 @@ def log_line(message: str) -> None:
     """One line for the operator on stderr (never a traceback, keys masked)."""
     sys.stderr.write(f"moa serve: {redact(' '.join(message.split()))}\n")
     sys.stderr.flush()
+
+
+def http_wording(message: str) -> str:
+    """An error message for an HTTP client: without a closing parenthesis of command-line
+    advice ("(export the key, or use --preset local)"), which an HTTP caller cannot follow."""
+    return re.sub(r"\s*\([^()]*--[^()]*\)\s*$", "", message)
 
 
 class APIError(Exception):
@@ -95,7 +102,7 @@ def error_of_run(exc: BaseException) -> APIError:
     if isinstance(exc, MissingCredentialsError):
         return APIError(
             503,
-            f"this server is not configured for the model: {exc}",
+            f"this server is not configured for the model: {http_wording(str(exc))}",
             type_="server_error",
             code="missing_api_key",
             headers=_no_retry(),
@@ -103,13 +110,13 @@ def error_of_run(exc: BaseException) -> APIError:
     if isinstance(exc, MissingExtraError | LocalModelUnusableError):
         return APIError(
             503,
-            f"this server cannot run the model: {exc}",
+            f"this server cannot run the model: {http_wording(str(exc))}",
             type_="server_error",
             code="model_unavailable",
             headers=_no_retry(),
         )
     if isinstance(exc, MoAInputError):
-        return APIError(400, str(exc), code="invalid_request")
+        return APIError(400, http_wording(str(exc)), code="invalid_request")
     if isinstance(exc, MoARunError):
         return APIError(
             502,

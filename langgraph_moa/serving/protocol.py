@@ -39,7 +39,9 @@ MAX_TOOLS = 128  # OpenAI's own limit on tools per request
 
 
 class _Strict(BaseModel):
-    # Unknown OpenAI fields (user, seed, logprobs...) are accepted and ignored.
+    # Inside messages and tools, fields this server does not read (an echoed assistant message's
+    # ``refusal`` or ``annotations``...) are accepted; the request's own fields are checked
+    # against FIELDS below.
     model_config = ConfigDict(extra="allow", strict=True)
 
 
@@ -129,6 +131,55 @@ class _StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class _JsonSchema(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_needed(self) -> _ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a json_schema response format needs json_schema")
+        return self
+
+
+# Where each request field goes (README, "Request fields"): the final answer's writer (the
+# aggregator, or the fallback model) takes the output-shaping and sampling fields; ``seed``
+# reaches every call of the run; ``user`` and ``metadata`` stay on this server (access log).
+AGGREGATOR_FIELDS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+)
+ALL_CALLS_FIELDS = ("seed",)
+SERVER_FIELDS = ("model", "messages", "stream", "stream_options", "n", "user", "metadata")
+FIELDS = frozenset(AGGREGATOR_FIELDS + ALL_CALLS_FIELDS + SERVER_FIELDS + ("logprobs", "store"))
+# Fields known to OpenAI that a mixture cannot honour, with the reason the 400 gives.
+_REFUSED = {
+    "logprobs": "a mixture's answer is a synthesis of several models' outputs: there are no "
+    "token log probabilities to report",
+    "top_logprobs": "a mixture's answer has no token log probabilities",
+    "logit_bias": "token ids differ between the models of a mixture",
+    "store": "this server does not store completions",
+    "functions": "the legacy functions field is not supported: use tools",
+    "function_call": "the legacy function_call field is not supported: use tool_choice",
+}
+
+
 class _ChatRequest(_Strict):
     model: str = Field(min_length=1)
     messages: list[_Message] = Field(min_length=1)
@@ -136,16 +187,67 @@ class _ChatRequest(_Strict):
     stream_options: _StreamOptions | None = None
     tools: list[_ToolDef] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     n: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    response_format: _ResponseFormat | None = None
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = None
+    logprobs: bool | None = None
+    store: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence cannot be empty")
+        return value
+
+    @property
+    def stops(self) -> list[str] | None:
+        if self.stop is None:
+            return None
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def _check_fields(data: dict[str, Any]) -> None:
+    """A 400 naming the first request field this server would otherwise have to ignore."""
+    for name, value in data.items():
+        if name in FIELDS and name not in _REFUSED:
+            continue
+        if name in ("logprobs", "store") and value in (None, False):
+            continue  # asking for nothing is honoured
+        unknown = "this server does not know it, and will not ignore it silently"
+        reason = _REFUSED.get(name, unknown)
+        raise APIError(
+            400,
+            f"unsupported parameter {name!r}: {reason}",
+            param=name,
+            code="unsupported_parameter",
+        )
 
 
 def _check_request(req: _ChatRequest) -> None:
     """Checks across fields, with OpenAI's wording where it has one."""
     if req.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
+    if req.parallel_tool_calls is not None and not req.tools:
+        raise APIError(
+            400,
+            "parallel_tool_calls is only allowed when tools are given",
+            param="parallel_tool_calls",
+            code="invalid_value",
+        )
     if req.stream_options is not None and not req.stream:
         raise APIError(
             400,
@@ -263,11 +365,27 @@ def _check_sizes(data: dict[str, Any], max_messages: int) -> None:
         )
 
 
-def parse_request(raw: bytes, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> _ChatRequest:
+def load_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400."""
     data = _load_json(raw)
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def requested_model(data: dict[str, Any]) -> str | None:
+    """The body's ``model``, read before anything else (it decides how the rest of the
+    request is read); None if it is not a model id (the full check then says why)."""
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
+
+
+def parse_request(
+    raw: bytes | dict[str, Any], *, max_messages: int = DEFAULT_MAX_MESSAGES
+) -> _ChatRequest:
+    data = load_body(raw) if isinstance(raw, bytes) else raw
     _check_sizes(data, max_messages)
+    _check_fields(data)
     try:
         req = _ChatRequest.model_validate(data)
     except ValidationError as err:
@@ -361,6 +479,15 @@ def graph_inputs(req: _ChatRequest) -> dict[str, Any]:
     limit = req.max_completion_tokens or req.max_tokens
     if limit is not None:
         options["max_tokens"] = limit
+    for name in ("top_p", "presence_penalty", "frequency_penalty", "parallel_tool_calls"):
+        if (value := getattr(req, name)) is not None:
+            options[name] = value
+    if req.stops:
+        options["stop"] = req.stops
+    if req.response_format is not None and req.response_format.type != "text":
+        options["response_format"] = req.response_format.model_dump(
+            by_alias=True, exclude_none=True
+        )
     if options:
         inputs["aggregator_options"] = options
     return inputs

@@ -238,11 +238,15 @@ def fake_usage(fake: FakeOpenAI) -> tuple[int, int]:
 def test_models_lists_presets_and_topology_files(served: Server) -> None:
     ids = [m.id for m in served.client().models.list()]
     assert set(list_presets()) <= set(ids)
-    assert {"moa", "moa-lite", "openpipe", "local", "mine", "needkey", "fallback"} <= set(ids)
+    assert {"moa", "moa-lite", "openpipe", "local", "mine", "fallback"} <= set(ids)
     assert "loop" not in ids  # it points back at this server
+    assert "needkey" not in ids  # FIREWORKS_API_KEY is not set
     assert "notes" not in ids
     raw = httpx.get(f"{served.url}/models", headers=served.headers()).json()
     assert raw["object"] == "list"
+    unavailable = {m["id"]: m["reason"] for m in raw["unavailable"]}
+    assert "points back at this server" in unavailable["loop"]
+    assert "FIREWORKS_API_KEY is not set" in unavailable["needkey"]
     assert all(m["object"] == "model" and m["owned_by"] for m in raw["data"])
     assert served.client().models.retrieve("mine").id == "mine"
 
