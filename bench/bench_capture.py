@@ -132,10 +132,12 @@ def main() -> None:
                     f"{GOAL_MS:g} ms goal)"
                 )
                 print(f"  {kind:8} ratio hop / direct       {hop / plain:7.2f}")
+            server.terminate()  # its queued rows are written before it exits
+            server.wait(timeout=15)
             rows = sum(
                 len(p.read_text().splitlines()) for p in Path(folder).glob("capture-*.jsonl")
             )
-            print(f"  rows captured: {rows}")
+            print(f"  rows captured: {rows} (of {2 * (20 + args.requests)} sent)")
     finally:
         if server is not None:
             server.terminate()

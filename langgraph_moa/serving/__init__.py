@@ -1,5 +1,6 @@
 """``moa serve``: Mixture-of-Agents topologies behind an OpenAI-compatible HTTP API, each preset
-and topology file under its own model id."""
+and topology file under its own model id; with a capture directory, also pass-through models
+whose traffic is recorded for relabeling (passthrough.py, capture.py)."""
 
 from langgraph_moa.serving.access import KEYS_ENV, SelfAddress, is_loopback_host, load_keys
 from langgraph_moa.serving.app import (

@@ -1,6 +1,7 @@
 """The FastAPI app and its uvicorn runner: the catalog of served models, running one completion
 (whole or streamed) with a bounded number at once, on the runs loop (runs.py), cancelling the
-run of a client that leaves, and the outer guard for keys, body size and body time.
+run of a client that leaves, handing pass-through models to passthrough.py, and the outer guard
+for keys, body size, body time and the access log.
 
 The guard is a hand-written pure ASGI middleware because what it enforces is outside what
 FastAPI and Starlette offer: the bytes really received (not only the declared Content-Length),
@@ -314,17 +315,20 @@ class _Service:
             )
         return served
 
-    def graph_for(self, served: _Served, seed: int | None = None) -> Any:
+    async def graph_for(self, served: _Served, seed: int | None = None) -> Any:
         if seed is not None:
             # every call of the run takes the request's seed: the topology's agents with it
             key = (served.id, seed)
             graph = self.seeded.get(key)
-            if graph is None:
-                topology = _with_seed(served.topology, seed)
-                graph = self.seeded[key] = build_graph(topology, cache=self.cache)
-                while len(self.seeded) > SEEDED_GRAPHS:
-                    self.seeded.popitem(last=False)
-            self.seeded.move_to_end(key)
+            if graph is not None:
+                self.seeded.move_to_end(key)
+                return graph
+            # compiling takes tens of ms: in a worker thread, so other requests go on
+            topology = _with_seed(served.topology, seed)
+            graph = await asyncio.to_thread(build_graph, topology, cache=self.cache)
+            self.seeded[key] = graph
+            while len(self.seeded) > SEEDED_GRAPHS:
+                self.seeded.popitem(last=False)
             return graph
         graph = self.graphs.get(served.id)
         if graph is None:  # built once; a compiled graph holds no per-request state
@@ -412,7 +416,7 @@ class _Service:
                 else "model_unavailable",
                 headers={"x-should-retry": "false"},
             ) from None
-        graph = self.graph_for(served, req.seed)
+        graph = await self.graph_for(served, req.seed)
         release = self.take_slot()  # held until the run has ended, however it ends
         ident = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
         if req.stream:

@@ -92,7 +92,8 @@ def load_capture_config(path: str | Path | None) -> CaptureConfig:
     except OSError as e:
         raise MoAInputError(f"cannot read the capture config {where!r}: {e.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise MoAInputError(f"the capture config {where!r} is not YAML: {e}") from None
+        reason = " ".join(str(e).split())  # one line
+        raise MoAInputError(f"the capture config {where!r} is not YAML: {reason}") from None
     try:
         return CaptureConfig.model_validate(data or {})
     except ValidationError as err:
