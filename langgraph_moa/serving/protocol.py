@@ -151,7 +151,7 @@ class _ResponseFormat(_Strict):
 
 # Where each request field goes (README, "Request fields"): the final answer's writer (the
 # aggregator, or the fallback model) takes the output-shaping and sampling fields; ``seed``
-# reaches every call of the run; ``user`` and ``metadata`` stay on this server (access log).
+# reaches every call of the run; ``user`` and ``metadata`` stay on this server.
 AGGREGATOR_FIELDS = (
     "temperature",
     "top_p",
