@@ -9,16 +9,20 @@ import operator
 from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
+from langgraph.errors import InvalidUpdateError
 from langgraph.graph.message import add_messages
+from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from langgraph_moa.nodes.budget import Ledger
 from langgraph_moa.nodes.context_window import Trim
+from langgraph_moa.spec.topology import describe_validation_error
 
 __all__ = [
     "AggregatorOptions",
     "CallRecord",
     "FallbackRecord",
+    "LayersUpdateError",
     "MoAInput",
     "MoAState",
     "ModelUsage",
@@ -124,12 +128,75 @@ def add_usage(current: Usage | None, update: Usage | None) -> Usage:
     return total
 
 
-def merge_layers(
-    current: list[list[Proposal]] | None, update: list[Proposal] | None
-) -> list[list[Proposal]]:
-    """Reducer: file each proposal under its layer, ordered by its position in the layer."""
+class LayersUpdateError(InvalidUpdateError, ValueError):
+    """A write to ``layers`` that is neither shape the reducer takes; the message names the key,
+    the item and what is wrong with it."""
+
+
+_PROPOSAL = TypeAdapter(Proposal)
+_SHAPES = (
+    "a list of proposals (each added, or replacing the one at its layer and index) or the list "
+    "of layers the state shows (each a list of proposals; replaces them all)"
+)
+
+
+def _proposal(item: Any, where: str) -> Proposal:
+    try:
+        proposal = _PROPOSAL.validate_python(item)
+    except ValidationError as err:
+        raise LayersUpdateError(
+            f"layers{where}: not a proposal: {describe_validation_error(err)}"
+        ) from None
+    if proposal["layer"] < 1 or proposal["index"] < 0:
+        raise LayersUpdateError(
+            f"layers{where}: layer starts at 1 and index at 0, got layer {proposal['layer']} "
+            f"and index {proposal['index']}"
+        )
+    return proposal
+
+
+def _whole_layers(update: list[list[Any]]) -> list[list[Proposal]]:
+    """The nested shape, as read from the state: every proposal checked to sit in its layer."""
+    layers: list[list[Proposal]] = []
+    for number, items in enumerate(update, start=1):
+        layer = [_proposal(item, f"[{number - 1}][{k}]") for k, item in enumerate(items)]
+        for k, proposal in enumerate(layer):
+            if proposal["layer"] != number:
+                raise LayersUpdateError(
+                    f"layers[{number - 1}][{k}]: proposal {proposal['node']!r} says layer "
+                    f"{proposal['layer']} but sits in layer {number}"
+                )
+        indexes = [p["index"] for p in layer]
+        if len(set(indexes)) != len(indexes):
+            raise LayersUpdateError(f"layers[{number - 1}]: two proposals share an index")
+        layers.append(sorted(layer, key=operator.itemgetter("index")))
+    return layers
+
+
+def merge_layers(current: list[list[Proposal]] | None, update: Any) -> list[list[Proposal]]:
+    """Reducer of ``layers``. Takes either shape:
+
+    - a flat list of proposals (what proposer nodes, reviews and forks write): each is filed
+      under its layer, replacing the proposal at the same index, ordered by index;
+    - a list of layers, each a list of proposals (what the state shows, so what Studio or
+      ``update_state`` writes back): it replaces the layers as a whole, so an edited text or a
+      proposal left out is exactly what the next stage sees.
+
+    Anything else raises :class:`LayersUpdateError` naming the key and the offending item.
+    """
     layers = [list(layer) for layer in (current or [])]
-    for proposal in update or []:
+    if update is None:
+        return layers
+    if not isinstance(update, list | tuple):
+        raise LayersUpdateError(f"layers: expected {_SHAPES}; got {type(update).__name__}")
+    if update and all(isinstance(item, list | tuple) for item in update):
+        return _whole_layers([list(layer) for layer in update])
+    for k, item in enumerate(update):
+        if isinstance(item, list | tuple):
+            raise LayersUpdateError(
+                f"layers[{k}]: a layer among proposals: write either {_SHAPES}, not both"
+            )
+        proposal = _proposal(item, f"[{k}]")
         while len(layers) < proposal["layer"]:
             layers.append([])
         slot = layers[proposal["layer"] - 1]
