@@ -86,8 +86,14 @@ class LineReader:
         if has_extra("chat"):
             from prompt_toolkit import PromptSession
             from prompt_toolkit.history import FileHistory
+            from prompt_toolkit.output import create_output
 
-            self.session = PromptSession(history=FileHistory(str(self.path)))
+            output = create_output()
+            # cursor position requests only place completion menus, which the chat has none
+            # of; a terminal that never answers them would get a warning at every prompt
+            if hasattr(output, "enable_cpr"):
+                output.enable_cpr = False
+            self.session = PromptSession(history=FileHistory(str(self.path)), output=output)
             return
         try:
             import readline

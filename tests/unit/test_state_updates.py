@@ -61,13 +61,13 @@ def test_the_shape_read_from_the_state_replaces_the_layers() -> None:
     [
         ("nope", "layers: expected a list of proposals"),
         ({"layer": 1}, "got dict"),
-        ([{"text": "only a text"}], "layers[0]: not a proposal: name: Field required"),
+        ([{"text": "only a text"}], "layers[0]: missing name, node, model, ok, error"),
         ([proposal(1, 0), [proposal(1, 1)]], "layers[1]: a layer among proposals"),
         ([[proposal(2, 0)]], "layers[0][0]: proposal 'L2/p0' says layer 2 but sits in layer 1"),
         ([[proposal(1, 0), proposal(1, 0)]], "layers[0]: two proposals share an index"),
         ([proposal(0, 0)], "layer starts at 1 and index at 0"),
-        ([[{**proposal(1, 0), "ok": "perhaps"}]], "layers[0][0]: not a proposal: ok:"),
-        ([1, 2], "layers[0]: not a proposal"),
+        ([[{**proposal(1, 0), "ok": "perhaps"}]], "layers[0][0].ok: Input should be a valid bool"),
+        ([1, 2], "layers[0]: Input should be a valid dictionary"),
     ],
 )
 def test_malformed_updates_name_the_key(update: Any, message: str) -> None:
@@ -120,3 +120,33 @@ async def test_update_state_round_trip_in_a_compiled_graph() -> None:
 
     with pytest.raises(InvalidUpdateError, match="layers"):
         await graph.aupdate_state(read.config, {"layers": "nope"}, as_node="L1/join")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"usage": "x"}, "usage: Input should be a valid dictionary"),
+        ({"usage": {"prompt_tokens": 1}}, "usage: missing completion_tokens, total_tokens"),
+        ({"messages": 5}, "messages: Unsupported message type"),
+        ({"degraded": "yes"}, "degraded: expected true or false, got 'yes'"),
+        ({"aggregator": 5}, "aggregator: Input should be a valid dictionary"),
+        ({"aggregator": {"text": "hi"}}, "aggregator: missing name, node, model, ok, error"),
+        ({"critique": {"ok": True}}, "critique: missing name, node, model, text, error"),
+        ({"review": {"edited": "L1/p0"}}, "review.edited: Input should be a valid list"),
+        ({"fallback": []}, "fallback: Input should be a valid dictionary"),
+        ({"ledger": {"max_usd": "lots"}}, "ledger.max_usd: Input should be a valid number"),
+    ],
+)
+async def test_malformed_records_are_refused_naming_the_key(
+    values: dict[str, Any], message: str
+) -> None:
+    graph = build_graph(TOPOLOGY, checkpointer=InMemorySaver())
+    config: RunnableConfig = {"configurable": {"thread_id": "records"}}
+    # as after a turn's first step: every record exists (prepare writes them)
+    turn = {"messages": [HumanMessage("Why?")], "degraded": False, "layers": []}
+    records = dict.fromkeys(("critique", "aggregator", "fallback", "review", "ledger"))
+    started = await graph.aupdate_state(config, turn | records, as_node="prepare")
+    with pytest.raises(InvalidUpdateError) as caught:
+        await graph.aupdate_state(started, values, as_node="L1/join")
+    assert message in str(caught.value)
+    assert (await graph.aget_state(config)).config == (await graph.aget_state(started)).config
