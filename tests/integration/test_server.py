@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from langgraph_sdk import get_client
-from langgraph_sdk.errors import APIStatusError
+from langgraph_sdk.errors import APIStatusError, BadRequestError
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.graphs.context import Context, topology_from_config
@@ -350,11 +350,12 @@ async def test_cancelling_a_server_run_closes_its_upstream_requests(
 
 
 async def _bad_update(client: Any, thread_id: str, values: Any, as_node: str, **kw: Any) -> str:
-    """The server's answer to an update it must refuse: a 4xx (never a 500), and its detail."""
+    """The server's answer to an update it must refuse: a 400 (never a 500), and its detail."""
     with pytest.raises(APIStatusError) as caught:
         await client.threads.update_state(thread_id, values, as_node=as_node, **kw)
     response = caught.value.response
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert isinstance(caught.value, BadRequestError)
     return str(response.text)
 
 
@@ -444,6 +445,14 @@ async def _state_edit_scenario(url: str, fake: FakeOpenAI) -> None:
     assert "says layer 2 but sits in layer 1" in text
     text = await _bad_update(client, thread_id, {"layers": layers}, "L9/join", checkpoint=at)
     assert "L9/join" in text
+    for key, value, said in [
+        ("messages", 5, "messages: Unsupported message type"),
+        ("aggregator", 5, "aggregator: Input should be a valid dictionary"),
+        ("usage", {"total_tokens": 1}, "usage: missing prompt_tokens"),
+        ("degraded", "no", "degraded: expected true or false"),
+    ]:
+        text = await _bad_update(client, thread_id, {key: value}, "aggregator", checkpoint=at)
+        assert said in text, text
     after: Any = await client.threads.get_state(thread_id)
     assert after["checkpoint"] == final["checkpoint"]  # nothing was written by the refusals
 

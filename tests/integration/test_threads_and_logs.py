@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import one_line_error
 from tests.conftest import run_moa as run
+from tests.integration.test_durable import POSTGRES, postgres_available
 
 USAGE = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
 CANARY = "sk-canary-9f8e7d6c5b4a39281706"
@@ -84,6 +86,24 @@ def test_threads_lists_every_thread_newest_first(
     limited = json.loads(ok(run("threads", "--limit", "1", "--json")).stdout)
     assert [r["thread_id"] for r in limited] == ["t-three"]
     one_line_error(run("threads", "--limit", "0"), "--limit")
+
+
+def test_threads_in_postgres(fake: FakeOpenAI, priced: Path) -> None:
+    if not postgres_available():
+        pytest.fail("PostgreSQL on 127.0.0.1:5432 (database test) is needed for this test")
+    for model in ("a", "b", "c", "agg"):
+        fake.behave(model, usage=USAGE)
+    env = dict(os.environ, MOA_DB=POSTGRES)
+    older, newer = (f"pg-list-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    ok(run("ask", "Q1", "-t", str(priced), "--thread", older, "-q", env=env))
+    ok(run("ask", "Q1", "-t", str(priced), "--thread", newer, "-q", env=env))
+    ok(run("ask", "Q2", "--thread", newer, "-q", env=env))
+    # the database is shared with other tests: look at these two among the newest
+    rows = json.loads(ok(run("threads", "--limit", "50", "--json", env=env)).stdout)
+    mine = [r for r in rows if r["thread_id"] in (older, newer)]
+    assert [r["thread_id"] for r in mine] == [newer, older]
+    assert [r["turns"] for r in mine] == [2, 1] and [r["topology"] for r in mine] == ["priced"] * 2
+    assert [r["cost_usd"] for r in mine] == [pytest.approx(1.2), pytest.approx(0.6)]
 
 
 def _log_lines(stderr: str) -> list[str]:
