@@ -1,4 +1,4 @@
-"""The ``moa`` command: ask, resume, history, fork, graph, presets.
+"""The ``moa`` command: ask, chat, resume, history, threads, fork, graph, presets.
 
 Every run is kept in a thread store (SQLite by default, PostgreSQL with a URL; see
 :mod:`langgraph_moa.cli.store`), so a crashed run can be resumed, a thread's history listed
