@@ -170,6 +170,11 @@ async def history(
         before = by_id.get(parent)
         if edit:
             ran = _writers_of(graph, snap.next)
+            # of several candidates, those that ran just before the edit are the ones it redoes
+            # (a final answer edited after the aggregator ran, not as the fallback)
+            grand = by_id.get(_id(before.parent_config)) if before is not None else None
+            redone = [n for n in ran if grand is not None and n in grand.next]
+            ran = redone or ran
             changes = _changes(before.values if before else {}, snap.values)
         else:
             ran = list(before.next) if before is not None else []

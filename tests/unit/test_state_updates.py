@@ -13,6 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import InvalidUpdateError
 
 from langgraph_moa import Topology, build_graph
+from langgraph_moa.cli.threads import history
 from langgraph_moa.nodes.state import LayersUpdateError, Proposal, merge_layers
 
 
@@ -150,3 +151,30 @@ async def test_malformed_records_are_refused_naming_the_key(
         await graph.aupdate_state(started, values, as_node="L1/join")
     assert message in str(caught.value)
     assert (await graph.aget_state(config)).config == (await graph.aget_state(started)).config
+
+
+async def test_history_names_what_each_edit_was_written_as() -> None:
+    with_fallback = TOPOLOGY.model_copy(update={"fallback": "best_proposal"})
+    graph = build_graph(with_fallback, checkpointer=InMemorySaver())
+    config: RunnableConfig = {"configurable": {"thread_id": "labels"}}
+    turn = {"messages": [HumanMessage("Why?")], "layers": [proposal(1, 0), proposal(1, 1)]}
+    joined = await graph.aupdate_state(config, turn, as_node="L1/join")
+    answered = await graph.aupdate_state(
+        joined, {"messages": [AIMessage("An answer.", id="a1")]}, as_node="aggregator"
+    )
+    await graph.aupdate_state(
+        answered, {"messages": [AIMessage("A better answer.", id="a1")]}, as_node="aggregator"
+    )
+    layers = (await graph.aget_state(joined)).values["layers"]
+    kept = [[{**layers[0][0], "text": "Edited."}]]
+    await graph.aupdate_state(joined, {"layers": kept}, as_node="L1/join")
+
+    entries = await history(graph, "labels")
+    assert [(e.ran, e.changes, e.current, e.branches) for e in entries] == [
+        (["L1/join"], ["edited L1/p0", "dropped L1/p1"], True, 0),  # the fork: current branch
+        (["aggregator"], ["messages"], False, 0),  # not "fallback", which also ends the run
+        (["aggregator"], ["messages"], False, 1),
+        # the thread's first checkpoint, and where it forks
+        (["L1/join"], ["added L1/p0", "added L1/p1", "degraded", "messages", "usage"], True, 2),
+    ]
+    assert all(e.edit and e.source == "update" for e in entries)
