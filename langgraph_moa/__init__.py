@@ -4,6 +4,8 @@ Public API: :class:`Topology`, :func:`load_preset`, :func:`load_topology`, :func
 :func:`build_graph`, and :class:`ChatMixtureOfAgents` (a topology as a LangChain chat model).
 """
 
+import logging
+
 from langgraph_moa.chat_model import ChatMixtureOfAgents
 from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
 from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
@@ -15,6 +17,9 @@ from langgraph_moa.spec.topology import (
     load_preset,
     load_topology,
 )
+
+# A library adds no log output of its own: the application (the `moa` command, or yours) decides.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Agent",

@@ -36,8 +36,9 @@ def one_line_error(result: subprocess.CompletedProcess[str], expected: str, code
 def _thread_store(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keep every test's CLI threads out of the user's home."""
+    """Keep every test's CLI threads (and chat history) out of the user's home."""
     monkeypatch.setenv("MOA_DB", str(tmp_path_factory.mktemp("db") / "threads.sqlite"))
+    monkeypatch.setenv("MOA_CHAT_HISTORY", str(tmp_path_factory.mktemp("chat") / "history"))
 
 
 @pytest.fixture(scope="session")

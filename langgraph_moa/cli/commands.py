@@ -1,4 +1,4 @@
-"""The ``moa`` command: ask, resume, history, fork, graph, presets.
+"""The ``moa`` command: ask, chat, resume, history, threads, fork, graph, presets.
 
 Every run is kept in a thread store (SQLite by default, PostgreSQL with a URL; see
 :mod:`langgraph_moa.cli.store`), so a crashed run can be resumed, a thread's history listed
@@ -37,7 +37,10 @@ from langgraph_moa.cli.console import (
     show_review,
 )
 from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
+from langgraph_moa.cli.line_input import LineReader
+from langgraph_moa.cli.logs import setup_logging
 from langgraph_moa.cli.store import open_checkpointer, thread_lock
+from langgraph_moa.cli.thread_list import threads_command
 from langgraph_moa.cli.threads import (
     fork_config,
     history,
@@ -99,8 +102,19 @@ def _root(
             "--version", "-V", callback=_show_version, is_eager=True, help="Print the version."
         ),
     ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Log to stderr: -v requests, retries, cache and budget; -vv debug; -vvv "
+            "libraries too (or $MOA_LOG_LEVEL).",
+        ),
+    ] = 0,
 ) -> None:
     """Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation."""
+    setup_logging(verbose)
 
 
 class DurabilityChoice(enum.StrEnum):
@@ -259,26 +273,6 @@ def _lock(db: str | None, thread: str) -> Any:
 
 def _resume_command(thread: str, db: str | None) -> str:
     return f"moa resume --thread {thread}" + (f" --db {db}" if db else "")
-
-
-async def _read_line() -> str:
-    """One line of standard input without blocking the event loop ("" at end of input).
-
-    A terminal or pipe is watched by the loop (so Ctrl-C at the prompt is not stuck behind a
-    blocked thread); a regular file, which the loop cannot watch, is read directly.
-    """
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    ready: asyncio.Future[None] = loop.create_future()
-    try:
-        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
-    except (PermissionError, OSError, ValueError):
-        return sys.stdin.readline()
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-    return sys.stdin.readline()
 
 
 def _cache_backend(cache: Path | None) -> Any:
@@ -464,10 +458,17 @@ def chat(
     switch_topology: SwitchOpt = False,
     quiet: QuietOpt = False,
     db: DbOpt = None,
+    history_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--history", help="Prompt history file (default: $MOA_CHAT_HISTORY or data folder)."
+        ),
+    ] = None,
 ) -> None:
     """Chat in the terminal, turn after turn, in a thread kept in the thread store.
 
-    Enter sends; /exit, Ctrl-D or Ctrl-C at the prompt leaves; Ctrl-C mid-answer drops the turn.
+    Enter sends; Up/Down and Ctrl-R recall earlier prompts (kept across sessions); /exit, Ctrl-D
+    or Ctrl-C at the prompt leaves; Ctrl-C mid-answer drops the turn.
     """
     thread_id = thread or uuid.uuid4().hex[:12]
 
@@ -512,10 +513,10 @@ def chat(
             )
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread_id, topo)
+            reader = LineReader(history_file)
             while True:
-                err.print("[bold]you>[/bold] ", end="")
-                line = await _read_line()
-                if not line or line.strip() == "/exit":
+                line = await reader.read()
+                if line is None or line.strip() == "/exit":
                     break
                 if line.strip():
                     await turn(graph, topo, saver, config, line.strip())
@@ -654,7 +655,12 @@ def resume(
 
 @app.command("history")
 def history_cmd(thread: ThreadOpt, as_json: JsonOpt = False, db: DbOpt = None) -> None:
-    """List a thread's checkpoints, newest first: time, step, what had run, what runs next."""
+    """List a thread's checkpoints, newest first: time, step, what had run, what runs next.
+
+    * marks the current branch (what the next run continues from); an edit (moa fork, a Studio
+    state edit) is labelled with the stage it was written as and what it changed; a checkpoint
+    the thread forks at says how many branches leave it.
+    """
 
     async def go() -> list[Any]:
         async with open_checkpointer(db) as saver:
@@ -667,12 +673,19 @@ def history_cmd(thread: ThreadOpt, as_json: JsonOpt = False, db: DbOpt = None) -
         return
     for e in entries:
         layer = f"L{e.layer}" if e.layer else "-"
-        ran = ", ".join(e.ran) or "(input)"
+        ran = " | ".join(e.ran) if e.edit else ", ".join(e.ran)
+        ran = ran or "(input)"
+        if e.edit:  # a fork that changed nothing (e.g. to swap the aggregator) is just a fork
+            ran += f" (edit: {', '.join(e.changes)})" if e.changes else " (fork)"
         nxt = ", ".join(e.next) or "(end)"
+        fork = f"  [forks here: {e.branches} branches]" if e.branches > 1 else ""
         sys.stdout.write(
-            f"{e.created_at[:23]}  step {e.step:>2}  {layer:<3}  {e.checkpoint_id}  "
-            f"ran: {ran}  next: {nxt}\n"
+            f"{'*' if e.current else ' '} {e.created_at[:23]}  step {e.step:>2}  {layer:<3}  "
+            f"{e.checkpoint_id}  ran: {ran}  next: {nxt}{fork}\n"
         )
+
+
+app.command("threads")(threads_command)
 
 
 @app.command()

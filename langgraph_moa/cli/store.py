@@ -30,17 +30,22 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
 
-__all__ = ["default_db", "open_checkpointer", "thread_lock"]
+__all__ = ["data_dir", "default_db", "open_checkpointer", "thread_lock"]
 
 _LOCK_POLL_S = 0.1
+
+
+def data_dir() -> Path:
+    """The user's data folder for moa: ``$XDG_DATA_HOME/langgraph-moa`` (created on use)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "langgraph-moa"
 
 
 def default_db() -> str:
     """The store used when none is named: ``$MOA_DB`` or the per-user SQLite file."""
     if env := os.environ.get("MOA_DB"):
         return env
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return str(Path(base) / "langgraph-moa" / "threads.sqlite")
+    return str(data_dir() / "threads.sqlite")
 
 
 def _is_postgres(db: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
@@ -75,15 +76,21 @@ async def topology_of_thread(checkpointer: BaseCheckpointSaver[Any], thread_id: 
 
 @dataclass
 class HistoryEntry:
-    """One checkpoint: which nodes had just run, what runs next, and when."""
+    """One checkpoint: which nodes had just run, what runs next, when, and where it sits among
+    the thread's branches."""
 
     checkpoint_id: str
     parent_id: str | None
     step: int
     created_at: str
-    ran: list[str]
+    ran: list[str]  # for an edit: the node it was written as (candidates if unclear)
     next: list[str]
     layer: int | None  # the proposer layer the checkpoint belongs to, if any
+    source: str  # LangGraph's: "input", "loop", "update" (an edit or fork point), "fork"
+    edit: bool  # written by update_state (moa fork, Studio), not by a node that ran
+    changes: list[str]  # for an edit: what it changed ("edited L2/a", "dropped L1/b", "messages")
+    current: bool  # on the thread's current branch (what the next run continues from)
+    branches: int  # checkpoints made from this one; 2 or more: the thread forks here
 
 
 def _layer_of(nodes: Sequence[str]) -> int | None:
@@ -95,25 +102,97 @@ async def _snapshots(graph: CompiledStateGraph[Any, Any, Any, Any], thread_id: s
     return [s async for s in graph.aget_state_history(config)]
 
 
+def _id(config: RunnableConfig | None) -> str | None:
+    return config["configurable"]["checkpoint_id"] if config else None
+
+
+def _writers_of(graph: CompiledStateGraph[Any, Any, Any, Any], nxt: Sequence[str]) -> list[str]:
+    """The nodes an edit that leads to ``nxt`` can have been written as.
+
+    LangGraph records no ``as_node`` with an ``update_state`` checkpoint, but the edit runs that
+    node's edges, so the nodes that run next are its successors: the node is the one whose edges
+    (conditional ones included) reach all of them.
+    """
+    targets: dict[str, set[str]] = {}
+    for edge in graph.get_graph().edges:
+        targets.setdefault(edge.source, set()).add(edge.target)
+    wanted = set(nxt) or {END}
+    return sorted(n for n, reach in targets.items() if n != START and wanted <= reach)
+
+
+def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """What an edit changed, proposal by proposal, then the other keys it touched."""
+    old = {(p["layer"], p["index"]): p for layer in before.get("layers", []) for p in layer}
+    new = {(p["layer"], p["index"]): p for layer in after.get("layers", []) for p in layer}
+    found: list[str] = []
+    for key in sorted(old.keys() | new.keys()):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        ref = (now or was or {}).get("node", f"L{key[0]}#{key[1]}")
+        if now is None or (was is not None and was["ok"] and not now["ok"]):
+            found.append(f"dropped {ref}")
+        elif was is None:
+            found.append(f"added {ref}")
+        elif was.get("text") != now.get("text"):
+            found.append(f"edited {ref}")
+        else:
+            found.append(f"changed {ref}")
+    found += [
+        key
+        for key in sorted(before.keys() | after.keys())
+        if key != "layers" and before.get(key) != after.get(key)
+    ]
+    return found
+
+
 async def history(
     graph: CompiledStateGraph[Any, Any, Any, Any], thread_id: str
 ) -> list[HistoryEntry]:
     """Every checkpoint of the thread, newest first, on every branch."""
     snapshots = await _snapshots(graph, thread_id)
-    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in snapshots}
+    by_id = {_id(s.config): s for s in snapshots}
+    children: dict[str | None, int] = {}
+    for snap in snapshots:
+        parent_id = _id(snap.parent_config)
+        children[parent_id] = children.get(parent_id, 0) + 1
+    current: set[str | None] = set()
+    head = snapshots[0] if snapshots else None
+    while head is not None:  # the newest checkpoint and its ancestors: the current branch
+        current.add(_id(head.config))
+        head = by_id.get(_id(head.parent_config))
     entries = []
     for snap in snapshots:
-        parent = snap.parent_config["configurable"]["checkpoint_id"] if snap.parent_config else None
-        ran = list(by_id[parent].next) if parent in by_id else []
+        checkpoint_id, parent = _id(snap.config), _id(snap.parent_config)
+        metadata = snap.metadata or {}
+        source = str(metadata.get("source", ""))
+        edit = source == "update"
+        before = by_id.get(parent)
+        if edit:
+            ran = _writers_of(graph, snap.next)
+            # of several candidates, those that ran just before the edit are the ones it redoes
+            # (a final answer edited after the aggregator ran, not as the fallback)
+            grand = by_id.get(_id(before.parent_config)) if before is not None else None
+            redone = [n for n in ran if grand is not None and n in grand.next]
+            ran = redone or ran
+            changes = _changes(before.values if before else {}, snap.values)
+        else:
+            ran = list(before.next) if before is not None else []
+            changes = []
         entries.append(
             HistoryEntry(
-                checkpoint_id=snap.config["configurable"]["checkpoint_id"],
+                checkpoint_id=str(checkpoint_id),
                 parent_id=parent,
-                step=int(snap.metadata.get("step", -1)) if snap.metadata else -1,
+                step=int(metadata.get("step", -1)),
                 created_at=snap.created_at or "",
                 ran=ran,
                 next=list(snap.next),
                 layer=_layer_of(ran) or _layer_of(list(snap.next)),
+                source=source,
+                edit=edit,
+                changes=changes,
+                current=checkpoint_id in current,
+                branches=children.get(checkpoint_id, 0),
             )
         )
     return entries

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import math
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,7 @@ from langgraph_moa.spec.topology import Retry
 
 __all__ = ["RetryingAsyncOpenAI", "WholeRequestTimeout", "count_attempts"]
 
+log = logging.getLogger(__name__)
 # Longest Retry-After we wait for; beyond it the failure is reported instead.
 MAX_RETRY_AFTER_S = 120.0
 
@@ -54,6 +56,7 @@ async def _on_request(request: Any) -> None:
     counter = _attempts.get()
     if counter is not None:
         counter[0] += 1
+    log.debug("HTTP %s %s", request.method, request.url)
 
 
 class _BodyWithDeadline(httpx2.AsyncByteStream):
@@ -127,6 +130,7 @@ class RetryingAsyncOpenAI(openai.AsyncOpenAI):
     def _calculate_retry_timeout(
         self, remaining_retries: int, options: Any, response_headers: Any = None
     ) -> float:
+        log.info("retrying a request (%d retries left)", remaining_retries)
         retry_after = self._parse_retry_after_header(response_headers)
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             return float(min(retry_after, MAX_RETRY_AFTER_S))

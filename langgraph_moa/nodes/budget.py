@@ -15,6 +15,7 @@ leave room for more later.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ from langgraph_moa.spec.providers import requests_for
 from langgraph_moa.spec.topology import Agent, Topology
 
 __all__ = ["BudgetError", "Estimate", "Ledger", "check_priced", "estimate", "plan"]
+
+log = logging.getLogger(__name__)
 
 
 class BudgetError(MoARunError):
@@ -212,6 +215,7 @@ def plan(
             + " and ".join(limits)
             + f" (spent so far ${spent_usd:.4f}, {spent_tokens} tokens)"
         )
+    log.info("budget plan from layer %d: %s", from_layer, "; ".join(actions) or "nothing to cut")
     return {
         "max_usd": budget.max_usd if budget else None,
         "max_tokens": budget.max_tokens if budget else None,

@@ -47,6 +47,7 @@ __all__ = [
     "usage_update",
 ]
 
+log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 300
 MIN_REPLY_LIMIT = 100_000
 
@@ -236,6 +237,7 @@ async def _request(
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
     generations: list[Any]
+    log.info("request to %s (%d sample(s), %d message(s))", pool.agent.model, n, len(messages))
     with count_attempts() as attempts:
         try:
             if n == 1:
@@ -259,11 +261,15 @@ async def _request(
             error = describe_error(err, timeout_s=timeout_s)
             if tries > 1:
                 error += f" ({tries} attempts)"
+            log.info(
+                "%s failed after %.2fs: %s", pool.agent.model, time.perf_counter() - start, error
+            )
             return [
                 Outcome(None, error, time.perf_counter() - start, zero_usage(), attempts=tries)
                 for _ in range(n)
             ]
     latency, tries = time.perf_counter() - start, max(attempts[0], 1)
+    log.info("%s answered in %.2fs (%d attempt(s))", pool.agent.model, latency, tries)
     outcomes = []
     for k, message in enumerate(generations[:n]):
         if not isinstance(message, AIMessage):
@@ -316,6 +322,7 @@ async def call_agent(
     start = time.perf_counter()
     if cache is not None and (texts := await cache.get(pool.params, messages)) is not None:
         latency = time.perf_counter() - start
+        log.info("cache hit for %s: %d sample(s), no request sent", pool.agent.model, len(texts))
         return [Outcome(t, None, latency, zero_usage(), attempts=0, cached=True) for t in texts], 0
     sizes = [n] if requests_for(pool.agent) == 1 else [1] * n
     finished: dict[int, list[Outcome]] = {}

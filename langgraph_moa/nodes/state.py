@@ -6,10 +6,13 @@ server) shows the same thing and checkpoints stay portable.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, NotRequired
+from collections.abc import Callable
+from typing import Annotated, Any, NotRequired, cast
 
 from langchain_core.messages import AnyMessage
+from langgraph.errors import InvalidUpdateError
 from langgraph.graph.message import add_messages
+from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from langgraph_moa.nodes.budget import Ledger
@@ -19,16 +22,21 @@ __all__ = [
     "AggregatorOptions",
     "CallRecord",
     "FallbackRecord",
+    "LayersUpdateError",
     "MoAInput",
     "MoAState",
     "ModelUsage",
     "Proposal",
     "ReviewRecord",
+    "StateUpdateError",
     "TokenUsage",
     "Usage",
+    "add_conversation",
     "add_usage",
+    "either",
     "empty_usage",
     "merge_layers",
+    "replaced_by",
 ]
 
 
@@ -92,16 +100,51 @@ def empty_usage() -> Usage:
     }
 
 
+class StateUpdateError(InvalidUpdateError, ValueError):
+    """A state update of the wrong shape (from Studio, ``update_state`` or a bad node write);
+    the message names the key and what is wrong. The LangGraph server answers it with a 400."""
+
+
+class LayersUpdateError(StateUpdateError):
+    """A write to ``layers`` that is neither shape its reducer takes."""
+
+
+def _describe(key: str, err: ValidationError) -> str:
+    """One line from a pydantic error, each problem at its path under ``key``; missing fields
+    are listed together (``aggregator: missing name, node``)."""
+    missing: dict[str, list[str]] = {}
+    parts = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if e["type"] == "missing" and loc:
+            missing.setdefault(".".join([key, *loc[:-1]]), []).append(loc[-1])
+        else:
+            where = ".".join([key, *loc])
+            parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join([f"{k}: missing {', '.join(names)}" for k, names in missing.items()] + parts)
+
+
+def _checked(key: str, adapter: TypeAdapter[Any], value: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as err:
+        raise StateUpdateError(_describe(key, err)) from None
+
+
+_USAGE = TypeAdapter(Usage)
+
+
 def _add_cost(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else a + b
 
 
 def add_usage(current: Usage | None, update: Usage | None) -> Usage:
-    """Reducer: sum two usage summaries, model by model."""
+    """Reducer: sum two usage summaries, model by model (a written usage is added, not set)."""
     if not current:
         current = empty_usage()
     if not update:
         return current
+    update = _checked("usage", _USAGE, update)
     by_model = {m: ModelUsage(**u) for m, u in current["by_model"].items()}
     for model, u in update["by_model"].items():
         if model not in by_model:
@@ -124,12 +167,68 @@ def add_usage(current: Usage | None, update: Usage | None) -> Usage:
     return total
 
 
-def merge_layers(
-    current: list[list[Proposal]] | None, update: list[Proposal] | None
-) -> list[list[Proposal]]:
-    """Reducer: file each proposal under its layer, ordered by its position in the layer."""
+_PROPOSAL = TypeAdapter(Proposal)
+_SHAPES = (
+    "a list of proposals (each added, or replacing the one at its layer and index) or the list "
+    "of layers the state shows (each a list of proposals; replaces them all)"
+)
+
+
+def _proposal(item: Any, where: str) -> Proposal:
+    try:
+        proposal = _PROPOSAL.validate_python(item)
+    except ValidationError as err:
+        raise LayersUpdateError(_describe(f"layers{where}", err)) from None
+    if proposal["layer"] < 1 or proposal["index"] < 0:
+        raise LayersUpdateError(
+            f"layers{where}: layer starts at 1 and index at 0, got layer {proposal['layer']} "
+            f"and index {proposal['index']}"
+        )
+    return proposal
+
+
+def _whole_layers(update: list[list[Any]]) -> list[list[Proposal]]:
+    """The nested shape, as read from the state: every proposal checked to sit in its layer."""
+    layers: list[list[Proposal]] = []
+    for number, items in enumerate(update, start=1):
+        layer = [_proposal(item, f"[{number - 1}][{k}]") for k, item in enumerate(items)]
+        for k, proposal in enumerate(layer):
+            if proposal["layer"] != number:
+                raise LayersUpdateError(
+                    f"layers[{number - 1}][{k}]: proposal {proposal['node']!r} says layer "
+                    f"{proposal['layer']} but sits in layer {number}"
+                )
+        indexes = [p["index"] for p in layer]
+        if len(set(indexes)) != len(indexes):
+            raise LayersUpdateError(f"layers[{number - 1}]: two proposals share an index")
+        layers.append(sorted(layer, key=operator.itemgetter("index")))
+    return layers
+
+
+def merge_layers(current: list[list[Proposal]] | None, update: Any) -> list[list[Proposal]]:
+    """Reducer of ``layers``. Takes either shape:
+
+    - a flat list of proposals (what proposer nodes, reviews and forks write): each is filed
+      under its layer, replacing the proposal at the same index, ordered by index;
+    - a list of layers, each a list of proposals (what the state shows, so what Studio or
+      ``update_state`` writes back): it replaces the layers as a whole, so an edited text or a
+      proposal left out is exactly what the next stage sees.
+
+    Anything else raises :class:`LayersUpdateError` naming the key and the offending item.
+    """
     layers = [list(layer) for layer in (current or [])]
-    for proposal in update or []:
+    if update is None:
+        return layers
+    if not isinstance(update, list | tuple):
+        raise LayersUpdateError(f"layers: expected {_SHAPES}; got {type(update).__name__}")
+    if update and all(isinstance(item, list | tuple) for item in update):
+        return _whole_layers([list(layer) for layer in update])
+    for k, item in enumerate(update):
+        if isinstance(item, list | tuple):
+            raise LayersUpdateError(
+                f"layers[{k}]: a layer among proposals: write either {_SHAPES}, not both"
+            )
+        proposal = _proposal(item, f"[{k}]")
         while len(layers) < proposal["layer"]:
             layers.append([])
         slot = layers[proposal["layer"] - 1]
@@ -137,6 +236,36 @@ def merge_layers(
         slot.append(proposal)
         slot.sort(key=operator.itemgetter("index"))
     return layers
+
+
+def add_conversation(current: list[AnyMessage] | None, update: Any) -> list[AnyMessage]:
+    """Reducer of ``messages``: LangGraph's ``add_messages`` (append, or replace by id), with an
+    update that is not messages refused as a :class:`StateUpdateError` naming the key."""
+    left: list[Any] = list(current or [])
+    try:
+        return cast(list[AnyMessage], add_messages(left, update))
+    except (NotImplementedError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StateUpdateError(f"messages: {first}") from None
+
+
+def either(current: bool | None, update: Any) -> bool:
+    """Reducer of ``degraded``: once a turn is degraded it stays so."""
+    if not isinstance(update, bool):
+        raise StateUpdateError(f"degraded: expected true or false, got {update!r:.40}")
+    return bool(current) or update
+
+
+def replaced_by(key: str, schema: Any) -> Callable[[Any, Any], Any]:
+    """Reducer of a record kept whole (the last write wins, as without a reducer), checked
+    against ``schema`` so a malformed write is refused naming ``key``."""
+    adapter: TypeAdapter[Any] = TypeAdapter(schema)
+
+    def replace(current: Any, update: Any) -> Any:
+        return _checked(key, adapter, update)
+
+    replace.__name__ = f"replace_{key}"
+    return replace
 
 
 class FallbackRecord(TypedDict):
@@ -173,24 +302,34 @@ class MoAInput(TypedDict):
     """What a run takes: the conversation, ending with the user's new message, and optionally
     tools (OpenAI format) for the aggregator and overrides of its sampling."""
 
-    messages: Annotated[list[AnyMessage], add_messages]
+    messages: Annotated[list[AnyMessage], add_conversation]
     tools: NotRequired[list[dict[str, Any]] | None]
     tool_choice: NotRequired[str | dict[str, Any] | None]
     aggregator_options: NotRequired[AggregatorOptions | None]
 
 
 class MoAState(TypedDict):
-    """The conversation and the record of the current turn."""
+    """The conversation and the record of the current turn.
 
-    messages: Annotated[list[AnyMessage], add_messages]
+    Every key with a record has a reducer that checks what is written, so a malformed state
+    update (from Studio, say) is refused naming the key instead of breaking a later read.
+    """
+
+    messages: Annotated[list[AnyMessage], add_conversation]
     layers: Annotated[list[list[Proposal]], merge_layers]
-    critique: NotRequired[CallRecord | None]
-    aggregator: NotRequired[CallRecord | None]
+    critique: NotRequired[Annotated[CallRecord | None, replaced_by("critique", CallRecord | None)]]
+    aggregator: NotRequired[
+        Annotated[CallRecord | None, replaced_by("aggregator", CallRecord | None)]
+    ]
     usage: Annotated[Usage, add_usage]
-    degraded: Annotated[bool, operator.or_]
-    ledger: NotRequired[Ledger | None]  # the budget's account, when the topology has a budget
-    fallback: NotRequired[FallbackRecord | None]
-    review: NotRequired[ReviewRecord | None]  # what a human reviewer changed, with review on
+    degraded: Annotated[bool, either]
+    # the budget's account, when the topology has a budget
+    ledger: NotRequired[Annotated[Ledger | None, replaced_by("ledger", Ledger | None)]]
+    fallback: NotRequired[
+        Annotated[FallbackRecord | None, replaced_by("fallback", FallbackRecord | None)]
+    ]
+    # what a human reviewer changed, with review on
+    review: NotRequired[Annotated[ReviewRecord | None, replaced_by("review", ReviewRecord | None)]]
     tools: NotRequired[list[dict[str, Any]] | None]  # the aggregator's tools (OpenAI format)
     tool_choice: NotRequired[str | dict[str, Any] | None]
     aggregator_options: NotRequired[AggregatorOptions | None]

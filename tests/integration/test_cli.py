@@ -255,3 +255,42 @@ def test_fork_at_a_stage_that_does_not_exist_is_refused(
     forked = run("fork", "--thread", "f", "--at", "L2/c", "-q")
     assert forked.returncode == 0, forked.stderr
     assert len(fake.requests_for("c")) == 1 and len(fake.requests_for("agg")) == 2
+
+
+def test_history_labels_forks_and_marks_the_current_branch(
+    fake: FakeOpenAI, topology_file: Path, tmp_path: Path
+) -> None:
+    assert run("ask", "Q", "-t", str(topology_file), "--thread", "hb", "-q").returncode == 0
+    edit = tmp_path / "edit.txt"
+    edit.write_text("An edited answer.")
+    first = run("fork", "--thread", "hb", "--at", "L2/join", "--edit", f"L2/c={edit}", "-q")
+    assert first.returncode == 0, first.stderr
+    second = run("fork", "--thread", "hb", "--at", "L1/b", "--drop", "L1/b", "-q")
+    assert second.returncode == 0, second.stderr
+
+    entries = json.loads(run("history", "--thread", "hb", "--json").stdout)
+    edits = [e for e in entries if e["edit"]]
+    assert [(e["ran"], e["changes"], e["current"]) for e in edits] == [
+        (["L1/join"], ["dropped L1/b"], True),  # newest first: the branch the thread is on
+        (["L2/join"], ["edited L2/c"], False),
+    ]
+    assert all(e["source"] == "update" for e in edits)
+    # the original answer and the first fork's answer are on branches left behind
+    ends = [e for e in entries if e["ran"] == ["aggregator"]]
+    assert [e["current"] for e in ends] == [True, False, False]
+    forks_at = {e["checkpoint_id"]: e["branches"] for e in entries if e["branches"] > 1}
+    assert len(forks_at) == 2  # after L1/join (the drop) and after L2/join (the edit)
+    assert (
+        sum(e["current"] for e in entries) == len(entries) - 5
+    )  # the first turn after L1/join: 3; the first fork: 2
+
+    lines = run("history", "--thread", "hb").stdout.splitlines()
+    assert len(lines) == len(entries)
+    drop = next(ln for ln in lines if "dropped" in ln)
+    assert drop.startswith("* ") and "ran: L1/join (edit: dropped L1/b)  next: L2/c" in drop
+    edited = next(ln for ln in lines if "edited" in ln)
+    assert (
+        edited.startswith("  ") and "ran: L2/join (edit: edited L2/c)  next: aggregator" in edited
+    )
+    assert sum("[forks here: 2 branches]" in ln for ln in lines) == 2
+    assert lines[-1].startswith("* ") and "ran: (input)" in lines[-1]

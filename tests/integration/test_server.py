@@ -10,6 +10,7 @@ this project. It runs in its own process group, and only that group is signalled
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 from langgraph_sdk import get_client
+from langgraph_sdk.errors import APIStatusError, BadRequestError
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.graphs.context import Context, topology_from_config
@@ -115,6 +117,8 @@ def _config_in(workdir: Path) -> Path:
             spec = absolute(spec)
         graphs[graph_id] = spec
     config["graphs"] = graphs
+    if isinstance(config.get("env"), str):  # the keys file: this test's own, never the project's
+        config["env"] = str(workdir / ".env")
     target = workdir / "langgraph.json"
     target.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return target
@@ -146,7 +150,11 @@ def server_url(fake: FakeOpenAI, tmp_path: Path) -> Iterator[str]:
     config = _config_in(workdir)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**dict(os.environ), **OFFLINE_ENV}  # `fake` has set OPENAI_BASE_URL/OPENAI_API_KEY
+    env = {**dict(os.environ), **OFFLINE_ENV}
+    # The OpenAI settings `fake` made reach the server only through the .env file that
+    # langgraph.json names, as a user's keys do.
+    dotenv = [f"{name}={env.pop(name)}" for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY")]
+    (workdir / ".env").write_text("\n".join(dotenv) + "\n", encoding="utf-8")
     log_path = tmp_path / "server.log"
     command = [
         str(LANGGRAPH),
@@ -336,3 +344,119 @@ async def test_cancelling_a_server_run_closes_its_upstream_requests(
     server_url: str, fake: FakeOpenAI
 ) -> None:
     await asyncio.wait_for(_cancel_scenario(server_url, fake), SCENARIO_DEADLINE_S)
+
+
+# --- state edits, as Studio makes them ----------------------------------------------------
+
+
+async def _bad_update(client: Any, thread_id: str, values: Any, as_node: str, **kw: Any) -> str:
+    """The server's answer to an update it must refuse: a 400 (never a 500), and its detail."""
+    with pytest.raises(APIStatusError) as caught:
+        await client.threads.update_state(thread_id, values, as_node=as_node, **kw)
+    response = caught.value.response
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert isinstance(caught.value, BadRequestError)
+    return str(response.text)
+
+
+async def _state_edit_scenario(url: str, fake: FakeOpenAI) -> None:
+    client = get_client(url=url, api_key=None, timeout=30.0)
+    assistant = await client.assistants.create(
+        "moa-custom", config={"configurable": {"topology": TOPOLOGY}}, name="edits"
+    )
+    assistant_id = assistant["assistant_id"]
+    thread_id = (await client.threads.create())["thread_id"]
+    prompt: dict[str, Any] = {"messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+    first: Any = await client.runs.wait(thread_id, assistant_id, input=prompt)
+    assert first["messages"][-1]["content"] == "Answer 1 from agg."
+    history = await client.threads.get_history(thread_id, limit=100)
+    fork_point = next(h for h in history if h["next"] == ["aggregator"])
+    fork_values: Any = fork_point["values"]
+    layers = fork_values["layers"]
+    assert [p["node"] for p in layers[1]] == ["L2/p1", "L2/p2", "L2/p3"]
+
+    async def edit(values: dict[str, Any], as_node: str, checkpoint: Any) -> tuple[Any, Any]:
+        update = await client.threads.update_state(
+            thread_id, values, as_node=as_node, checkpoint=checkpoint
+        )
+        state = await client.threads.get_state(thread_id, checkpoint=update["checkpoint"])
+        return update, state
+
+    # 1. the layers written back as they were read: accepted, nothing changes
+    _, same = await edit({"layers": layers}, "L2/join", fork_point["checkpoint"])
+    assert same["values"]["layers"] == layers and same["next"] == ["aggregator"]
+
+    # 2. in the shape read: edit L2/p1's text, drop L2/p3; the aggregator sees exactly that
+    edited = copy.deepcopy(layers)
+    edited[1][0]["text"] = "An edited proposal about Rayleigh scattering."
+    del edited[1][2]
+    update, state = await edit({"layers": edited}, "L2/join", fork_point["checkpoint"])
+    assert state["values"]["layers"] == edited and state["next"] == ["aggregator"]
+    sent = len(fake.requests)
+    rerun: Any = await client.runs.wait(
+        thread_id, assistant_id, input=None, checkpoint=update["checkpoint"]
+    )
+    assert len(fake.requests) == sent + 1 and fake.requests[-1].model == "agg"
+    system = fake.requests[-1].system
+    assert "An edited proposal about Rayleigh scattering." in system
+    assert "Answer 2 from p2." in system  # kept
+    assert "Answer 2 from p1." not in system and "Answer 2 from p3." not in system
+    assert rerun["messages"][-1]["content"] == "Answer 2 from agg."
+
+    # 3. swap the aggregator: the run's own config names the topology (a thread keeps the
+    # config of its first run otherwise, whatever assistant runs it next)
+    swapped = {**TOPOLOGY, "aggregator": {"model": "openai:agg2"}}
+    other: Any = await client.runs.wait(
+        thread_id,
+        assistant_id,
+        input=None,
+        checkpoint=fork_point["checkpoint"],
+        config={"configurable": {"topology": swapped}},
+    )
+    assert other["messages"][-1]["content"] == "Answer 1 from agg2."
+    assert other["aggregator"]["model"] == "openai:agg2"
+    assert len(fake.requests_for("agg2")) == 1
+
+    # 4. edit the final answer: the message as read (same id), new text; and its record
+    latest: Any = await client.threads.get_state(thread_id)
+    answer = {**latest["values"]["messages"][-1], "content": "A hand-written final answer."}
+    record = {**latest["values"]["aggregator"], "text": answer["content"]}
+    _, final = await edit(
+        {"messages": [answer], "aggregator": record}, "aggregator", latest["checkpoint"]
+    )
+    final_values: Any = final["values"]
+    assert [m["content"] for m in final_values["messages"]] == [
+        "Why is the sky blue?",
+        "A hand-written final answer.",
+    ]
+    assert final_values["aggregator"]["text"] == "A hand-written final answer."
+    assert final["next"] == []
+
+    # 5. malformed updates: a 400 naming the key and what is wrong, never a 500
+    at = fork_point["checkpoint"]
+    text = await _bad_update(client, thread_id, {"layers": "nope"}, "L2/join", checkpoint=at)
+    assert "layers: expected a list of proposals" in text
+    text = await _bad_update(
+        client, thread_id, {"layers": [{"text": "only a text"}]}, "L2/join", checkpoint=at
+    )
+    assert "layers[0]: missing name, node, model, ok, error" in text
+    misplaced = [[layers[1][0]]]
+    text = await _bad_update(client, thread_id, {"layers": misplaced}, "L2/join", checkpoint=at)
+    assert "says layer 2 but sits in layer 1" in text
+    text = await _bad_update(client, thread_id, {"layers": layers}, "L9/join", checkpoint=at)
+    assert "L9/join" in text
+    for key, value, said in [
+        ("messages", 5, "messages: Unsupported message type"),
+        ("aggregator", 5, "aggregator: Input should be a valid dictionary"),
+        ("usage", {"total_tokens": 1}, "usage: missing prompt_tokens"),
+        ("degraded", "no", "degraded: expected true or false"),
+    ]:
+        text = await _bad_update(client, thread_id, {key: value}, "aggregator", checkpoint=at)
+        assert said in text, text
+    after: Any = await client.threads.get_state(thread_id)
+    assert after["checkpoint"] == final["checkpoint"]  # nothing was written by the refusals
+
+
+@needs_cli
+async def test_state_edits_through_the_server(server_url: str, fake: FakeOpenAI) -> None:
+    await asyncio.wait_for(_state_edit_scenario(server_url, fake), SCENARIO_DEADLINE_S)
