@@ -42,6 +42,8 @@ def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
             "fallback": None,
             "review": None,
             "ledger": ledger,
+            "aggregation": None,
+            "early_stop": Overwrite([]),
         }
 
     return prepare

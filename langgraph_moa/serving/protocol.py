@@ -419,6 +419,8 @@ def moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
         "degraded": result["degraded"],
         "ledger": result["ledger"],
         "fallback": result["fallback"],
+        "aggregation": result.get("aggregation"),
+        "early_stop": result.get("early_stop") or [],
         "latency_s": result["latency_s"],
     }
 
