@@ -485,12 +485,13 @@ def _table(topology: Topology) -> str:
             rows.append(_agent_row(first, node, agent))
     if topology.critic is not None:
         rows.append(_agent_row("<td>critic</td>", CRITIC, topology.critic))
-    mode = escape(topology.aggregator.mode)
-    rows.append(
-        _agent_row(
-            f"<td>aggregator<br><small>mode {mode}</small></td>", AGGREGATOR, topology.aggregator
-        )
+    mode = topology.aggregator.mode
+    role = (
+        "aggregator"
+        if mode == "synthesize"
+        else f"aggregator<br><small>mode {escape(mode)}</small>"
     )
+    rows.append(_agent_row(f"<td>{role}</td>", AGGREGATOR, topology.aggregator))
     if isinstance(topology.fallback, Agent):
         rows.append(_agent_row("<td>fallback</td>", FALLBACK, topology.fallback))
     elif topology.fallback == "best_proposal":

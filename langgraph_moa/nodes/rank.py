@@ -34,9 +34,7 @@ def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
     ) -> tuple[list[int], dict[str, float] | None, list[Judged]]:
         order = arranger.order(len(kept))
         shown = [kept[k] for k in order]
-        judged = await judge(
-            pool, agg, state, shown, [refs[k] for k in order], RANK_REQUEST_PROMPT
-        )
+        judged = await judge(pool, agg, state, shown, [refs[k] for k in order], RANK_REQUEST_PROMPT)
         ranked = [order[k] for k in judged.picks]
         ranked += [k for k in range(len(kept)) if k not in ranked]
         return ranked, None, [judged]

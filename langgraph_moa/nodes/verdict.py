@@ -74,7 +74,11 @@ def make_verdict(
         record = verdict.record
         if verdict.winner is not None:
             proposal = kept[verdict.winner]
-            record.update(answer="candidate", winner=refs[verdict.winner], used=[])
+            record["answer"], record["winner"], record["used"] = (
+                "candidate",
+                refs[verdict.winner],
+                [],
+            )
             return {
                 "aggregator": verbatim_record(node, agg.name or node, proposal),
                 "messages": [AIMessage(proposal["text"] or "")],
@@ -85,7 +89,8 @@ def make_verdict(
         texts = ([carry] if carry else []) + [kept[k]["text"] or "" for k in chosen]
         written = await write_answer(pool, state, texts)
         update = answer_update(agg, node, written, prices=prices, can_fall_back=can_fall_back)
-        record.update(answer="synthesis", winner=None, used=[refs[k] for k in chosen])
+        record["answer"], record["winner"] = "synthesis", None
+        record["used"] = [refs[k] for k in chosen]
         update["aggregation"] = record
         return update
 

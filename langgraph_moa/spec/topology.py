@@ -448,8 +448,7 @@ class Topology(_Strict):
         agg = self.aggregator
         if agg.fuse is not None and agg.fuse > last.size:
             raise ValueError(
-                f"aggregator.fuse: {agg.fuse} is more than the last layer's {last.size} "
-                "candidates"
+                f"aggregator.fuse: {agg.fuse} is more than the last layer's {last.size} candidates"
             )
         if not agg.model:  # vote without a model: a tie's synthesis uses the last layer's
             object.__setattr__(

@@ -176,9 +176,10 @@ async def test_pairwise_rank_asks_both_orders_and_cancels_position_bias(fake: Fa
     assert answer(state) == "best answer" and record["winner"] == "L1/b"
     shown = {tuple(c["shown"]) for c in record["calls"]}
     assert ("L1/a", "L1/b") in shown and ("L1/b", "L1/a") in shown
-    assert PAIRWISE_REQUEST_PROMPT.split("\n")[0] in fake.requests_for("judge")[0].messages[-1][
-        "content"
-    ]
+    assert (
+        PAIRWISE_REQUEST_PROMPT.split("\n")[0]
+        in fake.requests_for("judge")[0].messages[-1]["content"]
+    )
 
 
 async def test_listwise_rank_fuses_the_top_k(fake: FakeOpenAI) -> None:
