@@ -3,14 +3,21 @@ fake server, whose replies are scripted per model; call counts are the server's 
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa import Topology, build_graph
+from langgraph_moa.chat_model import ChatMixtureOfAgents
 from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, SYNTHESIZE_PROMPT
 from langgraph_moa.testing.fake_openai import FakeOpenAI, by_marker, scripted
+from tests.conftest import one_line_error, run_moa
+from tests.integration.test_serve import fake_env, free_port
+from tests.integration.test_serve import start as start_server
+from tests.integration.test_serve import stop as stop_server
 
 QUESTION = "What is 6 * 7?"
 
@@ -348,3 +355,85 @@ async def test_layer_references_shuffle_what_the_next_layer_sees(fake: FakeOpenA
     (d,) = fake.requests_for("d")
     listed = re.findall(r"^\d+\. answer of (\w)$", d.system, re.MULTILINE)
     assert [f"L1/{m}" for m in listed] == state["layers"][1][0]["references"]["shown"]
+
+
+# --- every door ----------------------------------------------------------------------------
+
+VOTE_FILE = """\
+name: voting
+layers:
+  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}, {model: 'openai:c'}]
+    early_stop: {agreement: 0.9, extract: number}
+  - proposers: [{model: 'openai:d'}]
+aggregator: {mode: vote, extract: number, on_tie: first}
+"""
+VOTES = {"a": "It is 41.", "b": "The answer is 42.", "c": "42, clearly.", "d": "I say 42."}
+
+
+def test_cli_asks_with_a_vote_topology_and_draws_it(fake: FakeOpenAI, tmp_path: Path) -> None:
+    script(fake, VOTES)
+    path = tmp_path / "voting.yaml"
+    path.write_text(VOTE_FILE)
+    result = run_moa("ask", "-t", str(path), "--json", QUESTION)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["answer"] == "I say 42."  # layer 1 disagreed (2 of 3 < 0.9): layer 2 ran
+    assert out["early_stop"][0]["stopped"] is False
+    assert out["aggregation"]["winner"] == "L2/d"
+    assert sorted(r.model for r in fake.requests) == ["a", "b", "c", "d"]
+
+    drawn = run_moa("graph", "-t", str(path))
+    assert drawn.returncode == 0, drawn.stderr
+    assert "L1/join -.-> aggregator" in drawn.stdout.replace("\\2f", "/")
+    svg = tmp_path / "voting.svg"
+    assert run_moa("graph", "-t", str(path), "-o", str(svg)).returncode == 0
+    picture = svg.read_text()
+    assert "vote by number" in picture and "no model call" not in picture  # may synthesize
+    assert "stop if 0.9 agree (number)" in picture
+
+
+def test_cli_refuses_a_bad_mode_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(VOTE_FILE.replace("extract: number, on_tie", "on_tie"))
+    one_line_error(run_moa("ask", "-t", str(path), QUESTION), "aggregator: mode 'vote' needs")
+    path.write_text(VOTE_FILE.replace("mode: vote", "mode: poll"))
+    one_line_error(run_moa("ask", "-t", str(path), QUESTION), "aggregator.mode: Input should be")
+
+
+async def test_chat_model_answers_with_the_selected_candidate(fake: FakeOpenAI) -> None:
+    answers = {"a": "Forty-one.", "b": "It is 42."}
+    script(fake, answers)
+    fake.behave("judge", reply=scripted("2"))
+    chat = ChatMixtureOfAgents(
+        topology=topo(answers, {"mode": "select", "model": "openai:judge"}), proposal_cache=False
+    )
+    message = await chat.ainvoke(QUESTION)
+    assert message.content == "It is 42."
+    assert message.response_metadata["aggregation"]["winner"] == "L1/b"
+    chunks = [c async for c in chat.astream(QUESTION)]  # not token by token, but whole
+    assert "".join(str(c.content) for c in chunks) == "It is 42."
+    assert len(fake.requests_for("judge")) == 2
+
+
+def test_serve_answers_with_the_vote_and_its_record(fake: FakeOpenAI, tmp_path: Path) -> None:
+    script(fake, VOTES)
+    folder = tmp_path / "topologies"
+    folder.mkdir()
+    (folder / "voting.yaml").write_text(VOTE_FILE)
+    server = start_server(
+        ["--topologies", str(folder)], fake_env(fake), free_port(), tmp_path / "log", None
+    )
+    try:
+        client = server.client()
+        messages: list[Any] = [{"role": "user", "content": QUESTION}]
+        completion = client.chat.completions.create(model="voting", messages=messages)
+        assert completion.choices[0].message.content == "I say 42."
+        moa = (completion.model_extra or {})["moa"]
+        assert moa["aggregation"]["mode"] == "vote" and moa["aggregation"]["winner"] == "L2/d"
+        assert moa["early_stop"][0]["layer"] == 1
+        stream = client.chat.completions.create(model="voting", messages=messages, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "I say 42."
+    finally:
+        log = stop_server(server)
+    assert "Traceback" not in log
