@@ -104,9 +104,12 @@ def build_state_graph(
     topology itself is fixed when the graph is built.
     """
     prices = PriceTable(topology.prices)
-    backend = DEFAULT_CACHE if cache is True else cache or None
+    backend = DEFAULT_CACHE if cache is True else None if cache is False else cache
     proposal_cache = (
-        ProposalCache(backend, cache_sampled=topology.cache_sampled) if backend else None
+        # "is not None": an empty cache has len() 0, and is still the cache to fill
+        ProposalCache(backend, cache_sampled=topology.cache_sampled)
+        if backend is not None
+        else None
     )
     graph: StateGraph[MoAState, Any, MoAInput, MoAState] = StateGraph(
         MoAState, input_schema=MoAInput, context_schema=context_schema

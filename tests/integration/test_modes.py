@@ -12,6 +12,7 @@ from langchain_core.messages import HumanMessage
 
 from langgraph_moa import Topology, build_graph
 from langgraph_moa.chat_model import ChatMixtureOfAgents
+from langgraph_moa.nodes.cache import BoundedMemoryCache
 from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, SYNTHESIZE_PROMPT
 from langgraph_moa.testing.fake_openai import FakeOpenAI, by_marker, scripted
 from tests.conftest import one_line_error, run_moa
@@ -437,3 +438,19 @@ def test_serve_answers_with_the_vote_and_its_record(fake: FakeOpenAI, tmp_path: 
     finally:
         log = stop_server(server)
     assert "Traceback" not in log
+
+
+async def test_an_empty_default_cache_is_still_used(fake: FakeOpenAI) -> None:
+    """The process-wide proposal cache is used even when it is empty as the graph is built (it
+    has a length, so it once counted as "no cache"): the modes' benchmark relies on it."""
+    cache = BoundedMemoryCache()
+    topology = Topology.model_validate(
+        {
+            "layers": [{"proposers": [{"model": "openai:a", "temperature": 0}]}],
+            "aggregator": {"mode": "vote", "extract": "last_line"},
+        }
+    )
+    graph = build_graph(topology, cache=cache)
+    for _ in range(2):
+        state = await graph.ainvoke({"messages": [HumanMessage(QUESTION)]})
+    assert len(fake.requests_for("a")) == 1 and state["layers"][0][0]["cached"] is True
