@@ -79,7 +79,7 @@ def requests(state: dict[str, Any]) -> int:
     return sum(u["calls"] + u["cached_calls"] for u in state["usage"]["by_model"].values())
 
 
-async def run(items: int, seed: int) -> dict[str, Any]:
+async def run(items: int, seed: int, partial: str | None = None) -> dict[str, Any]:
     import reasoning_gym  # a dev/bench dependency, preinstalled here
 
     dataset = reasoning_gym.create_dataset("basic_arithmetic", size=items, seed=seed)
@@ -108,17 +108,25 @@ async def run(items: int, seed: int) -> dict[str, Any]:
             rows[name].append((correct(answer), requests(state), wall))
         done = {m: sum(r[0] for r in rows[m]) for m in MODES}
         print(f"item {k + 1}/{items}: correct so far {done}", flush=True)
+        if partial:  # what has been measured so far survives an interrupted run
+            with open(partial, "w") as f:
+                json.dump({"items": k + 1, "seed": seed, "modes": summarize(rows)}, f, indent=2)
+    return summarize(rows)
+
+
+def summarize(rows: dict[str, list[tuple[bool, int, float]]]) -> dict[str, Any]:
     summary = {}
     for mode in MODES:
+        items = len(rows[mode])
         hits = sum(r[0] for r in rows[mode])
         low, high = wilson(hits, items)
         summary[mode] = {
-            "accuracy": hits / items,
+            "accuracy": hits / items if items else 0.0,
             "interval95": [round(low, 3), round(high, 3)],
             "correct": hits,
             "items": items,
-            "calls_per_item": sum(r[1] for r in rows[mode]) / items,
-            "seconds_per_item": sum(r[2] for r in rows[mode]) / items,
+            "calls_per_item": sum(r[1] for r in rows[mode]) / max(items, 1),
+            "seconds_per_item": sum(r[2] for r in rows[mode]) / max(items, 1),
         }
     return summary
 
@@ -151,7 +159,7 @@ def main() -> None:
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
     args = parser.parse_args()
     start = time.perf_counter()
-    summary = asyncio.run(run(args.items, args.seed))
+    summary = asyncio.run(run(args.items, args.seed, args.json))
     print(f"\n{args.items} basic_arithmetic items, seed {args.seed}, local preset (SmolLM2-135M)")
     print(f"{'mode':<12}{'accuracy':>10}{'95% interval':>18}{'calls/item':>12}{'s/item':>9}")
     for mode, s in summary.items():

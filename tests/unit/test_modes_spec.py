@@ -3,13 +3,19 @@ every bad input as one line naming the field; and the extractors and similarity 
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 
-from langgraph_moa import MoAInputError
+from langgraph_moa import MoAInputError, build_graph
+from langgraph_moa.cli.drawing import to_svg
 from langgraph_moa.nodes.extract import extract, tally
 from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
 from langgraph_moa.nodes.window import windows
 from langgraph_moa.spec.topology import parse_topology
+
+NS = "{http://www.w3.org/2000/svg}"
+FIRST = {"on_no_answer": "first"}
 
 
 def spec(aggregator: dict, *, early_stop: dict | None = None, size: int = 3) -> dict:
@@ -172,3 +178,48 @@ def test_sliding_windows() -> None:
     assert windows(3, 4) == [[0, 1, 2]]
     assert windows(6, 4) == [[0, 1, 2, 3], [4, 5]]
     assert windows(7, 3) == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def drawn(aggregator: dict, **layer: object) -> tuple[set[str], dict[str, str], list[tuple]]:
+    """Nodes, each node's SVG text, and the edges (source, target, conditional) of a drawing."""
+    topology = parse_topology(
+        {
+            "layers": [
+                {"proposers": [{"model": "openai:a"}, {"model": "openai:b"}], **layer},
+                {"proposers": [{"model": "openai:c"}]},
+            ],
+            "aggregator": aggregator,
+        }
+    )
+    graph = build_graph(topology).get_graph()
+    root = ET.fromstring(to_svg(graph, topology))
+    texts = {
+        g.attrib["data-node"]: " ".join(t.text or "" for t in g.iter(f"{NS}text"))
+        for g in root.iter(f"{NS}g")
+        if g.attrib.get("class") == "node"
+    }
+    edges = [(e.source, e.target, e.conditional) for e in graph.edges]
+    return set(graph.nodes), texts, edges
+
+
+def test_drawings_show_the_modes() -> None:
+    nodes, texts, _ = drawn({"mode": "vote", "extract": "number", "on_tie": "first"} | FIRST)
+    assert "vote by number (no model call)" in texts["aggregator"]
+    assert not nodes & {"select", "rank", "window"}  # a vote is the aggregator itself
+    nodes, texts, edges = drawn({"mode": "select", "model": "openai:j"})
+    assert "select (USC) · openai:j" in texts["select"]
+    assert ("select", "aggregator", False) in edges
+    assert "the selected candidate" in texts["aggregator"]
+    _, texts, _ = drawn({"mode": "rank", "model": "openai:j", "judge": "pairwise", "fuse": 1})
+    assert "rank pairwise · openai:j" in texts["rank"]
+    assert "fuse top 1 · openai:j" in texts["aggregator"]
+    _, texts, _ = drawn({"mode": "self-moa-seq", "model": "openai:j", "window": 3})
+    assert "windows of 3" in texts["window"]
+
+
+def test_early_stop_is_drawn_as_a_conditional_edge() -> None:
+    _, texts, edges = drawn({"model": "openai:j"}, early_stop={"similarity": 0.8})
+    assert ("L1/join", "aggregator", True) in edges
+    assert ("L1/join", "L2/c", True) in edges
+    assert ("L2/join", "aggregator", False) in edges
+    assert "stop if similarity ≥ 0.8" in texts["L1/join"]
