@@ -19,7 +19,8 @@ reasoning-gym's scorer. Accuracy comes with a 95% Wilson interval. It is a 135M 
 absolute figures are low, and only the differences between modes on the same proposals say
 anything.
 
-    python bench/bench_modes.py [--items 60] [--seed 42] [--json out.json] [--plot out.png]
+    python bench/bench_modes.py [--items 60] [--seed 42] [--modes single,vote,...]
+                                [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations
@@ -79,12 +80,19 @@ def requests(state: dict[str, Any]) -> int:
     return sum(u["calls"] + u["cached_calls"] for u in state["usage"]["by_model"].values())
 
 
-async def run(items: int, seed: int, partial: str | None = None) -> dict[str, Any]:
+async def run(
+    items: int, seed: int, modes: list[str], partial: str | None = None
+) -> dict[str, Any]:
     import reasoning_gym  # a dev/bench dependency, preinstalled here
 
     dataset = reasoning_gym.create_dataset("basic_arithmetic", size=items, seed=seed)
-    graphs = {name: build_graph(t) for name, t in topologies().items()}
-    rows: dict[str, list[tuple[bool, int, float]]] = {m: [] for m in MODES}
+    # synthesize runs first: it draws the proposals the other modes then get from the cache
+    graphs = {
+        name: build_graph(t)
+        for name, t in topologies().items()
+        if name == "synthesize" or name in modes
+    }
+    rows: dict[str, list[tuple[bool, int, float]]] = {m: [] for m in MODES if m in modes}
     for k, entry in enumerate(dataset):
         question = entry["question"]
 
@@ -101,12 +109,14 @@ async def run(items: int, seed: int, partial: str | None = None) -> dict[str, An
                 aggregator_s = state["aggregator"]["latency_s"]
                 proposals_s = wall - aggregator_s
                 first = state["layers"][0][0]
-                rows["single"].append((correct(first["text"] or ""), 1, first["latency_s"]))
+                if "single" in rows:
+                    rows["single"].append((correct(first["text"] or ""), 1, first["latency_s"]))
             else:
                 wall += proposals_s
-            answer = str(state["messages"][-1].content)
-            rows[name].append((correct(answer), requests(state), wall))
-        done = {m: sum(r[0] for r in rows[m]) for m in MODES}
+            if name in rows:
+                answer = str(state["messages"][-1].content)
+                rows[name].append((correct(answer), requests(state), wall))
+        done = {m: sum(r[0] for r in rows[m]) for m in rows}
         print(f"item {k + 1}/{items}: correct so far {done}", flush=True)
         if partial:  # what has been measured so far survives an interrupted run
             with open(partial, "w") as f:
@@ -116,7 +126,7 @@ async def run(items: int, seed: int, partial: str | None = None) -> dict[str, An
 
 def summarize(rows: dict[str, list[tuple[bool, int, float]]]) -> dict[str, Any]:
     summary = {}
-    for mode in MODES:
+    for mode in rows:
         items = len(rows[mode])
         hits = sum(r[0] for r in rows[mode])
         low, high = wilson(hits, items)
@@ -155,11 +165,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--json", help="write the summary here")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}"
+    )
+    parser.add_argument("--json", help="write the summary here (after every item, too)")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
     args = parser.parse_args()
     start = time.perf_counter()
-    summary = asyncio.run(run(args.items, args.seed, args.json))
+    modes = [m for m in args.modes.split(",") if m in MODES]
+    summary = asyncio.run(run(args.items, args.seed, modes, args.json))
     print(f"\n{args.items} basic_arithmetic items, seed {args.seed}, local preset (SmolLM2-135M)")
     print(f"{'mode':<12}{'accuracy':>10}{'95% interval':>18}{'calls/item':>12}{'s/item':>9}")
     for mode, s in summary.items():

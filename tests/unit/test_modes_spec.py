@@ -6,12 +6,15 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+from langchain_core.messages import HumanMessage
 
 from langgraph_moa import MoAInputError, build_graph
 from langgraph_moa.cli.drawing import to_svg
+from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.extract import extract, tally
 from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
 from langgraph_moa.nodes.window import windows
+from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
 
 NS = "{http://www.w3.org/2000/svg}"
@@ -223,3 +226,16 @@ def test_early_stop_is_drawn_as_a_conditional_edge() -> None:
     assert ("L1/join", "L2/c", True) in edges
     assert ("L2/join", "aggregator", False) in edges
     assert "stop if similarity ≥ 0.8" in texts["L1/join"]
+
+
+def test_the_budget_estimate_counts_each_modes_calls() -> None:
+    def calls(aggregator: dict) -> int:
+        topology = parse_topology(spec({"model": "openai:j", **aggregator}, size=4))
+        return estimate(topology, [HumanMessage("hi")], prices=PriceTable({})).calls
+
+    assert calls({}) == 2 + 1
+    assert calls({"mode": "vote", "extract": "number"}) == 2 + 1  # a tie may synthesize
+    assert calls({"mode": "vote", "extract": "number", "on_tie": "first"} | FIRST) == 2
+    assert calls({"mode": "select"}) == 2 + 2
+    assert calls({"mode": "rank", "judge": "pairwise", "fuse": 2}) == 2 + 12 + 1
+    assert calls({"mode": "self-moa-seq", "window": 2}) == 2 + 3
