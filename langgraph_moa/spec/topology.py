@@ -436,6 +436,14 @@ class Topology(_Strict):
                 object.__setattr__(self, field, complete(agent, field))
         return self
 
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _plain_agent(cls, value: Any) -> Any:
+        """An ``Agent`` given as the aggregator synthesizes, as it always did."""
+        if isinstance(value, Agent) and not isinstance(value, Aggregator):
+            return value.model_dump(exclude_unset=True)
+        return value
+
     @model_validator(mode="after")
     def _modes_fit(self) -> Topology:
         """Early stops and aggregator modes that fit the layers they apply to."""

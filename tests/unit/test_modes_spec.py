@@ -15,7 +15,7 @@ from langgraph_moa.nodes.extract import extract, tally
 from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
 from langgraph_moa.nodes.window import windows
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import parse_topology
+from langgraph_moa.spec.topology import Agent, Layer, Topology, parse_topology
 
 NS = "{http://www.w3.org/2000/svg}"
 FIRST = {"on_no_answer": "first"}
@@ -239,3 +239,12 @@ def test_the_budget_estimate_counts_each_modes_calls() -> None:
     assert calls({"mode": "select"}) == 2 + 2
     assert calls({"mode": "rank", "judge": "pairwise", "fuse": 2}) == 2 + 12 + 1
     assert calls({"mode": "self-moa-seq", "window": 2}) == 2 + 3
+
+
+def test_a_plain_agent_is_still_an_aggregator() -> None:
+    topology = Topology(
+        layers=[Layer(proposers=[Agent(model="openai:a")])],
+        aggregator=Agent(model="openai:j", temperature=0.1),  # type: ignore[arg-type]
+    )
+    assert topology.aggregator.mode == "synthesize"
+    assert topology.aggregator.model == "openai:j" and topology.aggregator.temperature == 0.1
