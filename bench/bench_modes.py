@@ -1,7 +1,7 @@
 """Aggregator modes on the embedded model: accuracy, calls and seconds per item.
 
-Seeded reasoning-gym ``basic_arithmetic`` items are answered by the ``local`` preset
-(SmolLM2-135M, 3 differently prompted proposers) combined in several ways:
+Seeded reasoning-gym ``basic_arithmetic`` items (two one-digit terms) are answered by the
+``local`` preset (SmolLM2-135M, 3 differently prompted proposers) combined in several ways:
 
 - ``single``: the first proposer's answer alone (one call);
 - ``synthesize``: the preset as shipped (the model writes the answer from the 3 proposals);
@@ -38,6 +38,9 @@ from langgraph_moa import Topology, build_graph, load_preset
 from langgraph_moa.nodes.extract import extract
 
 MODES = ["single", "synthesize", "vote", "select", "early-stop"]
+# Two one-digit terms ("Calculate 3 - -9."): reasoning-gym's default (up to 6 terms of up to 4
+# digits) is beyond a 135M model in every mode, which would compare nothing.
+LEVEL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 
 
 def topologies() -> dict[str, Topology]:
@@ -85,7 +88,7 @@ async def run(
 ) -> dict[str, Any]:
     import reasoning_gym  # a dev/bench dependency, preinstalled here
 
-    dataset = reasoning_gym.create_dataset("basic_arithmetic", size=items, seed=seed)
+    dataset = reasoning_gym.create_dataset("basic_arithmetic", size=items, seed=seed, **LEVEL)
     # synthesize runs first: it draws the proposals the other modes then get from the cache
     graphs = {
         name: build_graph(t)
@@ -174,7 +177,7 @@ def main() -> None:
     start = time.perf_counter()
     modes = [m for m in args.modes.split(",") if m in MODES]
     summary = asyncio.run(run(args.items, args.seed, modes, args.json))
-    print(f"\n{args.items} basic_arithmetic items, seed {args.seed}, local preset (SmolLM2-135M)")
+    print(f"\n{args.items} basic_arithmetic items {LEVEL}, seed {args.seed}, local preset")
     print(f"{'mode':<12}{'accuracy':>10}{'95% interval':>18}{'calls/item':>12}{'s/item':>9}")
     for mode, s in summary.items():
         low, high = s["interval95"]

@@ -37,4 +37,5 @@ def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, A
         "fallback": state.get("fallback"),
         "aggregation": state.get("aggregation"),
         "early_stop": state.get("early_stop") or [],
+        "joins": state.get("joins") or [],
     }

@@ -147,6 +147,8 @@ def _annotations(topology: Topology) -> dict[str, tuple[str, str | None]]:
             limits.append(f"deadline {layer.deadline_s:g} s")
         if layer.min_proposals > 1:
             limits.append(f"min {layer.min_proposals}")
+        if layer.join is not None and layer.join.mode == "vote":
+            limits.append(f"passes on the majority ({layer.join.extract})")
         if layer.early_stop is not None:
             limits.append(_early_stop_label(layer.early_stop))
         known[join_node(number)] = ("join", " · ".join(limits) or None)

@@ -23,6 +23,7 @@ from langgraph_moa.nodes.cache import DEFAULT_CACHE, ProposalCache
 from langgraph_moa.nodes.critique import make_critic
 from langgraph_moa.nodes.early_stop import route_after_check, with_early_stop
 from langgraph_moa.nodes.join import make_join
+from langgraph_moa.nodes.layer_join import with_layer_vote
 from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
@@ -170,6 +171,8 @@ def build_state_graph(
             position += agent.n
         join = join_node(layer_no)
         joined = make_join(layer_no, topology, prices=prices)
+        if layer.join is not None and layer.join.mode == "vote":
+            joined = with_layer_vote(joined, layer=layer_no, setting=layer.join)
         if layer.early_stop is not None:  # a conditional edge: the next layer, or the finals
             joined = with_early_stop(
                 joined, layer=layer_no, setting=layer.early_stop, topology=topology

@@ -84,11 +84,18 @@ def answer_layer(state: MoAState, last: int) -> int:
 
 
 def candidates(state: MoAState, layer: int) -> list[Proposal]:
-    """The successful proposals of ``layer`` (1-based) with text, in layer order."""
+    """The successful proposals of ``layer`` (1-based) with text, in layer order; of those,
+    only what the layer's join passed on when it has a ``join`` setting."""
     layers = state.get("layers") or []
     if layer < 1 or layer > len(layers):
         return []
-    return [p for p in layers[layer - 1] if p["ok"] and p["text"]]
+    everyone = layers[layer - 1]
+    answered = [p for p in everyone if p["ok"] and p["text"]]
+    for join in state.get("joins") or []:  # a layer that passes on only some of its answers
+        if join["layer"] == layer:
+            passed = set(join["passed"])
+            return [p for p in answered if proposal_ref(p, everyone) in passed]
+    return answered
 
 
 def refs_of(state: MoAState, layer: int, chosen: Sequence[Proposal]) -> list[str]:

@@ -44,6 +44,7 @@ def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
             "ledger": ledger,
             "aggregation": None,
             "early_stop": Overwrite([]),
+            "joins": Overwrite([]),
         }
 
     return prepare

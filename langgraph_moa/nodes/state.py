@@ -21,6 +21,7 @@ __all__ = [
     "CallRecord",
     "EarlyStopRecord",
     "FallbackRecord",
+    "JoinRecord",
     "JudgeCall",
     "MoAInput",
     "MoAState",
@@ -188,6 +189,16 @@ class AggregationRecord(TypedDict, total=False):
     references: ReferencesRecord | None  # the candidates left out (outliers, dropout)
 
 
+class JoinRecord(TypedDict):
+    """What a layer with a ``join`` setting passed on, and why."""
+
+    layer: int
+    mode: str
+    passed: list[str]  # the proposals the next step sees
+    votes: dict[str, int]
+    reason: str
+
+
 class EarlyStopRecord(TypedDict):
     """One layer's agreement check, and what it skipped when it ended the layered part."""
 
@@ -240,3 +251,4 @@ class MoAState(TypedDict):
     aggregator_options: NotRequired[AggregatorOptions | None]
     aggregation: NotRequired[AggregationRecord | None]  # how the final step chose, by mode
     early_stop: Annotated[list[EarlyStopRecord], operator.add]  # layers' agreement checks
+    joins: Annotated[list[JoinRecord], operator.add]  # what layers with a join passed on

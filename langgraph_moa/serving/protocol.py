@@ -421,6 +421,7 @@ def moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
         "fallback": result["fallback"],
         "aggregation": result.get("aggregation"),
         "early_stop": result.get("early_stop") or [],
+        "joins": result.get("joins") or [],
         "latency_s": result["latency_s"],
     }
 

@@ -29,6 +29,7 @@ __all__ = [
     "Budget",
     "EarlyStop",
     "Layer",
+    "LayerJoin",
     "Price",
     "References",
     "Retry",
@@ -232,6 +233,23 @@ class EarlyStop(_Strict):
         return self
 
 
+class LayerJoin(_Strict):
+    """What a layer passes on: all its answers, or (``vote``) only those giving the majority
+    answer by an extractor; a tie or no readable answer passes all on."""
+
+    mode: Literal["all", "vote"] = "all"
+    extract: Extractor | None = None
+    pattern: str | None = Field(default=None, description="The regex of extract: regex.")
+
+    @model_validator(mode="after")
+    def _extractor(self) -> LayerJoin:
+        if self.mode == "vote":
+            _check_extractor(self.extract, self.pattern, what="join mode 'vote'")
+        elif self.extract is not None or self.pattern is not None:
+            raise ValueError("extract applies only to join mode 'vote'")
+        return self
+
+
 class Aggregator(Agent):
     """The final step: an agent, and the mode it combines the last layer's candidates in.
 
@@ -331,6 +349,9 @@ class Layer(_Strict):
     early_stop: EarlyStop | None = Field(
         default=None,
         description="End the layered part after this layer when its answers agree.",
+    )
+    join: LayerJoin | None = Field(
+        default=None, description="What the layer passes on: all answers, or the majority's."
     )
 
     @property

@@ -454,3 +454,18 @@ async def test_an_empty_default_cache_is_still_used(fake: FakeOpenAI) -> None:
     for _ in range(2):
         state = await graph.ainvoke({"messages": [HumanMessage(QUESTION)]})
     assert len(fake.requests_for("a")) == 1 and state["layers"][0][0]["cached"] is True
+
+
+async def test_a_layer_join_vote_passes_on_only_the_majority(fake: FakeOpenAI) -> None:
+    answers = {"a": "It is 42.", "b": "I get 41.", "c": "42 for sure."}
+    script(fake, answers)
+    topology = topo(
+        answers, {"model": "openai:agg"}, ["d"], join={"mode": "vote", "extract": "number"}
+    )
+    state = await ask(topology)
+    (d,) = fake.requests_for("d")  # layer 2 sees only the two answers that agree
+    assert d.system == SYNTHESIZE_PROMPT.format(references="1. It is 42.\n2. 42 for sure.")
+    (record,) = state["joins"]
+    assert record["passed"] == ["L1/a", "L1/c"] and record["votes"] == {"42": 2, "41": 1}
+    assert "2 of 3 answers give '42'" in record["reason"]
+    assert [p["node"] for p in state["layers"][0]] == ["L1/a", "L1/b", "L1/c"]  # all recorded
