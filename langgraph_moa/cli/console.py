@@ -276,6 +276,12 @@ class LiveDisplay(Display):
     def update(self, node: str, update: dict[str, Any]) -> None:
         if node != REVIEW:
             self._proposals(update.get("layers") or [])
+        for check in update.get("early_stop") or []:  # layers an early stop skipped
+            for skipped in check["skipped_nodes"]:
+                if (row := self.rows.get(skipped)) is not None:
+                    row.status, row.detail = "skipped", "early stop"
+            if check["stopped"]:
+                self._run(CRITIC if self.topology.critic is not None else AGGREGATOR)
         _say_notes(node, update, self.said)
         if node == CRITIC and (c := update.get("critique")):
             self._finish(CRITIC, [c])
