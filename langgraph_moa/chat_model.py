@@ -26,7 +26,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
-from langgraph_moa.result import result_of
+from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.run import AnswerToken, RunFinished, stream_run
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset
 from langgraph_moa.sync_loop import iterate_sync, run_sync
@@ -155,11 +155,13 @@ class ChatMixtureOfAgents(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         final: dict[str, Any] = {}
+        sent: list[str] = []
         async for event in stream_run(
             self.graph, self._inputs(messages, kwargs, stop), deadline_s=self.topology.deadline_s
         ):
             if isinstance(event, AnswerToken):  # only the final answer streams
                 chunk = event.chunk
+                sent.append(event.text)
                 yield ChatGenerationChunk(
                     message=AIMessageChunk(
                         content=chunk.content, tool_call_chunks=chunk.tool_call_chunks
@@ -167,6 +169,11 @@ class ChatMixtureOfAgents(BaseChatModel):
                 )
             elif isinstance(event, RunFinished):
                 final = event.state
+        answer, streamed = answer_of(final), "".join(sent)  # type: ignore[arg-type]
+        if answer != streamed and answer.startswith(streamed):
+            # an answer that was not written token by token (a voted or selected candidate,
+            # the fallback's best proposal) arrives whole
+            yield ChatGenerationChunk(message=AIMessageChunk(content=answer[len(streamed) :]))
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",

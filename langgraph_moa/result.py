@@ -23,7 +23,8 @@ def answer_of(state: MoAState) -> str:
 def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, Any]:
     """A JSON-able summary: answer, layers, critique, the aggregator's record (latency, attempts,
     finish reason), usage, degraded, latency_s, plus the budget ledger and how a fallback
-    answered (both None when unused)."""
+    answered (both None when unused), how the aggregator's mode chose (``aggregation``) and the
+    layers' early-stop checks."""
     return {
         "answer": answer_of(state),
         "layers": state.get("layers") or [],
@@ -34,4 +35,7 @@ def result_of(state: MoAState, *, latency_s: float | None = None) -> dict[str, A
         "latency_s": None if latency_s is None else round(latency_s, 3),
         "ledger": state.get("ledger"),
         "fallback": state.get("fallback"),
+        "aggregation": state.get("aggregation"),
+        "early_stop": state.get("early_stop") or [],
+        "joins": state.get("joins") or [],
     }

@@ -26,7 +26,10 @@ from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
     FALLBACK,
+    RANK,
     REVIEW,
+    SELECT,
+    WINDOW,
     join_node,
     layer_of,
     proposer_node,
@@ -82,6 +85,9 @@ def _stage_before_aggregator(topology: Topology) -> str:
     stages = [join_node(len(topology.layers)), CRITIC if topology.critic else None]
     if topology.review == "before_aggregate":
         stages.append(REVIEW)
+    stages.append(
+        {"select": SELECT, "rank": RANK, "self-moa-seq": WINDOW}.get(topology.aggregator.mode)
+    )
     return [s for s in stages if s][-1]
 
 
@@ -146,6 +152,13 @@ def _say_notes(node: str, update: dict[str, Any], said: list[str]) -> None:
         err.print(
             f"[bold]review[/bold] edited {r['edited'] or 'none'}, dropped {r['dropped'] or 'none'}"
         )
+    for check in update.get("early_stop") or []:
+        if check["stopped"]:
+            err.print(
+                f"[bold]early stop[/bold] after layer {check['layer']}: {escape(check['reason'])}"
+            )
+    if node == AGGREGATOR and (a := update.get("aggregation")) and a.get("mode") != "synthesize":
+        err.print(f"[bold]{escape(a['mode'])}[/bold] {escape(a.get('reason') or '')}")
     for action in (update.get("ledger") or {}).get("actions", [])[len(said) :]:
         said.append(action)  # budget actions already printed this run
         err.print(f"[yellow]budget[/yellow] {escape(action)}")
@@ -263,6 +276,12 @@ class LiveDisplay(Display):
     def update(self, node: str, update: dict[str, Any]) -> None:
         if node != REVIEW:
             self._proposals(update.get("layers") or [])
+        for check in update.get("early_stop") or []:  # layers an early stop skipped
+            for skipped in check["skipped_nodes"]:
+                if (row := self.rows.get(skipped)) is not None:
+                    row.status, row.detail = "skipped", "early stop"
+            if check["stopped"]:
+                self._run(CRITIC if self.topology.critic is not None else AGGREGATOR)
         _say_notes(node, update, self.said)
         if node == CRITIC and (c := update.get("critique")):
             self._finish(CRITIC, [c])

@@ -24,7 +24,8 @@ from langgraph_moa.graphs.builder import (
     join_node,
     proposer_node,
 )
-from langgraph_moa.spec.topology import Agent, Topology
+from langgraph_moa.nodes.names import RANK, SELECT, WINDOW
+from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, Topology
 
 __all__ = ["SUPPORTED_SUFFIXES", "to_html", "to_svg", "write_drawing"]
 
@@ -43,6 +44,7 @@ _STYLES: dict[str, tuple[str, str, str]] = {
     "join": ("#f1f5f9", "#64748b", "join"),
     "critic": ("#fef3c7", "#d97706", "critic"),
     "review": ("#fce7f3", "#db2777", "human review"),
+    "judge": ("#ede9fe", "#7c3aed", "select / rank / window"),
     "aggregator": ("#dcfce7", "#16a34a", "aggregator"),
     "fallback": ("#fee2e2", "#dc2626", "fallback"),
     "other": ("#ffffff", "#9ca3af", "other"),
@@ -62,7 +64,7 @@ _ROW_GAP = 16
 _MARGIN = 20
 _LEGEND_H = 30
 _EDGE_COLOUR = "#4b5563"
-_AGENT_KINDS = frozenset({"proposer", "critic", "aggregator", "fallback"})
+_AGENT_KINDS = frozenset({"proposer", "critic", "judge", "aggregator", "fallback"})
 _JOIN_RE = re.compile(r"^L\d+/join$")
 
 
@@ -103,6 +105,37 @@ def _model_label(agent: Agent) -> str:
     return agent.model if agent.n == 1 else f"{agent.model} \u00d7{agent.n}"
 
 
+def _early_stop_label(setting: EarlyStop) -> str:
+    if setting.agreement is not None:
+        return f"stop if {setting.agreement:g} agree ({setting.extract})"
+    return f"stop if similarity \u2265 {setting.similarity:g}"
+
+
+def _mode_annotations(agg: Aggregator) -> dict[str, tuple[str, str | None]]:
+    """The aggregator (and its deciding node), labelled with the mode it works in."""
+    model = _model_label(agg)
+    if agg.mode == "vote":
+        model_call = " (no model call)" if agg.on_tie == agg.on_no_answer == "first" else ""
+        return {AGGREGATOR: ("aggregator", f"vote by {agg.extract}{model_call}")}
+    if agg.mode == "select":
+        return {
+            SELECT: ("judge", f"select (USC) \u00b7 {model}"),
+            AGGREGATOR: ("aggregator", "the selected candidate"),
+        }
+    if agg.mode == "rank":
+        answer = f"fuse top {agg.fuse} \u00b7 {model}" if agg.fuse else "the best candidate"
+        return {
+            RANK: ("judge", f"rank {agg.judge} \u00b7 {model}"),
+            AGGREGATOR: ("aggregator", answer),
+        }
+    if agg.mode == "self-moa-seq":
+        return {
+            WINDOW: ("judge", f"windows of {agg.window} \u00b7 {model}"),
+            AGGREGATOR: ("aggregator", f"last window \u00b7 {model}"),
+        }
+    return {AGGREGATOR: ("aggregator", model)}
+
+
 def _annotations(topology: Topology) -> dict[str, tuple[str, str | None]]:
     """Node id -> (kind, second line) for every node the topology knows about."""
     known: dict[str, tuple[str, str | None]] = {PREPARE: ("prepare", None)}
@@ -114,10 +147,14 @@ def _annotations(topology: Topology) -> dict[str, tuple[str, str | None]]:
             limits.append(f"deadline {layer.deadline_s:g} s")
         if layer.min_proposals > 1:
             limits.append(f"min {layer.min_proposals}")
+        if layer.join is not None and layer.join.mode == "vote":
+            limits.append(f"passes on the majority ({layer.join.extract})")
+        if layer.early_stop is not None:
+            limits.append(_early_stop_label(layer.early_stop))
         known[join_node(number)] = ("join", " · ".join(limits) or None)
     if topology.critic is not None:
         known[CRITIC] = ("critic", _model_label(topology.critic))
-    known[AGGREGATOR] = ("aggregator", _model_label(topology.aggregator))
+    known.update(_mode_annotations(topology.aggregator))
     if isinstance(topology.fallback, Agent):
         known[FALLBACK] = ("fallback", _model_label(topology.fallback))
     elif topology.fallback == "best_proposal":
@@ -450,7 +487,13 @@ def _table(topology: Topology) -> str:
             rows.append(_agent_row(first, node, agent))
     if topology.critic is not None:
         rows.append(_agent_row("<td>critic</td>", CRITIC, topology.critic))
-    rows.append(_agent_row("<td>aggregator</td>", AGGREGATOR, topology.aggregator))
+    mode = topology.aggregator.mode
+    role = (
+        "aggregator"
+        if mode == "synthesize"
+        else f"aggregator<br><small>mode {escape(mode)}</small>"
+    )
+    rows.append(_agent_row(f"<td>{role}</td>", AGGREGATOR, topology.aggregator))
     if isinstance(topology.fallback, Agent):
         rows.append(_agent_row("<td>fallback</td>", FALLBACK, topology.fallback))
     elif topology.fallback == "best_proposal":

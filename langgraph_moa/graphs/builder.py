@@ -1,13 +1,16 @@
 """Topology -> LangGraph StateGraph.
 
 Shape: ``prepare`` -> every proposer of layer 1 (concurrent, one named node each, e.g.
-``L1/qwen72``) -> ``L1/join`` -> layer 2 ... -> ``critic`` (optional) -> ``aggregator``.
+``L1/qwen72``) -> ``L1/join`` -> layer 2 ... -> ``critic`` (optional) -> ``review`` (optional)
+-> the mode's deciding node (``select``, ``rank`` or ``window``; none for synthesize and vote)
+-> ``aggregator``. A layer with ``early_stop`` leaves its join by a conditional edge: to the next
+layer's proposers, or straight to the first of those final nodes.
 What runs is exactly what ``get_graph()`` draws.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.runnables import RunnableLambda
 from langgraph.cache.base import BaseCache
@@ -18,22 +21,31 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_after_aggregator
 from langgraph_moa.nodes.cache import DEFAULT_CACHE, ProposalCache
 from langgraph_moa.nodes.critique import make_critic
+from langgraph_moa.nodes.early_stop import route_after_check, with_early_stop
 from langgraph_moa.nodes.join import make_join
+from langgraph_moa.nodes.layer_join import with_layer_vote
 from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
     FALLBACK,
     PREPARE,
+    RANK,
     REVIEW,
+    SELECT,
+    WINDOW,
     join_node,
     proposer_node,
 )
 from langgraph_moa.nodes.prepare import make_prepare
 from langgraph_moa.nodes.propose import Node, make_proposer
+from langgraph_moa.nodes.rank import make_ranker
 from langgraph_moa.nodes.review import make_review
+from langgraph_moa.nodes.select import make_selector
 from langgraph_moa.nodes.state import MoAInput, MoAState
+from langgraph_moa.nodes.verdict import make_verdict
+from langgraph_moa.nodes.window import make_window
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Topology
+from langgraph_moa.spec.topology import Aggregator, Topology
 from langgraph_moa.sync_loop import run_sync
 
 __all__ = [
@@ -41,7 +53,10 @@ __all__ = [
     "CRITIC",
     "FALLBACK",
     "PREPARE",
+    "RANK",
     "REVIEW",
+    "SELECT",
+    "WINDOW",
     "MoAGraph",
     "build_graph",
     "build_state_graph",
@@ -60,6 +75,20 @@ def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
     graph.add_node(name, RunnableLambda(in_sync_api, afunc=node, name=name))
 
 
+class _Deciding(Protocol):
+    def __call__(
+        self, agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable
+    ) -> Node: ...
+
+
+# The node that decides before the aggregator answers, for the modes that call a model for it.
+_DECIDING: dict[str, tuple[str, _Deciding]] = {
+    "select": (SELECT, make_selector),
+    "rank": (RANK, make_ranker),
+    "self-moa-seq": (WINDOW, make_window),
+}
+
+
 # What build_graph returns: state MoAState, input MoAInput, output MoAState (any run context).
 MoAGraph = CompiledStateGraph[MoAState, Any, MoAInput, MoAState]
 
@@ -76,20 +105,56 @@ def build_state_graph(
     topology itself is fixed when the graph is built.
     """
     prices = PriceTable(topology.prices)
-    backend = DEFAULT_CACHE if cache is True else cache or None
+    backend = DEFAULT_CACHE if cache is True else None if cache is False else cache
     proposal_cache = (
-        ProposalCache(backend, cache_sampled=topology.cache_sampled) if backend else None
+        # "is not None": an empty cache has len() 0, and is still the cache to fill
+        ProposalCache(backend, cache_sampled=topology.cache_sampled)
+        if backend is not None
+        else None
     )
     graph: StateGraph[MoAState, Any, MoAInput, MoAState] = StateGraph(
         MoAState, input_schema=MoAInput, context_schema=context_schema
     )
     _add(graph, PREPARE, make_prepare(topology, prices=prices))
     graph.add_edge(START, PREPARE)
+    last = len(topology.layers)
+    agg = topology.aggregator
+    # the nodes after the layers, in order: critic, review, the mode's deciding step, aggregator
+    finals: list[tuple[str, Node]] = []
+    if topology.critic is not None:
+        finals.append(
+            (CRITIC, make_critic(topology.critic, last_layer=last, node=CRITIC, prices=prices))
+        )
+    if topology.review == "before_aggregate":
+        finals.append((REVIEW, make_review(last_layer=last)))
+    deciding = _DECIDING.get(agg.mode)
+    if deciding is not None:
+        name, factory = deciding
+        finals.append((name, factory(agg, last_layer=last, node=name, prices=prices)))
+    can_fall_back = topology.fallback != "fail"
+    if agg.mode == "synthesize":
+        aggregator = make_aggregator(
+            agg,
+            last_layer=last,
+            node=AGGREGATOR,
+            prices=prices,
+            can_fall_back=can_fall_back,
+            references=agg.references,
+        )
+    else:
+        aggregator = make_verdict(
+            agg, last_layer=last, node=AGGREGATOR, prices=prices, can_fall_back=can_fall_back
+        )
+    finals.append((AGGREGATOR, aggregator))
+
+    layer_nodes = [
+        [proposer_node(number, a.name or "") for a in layer.proposers]
+        for number, layer in enumerate(topology.layers, 1)
+    ]
     previous = PREPARE
     for layer_no, layer in enumerate(topology.layers, 1):
-        nodes, position = [], 0
-        for agent in layer.proposers:
-            node = proposer_node(layer_no, agent.name or "")
+        position = 0
+        for agent, node in zip(layer.proposers, layer_nodes[layer_no - 1], strict=True):
             proposer = make_proposer(
                 agent,
                 layer=layer_no,
@@ -98,36 +163,32 @@ def build_state_graph(
                 prices=prices,
                 deadline_s=layer.deadline_s,
                 cache=proposal_cache,
+                references=layer.references,
             )
             _add(graph, node, proposer)
-            graph.add_edge(previous, node)
-            nodes.append(node)
+            if previous:
+                graph.add_edge(previous, node)
             position += agent.n
         join = join_node(layer_no)
-        _add(graph, join, make_join(layer_no, topology, prices=prices))
-        graph.add_edge(nodes, join)
-        previous = join
-    last = len(topology.layers)
-    if topology.critic is not None:
-        _add(
-            graph, CRITIC, make_critic(topology.critic, last_layer=last, node=CRITIC, prices=prices)
-        )
-        graph.add_edge(previous, CRITIC)
-        previous = CRITIC
-    if topology.review == "before_aggregate":
-        _add(graph, REVIEW, make_review(last_layer=last))
-        graph.add_edge(previous, REVIEW)
-        previous = REVIEW
-    can_fall_back = topology.fallback != "fail"
-    aggregator = make_aggregator(
-        topology.aggregator,
-        last_layer=last,
-        node=AGGREGATOR,
-        prices=prices,
-        can_fall_back=can_fall_back,
-    )
-    _add(graph, AGGREGATOR, aggregator)
-    graph.add_edge(previous, AGGREGATOR)
+        joined = make_join(layer_no, topology, prices=prices)
+        if layer.join is not None and layer.join.mode == "vote":
+            joined = with_layer_vote(joined, layer=layer_no, setting=layer.join)
+        if layer.early_stop is not None:  # a conditional edge: the next layer, or the finals
+            joined = with_early_stop(
+                joined, layer=layer_no, setting=layer.early_stop, topology=topology
+            )
+            following = layer_nodes[layer_no]
+            route = route_after_check(layer_no, following, finals[0][0])
+            graph.add_conditional_edges(join, route, [*following, finals[0][0]])
+            previous = ""
+        else:
+            previous = join
+        _add(graph, join, joined)
+        graph.add_edge(layer_nodes[layer_no - 1], join)
+    for name, node_fn in finals:
+        _add(graph, name, node_fn)
+        graph.add_edge(previous, name)
+        previous = name
     if topology.fallback == "fail":
         graph.add_edge(AGGREGATOR, END)
     else:

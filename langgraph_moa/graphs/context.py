@@ -29,7 +29,7 @@ class Context:
         default=DEFAULT_PRESET,
         metadata={
             "description": "Name of a shipped preset (local, moa, moa-lite, moa-gpt4o, self-moa, "
-            "openpipe). Used only when no topology is given."
+            "openpipe, vote, usc, rank-fuse). Used only when no topology is given."
         },
     )
     topology: dict[str, Any] | None = field(

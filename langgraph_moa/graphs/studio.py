@@ -24,7 +24,10 @@ __all__ = [
     "moa_gpt4o",
     "moa_lite",
     "openpipe",
+    "rank_fuse",
     "self_moa",
+    "usc",
+    "vote",
 ]
 
 local = build_graph(load_preset("local"))
@@ -33,6 +36,9 @@ moa_lite = build_graph(load_preset("moa-lite"))
 moa_gpt4o = build_graph(load_preset("moa-gpt4o"))
 self_moa = build_graph(load_preset("self-moa"))
 openpipe = build_graph(load_preset("openpipe"))
+vote = build_graph(load_preset("vote"))
+usc = build_graph(load_preset("usc"))
+rank_fuse = build_graph(load_preset("rank-fuse"))
 
 
 def configurable(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:

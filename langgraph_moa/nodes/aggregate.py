@@ -21,13 +21,20 @@ from langgraph_moa.nodes.calls import (
     usage_update,
 )
 from langgraph_moa.nodes.context_window import Trim
+from langgraph_moa.nodes.hygiene import Arranger, answer_layer, candidates, refs_of
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
-from langgraph_moa.nodes.propose import Node, ok_texts
-from langgraph_moa.nodes.state import FallbackRecord, MoAState
+from langgraph_moa.nodes.propose import Node
+from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.topology import Agent, References
 
-__all__ = ["make_aggregator", "make_fallback", "route_after_aggregator"]
+__all__ = [
+    "answer_update",
+    "make_aggregator",
+    "make_fallback",
+    "route_after_aggregator",
+    "write_answer",
+]
 
 
 def _critique_text(state: MoAState) -> str | None:
@@ -54,17 +61,17 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
     )
 
 
-async def _write_answer(
-    pool: ModelPool, state: MoAState, last_layer: int
+async def write_answer(
+    pool: ModelPool, state: MoAState, references: list[str]
 ) -> tuple[list[Outcome], int, Trim | None]:
-    """One synthesis call over the last layer's answers (and the critique), with the request's
-    tools and options: what the aggregator, and a fallback model, both do."""
+    """One synthesis call over ``references`` (and the critique), with the request's tools and
+    options: what the aggregator, a fallback model and the modes that fuse all do."""
     agent = pool.agent
     extras = call_extras(agent, state)
     messages, trim = fitted_synthesis_messages(
         agent,
         state["messages"],
-        ok_texts(state, last_layer),
+        references,
         critique=_critique_text(state),
         keep_tool_messages=bool(extras.tools),
     )
@@ -72,24 +79,60 @@ async def _write_answer(
     return outcomes, requests, trim
 
 
+def answer_update(
+    agent: Agent,
+    node: str,
+    written: tuple[list[Outcome], int, Trim | None],
+    *,
+    prices: PriceTable,
+    can_fall_back: bool,
+) -> dict[str, Any]:
+    """The state update of a written answer: its record and usage, and the message, or (if it
+    failed) a hand-over to the fallback, or the run's failure."""
+    outcomes, requests, trim = written
+    outcome = outcomes[0]
+    update: dict[str, Any] = {
+        "aggregator": call_record(agent, node, outcome, trim),
+        "usage": usage_update(agent.model, outcomes, requests, prices),
+    }
+    if outcome.ok and outcome.message is not None:
+        update["messages"] = [outcome.message]
+    elif can_fall_back:
+        update["degraded"] = True
+    else:
+        raise MoARunError(f"the aggregator ({agent.model}) failed: {outcome.error}")
+    return update
+
+
 def make_aggregator(
-    agent: Agent, *, last_layer: int, node: str, prices: PriceTable, can_fall_back: bool
+    agent: Agent,
+    *,
+    last_layer: int,
+    node: str,
+    prices: PriceTable,
+    can_fall_back: bool,
+    references: References | None = None,
 ) -> Node:
+    """The synthesize aggregator: the model writes the answer from the candidates."""
     pool = ModelPool(agent.model_copy(update={"n": 1}), streaming=True)
+    arranger = Arranger(references, node)
 
     async def aggregate(state: MoAState) -> dict[str, Any]:
-        outcomes, requests, trim = await _write_answer(pool, state, last_layer)
-        outcome = outcomes[0]
-        update: dict[str, Any] = {
-            "aggregator": call_record(agent, node, outcome, trim),
-            "usage": usage_update(agent.model, outcomes, requests, prices),
-        }
-        if outcome.ok and outcome.message is not None:
-            update["messages"] = [outcome.message]
-        elif can_fall_back:
-            update["degraded"] = True
-        else:
-            raise MoARunError(f"the aggregator ({agent.model}) failed: {outcome.error}")
+        layer = answer_layer(state, last_layer)
+        shown = arranger.arrange(state, layer)
+        written = await write_answer(pool, state, shown.texts)
+        update = answer_update(agent, node, written, prices=prices, can_fall_back=can_fall_back)
+        if shown.record is not None:
+            update["aggregator"]["references"] = shown.record
+        used = refs_of(state, layer, shown.shown)
+        update["aggregation"] = AggregationRecord(
+            mode="synthesize",
+            answer="synthesis",
+            winner=None,
+            used=used,
+            reason=f"the model wrote the answer from {len(used)} candidate(s)",
+            references=shown.record,
+        )
         return update
 
     return aggregate
@@ -117,15 +160,16 @@ def make_fallback(
     async def fallback(state: MoAState) -> dict[str, Any]:
         failed = state.get("aggregator")
         reason = f"the aggregator failed: {failed['error'] if failed else 'no answer'}"
+        pool_of_candidates = candidates(state, answer_layer(state, last_layer))
         if pool is None:
-            proposals = state["layers"][last_layer - 1]
-            best = next(p for p in proposals if p["ok"] and p["text"])  # the join ensured one
+            best = pool_of_candidates[0]  # the join ensured one
             record = FallbackRecord(
                 policy="best_proposal", source=best["node"], reason=reason, ok=True, error=None
             )
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
-        outcomes, requests, _ = await _write_answer(pool, state, last_layer)
+        texts = [p["text"] or "" for p in pool_of_candidates]
+        outcomes, requests, _ = await write_answer(pool, state, texts)
         outcome = outcomes[0]
         if not outcome.ok or outcome.message is None:
             raise MoARunError(f"{reason}; the fallback ({agent.model}) failed too: {outcome.error}")

@@ -24,8 +24,21 @@ from typing_extensions import TypedDict
 
 from langgraph_moa.errors import MoAInputError, MoARunError
 from langgraph_moa.nodes.context_window import estimate_tokens, message_tokens
-from langgraph_moa.nodes.names import AGGREGATOR, CRITIC, layer_of, proposer_node
-from langgraph_moa.nodes.prompts import CRITIC_REQUEST_PROMPT, SYNTHESIZE_PROMPT
+from langgraph_moa.nodes.names import (
+    AGGREGATOR,
+    CRITIC,
+    RANK,
+    SELECT,
+    WINDOW,
+    layer_of,
+    proposer_node,
+)
+from langgraph_moa.nodes.prompts import (
+    CRITIC_REQUEST_PROMPT,
+    JUDGE_SYSTEM_PROMPT,
+    RANK_REQUEST_PROMPT,
+    SYNTHESIZE_PROMPT,
+)
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import requests_for
 from langgraph_moa.spec.topology import Agent, Topology
@@ -128,9 +141,41 @@ def estimate(
             prices,
         )
         refs += topology.critic.max_tokens
-    agg = topology.aggregator
-    out.add(AGGREGATOR, agg, conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs, prices)
+    _final_steps(topology, out, conv, refs, prices)
     return out
+
+
+def _final_steps(
+    topology: Topology, out: Estimate, conv: int, refs: int, prices: PriceTable
+) -> None:
+    """Worst case of the aggregator's mode: its judge or window calls, then the synthesis
+    (counted whenever a rule may call for one; a vote that may not costs nothing)."""
+    agg = topology.aggregator
+    size = max(topology.layers[-1].size, 1)
+    synthesis = conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs
+    judging = conv + _fixed_tokens(agg, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT)
+    if agg.mode == "synthesize":
+        out.add(AGGREGATOR, agg, synthesis, prices)
+    elif agg.mode == "vote":
+        if "synthesize" in (agg.on_tie, agg.on_no_answer):
+            out.add(AGGREGATOR, agg, synthesis, prices)
+    elif agg.mode == "select":
+        out.add(SELECT, agg, judging + refs, prices)
+        if agg.on_no_answer == "synthesize":
+            out.add(AGGREGATOR, agg, synthesis, prices)
+    elif agg.mode == "rank":
+        if agg.judge == "pairwise":
+            for _ in range(size * (size - 1)):
+                out.add(RANK, agg, judging + 2 * refs // size, prices)
+        else:
+            out.add(RANK, agg, judging + refs, prices)
+        if agg.fuse:
+            out.add(AGGREGATOR, agg, synthesis, prices)
+    else:  # self-moa-seq: every step sees a window of candidates and the running answer
+        window = conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + agg.max_tokens
+        window += refs * min(agg.window, size) // size
+        for _ in range(agg.requests_for(size)):
+            out.add(WINDOW, agg, window, prices)
 
 
 def _over(topology: Topology, spent_usd: float, spent_tokens: int, est: Estimate) -> bool:

@@ -15,8 +15,9 @@ from langgraph_moa.nodes.calls import (
     skipped_record,
     usage_update,
 )
+from langgraph_moa.nodes.hygiene import answer_layer, candidates
 from langgraph_moa.nodes.messages import fitted_critic_messages
-from langgraph_moa.nodes.propose import Node, is_skipped, ok_texts
+from langgraph_moa.nodes.propose import Node, is_skipped
 from langgraph_moa.nodes.state import MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent
@@ -30,9 +31,9 @@ def make_critic(agent: Agent, *, last_layer: int, node: str, prices: PriceTable)
     async def critique(state: MoAState) -> dict[str, Any]:
         if is_skipped(state, node):
             return {"critique": skipped_record(agent, node), "degraded": True}
-        messages, trim = fitted_critic_messages(
-            agent, state["messages"], ok_texts(state, last_layer)
-        )
+        layer = answer_layer(state, last_layer)
+        texts = [p["text"] or "" for p in candidates(state, layer)]
+        messages, trim = fitted_critic_messages(agent, state["messages"], texts)
         outcomes, requests = await call_agent(pool, messages)
         outcome = outcomes[0]
         return {

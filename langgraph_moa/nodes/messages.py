@@ -20,6 +20,7 @@ from langgraph_moa.nodes.prompts import (
     CRITIC_REQUEST_PROMPT,
     CRITIC_SYSTEM_PROMPT,
     CRITIQUE_SECTION,
+    JUDGE_SYSTEM_PROMPT,
     SYNTHESIZE_PROMPT,
 )
 from langgraph_moa.spec.models import context_window_for
@@ -28,6 +29,7 @@ from langgraph_moa.spec.topology import Agent
 __all__ = [
     "critic_messages",
     "fitted_critic_messages",
+    "fitted_judge_messages",
     "fitted_synthesis_messages",
     "numbered",
     "synthesis_messages",
@@ -176,3 +178,26 @@ def fitted_critic_messages(
         reserved_tokens=agent.max_tokens + estimate_tokens(fixed),
     )
     return critic_messages(conv, kept, role=agent.system_prompt), trim
+
+
+def fitted_judge_messages(
+    agent: Agent,
+    conversation: Sequence[BaseMessage],
+    candidates: Sequence[str],
+    request: str,
+) -> tuple[list[BaseMessage], Trim | None]:
+    """Messages for a model judging numbered ``candidates`` (select and rank modes): the judge's
+    instructions, then ``request`` (a template with ``{conversation}``, ``{candidates}`` and
+    ``{count}``) fitted to its context window. A trim cuts earlier turns before candidates."""
+    conversation = tool_digest(conversation)
+    system = "\n\n".join(p for p in (agent.system_prompt, JUDGE_SYSTEM_PROMPT) if p)
+    conv, kept, trim = fit_to_window(
+        conversation,
+        candidates,
+        window=_window(agent),
+        reserved_tokens=agent.max_tokens + estimate_tokens(system + request),
+    )
+    text = request.format(
+        conversation=_transcript(conv), candidates=numbered(kept), count=len(kept)
+    )
+    return [SystemMessage(system), HumanMessage(text)], trim

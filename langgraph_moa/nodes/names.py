@@ -9,7 +9,10 @@ __all__ = [
     "CRITIC",
     "FALLBACK",
     "PREPARE",
+    "RANK",
     "REVIEW",
+    "SELECT",
+    "WINDOW",
     "join_node",
     "layer_of",
     "proposer_node",
@@ -20,6 +23,10 @@ CRITIC = "critic"
 REVIEW = "review"
 AGGREGATOR = "aggregator"
 FALLBACK = "fallback"
+# the deciding step of the aggregator modes that call a model before the answer
+SELECT = "select"
+RANK = "rank"
+WINDOW = "window"
 
 _LAYER_NODE = re.compile(r"^L(\d+)/")
 

@@ -42,6 +42,9 @@ def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
             "fallback": None,
             "review": None,
             "ledger": ledger,
+            "aggregation": None,
+            "early_stop": Overwrite([]),
+            "joins": Overwrite([]),
         }
 
     return prepare

@@ -48,3 +48,49 @@ and avoid."""
 # see only as a digest in the assistant's last message.
 AFTER_TOOLS_PROMPT = """\
 The tool results are in your previous message. Using them, give the user your answer now."""
+
+# The system message of a model that judges candidates (select and rank modes).
+JUDGE_SYSTEM_PROMPT = """\
+You compare candidate replies written by AI assistants to the same conversation. You judge \
+them on correctness first, then on how well they do what the user asked. You do not write a \
+reply of your own."""
+
+# select mode (Universal Self-Consistency): name the candidate the others agree with most.
+SELECT_REQUEST_PROMPT = """\
+Here is a conversation between a user and an AI assistant:
+
+{conversation}
+
+Candidate replies to the user's last message:
+
+{candidates}
+
+Compare the candidates with each other and find the one whose final answer agrees with the \
+most other candidates (the majority view); among those, prefer the clearest. Reply with that \
+candidate's number only, for example: 2"""
+
+# rank mode, listwise: order every candidate in one call.
+RANK_REQUEST_PROMPT = """\
+Here is a conversation between a user and an AI assistant:
+
+{conversation}
+
+Candidate replies to the user's last message:
+
+{candidates}
+
+Rank all {count} candidates from best to worst reply to the user's last message. Reply with \
+their numbers only, best first, separated by ">", for example: 3 > 1 > 2"""
+
+# rank mode, pairwise: one of two candidates, asked in both orders to cancel position bias.
+PAIRWISE_REQUEST_PROMPT = """\
+Here is a conversation between a user and an AI assistant:
+
+{conversation}
+
+Two candidate replies to the user's last message:
+
+{candidates}
+
+Which candidate is the better reply to the user's last message? Reply with its number only: \
+1 or 2"""

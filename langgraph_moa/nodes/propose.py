@@ -15,10 +15,11 @@ from langgraph_moa.nodes.calls import (
     skipped_record,
     usage_update,
 )
+from langgraph_moa.nodes.hygiene import Arranger
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.state import CallRecord, MoAState, Proposal
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.topology import Agent, References
 
 __all__ = ["Node", "is_skipped", "make_proposer", "ok_texts"]
 
@@ -48,9 +49,11 @@ def make_proposer(
     prices: PriceTable,
     deadline_s: float | None = None,
     cache: ProposalCache | None = None,
+    references: References | None = None,
 ) -> Node:
     """A node for ``agent`` in ``layer``; its samples take positions ``first_index``, ... ."""
     pool = ModelPool(agent)
+    arranger = Arranger(references, node)
 
     def proposals(records: list[CallRecord]) -> list[Proposal]:
         return [
@@ -64,13 +67,15 @@ def make_proposer(
                 "layers": proposals([skipped_record(agent, node)] * agent.n),
                 "degraded": True,
             }
-        messages, trim = fitted_synthesis_messages(
-            agent, state["messages"], ok_texts(state, layer - 1)
-        )
+        shown = arranger.arrange(state, layer - 1)
+        messages, trim = fitted_synthesis_messages(agent, state["messages"], shown.texts)
         emit = get_stream_writer()  # progress for stream_mode="custom" (CLI, Studio, server)
         emit({"event": "proposer_started", "node": node, "model": agent.model})
         outcomes, requests = await call_agent(pool, messages, deadline_s=deadline_s, cache=cache)
         records = [call_record(agent, node, o, trim) for o in outcomes]
+        if shown.record is not None:
+            for record in records:
+                record["references"] = shown.record
         for record in records:
             emit(
                 {

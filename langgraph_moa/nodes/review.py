@@ -15,6 +15,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langgraph_moa.errors import MoAInputError, MoARunError
+from langgraph_moa.nodes.hygiene import answer_layer, proposal_ref
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import MoAState, Proposal
 from langgraph_moa.spec.topology import describe_validation_error
@@ -32,12 +33,6 @@ class ReviewDecision(BaseModel):
     approve: bool = True
     edit: dict[str, str] = Field(default_factory=dict, description="proposal -> new text")
     drop: list[str] = Field(default_factory=list, description="proposals to leave out")
-
-
-def proposal_ref(p: Proposal, proposals: Sequence[Proposal]) -> str:
-    """``L2/qwen72``, or ``L2/qwen72#2`` when that node made several samples."""
-    several = sum(1 for q in proposals if q["node"] == p["node"]) > 1
-    return f"{p['node']}#{p['sample'] + 1}" if several else p["node"]
 
 
 def parse_decision(value: Any) -> ReviewDecision:
@@ -74,7 +69,7 @@ def apply_edits(
 def make_review(*, last_layer: int) -> Node:
     async def review(state: MoAState) -> dict[str, Any]:
         """Pause for a person; apply their decision to the last layer's candidates."""
-        proposals = state["layers"][last_layer - 1]
+        proposals = state["layers"][answer_layer(state, last_layer) - 1]
         critique = state.get("critique")
         decision = parse_decision(
             interrupt(

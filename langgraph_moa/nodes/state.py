@@ -19,14 +19,19 @@ from langgraph_moa.nodes.budget import Ledger
 from langgraph_moa.nodes.context_window import Trim
 
 __all__ = [
+    "AggregationRecord",
     "AggregatorOptions",
     "CallRecord",
+    "EarlyStopRecord",
     "FallbackRecord",
     "LayersUpdateError",
+    "JoinRecord",
+    "JudgeCall",
     "MoAInput",
     "MoAState",
     "ModelUsage",
     "Proposal",
+    "ReferencesRecord",
     "ReviewRecord",
     "StateUpdateError",
     "TokenUsage",
@@ -46,6 +51,14 @@ class TokenUsage(TypedDict):
     total_tokens: int
 
 
+class ReferencesRecord(TypedDict):
+    """How earlier answers were shown to one call (with a ``references`` setting)."""
+
+    shown: list[str]  # the proposals in the order the model saw them: reference k is shown[k-1]
+    filtered: list[str]  # left out as lexical outliers
+    dropped: list[str]  # left out by dropout
+
+
 class CallRecord(TypedDict):
     """One LLM call site's outcome: the critic's, the aggregator's, or one proposal."""
 
@@ -63,6 +76,7 @@ class CallRecord(TypedDict):
     # why the model stopped: "stop", "length" (cut at max_tokens), "tool_calls"...; None when
     # the call failed or the provider did not say
     finish_reason: NotRequired[str | None]
+    references: NotRequired[ReferencesRecord | None]  # shuffled/filtered references, if set
 
 
 class Proposal(CallRecord):
@@ -278,6 +292,55 @@ class FallbackRecord(TypedDict):
     error: str | None
 
 
+class JudgeCall(TypedDict):
+    """One model call of a select, rank or self-moa-seq step."""
+
+    shown: list[str]  # the candidates in the order the model saw them
+    reply: str | None  # what the model said (None when the call failed)
+    error: str | None
+    pick: str | None  # the candidate it chose (select, a pairwise judgment), if any
+
+
+class AggregationRecord(TypedDict, total=False):
+    """How the final step combined the candidates, and why the answer is what it is."""
+
+    mode: str  # synthesize, vote, select, rank, self-moa-seq
+    answer: str  # "candidate": a candidate verbatim; "synthesis": written by the model
+    winner: str | None  # the candidate answered verbatim
+    used: list[str]  # the candidates a synthesis was written from
+    reason: str  # in words: the votes, the selector's choice, the ranking, the rule applied
+    extracted: dict[str, str | None]  # vote: candidate -> the answer read from it
+    votes: dict[str, int]  # vote: answer -> how many candidates gave it
+    ranking: list[str]  # rank: the candidates, best first
+    scores: dict[str, float]  # rank (pairwise): candidate -> wins (a split judgment counts 0.5)
+    calls: list[JudgeCall]  # select/rank/self-moa-seq: each model call before the answer
+    carry: str | None  # self-moa-seq: the running synthesis handed to the final window
+    references: ReferencesRecord | None  # the candidates left out (outliers, dropout)
+
+
+class JoinRecord(TypedDict):
+    """What a layer with a ``join`` setting passed on, and why."""
+
+    layer: int
+    mode: str
+    passed: list[str]  # the proposals the next step sees
+    votes: dict[str, int]
+    reason: str
+
+
+class EarlyStopRecord(TypedDict):
+    """One layer's agreement check, and what it skipped when it ended the layered part."""
+
+    layer: int
+    stopped: bool
+    measure: str  # "agreement" or "similarity"
+    value: float  # the measured agreement share, or mean pairwise similarity
+    threshold: float
+    reason: str
+    skipped_layers: list[int]  # layers that did not run (at no cost)
+    skipped_nodes: list[str]
+
+
 class ReviewRecord(TypedDict):
     edited: list[str]  # proposals whose text the reviewer replaced
     dropped: list[str]  # proposals the reviewer left out
@@ -333,3 +396,6 @@ class MoAState(TypedDict):
     tools: NotRequired[list[dict[str, Any]] | None]  # the aggregator's tools (OpenAI format)
     tool_choice: NotRequired[str | dict[str, Any] | None]
     aggregator_options: NotRequired[AggregatorOptions | None]
+    aggregation: NotRequired[AggregationRecord | None]  # how the final step chose, by mode
+    early_stop: Annotated[list[EarlyStopRecord], operator.add]  # layers' agreement checks
+    joins: Annotated[list[JoinRecord], operator.add]  # what layers with a join passed on

@@ -546,6 +546,9 @@ def moa_record(result: dict[str, Any], topology: Topology) -> dict[str, Any]:
         "degraded": result["degraded"],
         "ledger": result["ledger"],
         "fallback": result["fallback"],
+        "aggregation": result.get("aggregation"),
+        "early_stop": result.get("early_stop") or [],
+        "joins": result.get("joins") or [],
         "latency_s": result["latency_s"],
     }
 

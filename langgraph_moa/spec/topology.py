@@ -25,9 +25,13 @@ __all__ = [
     "MAX_LAYERS",
     "MAX_PROPOSERS_PER_LAYER",
     "Agent",
+    "Aggregator",
     "Budget",
+    "EarlyStop",
     "Layer",
+    "LayerJoin",
     "Price",
+    "References",
     "Retry",
     "Topology",
     "list_presets",
@@ -143,6 +147,190 @@ class Agent(_Strict):
         return self.model.split(":", 1)[1]
 
 
+# --- how candidates are combined (helper "modes") -------------------------------------------
+
+Mode = Literal["synthesize", "vote", "select", "rank", "self-moa-seq"]
+Extractor = Literal["number", "choice", "regex", "last_line"]
+Rule = Literal["synthesize", "first"]
+MODES: tuple[str, ...] = ("synthesize", "vote", "select", "rank", "self-moa-seq")
+
+
+def _check_extractor(extract: str | None, pattern: str | None, *, what: str) -> None:
+    """An extractor that can apply: named, and a compilable regex (one group at most) if regex."""
+    if extract is None:
+        raise ValueError(
+            f"{what} needs extract: one of number, choice, regex (with pattern), last_line"
+        )
+    if extract == "regex":
+        if not pattern:
+            raise ValueError("extract 'regex' needs a pattern")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"pattern is not a valid regular expression: {err}") from None
+        if compiled.groups > 1:
+            raise ValueError("pattern may have at most one capturing group (the answer)")
+    elif pattern is not None:
+        raise ValueError(f"pattern applies only to extract 'regex', not {extract!r}")
+
+
+class References(_Strict):
+    """How earlier answers are shown to a model: their order, dropout and an outlier filter.
+
+    References never carry model names; with ``order: shuffle`` each call sees them in a fresh
+    random order, and the call's record maps the shown positions back to the proposals.
+    """
+
+    order: Literal["fixed", "shuffle"] = Field(
+        default="fixed", description="fixed: layer order; shuffle: a new order for every call."
+    )
+    dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Chance that each reference is left out of a call (one is always kept).",
+    )
+    filter: Literal["none", "outliers"] = Field(
+        default="none",
+        description="outliers: drop answers lexically far from the others before anything else.",
+    )
+    outlier_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="An answer is an outlier when its mean word overlap with the others is "
+        "below this fraction of the median answer's.",
+    )
+    seed: int | None = Field(default=None, description="Seed for order and dropout draws.")
+
+
+class EarlyStop(_Strict):
+    """Skip the remaining layers when this layer's answers agree (adaptive depth)."""
+
+    agreement: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop when at least this share of the answers extract to the same answer.",
+    )
+    extract: Extractor | None = None
+    pattern: str | None = Field(default=None, description="The regex of extract: regex.")
+    similarity: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop when the answers' mean pairwise word overlap (0-1) is at least this.",
+    )
+
+    @model_validator(mode="after")
+    def _one_test(self) -> EarlyStop:
+        if (self.agreement is None) == (self.similarity is None):
+            raise ValueError("set exactly one of agreement (with extract) or similarity")
+        if self.agreement is not None:
+            _check_extractor(self.extract, self.pattern, what="agreement")
+        elif self.extract is not None or self.pattern is not None:
+            raise ValueError("extract applies only to agreement, not similarity")
+        return self
+
+
+class LayerJoin(_Strict):
+    """What a layer passes on: all its answers, or (``vote``) only those giving the majority
+    answer by an extractor; a tie or no readable answer passes all on."""
+
+    mode: Literal["all", "vote"] = "all"
+    extract: Extractor | None = None
+    pattern: str | None = Field(default=None, description="The regex of extract: regex.")
+
+    @model_validator(mode="after")
+    def _extractor(self) -> LayerJoin:
+        if self.mode == "vote":
+            _check_extractor(self.extract, self.pattern, what="join mode 'vote'")
+        elif self.extract is not None or self.pattern is not None:
+            raise ValueError("extract applies only to join mode 'vote'")
+        return self
+
+
+class Aggregator(Agent):
+    """The final step: an agent, and the mode it combines the last layer's candidates in.
+
+    - ``synthesize`` (default): the model writes one answer from all candidates;
+    - ``vote``: an answer is extracted from each candidate and the majority candidate is the
+      answer, verbatim, with no model call (ties and no-answer follow ``on_tie``/``on_no_answer``);
+    - ``select``: the model names the most consistent candidate (Universal Self-Consistency),
+      which is the answer verbatim;
+    - ``rank``: the model ranks the candidates (``judge``: listwise, or pairwise in both orders),
+      then the best is the answer, or with ``fuse: k`` the top k are synthesized;
+    - ``self-moa-seq``: synthesis in a sliding ``window`` over many candidates.
+    """
+
+    model: str = Field(
+        default="",
+        description='"provider:model"; mode vote may leave it out (ties then use the last '
+        "layer's first model).",
+    )
+    mode: Mode = "synthesize"
+    extract: Extractor | None = Field(default=None, description="vote: how to read an answer.")
+    pattern: str | None = Field(default=None, description="The regex of extract: regex.")
+    on_tie: Rule = Field(
+        default="synthesize",
+        description="vote: when answers tie, synthesize the tied candidates, or take the first.",
+    )
+    on_no_answer: Rule = Field(
+        default="synthesize",
+        description="vote/select: when no answer can be read, synthesize all, or take the first.",
+    )
+    judge: Literal["listwise", "pairwise"] = Field(
+        default="listwise",
+        description="rank: one call ranking all, or every pair judged in both orders.",
+    )
+    fuse: int | None = Field(
+        default=None, ge=1, description="rank: synthesize the top k instead of taking the best."
+    )
+    window: int = Field(
+        default=4, ge=2, le=64, description="self-moa-seq: candidates per synthesis step."
+    )
+    references: References | None = Field(
+        default=None, description="How the candidates are shown: order, dropout, outliers."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        return value if value == "" else Agent._check_model(value)
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> Aggregator:
+        if self.mode == "vote":
+            _check_extractor(self.extract, self.pattern, what="mode 'vote'")
+        elif self.extract is not None or self.pattern is not None:
+            raise ValueError(f"extract applies only to mode 'vote', not {self.mode!r}")
+        if self.fuse is not None and self.mode != "rank":
+            raise ValueError(f"fuse applies only to mode 'rank', not {self.mode!r}")
+        if not self.model and self.mode != "vote":
+            raise ValueError(f"mode {self.mode!r} needs a model")
+        return self
+
+    @property
+    def calls_model(self) -> bool:
+        """Whether the aggregator calls its model when nothing fails and nothing ties."""
+        return self.mode != "vote"
+
+    def requests_for(self, candidates: int) -> int:
+        """Requests the final step sends for ``candidates`` answers when nothing fails, ties or
+        goes unread (the fallback rules may add one synthesis)."""
+        if self.mode == "vote":
+            return 0
+        if self.mode == "select":
+            return 1
+        if self.mode == "rank":
+            judging = candidates * (candidates - 1) if self.judge == "pairwise" else 1
+            return judging + (1 if self.fuse else 0)
+        if self.mode == "self-moa-seq" and candidates > self.window:
+            # the first window, then window - 1 new candidates per step beside the running answer
+            return 1 + -(-(candidates - self.window) // (self.window - 1))
+        return 1
+
+
 class Layer(_Strict):
     """Proposers that run concurrently and all see the previous layer's answers."""
 
@@ -152,6 +340,18 @@ class Layer(_Strict):
     )
     min_proposals: int = Field(
         default=1, ge=1, description="Quorum: fewer successful proposals than this fail the run."
+    )
+    references: References | None = Field(
+        default=None,
+        description="How this layer's proposers see the previous layer's answers (order, "
+        "dropout, outlier filter); default: all of them, in layer order.",
+    )
+    early_stop: EarlyStop | None = Field(
+        default=None,
+        description="End the layered part after this layer when its answers agree.",
+    )
+    join: LayerJoin | None = Field(
+        default=None, description="What the layer passes on: all answers, or the majority's."
     )
 
     @property
@@ -195,7 +395,7 @@ class Topology(_Strict):
     description: str = Field(default="", max_length=2000)
     layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
     critic: Agent | None = None
-    aggregator: Agent
+    aggregator: Aggregator
     prices: dict[str, Price] = Field(
         default_factory=dict,
         description='Extra or overriding prices, keyed by "provider:model".',
@@ -257,6 +457,34 @@ class Topology(_Strict):
                 object.__setattr__(self, field, complete(agent, field))
         return self
 
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _plain_agent(cls, value: Any) -> Any:
+        """An ``Agent`` given as the aggregator synthesizes, as it always did."""
+        if isinstance(value, Agent) and not isinstance(value, Aggregator):
+            return value.model_dump(exclude_unset=True)
+        return value
+
+    @model_validator(mode="after")
+    def _modes_fit(self) -> Topology:
+        """Early stops and aggregator modes that fit the layers they apply to."""
+        last = self.layers[-1]
+        if last.early_stop is not None:
+            raise ValueError(
+                f"layers.{len(self.layers) - 1}.early_stop: the last layer has no later layer "
+                "to skip (early_stop belongs on an earlier layer)"
+            )
+        agg = self.aggregator
+        if agg.fuse is not None and agg.fuse > last.size:
+            raise ValueError(
+                f"aggregator.fuse: {agg.fuse} is more than the last layer's {last.size} candidates"
+            )
+        if not agg.model:  # vote without a model: a tie's synthesis uses the last layer's
+            object.__setattr__(
+                self, "aggregator", agg.model_copy(update={"model": last.proposers[0].model})
+            )
+        return self
+
     def agents(self) -> list[Agent]:
         """Every agent, in the order the graph may call them (the fallback agent last)."""
         found = [a for layer in self.layers for a in layer.proposers]
@@ -270,8 +498,10 @@ class Topology(_Strict):
     def calls_per_query(self) -> int:
         """LLM requests one query makes when nothing fails (``n`` > 1 is one request where the
         provider accepts ``n``, else n requests)."""
-        regular = [a for a in self.agents() if a is not self.fallback]
-        return sum(requests_for(a) for a in regular)
+        regular = [a for a in self.agents() if a is not self.fallback and a is not self.aggregator]
+        return sum(requests_for(a) for a in regular) + self.aggregator.requests_for(
+            self.layers[-1].size
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Topology:

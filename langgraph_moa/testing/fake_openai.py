@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["Behavior", "FakeOpenAI", "LoggedRequest"]
+__all__ = ["Behavior", "FakeOpenAI", "LoggedRequest", "by_marker", "scripted"]
 
 Reply = Callable[[dict[str, Any], int, int], str]
 """reply(request_body, request_number_for_this_model, choice_index) -> text."""
@@ -39,6 +39,31 @@ ToolCalls = Callable[[dict[str, Any], int], list[dict[str, Any]] | None]
 def default_reply(body: dict[str, Any], number: int, choice: int) -> str:
     suffix = f".{choice + 1}" if body.get("n", 1) > 1 else ""
     return f"Answer {number}{suffix} from {body['model']}."
+
+
+def scripted(*texts: str) -> Reply:
+    """A reply giving ``texts`` in turn: one per answer, in request order (then sample order
+    within a request with ``n``), starting over after the last."""
+
+    def reply(body: dict[str, Any], number: int, choice: int) -> str:
+        n = int(body.get("n") or 1)
+        return texts[((number - 1) * n + choice) % len(texts)]
+
+    return reply
+
+
+def by_marker(replies: dict[str, str], default: Reply = default_reply) -> Reply:
+    """A reply chosen by what the request says: the reply of the first marker (in ``replies``
+    order) found in any of its messages, else ``default``."""
+
+    def reply(body: dict[str, Any], number: int, choice: int) -> str:
+        said = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+        for marker, text in replies.items():
+            if marker in said:
+                return text
+        return default(body, number, choice)
+
+    return reply
 
 
 @dataclass

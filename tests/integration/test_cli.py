@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from langgraph_moa.spec.topology import list_presets
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import MOA, TEST_KEY, one_line_error
 from tests.conftest import run_moa as run
@@ -121,7 +122,8 @@ def test_graph_and_presets() -> None:
         assert node in ascii_art.stdout
     listing = run("presets")
     names = [line.split()[0] for line in listing.stdout.splitlines()]
-    assert names == ["local", "moa", "moa-gpt4o", "moa-lite", "openpipe", "self-moa"]
+    assert names == sorted(list_presets())
+    assert {"local", "moa", "moa-gpt4o", "moa-lite", "openpipe", "self-moa", "vote"} <= set(names)
 
 
 def test_chat_keeps_the_thread(fake: FakeOpenAI, topology_file: Path) -> None:

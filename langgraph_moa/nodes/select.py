@@ -1,0 +1,62 @@
+"""``select`` mode, the ``select`` node: the aggregator's model reads the candidates and names
+the most consistent one (Universal Self-Consistency); the aggregator then answers with that
+candidate verbatim. A failed call or a reply naming no candidate follows ``on_no_answer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph_moa.nodes.calls import ModelPool, usage_update
+from langgraph_moa.nodes.hygiene import Arranger, answer_layer, refs_of
+from langgraph_moa.nodes.judging import judge
+from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
+from langgraph_moa.nodes.propose import Node
+from langgraph_moa.nodes.state import AggregationRecord, MoAState
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Aggregator
+
+__all__ = ["make_selector"]
+
+
+def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
+    pool = ModelPool(agg.model_copy(update={"n": 1}))
+    arranger = Arranger(agg.references, node)
+
+    async def select(state: MoAState) -> dict[str, Any]:
+        layer = answer_layer(state, last_layer)
+        kept, references = arranger.keep(state, layer)
+        refs = refs_of(state, layer, kept)
+        order = arranger.order(len(kept))
+        names = [refs[k] for k in order]
+        judged = await judge(
+            pool, agg, state, [kept[k] for k in order], names, SELECT_REQUEST_PROMPT
+        )
+        record = AggregationRecord(mode="select", calls=[judged.call], references=references)
+        update: dict[str, Any] = {
+            "usage": usage_update(agg.model, judged.outcomes, judged.requests, prices),
+            "aggregation": record,
+        }
+        if judged.picks:
+            chosen = names[judged.picks[0]]
+            record["winner"] = chosen
+            record["reason"] = (
+                f"the selector ({agg.model}) named candidate {judged.picks[0] + 1} of "
+                f"{len(names)} as shown, which is {chosen}"
+            )
+            return update
+        what = (
+            f"the selector failed ({judged.call['error']})"
+            if judged.call["error"]
+            else "the selector's reply named no candidate"
+        )
+        update["degraded"] = True
+        if agg.on_no_answer == "first":
+            record["winner"] = refs[0]
+            record["reason"] = f"{what}; rule 'first': {refs[0]}"
+        else:
+            record["winner"] = None
+            record["used"] = refs
+            record["reason"] = f"{what}; rule 'synthesize': the model writes from all candidates"
+        return update
+
+    return select

@@ -1,0 +1,257 @@
+"""Aggregator modes, early stop and references in the topology spec: parsing, defaults, and
+every bad input as one line naming the field; and the extractors and similarity they use."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from langchain_core.messages import HumanMessage
+
+from langgraph_moa import MoAInputError, build_graph
+from langgraph_moa.cli.drawing import to_svg
+from langgraph_moa.nodes.budget import estimate
+from langgraph_moa.nodes.extract import extract, tally
+from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
+from langgraph_moa.nodes.window import windows
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Agent, Layer, Topology, parse_topology
+
+NS = "{http://www.w3.org/2000/svg}"
+FIRST = {"on_no_answer": "first"}
+
+
+def spec(aggregator: dict, *, early_stop: dict | None = None, size: int = 3) -> dict:
+    first: dict = {"proposers": [{"model": "openai:a", "n": size}]}
+    if early_stop is not None:
+        first["early_stop"] = early_stop
+    return {
+        "layers": [first, {"proposers": [{"model": "openai:b", "n": size}]}],
+        "aggregator": aggregator,
+    }
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(MoAInputError) as info:
+        parse_topology(data)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (spec({"mode": "vote"}), "aggregator: Value error, mode 'vote' needs extract"),
+        (spec({"mode": "vote", "extract": "regex"}), "extract 'regex' needs a pattern"),
+        (
+            spec({"mode": "vote", "extract": "regex", "pattern": "(a)(b)"}),
+            "pattern may have at most one capturing group",
+        ),
+        (
+            spec({"mode": "vote", "extract": "regex", "pattern": "("}),
+            "pattern is not a valid regular expression",
+        ),
+        (spec({"mode": "vote", "extract": "digits"}), "aggregator.extract: Input should be"),
+        (
+            spec({"model": "openai:j", "mode": "rank", "fuse": 4}),
+            "aggregator.fuse: 4 is more than the last layer's 3 candidates",
+        ),
+        (
+            spec({"model": "openai:j", "mode": "select", "fuse": 2}),
+            "fuse applies only to mode 'rank'",
+        ),
+        (spec({"model": "openai:j", "mode": "poll"}), "aggregator.mode: Input should be"),
+        (spec({"mode": "select"}), "mode 'select' needs a model"),
+        (
+            spec({"model": "openai:j"}, early_stop={"agreement": 1.5, "extract": "number"}),
+            "layers.0.early_stop.agreement: Input should be less than or equal to 1",
+        ),
+        (
+            spec({"model": "openai:j"}, early_stop={"similarity": -0.1}),
+            "layers.0.early_stop.similarity: Input should be greater than or equal to 0",
+        ),
+        (
+            spec({"model": "openai:j"}, early_stop={"agreement": 0.6}),
+            "agreement needs extract",
+        ),
+        (
+            spec({"model": "openai:j"}, early_stop={"agreement": 0.6, "similarity": 0.5}),
+            "set exactly one of agreement",
+        ),
+        (
+            {
+                "layers": [{"proposers": [{"model": "openai:a"}], "join": {"mode": "vote"}}],
+                "aggregator": {"model": "openai:j"},
+            },
+            "layers.0.join: Value error, join mode 'vote' needs extract",
+        ),
+        (
+            spec({"model": "openai:j", "references": {"dropout": 1.0}}),
+            "aggregator.references.dropout: Input should be less than 1",
+        ),
+        (
+            spec({"model": "openai:j", "references": {"order": "random"}}),
+            "aggregator.references.order: Input should be 'fixed' or 'shuffle'",
+        ),
+        (
+            {
+                "layers": [
+                    {
+                        "proposers": [{"model": "openai:a"}],
+                        "early_stop": {"similarity": 0.5},
+                    }
+                ],
+                "aggregator": {"model": "openai:j"},
+            },
+            "layers.0.early_stop: the last layer has no later layer to skip",
+        ),
+    ],
+)
+def test_bad_modes_are_one_line_naming_the_field(data: dict, expected: str) -> None:
+    assert expected.replace("Value error, ", "").removeprefix("aggregator: ") in error_of(data)
+
+
+def test_vote_needs_no_model_and_makes_no_call() -> None:
+    topology = parse_topology(spec({"mode": "vote", "extract": "number"}))
+    # a tie's synthesis falls back on the last layer's first model
+    assert topology.aggregator.model == "openai:b"
+    assert topology.calls_per_query() == 2  # a, b: n in one request each; the vote is free
+
+
+def test_calls_per_query_by_mode() -> None:
+    def calls(aggregator: dict) -> int:
+        return parse_topology(spec({"model": "openai:j", **aggregator}, size=6)).calls_per_query()
+
+    assert calls({}) == 3
+    assert calls({"mode": "select"}) == 3
+    assert calls({"mode": "rank"}) == 3
+    assert calls({"mode": "rank", "fuse": 3}) == 4
+    assert calls({"mode": "rank", "judge": "pairwise"}) == 2 + 30
+    assert calls({"mode": "self-moa-seq", "window": 4}) == 2 + 2
+
+
+@pytest.mark.parametrize(
+    ("text", "how", "expected"),
+    [
+        ("3 + 4 = 7. So the answer is 7.", "number", "7"),
+        ("The answer is 1,234.50, not 3.", "number", "1234.5"),
+        ("Step 1: 2*3=6. Step 2: add 4 to get 10", "number", "10"),
+        ("so \\boxed{-12} is it (checked in 2 steps)", "number", "-12"),
+        ("Answer: 3/4", "number", "3/4"),
+        ("no digits here", "number", None),
+        ("I pick (C) because B is wrong.", "choice", "C"),
+        ("The answer is (c).", "choice", "C"),
+        ("Between A and B... Answer: D", "choice", "D"),
+        ("b", "choice", "B"),
+        ("nothing", "choice", None),
+        ("Final: yes\n\n  Paris.  ", "last_line", "paris"),
+        ("", "last_line", None),
+    ],
+)
+def test_extractors(text: str, how: str, expected: str | None) -> None:
+    assert extract(text, how) == expected
+
+
+def test_regex_extractor_takes_the_group_of_the_last_match() -> None:
+    text = "CODE-11 first, then CODE-42 final"
+    assert extract(text, "regex", r"CODE-(\d+)") == "42"
+    assert extract(text, "regex", r"CODE-\d+") == "CODE-42"
+    assert extract("none", "regex", r"CODE-(\d+)") is None
+
+
+def test_tally_majority_tie_and_nothing() -> None:
+    majority = tally(["it is 4", "4", "five: 5", "no idea"], "number")
+    assert majority.votes == {"4": 2, "5": 1}
+    assert majority.top == ["4"] and majority.agreement == 0.5
+    tie = tally(["5", "4", "4", "5"], "number")
+    assert tie.top == ["5", "4"]  # first seen first
+    assert tie.first_with(tie.top) == 0
+    assert tally(["x", "y"], "number").top == []
+
+
+def test_similarity_and_outliers() -> None:
+    assert similarity("The sky is blue", "the SKY is blue!") == 1.0
+    assert similarity("a b", "c d") == 0.0
+    texts = [
+        "The sky looks blue because air scatters short blue wavelengths of sunlight more.",
+        "Air molecules scatter blue sunlight more than red, so the sky looks blue.",
+        "Sunlight is scattered by air; blue wavelengths scatter most, so the sky is blue.",
+        "Buy cheap watches at example dot com today only.",
+    ]
+    assert outliers(texts, 0.5) == [3]
+    assert outliers(texts[:2], 0.5) == []  # two cannot tell which is odd
+    assert 0 < mean_similarity(texts) < mean_similarity(texts[:3]) <= 1
+
+
+def test_sliding_windows() -> None:
+    assert windows(3, 4) == [[0, 1, 2]]
+    assert windows(6, 4) == [[0, 1, 2, 3], [4, 5]]
+    assert windows(7, 3) == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def drawn(aggregator: dict, **layer: object) -> tuple[set[str], dict[str, str], list[tuple]]:
+    """Nodes, each node's SVG text, and the edges (source, target, conditional) of a drawing."""
+    topology = parse_topology(
+        {
+            "layers": [
+                {"proposers": [{"model": "openai:a"}, {"model": "openai:b"}], **layer},
+                {"proposers": [{"model": "openai:c"}]},
+            ],
+            "aggregator": aggregator,
+        }
+    )
+    graph = build_graph(topology).get_graph()
+    root = ET.fromstring(to_svg(graph, topology))
+    texts = {
+        g.attrib["data-node"]: " ".join(t.text or "" for t in g.iter(f"{NS}text"))
+        for g in root.iter(f"{NS}g")
+        if g.attrib.get("class") == "node"
+    }
+    edges = [(e.source, e.target, e.conditional) for e in graph.edges]
+    return set(graph.nodes), texts, edges
+
+
+def test_drawings_show_the_modes() -> None:
+    nodes, texts, _ = drawn({"mode": "vote", "extract": "number", "on_tie": "first"} | FIRST)
+    assert "vote by number (no model call)" in texts["aggregator"]
+    assert not nodes & {"select", "rank", "window"}  # a vote is the aggregator itself
+    nodes, texts, edges = drawn({"mode": "select", "model": "openai:j"})
+    assert "select (USC) · openai:j" in texts["select"]
+    assert ("select", "aggregator", False) in edges
+    assert "the selected candidate" in texts["aggregator"]
+    _, texts, _ = drawn({"mode": "rank", "model": "openai:j", "judge": "pairwise", "fuse": 1})
+    assert "rank pairwise · openai:j" in texts["rank"]
+    assert "fuse top 1 · openai:j" in texts["aggregator"]
+    _, texts, _ = drawn({"mode": "self-moa-seq", "model": "openai:j", "window": 3})
+    assert "windows of 3" in texts["window"]
+
+
+def test_early_stop_is_drawn_as_a_conditional_edge() -> None:
+    _, texts, edges = drawn({"model": "openai:j"}, early_stop={"similarity": 0.8})
+    assert ("L1/join", "aggregator", True) in edges
+    assert ("L1/join", "L2/c", True) in edges
+    assert ("L2/join", "aggregator", False) in edges
+    assert "stop if similarity ≥ 0.8" in texts["L1/join"]
+
+
+def test_the_budget_estimate_counts_each_modes_calls() -> None:
+    def calls(aggregator: dict) -> int:
+        topology = parse_topology(spec({"model": "openai:j", **aggregator}, size=4))
+        return estimate(topology, [HumanMessage("hi")], prices=PriceTable({})).calls
+
+    assert calls({}) == 2 + 1
+    assert calls({"mode": "vote", "extract": "number"}) == 2 + 1  # a tie may synthesize
+    assert calls({"mode": "vote", "extract": "number", "on_tie": "first"} | FIRST) == 2
+    assert calls({"mode": "select"}) == 2 + 2
+    assert calls({"mode": "rank", "judge": "pairwise", "fuse": 2}) == 2 + 12 + 1
+    assert calls({"mode": "self-moa-seq", "window": 2}) == 2 + 3
+
+
+def test_a_plain_agent_is_still_an_aggregator() -> None:
+    topology = Topology(
+        layers=[Layer(proposers=[Agent(model="openai:a")])],
+        aggregator=Agent(model="openai:j", temperature=0.1),  # type: ignore[arg-type]
+    )
+    assert topology.aggregator.mode == "synthesize"
+    assert topology.aggregator.model == "openai:j" and topology.aggregator.temperature == 0.1
