@@ -23,6 +23,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("langgraph.checkpoint.postgres", "psycopg"),
     "draw": ("grandalf",),
     "chat": ("prompt_toolkit",),
+    "ray": ("ray", "ray.data"),
+    "parquet": ("pyarrow",),
 }
 
 

@@ -39,6 +39,7 @@ from langgraph_moa.cli.console import (
 from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
 from langgraph_moa.cli.line_input import LineReader
 from langgraph_moa.cli.logs import setup_logging
+from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.store import open_checkpointer, thread_lock
 from langgraph_moa.cli.thread_list import threads_command
 from langgraph_moa.cli.threads import (
@@ -793,6 +794,10 @@ def presets() -> None:
     width = max(len(name) for name in found)
     for name, description in found.items():
         sys.stdout.write(f"{name.ljust(width)}  {description}\n")
+
+
+app.command("relabel")(relabel_command)
+app.command("export")(export_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,6 +112,7 @@ def build_state_graph(
         if backend is not None
         else None
     )
+    final_cache = proposal_cache.for_final_answers() if proposal_cache else None
     graph: StateGraph[MoAState, Any, MoAInput, MoAState] = StateGraph(
         MoAState, input_schema=MoAInput, context_schema=context_schema
     )
@@ -123,7 +124,12 @@ def build_state_graph(
     finals: list[tuple[str, Node]] = []
     if topology.critic is not None:
         finals.append(
-            (CRITIC, make_critic(topology.critic, last_layer=last, node=CRITIC, prices=prices))
+            (
+                CRITIC,
+                make_critic(
+                    topology.critic, last_layer=last, node=CRITIC, prices=prices, cache=final_cache
+                ),
+            )
         )
     if topology.review == "before_aggregate":
         finals.append((REVIEW, make_review(last_layer=last)))
@@ -140,6 +146,7 @@ def build_state_graph(
             prices=prices,
             can_fall_back=can_fall_back,
             references=agg.references,
+            cache=final_cache,
         )
     else:
         aggregator = make_verdict(
@@ -193,7 +200,11 @@ def build_state_graph(
         graph.add_edge(AGGREGATOR, END)
     else:
         policy = topology.fallback
-        _add(graph, FALLBACK, make_fallback(policy, last_layer=last, node=FALLBACK, prices=prices))
+        _add(
+            graph,
+            FALLBACK,
+            make_fallback(policy, last_layer=last, node=FALLBACK, prices=prices, cache=final_cache),
+        )
         graph.add_conditional_edges(AGGREGATOR, route_after_aggregator, [FALLBACK, END])
         graph.add_edge(FALLBACK, END)
     return graph

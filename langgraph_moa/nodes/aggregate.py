@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage
 
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.llm.chat_models import call_options
+from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import (
     CallExtras,
     ModelPool,
@@ -62,7 +63,12 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
 
 
 async def write_answer(
-    pool: ModelPool, state: MoAState, references: list[str]
+    pool: ModelPool,
+    state: MoAState,
+    references: list[str],
+    *,
+    node: str = "",
+    cache: ProposalCache | None = None,
 ) -> tuple[list[Outcome], int, Trim | None]:
     """One synthesis call over ``references`` (and the critique), with the request's tools and
     options: what the aggregator, a fallback model and the modes that fuse all do."""
@@ -75,7 +81,7 @@ async def write_answer(
         critique=_critique_text(state),
         keep_tool_messages=bool(extras.tools),
     )
-    outcomes, requests = await call_agent(pool, messages, extras=extras)
+    outcomes, requests = await call_agent(pool, messages, extras=extras, cache=cache, node=node)
     return outcomes, requests, trim
 
 
@@ -112,6 +118,7 @@ def make_aggregator(
     prices: PriceTable,
     can_fall_back: bool,
     references: References | None = None,
+    cache: ProposalCache | None = None,
 ) -> Node:
     """The synthesize aggregator: the model writes the answer from the candidates."""
     pool = ModelPool(agent.model_copy(update={"n": 1}), streaming=True)
@@ -120,7 +127,7 @@ def make_aggregator(
     async def aggregate(state: MoAState) -> dict[str, Any]:
         layer = answer_layer(state, last_layer)
         shown = arranger.arrange(state, layer)
-        written = await write_answer(pool, state, shown.texts)
+        written = await write_answer(pool, state, shown.texts, node=node, cache=cache)
         update = answer_update(agent, node, written, prices=prices, can_fall_back=can_fall_back)
         if shown.record is not None:
             update["aggregator"]["references"] = shown.record
@@ -144,7 +151,12 @@ def route_after_aggregator(state: MoAState) -> Literal["fallback", "__end__"]:
 
 
 def make_fallback(
-    policy: Literal["best_proposal"] | Agent, *, last_layer: int, node: str, prices: PriceTable
+    policy: Literal["best_proposal"] | Agent,
+    *,
+    last_layer: int,
+    node: str,
+    prices: PriceTable,
+    cache: ProposalCache | None = None,
 ) -> Node:
     """Answer after the aggregator failed: with the best proposal, or from a fallback model.
 
@@ -169,7 +181,7 @@ def make_fallback(
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
         texts = [p["text"] or "" for p in pool_of_candidates]
-        outcomes, requests, _ = await write_answer(pool, state, texts)
+        outcomes, requests, _ = await write_answer(pool, state, texts, node=node, cache=cache)
         outcome = outcomes[0]
         if not outcome.ok or outcome.message is None:
             raise MoARunError(f"{reason}; the fallback ({agent.model}) failed too: {outcome.error}")

@@ -71,7 +71,9 @@ def make_proposer(
         messages, trim = fitted_synthesis_messages(agent, state["messages"], shown.texts)
         emit = get_stream_writer()  # progress for stream_mode="custom" (CLI, Studio, server)
         emit({"event": "proposer_started", "node": node, "model": agent.model})
-        outcomes, requests = await call_agent(pool, messages, deadline_s=deadline_s, cache=cache)
+        outcomes, requests = await call_agent(
+            pool, messages, deadline_s=deadline_s, cache=cache, node=node
+        )
         records = [call_record(agent, node, o, trim) for o in outcomes]
         if shown.record is not None:
             for record in records:
