@@ -182,7 +182,7 @@ def _with_seed(value: Any, seed: int) -> Any:
 
 def _writers(topology: Topology) -> list[Agent]:
     """The agents that may write the final answer: the aggregator, and a fallback model."""
-    found = [topology.aggregator]
+    found: list[Agent] = [topology.aggregator]
     if isinstance(topology.fallback, Agent):
         found.append(topology.fallback)
     return found
