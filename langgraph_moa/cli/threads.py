@@ -141,9 +141,14 @@ def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     found += [
         key
         for key in sorted(before.keys() | after.keys())
-        if key != "layers" and before.get(key) != after.get(key)
+        if key != "layers" and _unset_if_empty(before.get(key)) != _unset_if_empty(after.get(key))
     ]
     return found
+
+
+def _unset_if_empty(value: Any) -> Any:
+    """An empty record list (a run's fresh start) reads as not written."""
+    return None if value == [] else value
 
 
 async def history(
