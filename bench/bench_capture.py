@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_serve import free_port, stop, wait_until_up  # this folder's (run as a script)
 
 KEY = "sk-bench-not-a-key"
 GOAL_MS = 5.0
@@ -37,26 +37,6 @@ with FakeOpenAI() as server:
     print(server.port, flush=True)
     sys.stdin.read()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit("moa serve exited early")
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit("moa serve did not start") from None
-            time.sleep(0.1)
 
 
 def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> float:
@@ -112,7 +92,7 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
             base = f"http://127.0.0.1:{port}"
-            wait_until_up(f"{base}/health", server)
+            wait_until_up(f"{base}/v1", server)
             print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
             print(f"{args.requests} requests each way, one after the other, captured at rate 1")
             for stream in (False, True):
@@ -132,16 +112,14 @@ def main() -> None:
                     f"{GOAL_MS:g} ms goal)"
                 )
                 print(f"  {kind:8} ratio hop / direct       {hop / plain:7.2f}")
-            server.terminate()  # its queued rows are written before it exits
-            server.wait(timeout=15)
+            stop(server)  # its queued rows are written before it exits
             rows = sum(
                 len(p.read_text().splitlines()) for p in Path(folder).glob("capture-*.jsonl")
             )
             print(f"  rows captured: {rows} (of {2 * (20 + args.requests)} sent)")
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=15)
+            stop(server)
         if fake.stdin is not None:
             fake.stdin.close()
         fake.wait(timeout=15)
