@@ -68,7 +68,9 @@ async def thread_ids(saver: BaseCheckpointSaver[Any], limit: int) -> list[str]:
     return [str(row["thread_id"] if isinstance(row, dict) else row[0]) for row in rows]
 
 
-async def _summary(saver: BaseCheckpointSaver[Any], thread_id: str) -> ThreadSummary | None:
+async def _summary(
+    saver: BaseCheckpointSaver[Any], thread_id: str, graphs: dict[str, Any]
+) -> ThreadSummary | None:
     try:
         topology = await stored_topology(saver, thread_id)
     except MoAInputError:  # a thread some other program wrote, or a topology no longer valid
@@ -80,7 +82,10 @@ async def _summary(saver: BaseCheckpointSaver[Any], thread_id: str) -> ThreadSum
         return ThreadSummary(
             thread_id, None, 0, found.checkpoint.get("ts", ""), "unknown", None, 0, 0, 0
         )
-    graph = build_graph(topology, checkpointer=saver)
+    spec = topology.model_dump_json()
+    if spec not in graphs:  # threads of one topology share its graph
+        graphs[spec] = build_graph(topology, checkpointer=saver)
+    graph = graphs[spec]
     config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
     snapshots = [s async for s in graph.aget_state_history(config)]
     if not snapshots:
@@ -125,7 +130,8 @@ async def _summary(saver: BaseCheckpointSaver[Any], thread_id: str) -> ThreadSum
 
 async def list_threads(saver: BaseCheckpointSaver[Any], limit: int = 20) -> list[ThreadSummary]:
     """Summaries of the ``limit`` most recently active threads of the store."""
-    found = [await _summary(saver, t) for t in await thread_ids(saver, limit)]
+    graphs: dict[str, Any] = {}
+    found = [await _summary(saver, t, graphs) for t in await thread_ids(saver, limit)]
     return [s for s in found if s is not None]
 
 

@@ -1,6 +1,12 @@
 """The graph's state: the conversation plus the record of this turn (who proposed what, what
 failed and why, what it cost). Records are plain JSON-able dicts so every door (CLI, Python,
 server) shows the same thing and checkpoints stay portable.
+
+Every record's reducer checks what is written against the record's own TypedDict (pydantic),
+because the state is also written from outside the graph: Studio's state editor and
+``update_state`` through the LangGraph server. What a user reads can be written back as it is
+(``layers`` takes the nested shape it shows as well as the flat one nodes write), and a wrong
+shape raises :class:`StateUpdateError` naming the key, which the server turns into a 400.
 """
 
 from __future__ import annotations
