@@ -14,7 +14,7 @@ from functools import cache
 
 from langgraph_moa.errors import MissingExtraError
 
-__all__ = ["EXTRAS", "has_extra", "require_extra"]
+__all__ = ["EXTRAS", "has_extra", "importable", "require_extra"]
 
 # extra -> the modules it provides (import names, not distribution names)
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -34,6 +34,11 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package is missing or broken
         return False
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` (an import name, dotted or not) can be imported, without importing it."""
+    return _importable(module)
 
 
 def has_extra(extra: str) -> bool:

@@ -1,10 +1,13 @@
 """Turn an agent's ``"provider:model"`` into a LangChain chat model.
 
-OpenAI-compatible services go through langchain-openai's ChatOpenAI with the provider's base URL
-(overridable with ``<PROVIDER>_BASE_URL``) and key (``<PROVIDER>_API_KEY``); ``openai`` reads
-``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` exactly as the openai client does. ``local`` is the
-embedded SmolLM2 model run by llama.cpp (see :mod:`langgraph_moa.llm.local_model`).
-Keys are read from the environment when a model is made and never stored anywhere else.
+Which kind of provider serves a name is decided in :mod:`langgraph_moa.spec.providers`.
+Registered models, factory providers and LangChain ``init_chat_model`` providers are made in
+:mod:`langgraph_moa.llm.langchain_models`. OpenAI-compatible services go through
+langchain-openai's ChatOpenAI with the provider's base URL (overridable with
+``<PROVIDER>_BASE_URL``) and key (``<PROVIDER>_API_KEY``); ``openai`` reads ``OPENAI_API_KEY`` /
+``OPENAI_BASE_URL`` exactly as the openai client does. ``local`` is the embedded SmolLM2 model
+run by llama.cpp (see :mod:`langgraph_moa.llm.local_model`). Keys are read from the environment
+when a model is made and never stored anywhere else.
 """
 
 from __future__ import annotations
@@ -14,13 +17,26 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import SecretStr
 
 from langgraph_moa.errors import MissingCredentialsError
 from langgraph_moa.extras import require_extra
+from langgraph_moa.llm.langchain_models import (
+    check_langchain_ready,
+    make_langchain_model,
+    missing_key_envs,
+)
 from langgraph_moa.llm.local_model import ChatLocalLlama, resolve_model_path
 from langgraph_moa.llm.local_runtime import check_local_runtime
 from langgraph_moa.llm.openai_client import RetryingAsyncOpenAI
-from langgraph_moa.spec.providers import DEFAULT_TIMEOUT_S, PROVIDERS, ProviderSpec
+from langgraph_moa.spec.providers import (
+    DEFAULT_TIMEOUT_S,
+    LANGCHAIN_PROVIDERS,
+    PROVIDERS,
+    ProviderSpec,
+    provider_kind,
+    registered_models,
+)
 from langgraph_moa.spec.topology import Retry
 
 if TYPE_CHECKING:
@@ -48,9 +64,13 @@ def check_credentials(topology: Topology) -> None:
     """Raise MissingCredentialsError naming every unset key variable, before any call is made."""
     missing: list[str] = []
     for agent in topology.agents():
-        spec = PROVIDERS[agent.provider]
-        if spec.key_required and not spec.resolve_key() and spec.key_env not in missing:
-            missing.append(spec.key_env)
+        spec = PROVIDERS.get(agent.provider)
+        if provider_kind(agent.model) in ("openai", "local") and spec is not None:
+            if spec.key_required and not spec.resolve_key():
+                missing.append(spec.key_env)
+        else:
+            missing.extend(missing_key_envs(agent))
+    missing = list(dict.fromkeys(missing))
     if missing:
         names = " and ".join(missing)
         verb = "is" if len(missing) == 1 else "are"
@@ -68,17 +88,23 @@ def check_ready(topology: Topology, *, probe_local: bool = False) -> None:
     (:mod:`langgraph_moa.llm.local_runtime`; up to a second the first time, then remembered).
     """
     for agent in topology.agents():
-        if not PROVIDERS[agent.provider].openai_compatible:
+        kind = provider_kind(agent.model)
+        if kind == "local":
             require_extra("local", f"the embedded model ({agent.model})")
             if probe_local:
                 check_local_runtime(resolve_model_path(agent.model_name))
+        elif kind == "langchain":
+            check_langchain_ready(agent)
     check_credentials(topology)
 
 
 def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> BaseChatModel:
     """A chat model for ``agent``; ``n`` > 1 asks for that many samples in one request."""
+    kind = provider_kind(agent.model)
+    if kind not in ("openai", "local"):
+        return make_langchain_model(agent, streaming=streaming)
     spec = PROVIDERS[agent.provider]
-    if not spec.openai_compatible:
+    if kind == "local":
         return ChatLocalLlama(
             model_path=agent.model_name,
             temperature=agent.temperature,
@@ -128,20 +154,38 @@ def call_options(
     if temperature is not None:
         options["temperature"] = temperature
     if max_tokens is not None:
-        options |= _max_tokens_option(PROVIDERS[agent.provider], max_tokens)
+        spec = PROVIDERS.get(agent.provider)
+        if provider_kind(agent.model) in ("openai", "local") and spec is not None:
+            options |= _max_tokens_option(spec, max_tokens)
+        else:  # LangChain's standard parameter
+            options["max_tokens"] = max_tokens
     return options
 
 
+def _secrets() -> list[str]:
+    """Every key moa knows of: the table's and LangChain providers' key variables, and the
+    secret fields of registered models."""
+    envs = [spec.key_env for spec in PROVIDERS.values()]
+    envs += [env for p in LANGCHAIN_PROVIDERS.values() for env in p.key_envs]
+    keys = [key for env in dict.fromkeys(envs) if (key := os.environ.get(env))]
+    for model in registered_models():
+        keys += [
+            secret
+            for value in vars(model).values()
+            if isinstance(value, SecretStr) and (secret := value.get_secret_value())
+        ]
+    return keys
+
+
 def redact(text: str) -> str:
-    """Mask every configured provider key that appears in ``text``.
+    """Mask every known provider key that appears in ``text`` (see :func:`_secrets`).
 
     A key of 6 characters or more is masked wherever it appears; a shorter one (a test or local
     server's key) wherever it stands as a word of its own, so that masking it cannot mangle
     ordinary words that merely contain it.
     """
-    for spec in PROVIDERS.values():
-        key = os.environ.get(spec.key_env)
-        if not key or key not in text:
+    for key in _secrets():
+        if key not in text:
             continue
         if len(key) >= 6:
             text = text.replace(key, "***")

@@ -3,8 +3,9 @@ HTTP attempts, whether it came from the cache.
 
 Failures are caught and returned as outcomes (the graph decides what a failure means); the error
 text is one line, shortened, with any configured API key masked. Retries happen inside the
-openai client (see :mod:`langgraph_moa.llm.openai_client`); a layer deadline cancels what is
-still running.
+openai client for the OpenAI-compatible table (see :mod:`langgraph_moa.llm.openai_client`) and
+around each LangChain call for every other provider (see
+:mod:`langgraph_moa.llm.langchain_models`); a layer deadline cancels what is still running.
 """
 
 from __future__ import annotations
@@ -21,19 +22,20 @@ import openai
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config, merge_configs
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.chat_models import make_chat_model, redact
+from langgraph_moa.llm.langchain_models import call_with_retries, status_of
 from langgraph_moa.llm.openai_client import count_attempts
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.state import CallRecord, TokenUsage, Usage, add_usage
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.providers import PROVIDERS, requests_for
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.providers import langchain_provider, provider_kind, requests_for
+from langgraph_moa.spec.topology import Agent, Retry
 
 __all__ = [
     "CallExtras",
@@ -147,9 +149,7 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
     ):
         return f"timed out after {timeout_s:g}s" if timeout_s else "timed out"
     if isinstance(err, openai.APIStatusError):
-        body = err.body if isinstance(err.body, dict) else {}
-        detail = body.get("error", body).get("message") if isinstance(body, dict) else None
-        return _short(f"HTTP {err.status_code}: {detail or err.message}")
+        return _status_error(err, err.status_code)
     if isinstance(err, openai.APIConnectionError):
         cause = err.__cause__ or err.__context__
         return _short(f"connection failed: {cause or err}")
@@ -157,12 +157,39 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
         return str(err)
     if isinstance(err, json.JSONDecodeError | openai.APIResponseValidationError):
         return _short(f"malformed response: {err}")
+    # other SDKs (anthropic, google-genai, mistral...): the same facts under their own classes
+    if (status := status_of(err)) is not None:
+        return _status_error(err, status)
+    names = [cls.__name__ for cls in type(err).__mro__]
+    if any("Timeout" in name for name in names):
+        return f"timed out after {timeout_s:g}s" if timeout_s else "timed out"
+    if any("Connection" in name or "ConnectError" in name for name in names):
+        return _short(f"connection failed: {err.__cause__ or err.__context__ or err}")
     return error_text(err)
+
+
+def _status_error(err: BaseException, status: int) -> str:
+    """``HTTP <status>: <the server's message>`` (OpenAI and Anthropic both put it in the body's
+    ``error.message``)."""
+    body = getattr(err, "body", None)
+    body = body if isinstance(body, dict) else {}
+    inner = body.get("error", body)
+    detail = inner.get("message") if isinstance(inner, dict) else None
+    return _short(f"HTTP {status}: {detail or getattr(err, 'message', None) or err}")
+
+
+def _finish_reason(message: AIMessage) -> object:
+    """Why the model stopped, under the key its integration uses (OpenAI's ``finish_reason``,
+    Anthropic's ``stop_reason``, Bedrock's ``stopReason``)."""
+    meta = message.response_metadata
+    return next(
+        (meta[k] for k in ("finish_reason", "stop_reason", "stopReason") if meta.get(k)), None
+    )
 
 
 def _outcome_of(message: AIMessage, latency_s: float, usage: TokenUsage, attempts: int) -> Outcome:
     text = text_of(message)
-    finish = message.response_metadata.get("finish_reason")
+    finish = _finish_reason(message)
     finish = str(finish) if finish is not None else None
     if message.tool_calls:  # an answer that calls tools may have no text
         return Outcome(text, None, latency_s, usage, message, attempts, finish_reason=finish)
@@ -185,7 +212,15 @@ class ModelPool:
     def __init__(self, agent: Agent, *, streaming: bool = False) -> None:
         self.agent = agent
         self.streaming = streaming
-        self.in_process = not PROVIDERS[agent.provider].openai_compatible
+        kind = provider_kind(agent.model)
+        self.in_process = kind == "local"
+        # other than the openai client, which retries and times out on its own
+        self.retried_here = kind not in ("openai", "local")
+        # a streamed answer without a finish reason was cut off (where the provider gives one)
+        lc = langchain_provider(agent.provider)
+        self.reports_finish = kind in ("openai", "local") or (
+            kind == "langchain" and lc is not None and lc.reports_finish
+        )
         self._models: dict[asyncio.AbstractEventLoop, dict[int, BaseChatModel]] = {}
 
     def get(self, n: int = 1) -> BaseChatModel:
@@ -250,12 +285,22 @@ async def _request(
                 model = pool.get()
                 runnable = extras.prepare(model) if extras else model
                 limit = reply_limit(pool.agent)
-                # the guard joins the inherited callbacks (LangGraph's token streaming among
-                # them): a config with only it would replace them
-                config = merge_configs(ensure_config(), {"callbacks": [_StopLongReplies(limit)]})
-                call = runnable.ainvoke(messages, config)
-                # in-process models have no HTTP timeout of their own
-                reply = await (asyncio.wait_for(call, timeout_s) if pool.in_process else call)
+
+                def call() -> Any:
+                    # the guard joins the inherited callbacks (LangGraph's token streaming
+                    # among them): a config with only it would replace them
+                    guard: RunnableConfig = {"callbacks": [_StopLongReplies(limit)]}
+                    return runnable.ainvoke(messages, merge_configs(ensure_config(), guard))
+
+                if pool.retried_here:
+                    retry = pool.agent.retry or Retry()
+                    reply = await call_with_retries(
+                        call, retry=retry, timeout_s=timeout_s, attempts=attempts
+                    )
+                elif pool.in_process:  # in-process models have no HTTP timeout of their own
+                    reply = await asyncio.wait_for(call(), timeout_s)
+                else:
+                    reply = await call()
                 generations = [reply]
             else:
                 result = await pool.get(n).agenerate([messages])
@@ -292,7 +337,7 @@ async def _request(
                 usage,
                 attempts=tries,
             )
-        if pool.streaming and outcome.ok and outcome.finish_reason is None:
+        if pool.streaming and pool.reports_finish and outcome.ok and outcome.finish_reason is None:
             # A stream that simply stopped (no finish reason, no [DONE]) was cut off: its text
             # is a fragment, not an answer.
             received = len(outcome.text or "")

@@ -231,8 +231,8 @@ def _shown_url(url: str) -> str:
 
 
 def _base_url(provider: str) -> str | None:
-    spec = PROVIDERS[provider]
-    if not spec.openai_compatible:
+    spec = PROVIDERS.get(provider)  # None: a LangChain or registered provider
+    if spec is None or not spec.openai_compatible:
         return None
     url = spec.resolve_base_url()
     if url is None and provider == "openai":

@@ -2,8 +2,10 @@
 ``"provider:model"``, where a key ending in ``*`` matches by prefix (``"local:*"``); one lookup
 (exact key, else the longest matching prefix) serves both.
 
-The built-in table covers the models the presets use. A user extends or overrides prices with
-``prices:`` in a topology, or with a YAML/JSON file named by ``MOA_PRICES``
+The built-in table covers the models the presets use and a few models of LangChain providers
+(a ``*`` key prices an alias and its dated snapshots alike: ``anthropic:claude-sonnet-4-5*``).
+A user extends or overrides prices with ``prices:`` in a topology, or with a YAML/JSON file
+named by ``MOA_PRICES``
 (``{"provider:model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}``), and declares a
 window with an agent's ``context_window``. Unknown models have no cost (``None``) and no
 window, never a guess.
@@ -54,6 +56,13 @@ MODEL_FACTS: dict[str, ModelFacts] = {
     "together:meta-llama/Llama-3-70b-chat-hf": _f(0.90, 0.90, 8192),
     "together:mistralai/Mixtral-8x22B-Instruct-v0.1": _f(1.20, 1.20, 65536),
     "together:databricks/dbrx-instruct": _f(1.20, 1.20, 32768),
+    # LangChain init_chat_model providers (names as their APIs take them)
+    "anthropic:claude-opus-4-1*": _f(15.00, 75.00, 200000),
+    "anthropic:claude-sonnet-4-5*": _f(3.00, 15.00, 200000),
+    "anthropic:claude-haiku-4-5*": _f(1.00, 5.00, 200000),
+    "anthropic:claude-3-5-haiku*": _f(0.80, 4.00, 200000),
+    "google_genai:gemini-2.5-pro": _f(1.25, 10.00, 1048576),
+    "google_genai:gemini-2.5-flash": _f(0.30, 2.50, 1048576),
     "local:smollm2": _f(0.0, 0.0, 8192),
     "local:smollm2-135m-instruct": _f(0.0, 0.0, 8192),
     "local:*": _f(0.0, 0.0),

@@ -1,28 +1,75 @@
 """The provider table: how each ``provider:`` prefix of a model name is reached.
 
-OpenAI-compatible services: a default base URL (overridable with ``<PROVIDER>_BASE_URL``), a key
-variable ``<PROVIDER>_API_KEY``, whether one request may ask for ``n`` samples. ``local`` is the
-embedded model (not OpenAI-compatible). Plain data: the chat models themselves are made in
-:mod:`langgraph_moa.llm.chat_models`.
+Four kinds of provider, looked up in this order (the first that knows a name wins):
+
+1. a model registered by the user under an exact ``"provider:model"`` name
+   (:func:`register_model`: a ready-made LangChain chat model, used as is);
+2. the OpenAI-compatible table below (plus providers registered with a base URL), and ``local``,
+   the embedded model: a default base URL (overridable with ``<PROVIDER>_BASE_URL``), a key
+   variable, whether one request may ask for ``n`` samples. It wins over LangChain for the
+   prefixes both know (``openai``, ``groq``, ``together``, ...): it is the tested path, with
+   whole-request timeouts and counted HTTP attempts;
+3. a provider registered with a factory (:func:`register_provider`);
+4. LangChain's ``init_chat_model`` providers (``anthropic``, ``google_genai``, ``bedrock``,
+   ``mistralai``, ``azure_openai``...), usable when ``langchain`` and the provider's integration
+   package are installed.
+
+The LangChain list is kept here as data (the import name of each integration, the variables that
+hold its key) rather than read from ``langchain`` at run time: ``langchain`` is optional, and a
+topology is validated before anything heavy is imported. A unit test compares it with
+``init_chat_model``'s own list so the two cannot drift apart unnoticed.
+
+The chat models themselves are made in :mod:`langgraph_moa.llm.chat_models`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from langgraph_moa.errors import MoAInputError
 
 if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
     from langgraph_moa.spec.topology import Agent
 
-__all__ = ["DEFAULT_TIMEOUT_S", "PROVIDERS", "ProviderSpec", "requests_for", "supports_n"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "LANGCHAIN_PROVIDERS",
+    "PROVIDERS",
+    "ChatModelFactory",
+    "LangChainProvider",
+    "ProviderKind",
+    "ProviderSpec",
+    "factory_of",
+    "known_providers",
+    "langchain_provider",
+    "provider_kind",
+    "register_model",
+    "register_provider",
+    "registered_model",
+    "registered_models",
+    "requests_for",
+    "supports_n",
+    "unregister",
+]
 
 DEFAULT_TIMEOUT_S = 120.0
+
+ChatModelFactory = Callable[..., "BaseChatModel"]
+"""``factory(model_name, *, temperature, max_tokens, timeout) -> BaseChatModel``."""
+
+ProviderKind = Literal["registered_model", "openai", "local", "factory", "langchain"]
 
 
 @dataclass(frozen=True)
 class ProviderSpec:
-    """How to reach one provider."""
+    """How to reach one OpenAI-compatible provider (or the embedded model)."""
 
     name: str
     base_url: str | None
@@ -30,10 +77,11 @@ class ProviderSpec:
     default_key: str | None = None
     supports_n: bool = False  # accepts `n` > 1 in one chat completion request
     openai_compatible: bool = True
+    api_key_env: str | None = None  # default: <NAME>_API_KEY
 
     @property
     def key_env(self) -> str:
-        return f"{self.name.upper()}_API_KEY"
+        return self.api_key_env or f"{self.name.upper()}_API_KEY"
 
     @property
     def base_url_env(self) -> str:
@@ -46,7 +94,7 @@ class ProviderSpec:
         return os.environ.get(self.key_env) or self.default_key
 
 
-PROVIDERS: dict[str, ProviderSpec] = {
+BUILTIN_PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
         ProviderSpec("openai", None, supports_n=True),
@@ -69,10 +117,210 @@ PROVIDERS: dict[str, ProviderSpec] = {
     )
 }
 
+# The built-in table plus the OpenAI-compatible providers registered at run time.
+PROVIDERS: dict[str, ProviderSpec] = dict(BUILTIN_PROVIDERS)
+
+
+@dataclass(frozen=True)
+class LangChainProvider:
+    """One provider of LangChain's ``init_chat_model``."""
+
+    name: str
+    module: str  # where its chat model class lives (import name)
+    key_envs: tuple[str, ...] = ()  # any one of them holds the key; () = not a single variable
+    extra: str | None = None  # a pip extra of the package, when the class needs one
+    # says why the model stopped (so a streamed answer without it was cut off)
+    reports_finish: bool = False
+
+    @property
+    def package(self) -> str:
+        """The pip requirement that installs it."""
+        dist = self.module.split(".", 1)[0].replace("_", "-")
+        return f"{dist}[{self.extra}]" if self.extra else dist
+
+
+LANGCHAIN_PROVIDERS: dict[str, LangChainProvider] = {
+    p.name: p
+    for p in (
+        LangChainProvider(
+            "anthropic", "langchain_anthropic", ("ANTHROPIC_API_KEY",), reports_finish=True
+        ),
+        LangChainProvider("anthropic_bedrock", "langchain_aws"),
+        LangChainProvider("azure_ai", "langchain_azure_ai.chat_models"),
+        LangChainProvider("azure_openai", "langchain_openai", reports_finish=True),
+        LangChainProvider("baseten", "langchain_baseten"),
+        LangChainProvider("bedrock", "langchain_aws"),
+        LangChainProvider("bedrock_converse", "langchain_aws"),
+        LangChainProvider("bedrock_mantle_anthropic", "langchain_aws", extra="anthropic"),
+        LangChainProvider("bedrock_mantle_openai", "langchain_aws", extra="openai"),
+        LangChainProvider("cohere", "langchain_cohere", ("COHERE_API_KEY", "CO_API_KEY")),
+        LangChainProvider(
+            "deepseek", "langchain_deepseek", ("DEEPSEEK_API_KEY",), reports_finish=True
+        ),
+        LangChainProvider("fireworks", "langchain_fireworks"),
+        LangChainProvider("google_anthropic_vertex", "langchain_google_vertexai.model_garden"),
+        LangChainProvider(
+            "google_genai", "langchain_google_genai", ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+        ),
+        LangChainProvider("google_vertexai", "langchain_google_vertexai"),
+        LangChainProvider("groq", "langchain_groq"),
+        LangChainProvider("huggingface", "langchain_huggingface"),
+        LangChainProvider("ibm", "langchain_ibm"),
+        LangChainProvider("langsmith", "langchain_openai"),
+        LangChainProvider("litellm", "langchain_litellm"),
+        LangChainProvider("meta", "langchain_meta"),
+        LangChainProvider(
+            "mistralai", "langchain_mistralai", ("MISTRAL_API_KEY",), reports_finish=True
+        ),
+        LangChainProvider("nvidia", "langchain_nvidia_ai_endpoints"),
+        LangChainProvider("ollama", "langchain_ollama"),
+        LangChainProvider("openai", "langchain_openai"),
+        LangChainProvider("openrouter", "langchain_openrouter"),
+        LangChainProvider("perplexity", "langchain_perplexity"),
+        LangChainProvider("together", "langchain_together"),
+        LangChainProvider("upstage", "langchain_upstage"),
+        LangChainProvider("xai", "langchain_xai", ("XAI_API_KEY",), reports_finish=True),
+    )
+}
+
+# What users register, by name. A lock: the sync API and a server may read while a user's
+# thread registers.
+_lock = threading.Lock()
+_factories: dict[str, ChatModelFactory] = {}
+_models: dict[str, BaseChatModel] = {}
+_PROVIDER_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _check_provider_name(name: str) -> None:
+    if not isinstance(name, str) or not _PROVIDER_RE.match(name):
+        raise MoAInputError(
+            "a provider name is lowercase letters, digits, '_' and '-', starting with a letter; "
+            f"got {name!r}"
+        )
+    if name in BUILTIN_PROVIDERS:
+        raise MoAInputError(
+            f"{name!r} is a built-in provider and cannot be replaced; point it elsewhere with "
+            f"{BUILTIN_PROVIDERS[name].base_url_env}"
+        )
+
+
+def register_provider(
+    name: str,
+    factory: ChatModelFactory | None = None,
+    *,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    supports_n: bool = False,
+) -> None:
+    """Make ``name:<model>`` usable in topologies.
+
+    Either ``factory``, called as ``factory(model_name, temperature=..., max_tokens=...,
+    timeout=...)`` for each agent, returning a LangChain chat model (moa retries and times out
+    its calls: give the model no retries of its own); or ``base_url`` of an OpenAI-compatible
+    service, reached like the built-in table's providers (``<NAME>_BASE_URL`` overrides it; the
+    key is read from ``api_key_env`` when given, else none is sent). Registering a name again
+    replaces it; the built-in table's names cannot be replaced.
+    """
+    _check_provider_name(name)
+    if (factory is None) == (base_url is None):
+        raise MoAInputError("register_provider takes a factory or a base_url (one of them)")
+    if factory is not None and not callable(factory):
+        raise MoAInputError(f"the factory for provider {name!r} is not callable")
+    with _lock:
+        _factories.pop(name, None)
+        PROVIDERS.pop(name, None)
+        if factory is not None:
+            _factories[name] = factory
+        else:
+            PROVIDERS[name] = ProviderSpec(
+                name,
+                base_url,
+                key_required=api_key_env is not None,
+                default_key=None if api_key_env else "EMPTY",
+                supports_n=supports_n,
+                api_key_env=api_key_env,
+            )
+
+
+def register_model(name: str, model: BaseChatModel) -> None:
+    """Make a ready-made LangChain chat model usable in topologies as ``model: <name>``.
+
+    ``name`` looks like any other model name (``"mine:reviewer"``) and wins over every
+    provider for that exact name. The model is used as it is: its own settings (temperature,
+    length, key) apply, not the agent's; moa retries and times out its calls.
+    """
+    provider, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not sep or not rest or not _PROVIDER_RE.match(provider) or not name.isprintable():
+        raise MoAInputError(f'a registered model is named "provider:model"; got {name!r}')
+    if not hasattr(model, "ainvoke") or not hasattr(model, "agenerate"):
+        raise MoAInputError(f"the model registered as {name!r} is not a LangChain chat model")
+    with _lock:
+        _models[name] = model
+
+
+def unregister(name: str) -> None:
+    """Forget a registered model (by its full name) or provider; unknown names are ignored."""
+    with _lock:
+        _models.pop(name, None)
+        _factories.pop(name, None)
+        if name not in BUILTIN_PROVIDERS:
+            PROVIDERS.pop(name, None)
+
+
+def registered_model(model: str) -> BaseChatModel | None:
+    """The chat model registered under exactly ``model``, if any."""
+    return _models.get(model)
+
+
+def registered_models() -> list[BaseChatModel]:
+    with _lock:
+        return list(_models.values())
+
+
+def factory_of(provider: str) -> ChatModelFactory | None:
+    return _factories.get(provider)
+
+
+def langchain_provider(provider: str) -> LangChainProvider | None:
+    return LANGCHAIN_PROVIDERS.get(provider)
+
+
+def provider_kind(model: str) -> ProviderKind | None:
+    """Which kind of provider serves ``model`` (``"provider:model"``), or None if none does."""
+    if model in _models:
+        return "registered_model"
+    provider = model.split(":", 1)[0]
+    spec = PROVIDERS.get(provider)
+    if spec is not None:
+        return "openai" if spec.openai_compatible else "local"
+    if provider in _factories:
+        return "factory"
+    if provider in LANGCHAIN_PROVIDERS:
+        return "langchain"
+    return None
+
+
+def known_providers() -> str:
+    """The providers a model name may start with, in words, for an error message."""
+    table = ", ".join(sorted(PROVIDERS))
+    others = sorted(set(LANGCHAIN_PROVIDERS) - set(PROVIDERS))
+    text = (
+        f"the OpenAI-compatible table and the embedded model ({table}); LangChain "
+        f"init_chat_model providers, with langchain and the integration installed "
+        f"({', '.join(others)})"
+    )
+    if registered := sorted(set(_factories) | {m.split(":", 1)[0] for m in _models}):
+        text += f"; registered ({', '.join(registered)})"
+    return text
+
 
 def supports_n(agent: Agent) -> bool:
-    """Whether the agent's provider returns ``n`` samples from one request."""
-    return PROVIDERS[agent.provider].supports_n
+    """Whether the agent's provider returns ``n`` samples from one request (only the
+    OpenAI-compatible table says so; every other provider gets one request per sample)."""
+    if agent.model in _models:
+        return False
+    spec = PROVIDERS.get(agent.provider)
+    return spec is not None and spec.supports_n
 
 
 def requests_for(agent: Agent) -> int:

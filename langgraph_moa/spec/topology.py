@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.spec.providers import PROVIDERS, requests_for
+from langgraph_moa.spec.providers import known_providers, provider_kind, requests_for
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -120,10 +120,9 @@ class Agent(_Strict):
             raise ValueError(
                 f'model must look like "provider:model" (e.g. "openai:gpt-4o"), got {value!r}'
             )
-        provider = value.split(":", 1)[0]
-        if provider not in PROVIDERS:
-            known = ", ".join(sorted(PROVIDERS))
-            raise ValueError(f"unknown provider {provider!r}; known providers: {known}")
+        if provider_kind(value) is None:
+            provider = value.split(":", 1)[0]
+            raise ValueError(f"unknown provider {provider!r}; known: {known_providers()}")
         return value
 
     @field_validator("name")

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -158,17 +158,19 @@ class FakeOpenAI:
             self.requests.clear()
             self._counts.clear()
 
-    def start(self) -> FakeOpenAI:
+    def routes(self) -> list[Route]:
+        """The HTTP API served (a subclass serves another provider's wire format)."""
+        return [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ]
+
+    def start(self) -> Self:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-            ]
-        )
+        app = Starlette(routes=self.routes())
         config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -178,7 +180,7 @@ class FakeOpenAI:
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline:
-                raise RuntimeError("fake OpenAI server did not start")
+                raise RuntimeError(f"{type(self).__name__} server did not start")
             time.sleep(0.01)
         return self
 
@@ -189,7 +191,7 @@ class FakeOpenAI:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -205,11 +207,12 @@ class FakeOpenAI:
         body = {"error": {"message": message, "type": "fake_error", "code": status}}
         return JSONResponse(body, status_code=status, headers=headers)
 
-    async def _chat(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await request.json()
+    def admit(
+        self, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[LoggedRequest, Behavior, int, int | str | None]:
+        """Log a request; its model's behaviour, its number for that model and its fault."""
         model = str(body.get("model", ""))
-        log = LoggedRequest(model, body, dict(request.headers), started)
+        log = LoggedRequest(model, body, headers, time.perf_counter())
         behavior = self.behaviors.get(model, self.default)
         with self._lock:
             self.requests.append(log)
@@ -223,13 +226,19 @@ class FakeOpenAI:
                         break
                     draw -= chance
             log.fault = fault
+        return log, behavior, number, fault
 
-        if behavior.latency_s and not await self._wait(request, behavior.latency_s, log):
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        log, behavior, number, fault = self.admit(body, dict(request.headers))
+        model = log.model
+
+        if behavior.latency_s and not await self.wait(request, behavior.latency_s, log):
             return Response(status_code=499)
         n = int(body.get("n") or 1)
         if n > 1 and not behavior.supports_n:
             return self._error(log, 400, "'n' : number must be at most 1")
-        if fault == "hang" and not await self._wait(request, behavior.hang_s, log):
+        if fault == "hang" and not await self.wait(request, behavior.hang_s, log):
             return Response(status_code=499)
         elif isinstance(fault, int):
             headers = {}
@@ -278,7 +287,7 @@ class FakeOpenAI:
                 behavior.truncate,
             )
             return StreamingResponse(
-                self._dripped(events, behavior.drip_s, log),
+                self.dripped(events, behavior.drip_s, log),
                 media_type="text/event-stream",
             )
         reply = json.dumps(
@@ -306,12 +315,12 @@ class FakeOpenAI:
                 log.status = 200
 
             return StreamingResponse(
-                self._dripped(whole(), behavior.drip_s, log), media_type="application/json"
+                self.dripped(whole(), behavior.drip_s, log), media_type="application/json"
             )
         log.status, log.finished = 200, time.perf_counter()
         return Response(reply, media_type="application/json")
 
-    async def _wait(self, request: Request, seconds: float, log: LoggedRequest) -> bool:
+    async def wait(self, request: Request, seconds: float, log: LoggedRequest) -> bool:
         """Sleep ``seconds``; False (and the request logged as 499) if the client left first.
 
         The body has been read, so the next ASGI message is the client's disconnect: waiting
@@ -336,7 +345,7 @@ class FakeOpenAI:
             return False
         return True
 
-    async def _dripped(
+    async def dripped(
         self, events: AsyncIterator[str], drip_s: float | None, log: LoggedRequest
     ) -> AsyncIterator[str]:
         """The body as produced, or one byte every ``drip_s`` seconds; a client that leaves

@@ -27,10 +27,11 @@ def run_block(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_the_readme_has_the_examples_this_module_runs() -> None:
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 4
     assert "ChatMixtureOfAgents.from_preset" in BLOCKS[0]
     assert "OpenAI(base_url=" in BLOCKS[1]
     assert "build_graph(load_preset" in BLOCKS[2]
+    assert "register_model" in BLOCKS[3]  # run by tests/integration/test_providers.py
 
 
 @pytest.mark.parametrize("index", [0, 2])
