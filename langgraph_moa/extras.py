@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn"),
     "postgres": ("langgraph.checkpoint.postgres", "psycopg"),
     "draw": ("grandalf",),
+    "eval": ("numpy", "matplotlib"),
 }
 
 

@@ -37,6 +37,7 @@ from langgraph_moa.cli.console import (
     show_review,
 )
 from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
+from langgraph_moa.cli.evaluate import eval_command, report_command
 from langgraph_moa.cli.store import open_checkpointer, thread_lock
 from langgraph_moa.cli.threads import (
     fork_config,
@@ -770,6 +771,10 @@ def presets() -> None:
     width = max(len(name) for name in found)
     for name, description in found.items():
         sys.stdout.write(f"{name.ljust(width)}  {description}\n")
+
+
+app.command("eval")(eval_command)
+app.command("report")(report_command)
 
 
 def main(argv: list[str] | None = None) -> None:
