@@ -55,6 +55,7 @@ async def main(n: int) -> None:
         server.behave("judge", reply=verdict)
         cache = Path(folder) / "judgments.sqlite"
         await judged(10, Path(folder) / "warm.sqlite")
+        server.reset()
         wall, judging, scoring = await judged(n, cache)
         calls = len(server.requests_for("judge"))
         per = 100 / n

@@ -22,6 +22,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn"),
     "postgres": ("langgraph.checkpoint.postgres", "psycopg"),
     "draw": ("grandalf",),
+    "ray": ("ray", "ray.data"),
+    "parquet": ("pyarrow",),
     "eval": ("numpy", "matplotlib"),
 }
 

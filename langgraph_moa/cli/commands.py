@@ -38,6 +38,7 @@ from langgraph_moa.cli.console import (
 )
 from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
 from langgraph_moa.cli.evaluate import eval_command, report_command
+from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.store import open_checkpointer, thread_lock
 from langgraph_moa.cli.threads import (
     fork_config,
@@ -773,6 +774,8 @@ def presets() -> None:
         sys.stdout.write(f"{name.ljust(width)}  {description}\n")
 
 
+app.command("relabel")(relabel_command)
+app.command("export")(export_command)
 app.command("eval")(eval_command)
 app.command("report")(report_command)
 

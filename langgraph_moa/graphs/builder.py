@@ -80,6 +80,7 @@ def build_state_graph(
     proposal_cache = (
         ProposalCache(backend, cache_sampled=topology.cache_sampled) if backend else None
     )
+    final_cache = proposal_cache.for_final_answers() if proposal_cache else None
     graph: StateGraph[MoAState, Any, MoAInput, MoAState] = StateGraph(
         MoAState, input_schema=MoAInput, context_schema=context_schema
     )
@@ -110,7 +111,11 @@ def build_state_graph(
     last = len(topology.layers)
     if topology.critic is not None:
         _add(
-            graph, CRITIC, make_critic(topology.critic, last_layer=last, node=CRITIC, prices=prices)
+            graph,
+            CRITIC,
+            make_critic(
+                topology.critic, last_layer=last, node=CRITIC, prices=prices, cache=final_cache
+            ),
         )
         graph.add_edge(previous, CRITIC)
         previous = CRITIC
@@ -125,6 +130,7 @@ def build_state_graph(
         node=AGGREGATOR,
         prices=prices,
         can_fall_back=can_fall_back,
+        cache=final_cache,
     )
     _add(graph, AGGREGATOR, aggregator)
     graph.add_edge(previous, AGGREGATOR)
@@ -132,7 +138,11 @@ def build_state_graph(
         graph.add_edge(AGGREGATOR, END)
     else:
         policy = topology.fallback
-        _add(graph, FALLBACK, make_fallback(policy, last_layer=last, node=FALLBACK, prices=prices))
+        _add(
+            graph,
+            FALLBACK,
+            make_fallback(policy, last_layer=last, node=FALLBACK, prices=prices, cache=final_cache),
+        )
         graph.add_conditional_edges(AGGREGATOR, route_after_aggregator, [FALLBACK, END])
         graph.add_edge(FALLBACK, END)
     return graph

@@ -101,6 +101,7 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
         base_url=spec.resolve_base_url(),
         retry=agent.retry or Retry(),
         timeout_s=timeout_s,
+        model=agent.model,
     )
     return ChatOpenAI(
         model=agent.model_name,

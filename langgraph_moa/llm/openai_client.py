@@ -12,6 +12,11 @@ minutes. :class:`WholeRequestTimeout` is a thin transport around httpx's own tha
 deadline on each HTTP attempt, from sending the request to the last byte of the body (a
 streamed answer included), and raises httpx's own ``ReadTimeout`` when it passes, so the client
 retries or reports it like any other timeout. httpx has no such setting, hence this wrapper.
+
+Rate limits shared by many runs (a batch of rows) plug in as a :class:`RequestGate` set with
+:func:`gate_requests`: every HTTP attempt of a model's client waits at the gate before it is
+sent, and the gate sees each response (a 429 can pause the model for every run, not only the
+one that got it). The gate itself lives with the batch runner.
 """
 
 from __future__ import annotations
@@ -22,14 +27,20 @@ import math
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 import openai
 
 from langgraph_moa.spec.topology import Retry
 
-__all__ = ["RetryingAsyncOpenAI", "WholeRequestTimeout", "count_attempts"]
+__all__ = [
+    "RequestGate",
+    "RetryingAsyncOpenAI",
+    "WholeRequestTimeout",
+    "count_attempts",
+    "gate_requests",
+]
 
 # Longest Retry-After we wait for; beyond it the failure is reported instead.
 MAX_RETRY_AFTER_S = 120.0
@@ -50,10 +61,44 @@ def count_attempts() -> Iterator[list[int]]:
         _attempts.reset(token)
 
 
-async def _on_request(request: Any) -> None:
-    counter = _attempts.get()
-    if counter is not None:
-        counter[0] += 1
+class RequestGate(Protocol):
+    """Where requests wait for a rate limit (``model`` is the agent's ``provider:model``)."""
+
+    async def before(self, model: str, request: httpx2.Request) -> None: ...
+
+    def after(self, model: str, response: httpx2.Response) -> None: ...
+
+
+_gate: contextvars.ContextVar[RequestGate | None] = contextvars.ContextVar(
+    "moa_request_gate", default=None
+)
+
+
+@contextmanager
+def gate_requests(gate: RequestGate) -> Iterator[None]:
+    """Send every request made inside this block (and tasks it starts) through ``gate``."""
+    token = _gate.set(gate)
+    try:
+        yield
+    finally:
+        _gate.reset(token)
+
+
+def _hooks(model: str) -> dict[str, list[Any]]:
+    async def on_request(request: httpx2.Request) -> None:
+        counter = _attempts.get()
+        if counter is not None:
+            counter[0] += 1
+        gate = _gate.get()
+        if gate is not None:
+            await gate.before(model, request)
+
+    async def on_response(response: httpx2.Response) -> None:
+        gate = _gate.get()
+        if gate is not None:
+            gate.after(model, response)
+
+    return {"request": [on_request], "response": [on_response]}
 
 
 class _BodyWithDeadline(httpx2.AsyncByteStream):
@@ -113,10 +158,10 @@ class RetryingAsyncOpenAI(openai.AsyncOpenAI):
     """``openai.AsyncOpenAI`` whose retry delays come from a :class:`Retry` setting and whose
     ``timeout_s`` bounds each whole HTTP attempt (see :class:`WholeRequestTimeout`)."""
 
-    def __init__(self, *, retry: Retry, timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *, retry: Retry, timeout_s: float, model: str = "", **kwargs: Any) -> None:
         http_client = openai.DefaultAsyncHttpxClient(
             timeout=timeout_s,
-            event_hooks={"request": [_on_request]},
+            event_hooks=_hooks(model),
             transport=WholeRequestTimeout(timeout_s),
         )
         super().__init__(

@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage
 
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.llm.chat_models import call_options
+from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import (
     CallExtras,
     ModelPool,
@@ -49,7 +50,12 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
 
 
 async def _write_answer(
-    pool: ModelPool, state: MoAState, last_layer: int
+    pool: ModelPool,
+    state: MoAState,
+    last_layer: int,
+    *,
+    node: str,
+    cache: ProposalCache | None,
 ) -> tuple[list[Outcome], int, Trim | None]:
     """One synthesis call over the last layer's answers (and the critique), with the request's
     tools and options: what the aggregator, and a fallback model, both do."""
@@ -62,17 +68,25 @@ async def _write_answer(
         critique=_critique_text(state),
         keep_tool_messages=bool(extras.tools),
     )
-    outcomes, requests = await call_agent(pool, messages, extras=extras)
+    outcomes, requests = await call_agent(pool, messages, extras=extras, cache=cache, node=node)
     return outcomes, requests, trim
 
 
 def make_aggregator(
-    agent: Agent, *, last_layer: int, node: str, prices: PriceTable, can_fall_back: bool
+    agent: Agent,
+    *,
+    last_layer: int,
+    node: str,
+    prices: PriceTable,
+    can_fall_back: bool,
+    cache: ProposalCache | None = None,
 ) -> Node:
     pool = ModelPool(agent.model_copy(update={"n": 1}), streaming=True)
 
     async def aggregate(state: MoAState) -> dict[str, Any]:
-        outcomes, requests, trim = await _write_answer(pool, state, last_layer)
+        outcomes, requests, trim = await _write_answer(
+            pool, state, last_layer, node=node, cache=cache
+        )
         outcome = outcomes[0]
         update: dict[str, Any] = {
             "aggregator": call_record(agent, node, outcome, trim),
@@ -95,7 +109,12 @@ def route_after_aggregator(state: MoAState) -> Literal["fallback", "__end__"]:
 
 
 def make_fallback(
-    policy: Literal["best_proposal"] | Agent, *, last_layer: int, node: str, prices: PriceTable
+    policy: Literal["best_proposal"] | Agent,
+    *,
+    last_layer: int,
+    node: str,
+    prices: PriceTable,
+    cache: ProposalCache | None = None,
 ) -> Node:
     """Answer after the aggregator failed: with the best proposal, or from a fallback model.
 
@@ -119,7 +138,7 @@ def make_fallback(
             )
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
-        outcomes, requests, _ = await _write_answer(pool, state, last_layer)
+        outcomes, requests, _ = await _write_answer(pool, state, last_layer, node=node, cache=cache)
         outcome = outcomes[0]
         if not outcome.ok or outcome.message is None:
             raise MoARunError(f"{reason}; the fallback ({agent.model}) failed too: {outcome.error}")

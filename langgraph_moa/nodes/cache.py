@@ -8,6 +8,14 @@ The key covers the model, every sampling parameter, the seed and the exact messa
 sampled at temperature > 0 without a seed are not cached unless the topology sets
 ``cache_sampled: true`` (each such call is meant to differ).
 Only complete successes are stored; hits are marked ``cached`` and cost nothing.
+
+Inside :func:`row_scope` (the batch runner wraps each dataset row in one) every call is cached,
+the critic's and the aggregator's too, so a row killed mid-way never pays for a finished call
+again. There, calls sampled at temperature > 0 are keyed by the row id and the node as well, and
+each request of an agent whose samples are split into several requests under its own index, so
+samples stay distinct while a rerun of the same row finds each of them. Deterministic calls keep
+the plain key, so identical calls are shared across rows and across runs (a second run that
+changes only the aggregator reuses every proposer call).
 """
 
 from __future__ import annotations
@@ -17,17 +25,39 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, message_to_dict, messages_from_dict
 from langgraph.cache.base import BaseCache, FullKey, Namespace
 
 from langgraph_moa.llm.text import text_of
 
-__all__ = ["DEFAULT_CACHE", "BoundedMemoryCache", "ProposalCache", "open_cache"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "BoundedMemoryCache",
+    "CachedCall",
+    "ProposalCache",
+    "open_cache",
+    "row_scope",
+]
 
-NAMESPACE = ("langgraph-moa", "proposals", "v1")
+NAMESPACE = ("langgraph-moa", "proposals", "v2")
+
+_row: ContextVar[str | None] = ContextVar("moa_cache_row", default=None)
+
+
+@contextmanager
+def row_scope(row_id: str) -> Iterator[None]:
+    """Calls made inside this block (and the tasks it starts) belong to dataset row ``row_id``:
+    all of them are cached, sampled ones under the row's id (see the module docstring)."""
+    token = _row.set(row_id)
+    try:
+        yield
+    finally:
+        _row.reset(token)
 
 
 class BoundedMemoryCache(BaseCache[Any]):
@@ -105,39 +135,99 @@ def open_cache(path: str) -> BaseCache[Any]:
     return SqliteCache(path=path)
 
 
-class ProposalCache:
-    """Look up and store one agent's samples for one exact request."""
+CachedCall = tuple[list[str], list[AIMessage | None]]
+"""What one cached request gave: its samples' texts and messages (None where not kept)."""
 
-    def __init__(self, backend: BaseCache[Any], *, cache_sampled: bool = False) -> None:
+
+class ProposalCache:
+    """Look up and store one agent's samples for one exact request.
+
+    ``final_answers`` marks the cache of the critic and the aggregator: it applies only inside
+    a :func:`row_scope` (an interactive re-ask expects a fresh final answer).
+    """
+
+    def __init__(
+        self, backend: BaseCache[Any], *, cache_sampled: bool = False, final_answers: bool = False
+    ) -> None:
         self.backend = backend
         self.cache_sampled = cache_sampled
+        self.final_answers = final_answers
+
+    def for_final_answers(self) -> ProposalCache:
+        """The same store, for the critic's and the aggregator's calls."""
+        return ProposalCache(self.backend, cache_sampled=self.cache_sampled, final_answers=True)
 
     def applies(self, params: dict[str, Any]) -> bool:
+        row = _row.get()
+        if self.final_answers and row is None:
+            return False
         deterministic = params.get("temperature") == 0 or params.get("seed") is not None
-        return deterministic or self.cache_sampled
+        return deterministic or self.cache_sampled or row is not None
 
     @staticmethod
-    def key(params: dict[str, Any], messages: Sequence[BaseMessage]) -> str:
-        payload = {
+    def key(
+        params: dict[str, Any],
+        messages: Sequence[BaseMessage],
+        *,
+        node: str = "",
+        part: int = 0,
+        extras: Any = None,
+    ) -> str:
+        payload: dict[str, Any] = {
             "params": params,
-            "messages": [[m.type, text_of(m)] for m in messages],
+            "messages": [
+                [
+                    m.type,
+                    text_of(m),
+                    *([calls] if (calls := getattr(m, "tool_calls", None)) else []),
+                ]
+                for m in messages
+            ],
         }
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        if extras:
+            payload["extras"] = extras
+        if part:
+            payload["part"] = part
+        deterministic = params.get("temperature") == 0 or params.get("seed") is not None
+        row = _row.get()
+        if row is not None and not deterministic:
+            payload["row"], payload["node"] = row, node
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
     async def get(
-        self, params: dict[str, Any], messages: Sequence[BaseMessage]
-    ) -> list[str] | None:
+        self,
+        params: dict[str, Any],
+        messages: Sequence[BaseMessage],
+        *,
+        node: str = "",
+        part: int = 0,
+        extras: Any = None,
+    ) -> CachedCall | None:
         if not self.applies(params):
             return None
-        full_key = (NAMESPACE, self.key(params, messages))
+        full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
         found = await self.backend.aget([full_key])
         value = found.get(full_key)
-        return list(value["texts"]) if value else None
+        if not value:
+            return None
+        kept = value.get("messages") or [None] * len(value["texts"])
+        restored = [None if m is None else messages_from_dict([m])[0] for m in kept]
+        return list(value["texts"]), [m if isinstance(m, AIMessage) else None for m in restored]
 
     async def put(
-        self, params: dict[str, Any], messages: Sequence[BaseMessage], texts: list[str]
+        self,
+        params: dict[str, Any],
+        messages: Sequence[BaseMessage],
+        texts: list[str],
+        *,
+        node: str = "",
+        part: int = 0,
+        extras: Any = None,
+        replies: Sequence[AIMessage | None] = (),
     ) -> None:
         if self.applies(params):
-            full_key = (NAMESPACE, self.key(params, messages))
-            await self.backend.aset({full_key: ({"texts": texts}, None)})
+            full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
+            kept = [None if m is None else message_to_dict(m) for m in replies]
+            value = {"texts": texts, "messages": kept or None}
+            await self.backend.aset({full_key: (value, None)})

@@ -218,6 +218,12 @@ class CallExtras:
     tool_choice: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
 
+    def key(self) -> dict[str, Any] | None:
+        """What this adds to a cache key (None when it adds nothing)."""
+        if not (self.tools or self.tool_choice or self.options):
+            return None
+        return {"tools": self.tools, "tool_choice": self.tool_choice, "options": self.options}
+
     def prepare(self, model: BaseChatModel) -> Runnable[Any, Any]:
         runnable: Runnable[Any, Any] = model
         if self.tools:
@@ -306,30 +312,66 @@ async def call_agent(
     deadline_s: float | None = None,
     cache: ProposalCache | None = None,
     extras: CallExtras | None = None,
+    node: str = "",
 ) -> tuple[list[Outcome], int]:
     """Draw ``agent.n`` samples: one request with ``n`` where the provider allows it, else n.
 
     Requests still running at ``deadline_s`` are cancelled and recorded as timed out; samples
-    already finished are kept. Returns the samples and how many requests were sent.
+    already finished are kept. Each request is looked up in, and stored to, the cache on its
+    own (``node`` names the caller in the key of sampled calls inside a row scope). Returns
+    the samples and how many requests were sent.
     """
     n = pool.agent.n
     start = time.perf_counter()
-    if cache is not None and (texts := await cache.get(pool.params, messages)) is not None:
-        latency = time.perf_counter() - start
-        return [Outcome(t, None, latency, zero_usage(), attempts=0, cached=True) for t in texts], 0
     sizes = [n] if requests_for(pool.agent) == 1 else [1] * n
     finished: dict[int, list[Outcome]] = {}
+    key_extras = extras.key() if extras else None
+
+    async def lookup(k: int) -> None:
+        assert cache is not None
+        hit = await cache.get(pool.params, messages, node=node, part=k, extras=key_extras)
+        if hit is not None:
+            latency = time.perf_counter() - start
+            finished[k] = [
+                Outcome(
+                    text,
+                    None,
+                    latency,
+                    zero_usage(),
+                    message,
+                    attempts=0,
+                    cached=True,
+                    finish_reason=message.response_metadata.get("finish_reason")
+                    if message
+                    else None,
+                )
+                for text, message in zip(*hit, strict=True)
+            ]
+
+    if cache is not None:
+        for k in range(len(sizes)):
+            await lookup(k)
+        if len(finished) == len(sizes):
+            return [o for k in range(len(sizes)) for o in finished[k]], 0
 
     async def send(k: int, size: int) -> None:
-        finished[k] = await _request(pool, messages, size, extras)
+        outcomes = await _request(pool, messages, size, extras)
+        finished[k] = outcomes
+        if cache is not None and all(o.ok for o in outcomes):
+            texts = [o.text or "" for o in outcomes]
+            replies = [o.message for o in outcomes]
+            await cache.put(
+                pool.params, messages, texts, node=node, part=k, extras=key_extras, replies=replies
+            )
 
     # The requests are children of this call: if the node is cancelled (a client left, Ctrl-C,
     # a cancelled server run), the task group cancels them too, and their HTTP connections
     # close. At the deadline, the same happens to those still running; finished ones are kept.
+    sent = [k for k in range(len(sizes)) if k not in finished]
     try:
         async with asyncio.timeout(deadline_s), asyncio.TaskGroup() as group:
-            for k, size in enumerate(sizes):
-                group.create_task(send(k, size))
+            for k in sent:
+                group.create_task(send(k, sizes[k]))
     except TimeoutError:
         pass
     except ExceptionGroup as failed:  # only MoAInputError escapes _request: configuration
@@ -342,9 +384,7 @@ async def call_agent(
             late = f"timed out: the layer's deadline of {deadline_s:g}s passed"
             elapsed = time.perf_counter() - start
             outcomes.extend(Outcome(None, late, elapsed, zero_usage()) for _ in range(size))
-    if cache is not None and all(o.ok for o in outcomes):
-        await cache.put(pool.params, messages, [o.text or "" for o in outcomes])
-    return outcomes, len(sizes)
+    return outcomes, len(sent)
 
 
 def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: PriceTable) -> Usage:
@@ -361,7 +401,7 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
         "by_model": {
             model: {
                 "calls": requests,
-                "cached_calls": 1 if requests == 0 and outcomes and outcomes[0].cached else 0,
+                "cached_calls": 1 if any(o.cached for o in outcomes) else 0,
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": total,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import (
     ModelPool,
     call_agent,
@@ -24,7 +25,14 @@ from langgraph_moa.spec.topology import Agent
 __all__ = ["make_critic"]
 
 
-def make_critic(agent: Agent, *, last_layer: int, node: str, prices: PriceTable) -> Node:
+def make_critic(
+    agent: Agent,
+    *,
+    last_layer: int,
+    node: str,
+    prices: PriceTable,
+    cache: ProposalCache | None = None,
+) -> Node:
     pool = ModelPool(agent.model_copy(update={"n": 1}))
 
     async def critique(state: MoAState) -> dict[str, Any]:
@@ -33,7 +41,7 @@ def make_critic(agent: Agent, *, last_layer: int, node: str, prices: PriceTable)
         messages, trim = fitted_critic_messages(
             agent, state["messages"], ok_texts(state, last_layer)
         )
-        outcomes, requests = await call_agent(pool, messages)
+        outcomes, requests = await call_agent(pool, messages, cache=cache, node=node)
         outcome = outcomes[0]
         return {
             "critique": call_record(agent, node, outcome, trim),

@@ -69,7 +69,9 @@ def make_proposer(
         )
         emit = get_stream_writer()  # progress for stream_mode="custom" (CLI, Studio, server)
         emit({"event": "proposer_started", "node": node, "model": agent.model})
-        outcomes, requests = await call_agent(pool, messages, deadline_s=deadline_s, cache=cache)
+        outcomes, requests = await call_agent(
+            pool, messages, deadline_s=deadline_s, cache=cache, node=node
+        )
         records = [call_record(agent, node, o, trim) for o in outcomes]
         for record in records:
             emit(

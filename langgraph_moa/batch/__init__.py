@@ -1,0 +1,47 @@
+"""Datasets as the unit of work: relabel a dataset with a MoA topology, resumable to the row and
+to the call, and export the result for fine-tuning (SFT, DPO) or analysis (traces).
+
+    from langgraph_moa.batch import relabel
+
+    run = relabel("logs.jsonl", topology="openpipe", out="runs", concurrency=32)
+    print(run.totals, run.cost_usd)
+    run.export("sft")
+
+Modules: ``rows`` (input reading and checks), ``rundir`` (run folder and manifest), ``ledger``
+(SQLite record of rows), ``limits`` (rate limits), ``core`` (one row, and the loop that feeds
+them), ``runner`` (the API), ``ray_engine`` (rows on Ray actors), ``exports``.
+"""
+
+from langgraph_moa.batch.core import Tally, relabel_row
+from langgraph_moa.batch.exports import ExportFormat
+from langgraph_moa.batch.ledger import RowRecord, Totals
+from langgraph_moa.batch.limits import RateLimits, parse_limits
+from langgraph_moa.batch.rows import InvalidRow, Row, check_row, read_rows
+from langgraph_moa.batch.runner import (
+    Estimate,
+    RelabelRun,
+    arelabel,
+    estimate_relabel,
+    relabel,
+    resolve_topology,
+)
+
+__all__ = [
+    "Estimate",
+    "ExportFormat",
+    "InvalidRow",
+    "RateLimits",
+    "RelabelRun",
+    "Row",
+    "RowRecord",
+    "Tally",
+    "Totals",
+    "arelabel",
+    "check_row",
+    "estimate_relabel",
+    "parse_limits",
+    "read_rows",
+    "relabel",
+    "relabel_row",
+    "resolve_topology",
+]

@@ -1,0 +1,295 @@
+"""Dataset rows for relabeling: read JSONL, Parquet or a folder of them, one row at a time, and
+check each row.
+
+A row is one example in OpenAI chat format: ``messages`` (system, developer, user, assistant and
+tool messages, assistant tool calls), optional ``tools`` and ``tool_choice``, an optional ``id``
+(else a stable hash of the row's content), optional ``metadata``; ``messages`` and ``tools`` may
+be JSON text (Parquet files often keep nested fields so). Any other field (a capture's ``model``,
+``usage``, ``timestamp``...) is kept as it is. The *original completion* is a ``completion``
+field (text or an assistant message) or, without one, a last message from the
+assistant: the prompt is what precedes it.
+
+A row that cannot be read (bad UTF-8, bad JSON) or checked (no messages, a prompt that does not
+end with a user message or tool results...) becomes an :class:`InvalidRow` with where it was
+and why, and reading goes on: one bad line never sinks a run. Rows are streamed, never held all
+at once, so memory stays flat in the size of the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.extras import require_extra
+from langgraph_moa.spec.topology import describe_validation_error
+
+__all__ = [
+    "FORMATS",
+    "InvalidRow",
+    "Row",
+    "check_row",
+    "count_rows",
+    "input_files",
+    "read_rows",
+    "rows_of",
+]
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+ROLES = ("system", "developer", "user", "assistant", "tool")
+KNOWN = {"id", "messages", "tools", "tool_choice", "completion", "metadata"}
+
+
+class _Message(BaseModel):
+    """One OpenAI chat message, checked loosely: what the OpenAI API would refuse, refused."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class _RowModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | int | None = None
+    messages: list[_Message] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    completion: str | _Message | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+            raise ValueError("must be a non-empty string or an integer")
+        return value
+
+
+@dataclass
+class Row:
+    """A checked row: its prompt, the original completion if it had one, the row as read."""
+
+    id: str
+    where: str  # "file:line" (or "#index" for rows fed from Python)
+    prompt: list[dict[str, Any]]  # OpenAI messages, the original completion split off
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    completion: dict[str, Any] | None  # the original completion, as an assistant message
+    data: dict[str, Any] = field(repr=False)  # the row as read
+
+    def messages(self) -> list[BaseMessage]:
+        """The prompt as LangChain messages, for the graph."""
+        return convert_to_messages(self.prompt)
+
+    def inputs(self) -> dict[str, Any]:
+        """The graph's input for this row."""
+        inputs: dict[str, Any] = {"messages": self.messages()}
+        if self.tools:
+            inputs["tools"] = self.tools
+            inputs["tool_choice"] = self.tool_choice
+        return inputs
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    """A row that could not be read or checked."""
+
+    where: str
+    reason: str
+    id: str | None = None
+
+
+def _drop_nones(value: Any) -> Any:
+    """Parquet gives every struct field of a column to every row: absent ones come as None."""
+    if isinstance(value, dict):
+        return {k: _drop_nones(v) for k, v in value.items() if v is not None or k == "content"}
+    if isinstance(value, list):
+        return [_drop_nones(v) for v in value]
+    return value
+
+
+def stable_id(data: Mapping[str, Any]) -> str:
+    """A row's id when it has none: a hash of its content (the same row gets the same id)."""
+    blob = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dump(message: _Message) -> dict[str, Any]:
+    return message.model_dump(exclude_none=True) | (
+        {"content": message.content} if message.content is None else {}
+    )
+
+
+def check_row(data: Any, where: str) -> Row | InvalidRow:
+    """A parsed row, checked: a :class:`Row`, or an :class:`InvalidRow` saying why not."""
+    if not isinstance(data, dict):
+        return InvalidRow(where, f"a row must be a JSON object, not {type(data).__name__}")
+    data = _drop_nones(data)
+    for key in ("messages", "tools"):  # Parquet files often keep nested fields as JSON text
+        if isinstance(data.get(key), str):
+            try:
+                data[key] = json.loads(data[key])
+            except json.JSONDecodeError as err:
+                return InvalidRow(where, f"{key}: not JSON ({err.msg})")
+    raw_id = data.get("id")
+    row_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    try:
+        model = _RowModel.model_validate(data)
+    except ValidationError as err:
+        return InvalidRow(where, describe_validation_error(err), row_id)
+    messages = [_dump(m) for m in model.messages]
+    completion: dict[str, Any] | None = None
+    if model.completion is not None:
+        completion = (
+            {"role": "assistant", "content": model.completion}
+            if isinstance(model.completion, str)
+            else _dump(model.completion)
+        )
+        if completion["role"] != "assistant":
+            return InvalidRow(where, "completion: must be an assistant message", row_id)
+    elif messages[-1]["role"] == "assistant":
+        completion = messages.pop()
+    if not messages:
+        return InvalidRow(where, "messages: nothing precedes the completion", row_id)
+    if messages[-1]["role"] not in ("user", "tool"):
+        return InvalidRow(
+            where, "messages: the prompt must end with a user message or tool results", row_id
+        )
+    last = messages[-1]
+    if last["role"] == "user" and not _text(last.get("content")).strip():
+        return InvalidRow(where, "messages: the last user message is empty", row_id)
+    for k, m in enumerate(messages):
+        if m["role"] == "tool" and not m.get("tool_call_id"):
+            return InvalidRow(where, f"messages.{k}: a tool message needs tool_call_id", row_id)
+    try:
+        convert_to_messages(messages)
+        if completion is not None and not isinstance(
+            convert_to_messages([completion])[0], AIMessage
+        ):
+            raise ValueError("not an assistant message")
+    except Exception as err:  # LangChain's own check of the OpenAI format
+        return InvalidRow(where, f"messages: {' '.join(str(err).split())[:200]}", row_id)
+    if row_id is None:
+        row_id = stable_id({k: v for k, v in data.items() if k != "id"})
+    return Row(
+        id=row_id,
+        where=where,
+        prompt=messages,
+        tools=model.tools,
+        tool_choice=model.tool_choice,
+        completion=completion,
+        data=data,
+    )
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return ""
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files of an input: the file itself, or a folder's JSONL/Parquet files by name.
+    Raises MoAInputError (one line) for what cannot be an input."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FORMATS)
+        if not files:
+            raise MoAInputError(f"{str(path)!r} holds no .jsonl or .parquet file")
+        return files
+    if not path.exists():
+        raise MoAInputError(f"cannot read {str(path)!r}: no such file")
+    if path.suffix.lower() not in FORMATS:
+        raise MoAInputError(
+            f"{str(path)!r}: unknown input format {path.suffix or '(no extension)'!r} "
+            "(expected .jsonl or .parquet)"
+        )
+    try:
+        with path.open("rb") as f:
+            if not f.read(1):
+                raise MoAInputError(f"{str(path)!r} is empty")
+    except OSError as err:
+        raise MoAInputError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    return [path]
+
+
+def _jsonl(path: Path) -> Iterator[Row | InvalidRow]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path.name}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield InvalidRow(where, f"not UTF-8 text (byte {err.start})")
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield InvalidRow(where, f"not JSON: {err.msg} at column {err.colno}")
+                continue
+            except RecursionError:
+                yield InvalidRow(where, "not JSON: nested too deeply")
+                continue
+            yield check_row(data, where)
+
+
+def _parquet(path: Path) -> Iterator[Row | InvalidRow]:
+    require_extra("parquet", "Parquet input")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow's errors: not Parquet, truncated...
+        raise MoAInputError(f"cannot read {str(path)!r} as Parquet: {err}") from None
+    number = 0
+    for batch in table.iter_batches(batch_size=256):
+        for data in batch.to_pylist():
+            number += 1
+            yield check_row(data, f"{path.name}:{number}")
+
+
+def read_rows(path: Path) -> Iterator[Row | InvalidRow]:
+    """Every row of a file or folder, in order, checked; bad ones as :class:`InvalidRow`."""
+    for file in input_files(path):
+        fmt = FORMATS[file.suffix.lower()]
+        yield from _parquet(file) if fmt == "parquet" else _jsonl(file)
+
+
+def rows_of(items: Iterable[Any]) -> Iterator[Row | InvalidRow]:
+    """Rows fed from Python (dicts in the input format, or Rows), checked the same way."""
+    for k, item in enumerate(items, 1):
+        yield item if isinstance(item, Row | InvalidRow) else check_row(item, f"#{k}")
+
+
+def count_rows(path: Path) -> int:
+    """How many rows the input holds (lines of JSONL, rows of Parquet), for progress."""
+    total = 0
+    for file in input_files(path):
+        if FORMATS[file.suffix.lower()] == "parquet":
+            require_extra("parquet", "Parquet input")
+            import pyarrow.parquet as pq
+
+            total += pq.ParquetFile(file).metadata.num_rows
+            continue
+        last = b"\n"
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                total += chunk.count(b"\n")
+                last = chunk[-1:]
+        total += last != b"\n"  # a last line without its newline
+    return total

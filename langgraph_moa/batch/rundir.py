@@ -1,0 +1,218 @@
+"""A relabel run's directory: ``<out>/<name>/`` with its manifest and ledger.
+
+A run is an input, a topology and settings. Its name comes from the topology and the input
+(or ``--name``), so several runs over one input coexist under one ``--out`` (relabel with two
+topologies, then compare). ``manifest.json`` records the topology as resolved, the input's
+files and hash, package versions, each session's start and end, and the counts and cost
+(recounted from the ledger, which is the truth, at the end of each session). Runs under one
+``--out`` share a call cache, ``<out>/calls.sqlite``, so a run that differs from another only
+in its aggregator reuses every proposer call.
+
+Rerunning with the same name and a different topology is refused (one line, nothing written):
+that would mix two topologies' answers in one run. One process writes a run at a time (an
+exclusive lock on ``<run>/.lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.spec.topology import Topology, parse_topology
+
+__all__ = [
+    "MANIFEST",
+    "Manifest",
+    "RunDir",
+    "Session",
+    "hash_files",
+    "open_run_dir",
+    "run_name",
+]
+
+MANIFEST = "manifest.json"
+LEDGER = "ledger.sqlite"
+CACHE = "calls.sqlite"
+
+
+class Session(BaseModel):
+    """One invocation of ``moa relabel`` (or ``relabel()``) on the run."""
+
+    started: str
+    ended: str | None = None
+    engine: str = "local"
+    new_rows: int = 0
+    stopped: str | None = None  # why it stopped early: "budget", "interrupted"
+
+
+class Manifest(BaseModel):
+    name: str
+    topology: dict[str, Any]
+    input: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    created: str
+    sessions: list[Session] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    cost_usd: float = 0.0
+
+    def resolved_topology(self) -> Topology:
+        return parse_topology(self.topology, source=f"{self.name}/{MANIFEST}")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("langgraph-moa", "langgraph", "langchain-core", "langchain-openai"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def run_name(topology: Topology, source: str) -> str:
+    """``<topology>-<input stem>``, made safe for a folder name."""
+    raw = f"{topology.name}-{source}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "run"
+
+
+def hash_files(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RunDir:
+    """An opened run directory: its paths and manifest."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / LEDGER
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def save(self) -> None:
+        """Write the manifest atomically (a temporary file renamed over the old one)."""
+        tmp = self.path / f".{MANIFEST}.tmp"
+        tmp.write_text(self.manifest.model_dump_json(indent=2), encoding="utf-8")
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.manifest_path)
+
+    @staticmethod
+    def load(path: Path) -> RunDir:
+        """An existing run; MoAInputError if ``path`` is not one."""
+        manifest = path / MANIFEST
+        if not path.is_dir():
+            raise MoAInputError(f"{str(path)!r} is not a relabel run (no such folder)")
+        if not manifest.is_file() or not (path / LEDGER).is_file():
+            raise MoAInputError(f"{str(path)!r} is not a relabel run (no {MANIFEST} and ledger)")
+        try:
+            return RunDir(path, Manifest.model_validate_json(manifest.read_bytes()))
+        except (ValueError, OSError) as err:
+            raise MoAInputError(f"{str(manifest)!r} is not a readable manifest: {err}") from None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with (path / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MoAInputError(
+                f"another relabel is writing run {str(path)!r}; wait for it or use --name"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def open_run_dir(
+    out: Path,
+    name: str,
+    topology: Topology,
+    *,
+    input_info: dict[str, Any],
+    settings: dict[str, Any],
+    engine: str,
+) -> Iterator[tuple[RunDir, Session]]:
+    """Create or reopen ``out/name`` for a new session, locked for this process.
+
+    Raises MoAInputError, with nothing written, if the folder holds a run of another topology
+    or something that is not a run.
+    """
+    path = out / name
+    spec = topology.model_dump(mode="json")
+    if path.exists():
+        run = RunDir.load(path)
+        if run.manifest.topology != spec:
+            raise MoAInputError(
+                f"run {str(path)!r} relabels with topology {run.manifest.topology.get('name')!r} "
+                f"as it was then; this one differs: give another --name (or --out)"
+            )
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except OSError as err:
+            raise MoAInputError(f"cannot create {str(path)!r}: {err.strerror}") from None
+        manifest = Manifest(name=name, topology=spec, created=now())
+        run = RunDir(path, manifest)
+    with _locked(path):
+        session = Session(started=now(), engine=engine)
+        run.manifest.input = input_info
+        run.manifest.settings = settings
+        run.manifest.versions = _versions()
+        run.manifest.sessions.append(session)
+        run.save()
+        started = time.perf_counter()
+        try:
+            yield run, session
+        finally:
+            session.ended = now()
+            run.manifest.settings["last_session_s"] = round(time.perf_counter() - started, 3)
+            run.save()
+
+
+def describe_input(files: list[Path] | None, source: str) -> dict[str, Any]:
+    if files is None:
+        return {"source": source}
+    return {
+        "source": source,
+        "files": [str(f) for f in files],
+        "bytes": sum(f.stat().st_size for f in files),
+        "sha256": hash_files(files),
+    }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,369 @@
+"""Relabel a dataset with a MoA topology: every row through the graph, durable to the row and to
+the call, with bounded concurrency, rate limits and a budget.
+
+Each row runs through :func:`langgraph_moa.run.stream_run`, the run loop every door shares, in a
+:func:`~langgraph_moa.nodes.cache.row_scope` so each of its calls is cached as it finishes
+(``<out>/calls.sqlite``), and is recorded in the run's ledger in one transaction when it ends.
+Kill the process at any moment and rerun the same command: rows already recorded are skipped,
+a row cut short runs again with its finished calls served from the cache.
+
+Policies:
+- ``concurrency`` rows run at once (default 16: a sensible load for an API account);
+- rows already ``done`` are skipped; ``failed`` ones too unless ``retry_failed``, which runs
+  only those; a row whose id was already read at another place is invalid (duplicate id);
+- ``limit`` reads only the first N rows of the input (a trial; a larger limit later goes on);
+- ``max_usd`` is the whole run's budget (every session's spending counts): a row starts only if
+  what is spent, plus the worst case of the rows running and of this one
+  (:func:`langgraph_moa.nodes.budget.estimate`), stays within it; when the next row does not
+  fit, no row starts, those running finish, and the run stops cleanly (``stopped="budget"``),
+  ready to go on with a larger budget;
+- a row that fails (all proposers of a layer down, the aggregator failed...) is recorded as
+  failed with the error and the run goes on; configuration errors (a missing key, extras) stop
+  the run before any call.
+
+The Python API: :func:`relabel` / :func:`arelabel` take a file, a folder or an iterable of rows
+(dicts in the input format), and return a :class:`RelabelRun` with counts, cost, paths and
+the records. ``engine="ray"`` runs the rows on Ray actors (:mod:`langgraph_moa.batch.ray_engine`)
+with the same ledger and cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph_moa.batch.core import CHUNK, Budget, Plan, Tally, drive_rows, relabel_row
+from langgraph_moa.batch.exports import ExportFormat, export_run
+from langgraph_moa.batch.ledger import Ledger, RowRecord, Totals
+from langgraph_moa.batch.limits import RateGate, RateLimits
+from langgraph_moa.batch.ray_engine import require_ray, run_on_ray
+from langgraph_moa.batch.rows import InvalidRow, Row, count_rows, input_files, read_rows, rows_of
+from langgraph_moa.batch.rundir import (
+    CACHE,
+    Manifest,
+    RunDir,
+    describe_input,
+    open_run_dir,
+    run_name,
+)
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.graphs.builder import build_graph
+from langgraph_moa.llm.chat_models import check_ready
+from langgraph_moa.llm.openai_client import gate_requests
+from langgraph_moa.nodes.budget import estimate
+from langgraph_moa.nodes.cache import open_cache
+from langgraph_moa.nodes.calls import error_text
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset, load_topology
+from langgraph_moa.sync_loop import run_sync
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "Budget",
+    "Estimate",
+    "Plan",
+    "RelabelRun",
+    "Tally",
+    "arelabel",
+    "drive_rows",
+    "estimate_relabel",
+    "relabel",
+    "relabel_row",
+    "resolve_topology",
+]
+
+DEFAULT_CONCURRENCY = 16
+
+Input = str | Path | Iterable[Mapping[str, Any] | Row | InvalidRow]
+
+
+def resolve_topology(topology: Topology | str | Path | None) -> Topology:
+    """A Topology, a preset's name, or a topology file's path."""
+    if isinstance(topology, Topology):
+        found = topology
+    elif topology is None:
+        found = load_preset(DEFAULT_PRESET)
+    elif isinstance(topology, Path) or Path(str(topology)).suffix in (".yaml", ".yml", ".json"):
+        found = load_topology(topology)
+    else:
+        found = load_preset(str(topology))
+    if found.review != "none":
+        raise MoAInputError(
+            f"topology {found.name!r} pauses for a person's review; relabeling needs one that "
+            "runs unattended (review: none)"
+        )
+    return found
+
+
+@dataclass
+class RelabelRun:
+    """A relabel run's handle: where it is, what this session did, the run's totals."""
+
+    path: Path
+    manifest: Manifest
+    session: Tally
+    totals: Totals
+    cache_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger.sqlite"
+
+    @property
+    def cost_usd(self) -> float:
+        return self.totals["cost_usd"]
+
+    @property
+    def stopped(self) -> str | None:
+        return self.session.stopped
+
+    @classmethod
+    def open(cls, path: str | Path) -> RelabelRun:
+        """An existing run directory (MoAInputError if it is not one)."""
+        run = RunDir.load(Path(path))
+        ledger = Ledger(run.ledger_path)
+        try:
+            totals = ledger.totals()
+        finally:
+            ledger.close()
+        return cls(run.path, run.manifest, Tally(), totals)
+
+    def records(self, status: str | None = None) -> Iterator[RowRecord]:
+        """The recorded rows (``status``: "done" or "failed" only), streamed from the ledger."""
+        ledger = Ledger(self.ledger_path)
+        try:
+            yield from ledger.records(status)
+        finally:
+            ledger.close()
+
+    def invalid_rows(self) -> Iterator[InvalidRow]:
+        ledger = Ledger(self.ledger_path)
+        try:
+            yield from ledger.invalid_rows()
+        finally:
+            ledger.close()
+
+    def export(
+        self, fmt: ExportFormat, out: str | Path | None = None, *, include_degraded: bool = False
+    ) -> tuple[Path, int]:
+        """Write an export (sft, dpo, traces); returns its path and how many rows it holds."""
+        return export_run(self, fmt, out, include_degraded=include_degraded)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary ``moa relabel --json`` prints."""
+        return {
+            "run": str(self.path),
+            "name": self.name,
+            "session": self.session.as_dict(),
+            "totals": dict(self.totals),
+        }
+
+
+@dataclass
+class Estimate:
+    """Worst case of the rows a session would run (nothing is called)."""
+
+    rows: int = 0
+    calls: int = 0
+    tokens: int = 0
+    cost_usd: float | None = 0.0
+    unpriced: list[str] = field(default_factory=list)
+    skipped: int = 0
+    invalid: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _open_input(
+    source: Input, limit: int | None
+) -> tuple[Iterator[Row | InvalidRow], str, list[Path] | None]:
+    if limit is not None and limit < 1:
+        raise MoAInputError("--limit must be at least 1")
+    if isinstance(source, str | Path):
+        path = Path(source)
+        files = input_files(path)
+        rows: Iterator[Row | InvalidRow] = read_rows(path)
+        stem = path.name if path.is_dir() else path.stem
+    else:
+        files, rows, stem = None, rows_of(source), "rows"
+    return (itertools.islice(rows, limit) if limit else rows), stem, files
+
+
+def estimate_relabel(
+    source: Input,
+    *,
+    topology: Topology | str | Path | None = None,
+    out: str | Path = "runs",
+    name: str | None = None,
+    limit: int | None = None,
+    retry_failed: bool = False,
+) -> Estimate:
+    """The worst case (every call writes its max_tokens) of what a relabel session would run:
+    rows, calls, tokens and $. No call is made and nothing is written."""
+    topo = resolve_topology(topology)
+    rows, stem, _ = _open_input(source, limit)
+    path = Path(out) / (name or run_name(topo, stem))
+    ledger = Ledger(path / "ledger.sqlite") if (path / "ledger.sqlite").is_file() else None
+    prices = PriceTable(topo.prices)
+    found = Estimate()
+    try:
+        while chunk := list(itertools.islice(rows, CHUNK)):
+            valid = [r for r in chunk if isinstance(r, Row)]
+            found.invalid += len(chunk) - len(valid)
+            seen = ledger.seen([r.id for r in valid]) if ledger else {}
+            for row in valid:
+                status = seen.get(row.id, (None, ""))[0]
+                runs = status == "failed" if retry_failed else status is None
+                if not runs:
+                    found.skipped += 1
+                    continue
+                worst = estimate(topo, row.messages(), prices=prices)
+                found.rows += 1
+                found.calls += worst.calls
+                found.tokens += worst.total_tokens
+                for model in worst.unpriced:
+                    if model not in found.unpriced:
+                        found.unpriced.append(model)
+                if found.cost_usd is not None and worst.cost_usd is not None:
+                    found.cost_usd += worst.cost_usd
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if found.unpriced and found.cost_usd == 0:
+        found.cost_usd = None
+    return found
+
+
+async def arelabel(
+    source: Input,
+    *,
+    topology: Topology | str | Path | None = None,
+    out: str | Path = "runs",
+    name: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    limit: int | None = None,
+    max_usd: float | None = None,
+    rate_limits: RateLimits | None = None,
+    retry_failed: bool = False,
+    engine: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    cache: str | Path | None = None,
+    on_record: Callable[[RowRecord], None] | None = None,
+    on_progress: Callable[[Tally], None] | None = None,
+) -> RelabelRun:
+    """Relabel ``source`` (a JSONL/Parquet file, a folder of them, or an iterable of rows in the
+    input format) with ``topology`` into ``out/name``; see the module docstring for the
+    policies. Resumable: call it again with the same arguments to go on."""
+    if concurrency < 1:
+        raise MoAInputError("--concurrency must be at least 1")
+    if max_usd is not None and not max_usd > 0:
+        raise MoAInputError("--max-usd must be more than 0")
+    topo = resolve_topology(topology)
+    rows, stem, files = _open_input(source, limit)
+    if engine == "ray":
+        require_ray()
+    elif engine != "local":
+        raise MoAInputError(f"unknown engine {engine!r} (local or ray)")
+    check_ready(topo, probe_local=True)
+    if max_usd is not None:
+        prices = PriceTable(topo.prices)
+        unpriced = list(
+            dict.fromkeys(a.model for a in topo.agents() if prices.price(a.model) is None)
+        )
+        if unpriced:
+            raise MoAInputError(
+                f"--max-usd needs a price for {', '.join(unpriced)} "
+                "(add it under prices: in the topology or in MOA_PRICES)"
+            )
+    out_path = Path(out)
+    run_label = name or run_name(topo, stem)
+    limits = rate_limits or RateLimits()
+    settings = {
+        "concurrency": concurrency,
+        "limit": limit,
+        "max_usd": max_usd,
+        "rate_limits": limits.as_dict(),
+        "retry_failed": retry_failed,
+        "engine": engine,
+    }
+    cache_path = Path(cache) if cache is not None else out_path / CACHE
+    with open_run_dir(
+        out_path,
+        run_label,
+        topo,
+        input_info=describe_input(files, str(source) if files else "python iterable"),
+        settings=settings,
+        engine=engine,
+    ) as (run, session):
+        ledger = Ledger(run.ledger_path)
+        tally = Tally(total=count_rows(Path(str(source))) if files else None)
+        if limit and tally.total is not None:
+            tally.total = min(tally.total, limit)
+        try:
+            before = ledger.totals()
+            budget = Budget(max_usd, before["cost_usd"], topo)
+            plan = Plan(ledger, retry_failed, tally)
+            try:
+                backend = open_cache(str(cache_path))
+            except Exception as err:
+                raise MoAInputError(
+                    f"cannot open the cache {str(cache_path)!r}: {error_text(err)}"
+                ) from None
+            gate = RateGate(limits) if limits else None
+            try:
+                with gate_requests(gate) if gate else contextlib.nullcontext():
+                    if engine == "ray":
+                        await run_on_ray(
+                            topo,
+                            plan,
+                            rows,
+                            budget=budget,
+                            concurrency=concurrency,
+                            cache_path=cache_path,
+                            limits=limits,
+                            address=ray_address,
+                            workers=ray_workers,
+                            on_record=on_record,
+                            on_progress=on_progress,
+                        )
+                    else:
+                        graph = build_graph(topo, cache=backend)
+                        await drive_rows(
+                            lambda row: relabel_row(graph, topo, row),
+                            plan,
+                            rows,
+                            concurrency=concurrency,
+                            budget=budget,
+                            on_record=on_record,
+                            on_progress=on_progress,
+                        )
+            except asyncio.CancelledError:
+                tally.stopped = "interrupted"
+                raise
+            finally:
+                totals = ledger.totals()
+                session.new_rows = tally.done + tally.failed
+                session.stopped = tally.stopped
+                run.manifest.counts = {
+                    k: v for k, v in totals.items() if k != "cost_usd" and isinstance(v, int)
+                }
+                run.manifest.cost_usd = round(totals["cost_usd"], 6)
+        finally:
+            ledger.close()
+    return RelabelRun(run.path, run.manifest, tally, totals, cache_path)
+
+
+def relabel(source: Input, **options: Any) -> RelabelRun:
+    """:func:`arelabel` from synchronous code (on the process's shared event loop)."""
+    return run_sync(lambda: arelabel(source, **options))
