@@ -21,7 +21,13 @@ from langgraph.cache.base import BaseCache
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation.datasets import Benchmark, Scoring, load_benchmark
-from langgraph_moa.evaluation.driver import DirectGenerator, Side, run_eval
+from langgraph_moa.evaluation.driver import (
+    CALLS_FILE,
+    DirectGenerator,
+    Side,
+    TopologyGenerator,
+    run_eval,
+)
 from langgraph_moa.evaluation.judge import Judge, judge_agent, single_topology
 from langgraph_moa.evaluation.report import write_report
 from langgraph_moa.extras import require_extra
@@ -34,7 +40,6 @@ from langgraph_moa.spec.topology import Agent, Topology, load_preset, load_topol
 __all__ = ["eval_command", "report_command"]
 
 JUDGMENTS_FILE = "judgments.sqlite"
-CALLS_FILE = "calls.sqlite"
 
 
 def _safe(name: str) -> str:
@@ -44,7 +49,7 @@ def _safe(name: str) -> str:
 def _single_model(spec: str, option: str) -> Agent:
     """A model answering alone, greedily (temperature 0, seed 0: reproducible and cached)."""
     try:
-        agent = Agent(name="single", model=spec, temperature=0.0, seed=0, max_tokens=512)
+        agent = Agent(name="single", model=spec, temperature=0.0, seed=0, max_tokens=256)
     except ValueError as e:
         reason = str(e).split("\n")[-1].strip().removeprefix("Value error, ")
         raise MoAInputError(f"{option} {spec!r}: {reason}") from None
@@ -79,9 +84,11 @@ def _side(chosen: Topology | Agent, role: str, cache: BaseCache[Any], concurrenc
             generate=DirectGenerator(chosen, cache, concurrency=concurrency),
             spec={"model": chosen.model},
         )
-    raise MoAInputError(
-        "generating with a topology needs the batch runner of `moa relabel`, not available in "
-        "this build; use --model provider:model"
+    return Side(
+        name=chosen.name,
+        role=role,
+        generate=TopologyGenerator(chosen, concurrency=concurrency),
+        spec={"topology": chosen.model_dump(mode="json")},
     )
 
 

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 from langchain_core.messages import convert_to_messages
 from langgraph.cache.base import BaseCache
 
+from langgraph_moa.batch.ledger import RowRecord
+from langgraph_moa.batch.runner import arelabel
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation.datasets import Benchmark, Item
 from langgraph_moa.evaluation.judge import Judge
@@ -38,18 +40,21 @@ from langgraph_moa.evaluation.summary import Generation, cost_summary, summarise
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import ModelPool, call_agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.topology import Agent, Topology
 
 __all__ = [
+    "CALLS_FILE",
     "MANIFEST_FILE",
     "DirectGenerator",
     "Generator",
     "Request",
     "Side",
+    "TopologyGenerator",
     "run_eval",
 ]
 
 MANIFEST_FILE = "manifest.json"
+CALLS_FILE = "calls.sqlite"  # every generated call of the eval, cached
 Request = tuple[str, list[dict[str, Any]]]
 """(item id, the chat messages to answer)."""
 
@@ -107,6 +112,49 @@ class DirectGenerator:
 
         done = await asyncio.gather(*(one(messages) for _, messages in requests))
         return {ident: gen for (ident, _), gen in zip(requests, done, strict=True)}
+
+
+def generation_of(record: RowRecord) -> Generation:
+    """A relabel record as one turn's generation."""
+    result = record["result"] or {}
+    answer = result.get("answer") if record["status"] == "done" else None
+    return Generation(
+        answers=[answer],
+        calls=record["calls"],
+        tokens=record["tokens"],
+        cost_usd=record["cost_usd"],
+        latency_s=record["latency_s"],
+        degraded=record["degraded"],
+        error=record["error"] or (None if answer is not None else "no answer"),
+    )
+
+
+@dataclass
+class TopologyGenerator:
+    """A topology, run by the batch runner of ``moa relabel`` (:func:`arelabel`): bounded
+    concurrency, rate limits, the call cache and the row ledger all come from it, so a stage
+    that was cut short resumes to the row and to the call. Each stage is one relabel run,
+    ``folder/stage``, sharing the eval's call cache ``folder/calls.sqlite``."""
+
+    topology: Topology
+    concurrency: int = 8
+    options: dict[str, Any] = field(default_factory=dict)  # more arelabel options
+
+    async def __call__(
+        self, requests: Sequence[Request], *, folder: Path, stage: str
+    ) -> dict[str, Generation]:
+        rows = [{"id": ident, "messages": messages} for ident, messages in requests]
+        run = await arelabel(
+            rows,
+            topology=self.topology,
+            out=folder,
+            name=stage,
+            concurrency=self.concurrency,
+            cache=folder / CALLS_FILE,
+            **self.options,
+        )
+        wanted = {ident for ident, _ in requests}
+        return {r["id"]: generation_of(r) for r in run.records() if r["id"] in wanted}
 
 
 def _follow_up(item: Item, answers: list[str | None], turn: int) -> list[dict[str, Any]]:
