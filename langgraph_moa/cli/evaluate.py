@@ -1,0 +1,226 @@
+"""``moa eval`` and ``moa report``: run a benchmark on a topology and score it; put runs side by
+side.
+
+Parsing and rendering only: the work is in :mod:`langgraph_moa.evaluation`. Everything a user can
+get wrong (unknown benchmark, missing data package, a judge without a key, a gold file without
+its gold field, ``--limit 0``, conflicting options) is checked before the first call and is one
+line on stderr with exit code 2 (``MoAInputError``, rendered by the ``moa`` entry point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from langgraph.cache.base import BaseCache
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.evaluation.datasets import Benchmark, Scoring, load_benchmark
+from langgraph_moa.evaluation.driver import (
+    CALLS_FILE,
+    DirectGenerator,
+    Side,
+    TopologyGenerator,
+    run_eval,
+)
+from langgraph_moa.evaluation.judge import Judge, judge_agent, single_topology
+from langgraph_moa.evaluation.report import write_report
+from langgraph_moa.extras import require_extra
+from langgraph_moa.llm.chat_models import check_ready
+from langgraph_moa.nodes.budget import check_priced
+from langgraph_moa.nodes.cache import open_cache
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Agent, Topology, load_preset, load_topology
+
+__all__ = ["eval_command", "report_command"]
+
+JUDGMENTS_FILE = "judgments.sqlite"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "eval"
+
+
+def _single_model(spec: str, option: str) -> Agent:
+    """A model answering alone, greedily (temperature 0, seed 0: reproducible and cached)."""
+    try:
+        agent = Agent(name="single", model=spec, temperature=0.0, seed=0, max_tokens=256)
+    except ValueError as e:
+        reason = str(e).split("\n")[-1].strip().removeprefix("Value error, ")
+        raise MoAInputError(f"{option} {spec!r}: {reason}") from None
+    return agent
+
+
+def _topology(preset: str | None, topology: Path | None, model: str | None, what: str) -> Any:
+    given = [x for x in (preset, topology, model) if x]
+    if len(given) > 1:
+        raise MoAInputError(f"give one of --{what}preset, --{what}topology or --{what}model")
+    if model:
+        return _single_model(model, f"--{what}model")
+    if topology:
+        return load_topology(topology)
+    if preset:
+        return load_preset(preset)
+    return None
+
+
+def _preflight(chosen: Topology | Agent) -> None:
+    if isinstance(chosen, Agent):
+        chosen = single_topology(chosen)
+    check_ready(chosen, probe_local=True)
+    check_priced(chosen, PriceTable(chosen.prices))
+
+
+def _side(chosen: Topology | Agent, role: str, cache: BaseCache[Any], concurrency: int) -> Side:
+    if isinstance(chosen, Agent):
+        return Side(
+            name=f"single {chosen.model}",
+            role=role,
+            generate=DirectGenerator(chosen, cache, concurrency=concurrency),
+            spec={"model": chosen.model},
+        )
+    return Side(
+        name=chosen.name,
+        role=role,
+        generate=TopologyGenerator(chosen, concurrency=concurrency),
+        spec={"topology": chosen.model_dump(mode="json")},
+    )
+
+
+def _print_summary(summary: dict[str, Any], folder: Path) -> None:
+    scores = summary["scores"]
+    metric = scores["metric"]
+    lead = scores["metrics"][metric]
+    out = sys.stdout
+    out.write(
+        f"{summary['benchmark']} ({summary['version']}), {summary['items']} items, "
+        f"judge: {summary['judge'] or 'none'}\n"
+    )
+    for side in summary["topologies"]:
+        c = side["cost"]
+        usd = c.get("usd_per_item")
+        line = (
+            f"  {side['role']:<9} {side['name']}: calls/item {c.get('calls_per_item', 0):.1f}, "
+            f"s/item {c.get('seconds_per_item', 0):.2f}, "
+            f"$/item {'unpriced' if usd is None else f'{usd:.5f}'}, "
+            f"failed {100 * c.get('failed_rate', 0):.0f}%"
+        )
+        out.write(line + "\n")
+    out.write(
+        f"  {metric}: {lead['value']:.1f} (90% CI {lead['low']:.1f}-{lead['high']:.1f}, "
+        f"n={lead['n']})\n"
+    )
+    paired = scores.get("paired")
+    if paired:
+        d, b = paired["difference"], paired["baseline"]
+        out.write(
+            f"  baseline {metric}: {b['value']:.1f} (90% CI {b['low']:.1f}-{b['high']:.1f}); "
+            f"difference {d['value']:+.1f} ({d['low']:+.1f} to {d['high']:+.1f})\n"
+        )
+    out.write(f"  written to {folder}\n")
+
+
+def eval_command(
+    benchmark: Annotated[
+        str,
+        typer.Argument(
+            help="alpaca-eval, arena-hard, mt-bench, gsm8k, reasoning-gym[:TASK], or a .jsonl "
+            "file with a 'gold' or 'baseline' field per row."
+        ),
+    ],
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="Preset to evaluate.")
+    ] = None,
+    topology: Annotated[
+        Path | None, typer.Option("--topology", "-t", help="Topology file to evaluate.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Evaluate one provider:model, a single call.")
+    ] = None,
+    baseline_preset: Annotated[
+        str | None, typer.Option("--baseline-preset", help="Compare with this preset.")
+    ] = None,
+    baseline_topology: Annotated[
+        Path | None, typer.Option("--baseline-topology", help="Compare with this topology.")
+    ] = None,
+    baseline_model: Annotated[
+        str | None, typer.Option("--baseline-model", help="Compare with one provider:model.")
+    ] = None,
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="The judge, provider:model (pairwise, graded).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="First N items.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of eval runs.")] = Path("runs"),
+    name: Annotated[str | None, typer.Option("--name", help="This run's folder name.")] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option("--concurrency", min=1, max=256, help="Items (and judge calls) in flight."),
+    ] = 8,
+    resamples: Annotated[
+        int, typer.Option("--resamples", min=100, max=100000, help="Bootstrap resamples.")
+    ] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run a benchmark on a topology (or one model) and score it; rerun to resume."""
+    require_extra("eval", "moa eval")
+    chosen = _topology(preset, topology, model, "")
+    if chosen is None:
+        raise MoAInputError("give --preset, --topology or --model: what should be evaluated?")
+    other = _topology(baseline_preset, baseline_topology, baseline_model, "baseline-")
+    bench: Benchmark = load_benchmark(benchmark, limit=limit, paired=other is not None)
+    if bench.scoring is not Scoring.exact and judge is None:
+        raise MoAInputError(
+            f"{bench.name} is scored by a judge: give --judge provider:model (e.g. openai:gpt-4.1)"
+        )
+    judge_model = judge_agent(judge) if judge and bench.scoring is not Scoring.exact else None
+    for side in (chosen, other):
+        if side is not None:
+            _preflight(side)
+    side_name = chosen.name if isinstance(chosen, Topology) else f"single-{chosen.model}"
+    default = f"{bench.name}-{side_name}"
+    if other is not None:
+        default += "-vs-" + (other.name if isinstance(other, Topology) else f"single-{other.model}")
+    folder = out / _safe(name or default)
+    folder.mkdir(parents=True, exist_ok=True)
+    calls = open_cache(str(folder / CALLS_FILE))
+    sides = [_side(chosen, "candidate", calls, concurrency)]
+    if other is not None:
+        sides.append(_side(other, "baseline", calls, concurrency))
+    the_judge = (
+        Judge(judge_model, open_cache(str(folder / JUDGMENTS_FILE)), concurrency=concurrency)
+        if judge_model
+        else None
+    )
+    summary = asyncio.run(
+        run_eval(
+            bench,
+            sides[0],
+            folder=folder,
+            baseline=sides[1] if len(sides) > 1 else None,
+            judge=the_judge,
+            resamples=resamples,
+        )
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        _print_summary(summary, folder)
+
+
+def report_command(
+    runs: Annotated[Path, typer.Argument(help="A folder of eval runs (or one run).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The Markdown report (JSON and PNGs beside it).")
+    ] = Path("report.md"),
+) -> None:
+    """Put eval runs side by side: a Markdown table, JSON, and quality-vs-cost/latency plots."""
+    written = write_report(runs, output)
+    sys.stdout.write(f"wrote {written['markdown']}, {written['json']}")
+    for plot in written["plots"]:
+        sys.stdout.write(f", {plot}")
+    sys.stdout.write("\n")

@@ -1,0 +1,13 @@
+"""Evaluation: run a benchmark on a topology and score it (``moa eval``), then put runs side by
+side (``moa report``).
+
+- :mod:`.datasets`: benchmarks read offline from their packages' files, and users' JSONL;
+- :mod:`.prompts`, :mod:`.judge`: the judge's prompts and calls (cached);
+- :mod:`.scoring`: exact match, verdict and grade parsing, one pair's two games combined;
+- :mod:`.score`: every item of an eval scored;
+- :mod:`.stats`: bootstrap intervals, paired bootstrap, length-controlled win rate;
+- :mod:`.summary`: an eval's metrics and costs;
+- :mod:`.report`: the Markdown/JSON report and its plots.
+
+numpy and matplotlib come with the ``[eval]`` extra.
+"""

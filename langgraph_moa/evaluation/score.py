@@ -1,0 +1,135 @@
+"""Score every item of an eval from its generations: exact match, or the judge (pairwise games in
+both orders, or 1-10 grades per turn).
+
+A failed generation is scored without asking the judge: wrong on a gold set, a loss in a pairwise
+comparison (as AlpacaEval counts an empty output), and an ungraded turn on a graded set (the
+item's grade is the mean of its graded turns; the report counts the failures beside the score).
+Lengths for the length-controlled win rate are in characters, as upstream measures them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from langgraph_moa.errors import MoAInputError
+from langgraph_moa.evaluation.datasets import Item, Scoring
+from langgraph_moa.evaluation.judge import Judge
+from langgraph_moa.evaluation.scoring import exact_match, score_pair
+from langgraph_moa.evaluation.summary import Generation, ItemResult
+
+__all__ = ["score_items"]
+
+FAILED = "generation failed"
+
+
+def _exact(item: Item, gen: Generation | None) -> float:
+    answer = gen.answers[0] if gen is not None and gen.ok else None
+    return 0.0 if answer is None else float(exact_match(answer, item.gold or ""))
+
+
+async def _pairwise(judge: Judge, item: Item, gen: Generation, baseline: str | None) -> ItemResult:
+    result = ItemResult(item.id, category=item.category)
+    answer = gen.answers[0] if gen.ok else None
+    if baseline is None:
+        result.note = "no baseline answer"
+        return result
+    if answer is None:
+        result.score, result.weighted, result.weight, result.consistent = 0.0, 0.0, 1.0, True
+        result.length_diff, result.note = -len(baseline), FAILED
+        return result
+    pair = score_pair(await judge.compare(item.question, answer, baseline))
+    result.length_diff = len(answer) - len(baseline)
+    if pair is None:
+        result.note = "the judge gave no verdict"
+        return result
+    result.score, result.weighted, result.weight = pair.preference, pair.weighted, pair.weight
+    result.consistent = pair.consistent
+    return result
+
+
+async def _grades(judge: Judge, item: Item, gen: Generation | None) -> list[float | None]:
+    if gen is None:
+        return []
+    questions = item.turns
+    grades: list[float | None] = []
+    calls: list[Coroutine[Any, Any, float | None] | None] = []
+    for t in range(len(questions)):
+        answers = gen.answers[: t + 1]
+        if len(answers) <= t or any(a is None for a in answers):
+            calls.append(None)
+            continue
+        reference = item.references[t] if t < len(item.references) else None
+        calls.append(judge.grade(questions[: t + 1], [a or "" for a in answers], reference))
+    done = await asyncio.gather(*(c for c in calls if c is not None))
+    it = iter(done)
+    for c in calls:
+        grades.append(None if c is None else next(it))
+    return grades
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+async def _rating(
+    judge: Judge, item: Item, gen: Generation, baseline: Generation | None
+) -> ItemResult:
+    mine, theirs = await asyncio.gather(_grades(judge, item, gen), _grades(judge, item, baseline))
+    result = ItemResult(item.id, category=item.category, turn_scores=mine)
+    result.score = _mean(mine)
+    result.baseline_score = _mean(theirs) if baseline is not None else None
+    if not gen.ok:
+        result.note = FAILED
+    return result
+
+
+async def score_items(
+    scoring: Scoring,
+    items: Sequence[Item],
+    generations: Mapping[str, Generation],
+    *,
+    baseline: Mapping[str, Generation] | None = None,
+    judge: Judge | None = None,
+) -> list[ItemResult]:
+    """One result per item that has a generation, in the items' order."""
+    todo = [item for item in items if item.id in generations]
+    if scoring is Scoring.exact:
+        results = []
+        for item in todo:
+            gen = generations[item.id]
+            result = ItemResult(item.id, score=_exact(item, gen), category=item.category)
+            if baseline is not None and item.id in baseline:
+                result.baseline_score = _exact(item, baseline[item.id])
+            result.note = None if gen.ok else FAILED
+            results.append(result)
+        return results
+    if judge is None:
+        raise MoAInputError(
+            f"a {scoring.value} benchmark needs a judge: give --judge provider:model"
+        )
+    if scoring is Scoring.pairwise:
+
+        def baseline_text(item: Item) -> str | None:
+            if baseline is None:
+                return item.baseline
+            other = baseline.get(item.id)
+            return other.answers[0] if other is not None and other.ok else None
+
+        return list(
+            await asyncio.gather(
+                *(_pairwise(judge, i, generations[i.id], baseline_text(i)) for i in todo)
+            )
+        )
+    return list(
+        await asyncio.gather(
+            *(
+                _rating(
+                    judge, i, generations[i.id], None if baseline is None else baseline.get(i.id)
+                )
+                for i in todo
+            )
+        )
+    )

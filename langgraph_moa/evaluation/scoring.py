@@ -1,0 +1,154 @@
+"""Turning answers and judge replies into numbers: exact match, pairwise verdicts, 1-10 ratings.
+
+Exact match follows GSM8K's convention: the gold answer ends in ``#### N``. From a model's answer
+the final number is taken in this order: a ``#### N`` line, then "answer is N" / "answer: N",
+then a ``\\boxed{N}``, then the last number in the text. Numbers are compared after normalisation
+(thousands separators, currency and percent signs, a trailing full stop, ``+`` sign and trailing
+zeros dropped), as exact decimals, so ``1,000.00`` equals ``1000``.
+
+Pairwise verdicts use a five-step scale in the style of Arena-Hard: ``[[A>>B]]``, ``[[A>B]]``,
+``[[A=B]]``, ``[[B>A]]``, ``[[B>>A]]``. Each pair is judged twice with the answers' positions
+swapped. A game's outcome for the candidate is 1 (win), 0.5 (tie) or 0 (loss); a strong verdict
+(``>>``) weighs :data:`STRONG_WEIGHT` times a plain one in the weighted score, as Arena-Hard
+counts it several times. An item's preference is the mean outcome of its parseable games: when
+the two orders disagree (position bias) the item becomes a tie. A reply with no verdict is a
+failed game; an item with no parseable game is left out of the scores and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+__all__ = [
+    "STRONG_WEIGHT",
+    "Game",
+    "PairScore",
+    "exact_match",
+    "extract_answer",
+    "gold_of",
+    "normalise_number",
+    "parse_rating",
+    "parse_verdict",
+    "score_pair",
+]
+
+STRONG_WEIGHT = 3.0
+
+_NUMBER = r"[-+]?\$?\s?\d[\d,]*(?:\.\d+)?%?|[-+]?\$?\.\d+%?"
+_HASHES = re.compile(rf"####\s*({_NUMBER})")
+_ANSWER_IS = re.compile(rf"answer(?:\s+is)?\s*[:=]?\s*(?:\*\*)?\s*({_NUMBER})", re.IGNORECASE)
+_BOXED = re.compile(rf"\\boxed\{{\s*({_NUMBER})\s*\}}")
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def normalise_number(text: str) -> Decimal | None:
+    """``"$1,234.50"`` -> ``Decimal("1234.5")``; None if ``text`` is not a number."""
+    cleaned = text.strip().replace(",", "").replace("$", "").replace(" ", "")
+    cleaned = cleaned.rstrip(".").removesuffix("%").removeprefix("+")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    return value.normalize() if value.is_finite() else None
+
+
+def gold_of(answer: str) -> str:
+    """The gold answer of a GSM8K record: what follows ``####`` (the whole text if absent)."""
+    _, sep, tail = answer.rpartition("####")
+    return tail.strip() if sep else answer.strip()
+
+
+def extract_answer(text: str) -> str | None:
+    """The final numeric answer a model gave (see the module docstring), or None."""
+    for pattern in (_HASHES, _ANSWER_IS, _BOXED):
+        found = pattern.findall(text)
+        if found:
+            return str(found[-1]).strip()
+    numbers = _ANY_NUMBER.findall(text)
+    return numbers[-1].strip() if numbers else None
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    """Whether the model's final answer equals the gold one (numerically when both are
+    numbers, else as case- and space-insensitive text)."""
+    gold = gold_of(gold)
+    want = normalise_number(gold)
+    if want is None:
+        return " ".join(prediction.split()).lower() == " ".join(gold.split()).lower()
+    got = extract_answer(prediction)
+    return got is not None and normalise_number(got) == want
+
+
+_VERDICT = re.compile(r"\[\[\s*(A\s*>>\s*B|A\s*>\s*B|A\s*=\s*B|B\s*>\s*A|B\s*>>\s*A)\s*\]\]")
+# verdict -> (outcome for the answer shown as A, weight)
+_VERDICTS: dict[str, tuple[float, float]] = {
+    "A>>B": (1.0, STRONG_WEIGHT),
+    "A>B": (1.0, 1.0),
+    "A=B": (0.5, 1.0),
+    "B>A": (0.0, 1.0),
+    "B>>A": (0.0, STRONG_WEIGHT),
+}
+
+
+def parse_verdict(reply: str) -> str | None:
+    """The last ``[[...]]`` verdict in a judge's reply, spaces removed (``"A>>B"``), or None."""
+    found = _VERDICT.findall(reply)
+    return re.sub(r"\s+", "", found[-1]) if found else None
+
+
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+_RATING_LOOSE = re.compile(r"rating\s*[:=]?\s*\[?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def parse_rating(reply: str) -> float | None:
+    """A 1-10 rating from ``[[7]]`` (or ``Rating: 7``); None if absent or out of range."""
+    found = _RATING.findall(reply) or _RATING_LOOSE.findall(reply)
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 1.0 <= value <= 10.0 else None
+
+
+@dataclass(frozen=True)
+class Game:
+    """One judgment of a pair: which side the candidate was shown on and the verdict."""
+
+    candidate_first: bool
+    verdict: str | None
+
+    def outcome(self) -> tuple[float, float] | None:
+        """(candidate's outcome, weight), or None when the judge gave no verdict."""
+        if self.verdict is None:
+            return None
+        outcome, weight = _VERDICTS[self.verdict]
+        return (outcome if self.candidate_first else 1.0 - outcome), weight
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """An item's pairwise result: ``preference`` (mean outcome, 0-1), ``weighted`` (outcomes
+    weighted by verdict strength) with its total ``weight``, and whether the orders agreed."""
+
+    preference: float
+    weighted: float
+    weight: float
+    games: int
+    consistent: bool
+
+
+def score_pair(games: list[Game]) -> PairScore | None:
+    """Combine an item's games (normally two, positions swapped); None if none parsed."""
+    scored = [o for g in games if (o := g.outcome()) is not None]
+    if not scored:
+        return None
+    weight = sum(w for _, w in scored)
+    outcomes = [o for o, _ in scored]
+    return PairScore(
+        preference=sum(outcomes) / len(outcomes),
+        weighted=sum(o * w for o, w in scored) / weight,
+        weight=weight,
+        games=len(scored),
+        consistent=len(set(outcomes)) == 1,
+    )
