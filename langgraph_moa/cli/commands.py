@@ -37,9 +37,9 @@ from langgraph_moa.cli.console import (
     show_review,
 )
 from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
+from langgraph_moa.cli.evaluate import eval_command, report_command
 from langgraph_moa.cli.line_input import LineReader
 from langgraph_moa.cli.logs import setup_logging
-from langgraph_moa.cli.evaluate import eval_command, report_command
 from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.store import open_checkpointer, thread_lock
 from langgraph_moa.cli.thread_list import threads_command

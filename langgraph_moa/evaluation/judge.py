@@ -24,7 +24,7 @@ from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import ModelPool, call_agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Layer, Topology
+from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
 
 __all__ = ["Judge", "JudgeUsage", "judge_agent", "single_topology"]
 
@@ -35,7 +35,9 @@ def single_topology(agent: Agent) -> Topology:
     """One agent seen as a topology, for the checks written for topologies (extras, keys,
     prices); it is never built into a graph."""
     return Topology(
-        name=agent.name or "single", layers=[Layer(proposers=[agent])], aggregator=agent
+        name=agent.name or "single",
+        layers=[Layer(proposers=[agent])],
+        aggregator=Aggregator.model_validate(agent.model_dump(exclude_unset=True)),
     )
 
 
