@@ -282,6 +282,45 @@ def test_keys_in_a_conversation_are_masked(
 # --- bad input -----------------------------------------------------------------------------------
 
 
+def test_captured_rows_are_relabel_input_end_to_end(
+    server: Server, fake: FakeOpenAI, capture_dir: Path, tmp_path: Path
+) -> None:
+    """capture -> relabel -> export is one loop: the captured completion is the DPO pair's
+    rejected answer and the mixture's answer the chosen one."""
+    before = stats(server)
+    client = server.client()
+    for k in range(3):
+        client.chat.completions.create(
+            model="capture/openai:gpt-x",
+            messages=[{"role": "user", "content": f"Loop question {k}?"}],
+        )
+    captured = new_rows(server, capture_dir, before, 3)
+    originals = {row["id"]: row["messages"][-1]["content"] for row in captured}
+    for model in ("a", "b", "agg"):
+        fake.behave(model, reply=lambda body, number, choice: f"{body['model']} relabelled")
+    topology = tmp_path / "mix.yaml"
+    topology.write_text(
+        "name: mix\nlayers:\n"
+        "  - proposers: [{name: a, model: 'openai:a'}, {name: b, model: 'openai:b'}]\n"
+        "aggregator: {model: 'openai:agg'}\n"
+    )
+    out = tmp_path / "runs"
+    result = run_moa("relabel", str(capture_dir), "-t", str(topology), "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["totals"]["done"] >= 3 and summary["totals"].get("invalid", 0) == 0, summary
+    run_dir = out / summary["name"]
+    pairs_file = tmp_path / "pairs.jsonl"
+    exported = run_moa("export", str(run_dir), "--format", "dpo", "-o", str(pairs_file))
+    assert exported.returncode == 0, exported.stderr
+    pairs = {p["id"]: p for p in map(json.loads, pairs_file.read_text().splitlines())}
+    for row_id, original in originals.items():
+        pair = pairs[row_id]
+        assert pair["rejected"][0]["content"] == original and pair["rejected_from"] == "original"
+        assert pair["chosen"][0]["content"] == "agg relabelled"
+        assert pair["prompt"][-1]["content"].startswith("Loop question")
+
+
 @pytest.mark.parametrize(
     ("model", "status", "expected"),
     [
