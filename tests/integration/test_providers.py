@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatResult
+from pydantic import SecretStr
 
 from langgraph_moa import (
     ChatMixtureOfAgents,
@@ -178,6 +181,28 @@ async def test_anthropic_failures_are_retried_timed_out_and_recorded(
     assert usage["by_model"]["anthropic:claude-bad"]["calls"] == 1
     assert state["degraded"] is True and state["messages"][-1].content == "Answer 1 from agg."
     assert ANTHROPIC_KEY not in repr(state)
+
+
+@same_loop
+async def test_an_unreachable_langchain_model_is_retried_and_recorded(
+    fake: FakeOpenAI, registry: list[str]
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = ChatAnthropic(  # type: ignore[call-arg]
+        model="claude-haiku-4-5",
+        base_url=f"http://127.0.0.1:{port}",
+        api_key=SecretStr(ANTHROPIC_KEY),
+        max_retries=0,
+    )
+    registry.append("down:claude")
+    register_model("down:claude", down)
+    state = await ask(topo(["down:claude", "openai:a"], "openai:agg"))
+    gone = record(state, "L1/claude")
+    assert gone["error"].startswith("connection failed: ") and gone["attempts"] == 3
+    assert gone["error"].endswith("(3 attempts)") and ANTHROPIC_KEY not in gone["error"]
+    assert state["degraded"] is True and state["messages"][-1].content == "Answer 1 from agg."
 
 
 @same_loop
