@@ -32,7 +32,6 @@ from langgraph_moa import (
     build_graph,
     register_model,
     register_provider,
-    unregister,
 )
 from langgraph_moa.testing.fake_anthropic import FakeAnthropic, text_of_content
 from langgraph_moa.testing.fake_openai import FakeOpenAI
@@ -61,14 +60,6 @@ def claude(
     monkeypatch.setenv("ANTHROPIC_BASE_URL", _anthropic_server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
     return _anthropic_server
-
-
-@pytest.fixture
-def registry() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        unregister(name)
 
 
 def topo(proposers: list[str], aggregator: str, **extra: object) -> Topology:
