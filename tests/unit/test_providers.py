@@ -178,13 +178,16 @@ def test_keys_of_langchain_providers_and_registered_models_are_masked(
     monkeypatch: pytest.MonkeyPatch, registry: list[str]
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")  # bedrock's, not required
 
     class Keyed(GenericFakeChatModel):
         api_key: SecretStr
 
     registry.append("mine:keyed")
     register_model("mine:keyed", Keyed(messages=iter([]), api_key=SecretStr("own-secret-key")))
-    assert redact("a sk-ant-secret-value b own-secret-key") == "a *** b ***"
+    assert (
+        redact("a sk-ant-secret-value b own-secret-key c aws-secret-value") == "a *** b *** c ***"
+    )
 
 
 class _StatusError(Exception):
