@@ -17,7 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from langchain_anthropic import ChatAnthropic
@@ -172,6 +172,25 @@ async def test_anthropic_failures_are_retried_timed_out_and_recorded(
     assert usage["by_model"]["anthropic:claude-bad"]["calls"] == 1
     assert state["degraded"] is True and state["messages"][-1].content == "Answer 1 from agg."
     assert ANTHROPIC_KEY not in repr(state)
+
+
+@same_loop
+async def test_a_cut_anthropic_stream_is_not_taken_for_an_answer(
+    claude: FakeAnthropic, fake: FakeOpenAI
+) -> None:
+    claude.behave("claude-cut", truncate=True)  # the stream stops before its stop reason
+    topology = topo(["openai:a"], "anthropic:claude-cut", fallback="best_proposal")
+    graph = build_graph(topology, cache=False)
+    state: dict = {}
+    async for mode, data in graph.astream(  # streamed, as a chat client is answered
+        {"messages": [HumanMessage("Why?")]}, stream_mode=["messages", "values"]
+    ):
+        if mode == "values":
+            state = cast(dict, data)
+    assert claude.requests_for("claude-cut")[0].body["stream"] is True
+    agg = state["aggregator"]
+    assert not agg["ok"] and agg["error"].startswith("truncated stream: ")
+    assert state["messages"][-1].content == "Answer 1 from a." and state["degraded"] is True
 
 
 @same_loop
