@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from langgraph_moa import unregister
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 TEST_KEY = "sk-test-not-a-real-key-0123456789"
@@ -70,3 +71,12 @@ def topology_file(tmp_path: Path) -> Path:
         "aggregator: {model: 'openai:agg'}\n"
     )
     return path
+
+
+@pytest.fixture
+def registry() -> Iterator[list[str]]:
+    """Names the test registers (providers, models): forgotten after it."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        unregister(name)

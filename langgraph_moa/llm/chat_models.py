@@ -166,7 +166,7 @@ def _secrets() -> list[str]:
     """Every key moa knows of: the table's and LangChain providers' key variables, and the
     secret fields of registered models."""
     envs = [spec.key_env for spec in PROVIDERS.values()]
-    envs += [env for p in LANGCHAIN_PROVIDERS.values() for env in p.key_envs]
+    envs += [env for p in LANGCHAIN_PROVIDERS.values() for env in p.key_envs + p.secret_envs]
     keys = [key for env in dict.fromkeys(envs) if (key := os.environ.get(env))]
     for model in registered_models():
         keys += [

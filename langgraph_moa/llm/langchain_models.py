@@ -17,6 +17,7 @@ reads it the way those SDKs expose it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -59,12 +60,24 @@ def check_langchain_ready(agent: Agent) -> None:
         return
     needed = (("langchain", "langchain"), (provider.package, provider.module))
     missing = [package for package, module in needed if not importable(module)]
+    install = "pip install " + " ".join(
+        repr(p) if "[" in p else p for p in missing or [provider.package]
+    )
     if missing:
         names = " and ".join(missing)
         raise MissingExtraError(
-            f"{agent.model} needs {names} (LangChain's {agent.provider} integration): "
-            f"pip install {' '.join(repr(m) if '[' in m else m for m in missing)}"
+            f"{agent.model} needs {names} (LangChain's {agent.provider} integration): {install}"
         )
+    # Imported now, before any call: an import inside a running layer would stall the event
+    # loop (and every other call's timers) for as long as it takes; once per process.
+    try:
+        importlib.import_module("langchain.chat_models")
+        importlib.import_module(provider.module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{agent.model}: {provider.package} is installed but cannot be imported "
+            f"({' '.join(str(err).split())}); reinstall it: {install}"
+        ) from None
 
 
 def missing_key_envs(agent: Agent) -> list[str]:

@@ -131,6 +131,8 @@ class LangChainProvider:
     extra: str | None = None  # a pip extra of the package, when the class needs one
     # says why the model stopped (so a streamed answer without it was cut off)
     reports_finish: bool = False
+    # other variables that may hold its secrets: masked in errors, never required
+    secret_envs: tuple[str, ...] = ()
 
     @property
     def package(self) -> str:
@@ -139,18 +141,25 @@ class LangChainProvider:
         return f"{dist}[{self.extra}]" if self.extra else dist
 
 
+_AWS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK")
+
 LANGCHAIN_PROVIDERS: dict[str, LangChainProvider] = {
     p.name: p
     for p in (
         LangChainProvider(
             "anthropic", "langchain_anthropic", ("ANTHROPIC_API_KEY",), reports_finish=True
         ),
-        LangChainProvider("anthropic_bedrock", "langchain_aws"),
+        LangChainProvider("anthropic_bedrock", "langchain_aws", secret_envs=_AWS),
         LangChainProvider("azure_ai", "langchain_azure_ai.chat_models"),
-        LangChainProvider("azure_openai", "langchain_openai", reports_finish=True),
-        LangChainProvider("baseten", "langchain_baseten"),
-        LangChainProvider("bedrock", "langchain_aws"),
-        LangChainProvider("bedrock_converse", "langchain_aws"),
+        LangChainProvider(
+            "azure_openai",
+            "langchain_openai",
+            reports_finish=True,
+            secret_envs=("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN"),
+        ),
+        LangChainProvider("baseten", "langchain_baseten", secret_envs=("BASETEN_API_KEY",)),
+        LangChainProvider("bedrock", "langchain_aws", secret_envs=_AWS),
+        LangChainProvider("bedrock_converse", "langchain_aws", secret_envs=_AWS),
         LangChainProvider("bedrock_mantle_anthropic", "langchain_aws", extra="anthropic"),
         LangChainProvider("bedrock_mantle_openai", "langchain_aws", extra="openai"),
         LangChainProvider("cohere", "langchain_cohere", ("COHERE_API_KEY", "CO_API_KEY")),
@@ -164,21 +173,33 @@ LANGCHAIN_PROVIDERS: dict[str, LangChainProvider] = {
         ),
         LangChainProvider("google_vertexai", "langchain_google_vertexai"),
         LangChainProvider("groq", "langchain_groq"),
-        LangChainProvider("huggingface", "langchain_huggingface"),
-        LangChainProvider("ibm", "langchain_ibm"),
-        LangChainProvider("langsmith", "langchain_openai"),
+        LangChainProvider(
+            "huggingface",
+            "langchain_huggingface",
+            secret_envs=("HUGGINGFACEHUB_API_TOKEN", "HF_TOKEN"),
+        ),
+        LangChainProvider("ibm", "langchain_ibm", secret_envs=("WATSONX_APIKEY",)),
+        LangChainProvider(
+            "langsmith",
+            "langchain_openai",
+            secret_envs=("LANGSMITH_GATEWAY_API_KEY", "LANGSMITH_API_KEY"),
+        ),
         LangChainProvider("litellm", "langchain_litellm"),
         LangChainProvider("meta", "langchain_meta"),
         LangChainProvider(
             "mistralai", "langchain_mistralai", ("MISTRAL_API_KEY",), reports_finish=True
         ),
-        LangChainProvider("nvidia", "langchain_nvidia_ai_endpoints"),
+        LangChainProvider(
+            "nvidia", "langchain_nvidia_ai_endpoints", secret_envs=("NVIDIA_API_KEY",)
+        ),
         LangChainProvider("ollama", "langchain_ollama"),
         LangChainProvider("openai", "langchain_openai"),
         LangChainProvider("openrouter", "langchain_openrouter"),
-        LangChainProvider("perplexity", "langchain_perplexity"),
+        LangChainProvider(
+            "perplexity", "langchain_perplexity", secret_envs=("PPLX_API_KEY", "PERPLEXITY_API_KEY")
+        ),
         LangChainProvider("together", "langchain_together"),
-        LangChainProvider("upstage", "langchain_upstage"),
+        LangChainProvider("upstage", "langchain_upstage", secret_envs=("UPSTAGE_API_KEY",)),
         LangChainProvider("xai", "langchain_xai", ("XAI_API_KEY",), reports_finish=True),
     )
 }

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from langgraph_moa.testing.fake_openai import FakeOpenAI, LoggedRequest
@@ -64,32 +64,18 @@ class FakeAnthropic(FakeOpenAI):
     def routes(self) -> list[Route]:
         return [Route("/v1/messages", self._messages, methods=["POST"])]
 
-    def _anthropic_error(
-        self, log: LoggedRequest, status: int, message: str, **headers: str
-    ) -> Response:
-        log.status, log.finished = status, time.perf_counter()
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
         kind = _ERROR_TYPES.get(status, "api_error")
-        body = {"type": "error", "error": {"type": kind, "message": message}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return {"type": "error", "error": {"type": kind, "message": message}}
 
     async def _messages(self, request: Request) -> Response:
         body = await request.json()
         log, behavior, number, fault = self.admit(body, dict(request.headers))
         if behavior.latency_s and not await self.wait(request, behavior.latency_s, log):
             return Response(status_code=499)
-        if fault == "hang" and not await self.wait(request, behavior.hang_s, log):
-            return Response(status_code=499)
-        if isinstance(fault, int):
-            headers = {}
-            if behavior.retry_after is not None:
-                headers["retry-after"] = str(behavior.retry_after)
-            message = f"injected failure {fault}"
-            if behavior.error_message is not None:
-                message = behavior.error_message.replace("{key}", self.key_of(log))
-            return self._anthropic_error(log, fault, message, **headers)
-        if fault == "malformed":
-            log.status, log.finished = 200, time.perf_counter()
-            return Response('{"id": "msg", "content": [', media_type="application/json")
+        injected = await self.injected(request, log, behavior, fault, '{"id": "msg", "content": [')
+        if injected is not None:
+            return injected
         text = "" if fault == "empty" else behavior.reply(body, number, 0)
         prompt = _words(text_of_content(body.get("system"))) + sum(
             _words(text_of_content(m.get("content"))) for m in body.get("messages", [])

@@ -202,10 +202,43 @@ class FakeOpenAI:
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.behaviors]
         return JSONResponse({"object": "list", "data": data})
 
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        """An HTTP error's body, in the provider's format."""
+        return {"error": {"message": message, "type": "fake_error", "code": status}}
+
+    @staticmethod
+    def key_of(log: LoggedRequest) -> str:
+        """The API key a request carried (a bearer token)."""
+        return log.headers.get("authorization", "").removeprefix("Bearer ")
+
     def _error(self, log: LoggedRequest, status: int, message: str, **headers: str) -> Response:
         log.status, log.finished = status, time.perf_counter()
-        body = {"error": {"message": message, "type": "fake_error", "code": status}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(self.error_body(status, message), status_code=status, headers=headers)
+
+    async def injected(
+        self,
+        request: Request,
+        log: LoggedRequest,
+        behavior: Behavior,
+        fault: int | str | None,
+        malformed: str,
+    ) -> Response | None:
+        """The response to an injected fault (a hang, an HTTP error, a ``malformed`` body), or
+        None when the request is to be answered."""
+        if fault == "hang" and not await self.wait(request, behavior.hang_s, log):
+            return Response(status_code=499)
+        if isinstance(fault, int):
+            headers = {}
+            if behavior.retry_after is not None:
+                headers["retry-after"] = str(behavior.retry_after)
+            message = f"injected failure {fault}"
+            if behavior.error_message is not None:  # "{key}": the request's key, echoed back
+                message = behavior.error_message.replace("{key}", self.key_of(log))
+            return self._error(log, fault, message, **headers)
+        if fault == "malformed":
+            log.status, log.finished = 200, time.perf_counter()
+            return Response(malformed, media_type="application/json")
+        return None
 
     def admit(
         self, body: dict[str, Any], headers: dict[str, str]
@@ -238,20 +271,9 @@ class FakeOpenAI:
         n = int(body.get("n") or 1)
         if n > 1 and not behavior.supports_n:
             return self._error(log, 400, "'n' : number must be at most 1")
-        if fault == "hang" and not await self.wait(request, behavior.hang_s, log):
-            return Response(status_code=499)
-        elif isinstance(fault, int):
-            headers = {}
-            if behavior.retry_after is not None:
-                headers["retry-after"] = str(behavior.retry_after)
-            message = f"injected failure {fault}"
-            if behavior.error_message is not None:  # "{key}": the request's key, echoed back
-                key = request.headers.get("authorization", "").removeprefix("Bearer ")
-                message = behavior.error_message.replace("{key}", key)
-            return self._error(log, fault, message, **headers)
-        elif fault == "malformed":
-            log.status, log.finished = 200, time.perf_counter()
-            return Response('{"id": "x", "choices": [', media_type="application/json")
+        injected = await self.injected(request, log, behavior, fault, '{"id": "x", "choices": [')
+        if injected is not None:
+            return injected
 
         calls = behavior.tool_calls(body, number) if behavior.tool_calls else None
         tool_calls = [

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatResult
+from pydantic import SecretStr
 
 from langgraph_moa import (
     ChatMixtureOfAgents,
@@ -29,7 +32,6 @@ from langgraph_moa import (
     build_graph,
     register_model,
     register_provider,
-    unregister,
 )
 from langgraph_moa.testing.fake_anthropic import FakeAnthropic, text_of_content
 from langgraph_moa.testing.fake_openai import FakeOpenAI
@@ -58,14 +60,6 @@ def claude(
     monkeypatch.setenv("ANTHROPIC_BASE_URL", _anthropic_server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
     return _anthropic_server
-
-
-@pytest.fixture
-def registry() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        unregister(name)
 
 
 def topo(proposers: list[str], aggregator: str, **extra: object) -> Topology:
@@ -178,6 +172,47 @@ async def test_anthropic_failures_are_retried_timed_out_and_recorded(
     assert usage["by_model"]["anthropic:claude-bad"]["calls"] == 1
     assert state["degraded"] is True and state["messages"][-1].content == "Answer 1 from agg."
     assert ANTHROPIC_KEY not in repr(state)
+
+
+@same_loop
+async def test_a_cut_anthropic_stream_is_not_taken_for_an_answer(
+    claude: FakeAnthropic, fake: FakeOpenAI
+) -> None:
+    claude.behave("claude-cut", truncate=True)  # the stream stops before its stop reason
+    topology = topo(["openai:a"], "anthropic:claude-cut", fallback="best_proposal")
+    graph = build_graph(topology, cache=False)
+    state: dict = {}
+    async for mode, data in graph.astream(  # streamed, as a chat client is answered
+        {"messages": [HumanMessage("Why?")]}, stream_mode=["messages", "values"]
+    ):
+        if mode == "values":
+            state = cast(dict, data)
+    assert claude.requests_for("claude-cut")[0].body["stream"] is True
+    agg = state["aggregator"]
+    assert not agg["ok"] and agg["error"].startswith("truncated stream: ")
+    assert state["messages"][-1].content == "Answer 1 from a." and state["degraded"] is True
+
+
+@same_loop
+async def test_an_unreachable_langchain_model_is_retried_and_recorded(
+    fake: FakeOpenAI, registry: list[str]
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = ChatAnthropic(  # type: ignore[call-arg]
+        model="claude-haiku-4-5",
+        base_url=f"http://127.0.0.1:{port}",
+        api_key=SecretStr(ANTHROPIC_KEY),
+        max_retries=0,
+    )
+    registry.append("down:claude")
+    register_model("down:claude", down)
+    state = await ask(topo(["down:claude", "openai:a"], "openai:agg"))
+    gone = record(state, "L1/claude")
+    assert gone["error"].startswith("connection failed: ") and gone["attempts"] == 3
+    assert gone["error"].endswith("(3 attempts)") and ANTHROPIC_KEY not in gone["error"]
+    assert state["degraded"] is True and state["messages"][-1].content == "Answer 1 from agg."
 
 
 @same_loop

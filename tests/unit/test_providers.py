@@ -3,8 +3,6 @@ and what a user registers; the one-line errors when a name or a package is wrong
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from langchain.chat_models import base as init_chat_model_module
 from langchain_core.language_models import GenericFakeChatModel
@@ -34,15 +32,6 @@ def topology(*models: str, aggregator: str | None = None) -> Topology:
             "aggregator": {"model": aggregator or models[0]},
         }
     )
-
-
-@pytest.fixture
-def registry() -> Iterator[list[str]]:
-    """Names registered by the test, forgotten after it."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        unregister(name)
 
 
 def test_the_langchain_list_is_init_chat_models_own() -> None:
@@ -189,13 +178,16 @@ def test_keys_of_langchain_providers_and_registered_models_are_masked(
     monkeypatch: pytest.MonkeyPatch, registry: list[str]
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")  # bedrock's, not required
 
     class Keyed(GenericFakeChatModel):
         api_key: SecretStr
 
     registry.append("mine:keyed")
     register_model("mine:keyed", Keyed(messages=iter([]), api_key=SecretStr("own-secret-key")))
-    assert redact("a sk-ant-secret-value b own-secret-key") == "a *** b ***"
+    assert (
+        redact("a sk-ant-secret-value b own-secret-key c aws-secret-value") == "a *** b *** c ***"
+    )
 
 
 class _StatusError(Exception):
