@@ -189,12 +189,15 @@ class ChatMixtureOfAgents(BaseChatModel):
             return False
         return super()._should_stream(async_api=async_api, **kwargs)
 
-    def _streams_to(self, run_manager: BaseRunManager | None, kwargs: dict[str, Any]) -> bool:
-        """Whether an invoke's tokens are wanted by a handler of its run."""
+    def _streams_to(
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> bool:
+        """Whether a handler of an invoke's run wants its tokens."""
         if run_manager is None:
             return False
-        wanted = super()._should_stream
-        return wanted(async_api=True, run_manager=run_manager, **kwargs)  # type: ignore[arg-type]
+        return super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
 
     def _events(
         self,
