@@ -29,7 +29,6 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.callbacks.manager import BaseRunManager
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import (
     LangSmithParams,
@@ -148,10 +147,18 @@ class ChatMixtureOfAgents(BaseChatModel):
             "aggregator_options": options or None,
         }
 
-    def _children(self, run_manager: BaseRunManager) -> RunnableConfig:
-        return child_config(
-            run_manager, run_manager.run_id, tag=INNER_TAG, drop_metadata=_OWN_METADATA
-        )
+    @staticmethod
+    def _children(
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> RunnableConfig | None:
+        """The config of the runs inside: made from the run's manager when given one, else the
+        one stream()/astream() passed on (None when called outside LangChain's entry points)."""
+        pinned: RunnableConfig | None = kwargs.pop(_CHILDREN, None)
+        if run_manager is None:
+            return pinned
+        run_id = run_manager.run_id
+        return child_config(run_manager, run_id, tag=INNER_TAG, drop_metadata=_OWN_METADATA)
 
     def _pin(
         self,
@@ -291,10 +298,7 @@ class ChatMixtureOfAgents(BaseChatModel):
     ) -> ChatResult:
         if self._streams_to(run_manager, kwargs):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        children = kwargs.pop(_CHILDREN, None)
-        if run_manager is not None:
-            children = self._children(run_manager)
-        return await self._answer(messages, kwargs, children)
+        return await self._answer(messages, kwargs, self._children(run_manager, kwargs))
 
     async def _astream(
         self,
@@ -303,9 +307,7 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        children = kwargs.pop(_CHILDREN, None)
-        if run_manager is not None:
-            children = self._children(run_manager)
+        children = self._children(run_manager, kwargs)
         async for chunk in self._chunks(messages, kwargs, children):
             if run_manager is not None:  # given the run: the tokens are ours to report
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
@@ -322,9 +324,7 @@ class ChatMixtureOfAgents(BaseChatModel):
     ) -> ChatResult:
         if self._streams_to(run_manager, kwargs):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        children = kwargs.pop(_CHILDREN, None)
-        if run_manager is not None:
-            children = self._children(run_manager)
+        children = self._children(run_manager, kwargs)
         return run_sync(lambda: self._answer(messages, kwargs, children))
 
     def _stream(
@@ -334,9 +334,7 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        children = kwargs.pop(_CHILDREN, None)
-        if run_manager is not None:
-            children = self._children(run_manager)
+        children = self._children(run_manager, kwargs)
         for chunk in iterate_sync(lambda: self._chunks(messages, kwargs, children)):
             if run_manager is not None:  # given the run: the tokens are ours to report
                 run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
