@@ -304,3 +304,15 @@ def test_langsmith_receives_one_trace(fake: FakeOpenAI, langsmith: str, way: str
     assert INNER_TAG in graph["tags"]
     calls = [r for r in runs.values() if r["run_type"] == "llm" and r is not model]
     assert len(calls) == len(fake.requests) == 3
+
+
+async def test_an_agents_events_have_the_answer_once(fake: FakeOpenAI) -> None:
+    """An agent's model is invoked (not streamed): its answer still streams once, from it."""
+    fake.behave("agg", reply=lambda body, n, k: "one two three")
+    agent = create_agent(moa(), [])
+    events = [e async for e in agent.astream_events({"messages": [HumanMessage("hi")]})]
+    streamed = [e for e in events if e["event"] == "on_chat_model_stream"]
+    assert {e["name"] for e in streamed} == {MODEL}
+    assert "".join(str(e["data"]["chunk"].content) for e in streamed) == "one two three"
+    ends = [e for e in events if e["event"] == "on_chat_model_end"]
+    assert len([e for e in ends if INNER_TAG in e["tags"]]) == 3
