@@ -5,6 +5,17 @@ invoke/ainvoke, stream/astream (the final answer's tokens), batch/abatch, ``bind
 tools reach the aggregator only; proposers see tool traffic as a short text digest) and
 ``with_structured_output``. ``usage_metadata`` sums every call of the run; ``response_metadata``
 holds the run's record: layers, critique, usage and cost, ledger, fallback, degraded.
+
+Callbacks and tracing: the graph runs as a child of the model's own run, sync or async, called
+directly or in a chain (see :mod:`langgraph_moa.child_runs`), so tracers and the caller's
+handlers see one tree: model run > graph > nodes > provider calls, every run inside tagged
+:data:`INNER_TAG`. The answer's tokens stream once, from the model's run.
+
+LangChain hands the run's manager to ``_generate``/``_agenerate`` only (``stream``/``astream``
+and an ``invoke`` that streams for a handler call ``_stream``/``_astream`` without it). So
+``stream``/``astream`` set up the run's callbacks and id first and pass the children's config
+on, and an ``invoke`` with a streaming handler answers through ``_generate``/``_agenerate``,
+which stream the tokens to the run themselves, as LangChain's own integrations do.
 """
 
 from __future__ import annotations
@@ -12,28 +23,49 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.language_models.chat_models import (
+    LangSmithParams,
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.utils.uuid import uuid7
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from langgraph_moa.child_runs import child_config, iterate_as_child
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
 from langgraph_moa.result import answer_of, result_of
-from langgraph_moa.run import AnswerToken, RunFinished, stream_run
+from langgraph_moa.run import AnswerToken, Event, RunFinished, stream_run
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset
 from langgraph_moa.sync_loop import iterate_sync, run_sync
 
-__all__ = ["ChatMixtureOfAgents"]
+__all__ = ["INNER_TAG", "ChatMixtureOfAgents"]
 
 _ANSWERING = (AGGREGATOR, FALLBACK)
+
+INNER_TAG = "moa:inner"
+"""The tag on every run inside a ChatMixtureOfAgents run: graph, nodes, provider calls."""
+
+_CHILDREN = "moa_children_config"
+"""The call option carrying the children's config from stream()/astream() to _stream/_astream."""
+
+# The metadata LangChain adds to the model's run to describe it (provider, model, temperature):
+# true of the mixture, not of the calls inside it.
+_OWN_METADATA = frozenset(LangSmithParams.__annotations__)
 
 
 def _usage_metadata(state: dict[str, Any]) -> UsageMetadata:
@@ -119,20 +151,91 @@ class ChatMixtureOfAgents(BaseChatModel):
             "aggregator_options": options or None,
         }
 
-    async def _agenerate(
+    @staticmethod
+    def _children(
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> RunnableConfig | None:
+        """The config of the runs inside: made from the run's manager when given one, else the
+        one stream()/astream() passed on (None when called outside LangChain's entry points)."""
+        pinned: RunnableConfig | None = kwargs.pop(_CHILDREN, None)
+        if run_manager is None:
+            return pinned
+        run_id = run_manager.run_id
+        return child_config(run_manager, run_id, tag=INNER_TAG, drop_metadata=_OWN_METADATA)
+
+    def _pin(
+        self,
+        config: RunnableConfig | None,
+        manager_cls: type[CallbackManager | AsyncCallbackManager],
+    ) -> tuple[RunnableConfig, RunnableConfig]:
+        """The run's config with its callbacks set up and its id chosen, and its children's
+        config (one tracer instance for both, so the children find their parent)."""
+        config = ensure_config(config)
+        manager = manager_cls.configure(
+            config.get("callbacks"),
+            inheritable_tags=config.get("tags"),
+            inheritable_metadata=config.get("metadata"),
+        )
+        run_id = config.get("run_id") or uuid7()
+        children = child_config(manager, run_id, tag=INNER_TAG)
+        return {**config, "callbacks": manager, "run_id": run_id}, children
+
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        kwargs.pop(_CHILDREN, None)  # plumbing, not an option of the call
+        return super()._get_invocation_params(stop=stop, **kwargs)
+
+    def _should_stream(
+        self,
+        *,
+        async_api: bool,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        # Asked with a run open (an invoke): answer through _agenerate/_generate, which are
+        # given the run and stream to it when a handler wants tokens (see the module docstring).
+        if run_manager is not None:
+            return False
+        return super()._should_stream(async_api=async_api, **kwargs)
+
+    def _streams_to(
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> bool:
+        """Whether a handler of an invoke's run wants its tokens."""
+        if run_manager is None:
+            return False
+        return super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
+
+    def _events(
         self,
         messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        state: dict[str, Any] = {}
-        async for event in stream_run(
+        kwargs: dict[str, Any],
+        children: RunnableConfig | None,
+        stop: list[str] | None,
+        *,
+        tokens: bool,
+    ) -> AsyncIterator[Event]:
+        events = stream_run(
             self.graph,
             self._inputs(messages, kwargs, stop),
-            tokens=False,
+            tokens=tokens,
             deadline_s=self.topology.deadline_s,
-        ):
+        )
+        return events if children is None else iterate_as_child(events, children)
+
+    async def _answer(
+        self,
+        messages: list[BaseMessage],
+        kwargs: dict[str, Any],
+        children: RunnableConfig | None,
+        stop: list[str] | None,
+    ) -> ChatResult:
+        state: dict[str, Any] = {}
+        async for event in self._events(messages, kwargs, children, stop, tokens=False):
             if isinstance(event, RunFinished):
                 state = event.state
         answer = state["messages"][-1]
@@ -147,18 +250,16 @@ class ChatMixtureOfAgents(BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    async def _astream(
+    async def _chunks(
         self,
         messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
+        kwargs: dict[str, Any],
+        children: RunnableConfig | None,
+        stop: list[str] | None,
     ) -> AsyncIterator[ChatGenerationChunk]:
         final: dict[str, Any] = {}
         sent: list[str] = []
-        async for event in stream_run(
-            self.graph, self._inputs(messages, kwargs, stop), deadline_s=self.topology.deadline_s
-        ):
+        async for event in self._events(messages, kwargs, children, stop, tokens=True):
             if isinstance(event, AnswerToken):  # only the final answer streams
                 chunk = event.chunk
                 sent.append(event.text)
@@ -183,6 +284,55 @@ class ChatMixtureOfAgents(BaseChatModel):
             )
         )
 
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config, children = self._pin(config, AsyncCallbackManager)
+        kwargs[_CHILDREN] = children
+        async for chunk in super().astream(input, config, stop=stop, **kwargs):
+            yield chunk
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config, children = self._pin(config, CallbackManager)
+        kwargs[_CHILDREN] = children
+        yield from super().stream(input, config, stop=stop, **kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self._streams_to(run_manager, kwargs):
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        return await self._answer(messages, kwargs, self._children(run_manager, kwargs), stop)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        children = self._children(run_manager, kwargs)
+        async for chunk in self._chunks(messages, kwargs, children, stop):
+            if run_manager is not None:  # given the run: the tokens are ours to report
+                await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk
+
     # The sync API runs the async one on the process's shared sync loop (see sync_loop), so it
     # also works when called from code that already has a loop running.
     def _generate(
@@ -192,7 +342,10 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return run_sync(lambda: self._agenerate(messages, stop, None, **kwargs))
+        if self._streams_to(run_manager, kwargs):
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        children = self._children(run_manager, kwargs)
+        return run_sync(lambda: self._answer(messages, kwargs, children, stop))
 
     def _stream(
         self,
@@ -201,4 +354,8 @@ class ChatMixtureOfAgents(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        yield from iterate_sync(lambda: self._astream(messages, stop, None, **kwargs))
+        children = self._children(run_manager, kwargs)
+        for chunk in iterate_sync(lambda: self._chunks(messages, kwargs, children, stop)):
+            if run_manager is not None:  # given the run: the tokens are ours to report
+                run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk

@@ -7,8 +7,9 @@ loop: a socket per agent and megabytes per call. Here every sync call runs on th
 clients are made once and reused, and nothing grows with the number of calls.
 
 A coroutine runs in the caller's context (``contextvars``), so LangGraph's per-run config and
-stream writer reach it. If the caller is interrupted (``KeyboardInterrupt``) or stops iterating,
-the task on the loop is cancelled, with every request it started. The loop is shared and never
+stream writer, and LangSmith's current run, reach it (a sync call stays in its caller's trace).
+If the caller is interrupted (``KeyboardInterrupt``) or stops iterating, the task on the loop is
+cancelled, with every request it started. The loop is shared and never
 blocked: a sync call made from code already running on it is refused rather than deadlocking.
 asyncio has no ready-made "run this coroutine from any thread in a given context and cancel it
 with its caller", hence this module.

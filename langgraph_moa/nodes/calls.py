@@ -303,7 +303,15 @@ async def _request(
                     reply = await call()
                 generations = [reply]
             else:
-                result = await pool.get(n).agenerate([messages])
+                # agenerate (the only call returning n samples) takes no config: its
+                # callbacks are passed as ainvoke would, so the call is traced like the others
+                config = ensure_config()
+                result = await pool.get(n).agenerate(
+                    [messages],
+                    callbacks=config.get("callbacks"),
+                    tags=config.get("tags"),
+                    metadata=config.get("metadata"),
+                )
                 generations = [getattr(g, "message", None) for g in result.generations[0]]
         except MoAInputError:
             raise
