@@ -7,9 +7,10 @@ request gate (:func:`langgraph_moa.llm.openai_client.gate_requests`).
 
 Each limit is an ``aiolimiter`` leaky bucket holding one request (or 1/20 of the token
 allowance), filling at a rate chosen so that no window of 60 s ever holds more than the limit:
-with a bucket of size c and a rate r, a window of T seconds admits at most c + r*T. Tokens of a
-request are counted before it is sent: its messages at about 4 characters per token plus its
-``max_tokens`` (times ``n``).
+with a bucket of size c and a rate r, a window of T seconds admits at most c + r*T; one more
+bucket's worth is kept in hand for a request held up on its way (the provider counts arrivals).
+Tokens of a request are counted before it is sent: its messages at about 4 characters per token
+plus its ``max_tokens`` (times ``n``).
 
 A 429 pauses every limit covering the model for its Retry-After (or 1 s, doubling on each 429
 in a row, up to 60 s), so the runs still waiting do not walk into the same wall; the request
@@ -85,7 +86,7 @@ def _request_tokens(request: httpx2.Request) -> int:
 class _Bucket:
     def __init__(self, per_minute: float, size: float) -> None:
         self.size = size
-        rate = max(per_minute - size, per_minute / 2) / 60.0  # per second
+        rate = max(per_minute - 2 * size, per_minute / 2) / 60.0  # per second
         self.limiter = AsyncLimiter(size, size / rate)
         self.paused_until = 0.0
         self.strikes = 0

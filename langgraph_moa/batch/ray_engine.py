@@ -91,12 +91,13 @@ async def run_on_ray(
             log_to_driver=False,
             configure_logging=False,
         )
+    actors: list[Any] = []
     try:
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         per_actor = max(1, math.ceil(concurrency / count))
         options: Any = {"num_cpus": 0.01, "max_concurrency": per_actor}
         actor_class: Any = ray.remote(**options)(RowWorker)
-        actors = [
+        actors += [
             actor_class.remote(
                 topology.model_dump(mode="json"), str(cache_path), _split(limits, count)
             )
@@ -125,8 +126,8 @@ async def run_on_ray(
             on_record=on_record,
             on_progress=on_progress,
         )
+    finally:
         for actor in actors:
             ray.kill(actor)
-    finally:
         if started_here:
             ray.shutdown()

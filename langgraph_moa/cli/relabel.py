@@ -131,7 +131,9 @@ def relabel_command(
     tpm: Annotated[
         list[str] | None, typer.Option(help="Tokens/min, scoped like --rpm (repeatable).")
     ] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Run again only the failed rows.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run again only the failed rows.")
+    ] = False,
     estimate: Annotated[
         bool, typer.Option("--estimate", help="Worst-case $ and calls; call nothing.")
     ] = False,
@@ -213,7 +215,10 @@ def export_command(
         typer.Option("--output", "-o", help="File to write (default: inside the run folder)."),
     ] = None,
     include_degraded: Annotated[
-        bool, typer.Option(help="Keep rows where a call failed or a fallback answered.")
+        bool,
+        typer.Option(
+            "--include-degraded", help="Keep rows where a call failed or a fallback answered."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
