@@ -1,6 +1,6 @@
 """Aggregator modes on the embedded model: accuracy, calls and seconds per item.
 
-Seeded reasoning-gym ``basic_arithmetic`` items (two one-digit terms) are answered by the
+Seeded reasoning-gym ``basic_arithmetic`` items (a sum or difference of two digits) answered by the
 ``local`` preset (SmolLM2-135M, 3 differently prompted proposers) combined in several ways:
 
 - ``single``: the first proposer's answer alone (one call);
@@ -38,9 +38,17 @@ from langgraph_moa import MoARunError, Topology, build_graph, load_preset
 from langgraph_moa.nodes.extract import extract
 
 MODES = ["single", "synthesize", "vote", "select", "early-stop"]
-# Two one-digit terms ("Calculate 3 - -9."): reasoning-gym's default (up to 6 terms of up to 4
-# digits) is beyond a 135M model in every mode, which would compare nothing.
-LEVEL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+# Two one-digit terms added or subtracted, no negative operands ("Calculate 7 - 3."): harder
+# items (reasoning-gym's default is up to 6 terms of up to 4 digits, negation and division) are
+# beyond a 135M model in every mode, which compares nothing.
+LEVEL = {
+    "min_terms": 2,
+    "max_terms": 2,
+    "min_digits": 1,
+    "max_digits": 1,
+    "operators": ("+", "-"),
+    "allow_negation": False,
+}
 
 
 def topologies() -> dict[str, Topology]:
