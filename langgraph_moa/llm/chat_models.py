@@ -5,6 +5,11 @@ OpenAI-compatible services go through langchain-openai's ChatOpenAI with the pro
 ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` exactly as the openai client does. ``local`` is the
 embedded SmolLM2 model run by llama.cpp (see :mod:`langgraph_moa.llm.local_model`).
 Keys are read from the environment when a model is made and never stored anywhere else.
+
+The model stack (langchain-openai, the openai client, httpx) is imported where a model is made,
+not with this module: a command that only draws a graph or lists presets never needs it, and it
+is most of the package's import time. :func:`warm_up` imports it (and builds what every client
+shares) ahead of a run, so the run's first requests do not wait for it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from langgraph_moa.errors import MissingCredentialsError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.llm.local_model import ChatLocalLlama, resolve_model_path
 from langgraph_moa.llm.local_runtime import check_local_runtime
-from langgraph_moa.llm.openai_client import RetryingAsyncOpenAI
 from langgraph_moa.spec.providers import DEFAULT_TIMEOUT_S, PROVIDERS, ProviderSpec
 from langgraph_moa.spec.topology import Retry
 
@@ -32,6 +36,7 @@ __all__ = [
     "check_ready",
     "make_chat_model",
     "redact",
+    "warm_up",
 ]
 
 
@@ -89,6 +94,8 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
 
     from langchain_openai import ChatOpenAI
 
+    from langgraph_moa.llm.openai_client import RetryingAsyncOpenAI
+
     key = spec.resolve_key()
     if not key:
         raise MissingCredentialsError(f"{spec.key_env} is not set: {agent.model} needs it")
@@ -117,6 +124,17 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
         root_async_client=client,
         async_client=client.chat.completions,
     )
+
+
+def warm_up(topology: Topology) -> None:
+    """Import the model stack ``topology``'s providers use, before a run rather than inside it
+    (a cold process otherwise pays for it between the run's first requests)."""
+    if any(PROVIDERS[a.provider].openai_compatible for a in topology.agents()):
+        import langchain_openai  # noqa: F401
+
+        from langgraph_moa.llm import openai_client
+
+        openai_client.warm_up()
 
 
 def call_options(

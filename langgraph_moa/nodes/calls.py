@@ -5,6 +5,10 @@ Failures are caught and returned as outcomes (the graph decides what a failure m
 text is one line, shortened, with any configured API key masked. Retries happen inside the
 openai client (see :mod:`langgraph_moa.llm.openai_client`); a layer deadline cancels what is
 still running.
+
+The openai client and httpx are imported where they are used (a request, an error to describe),
+not with this module: building or drawing a graph must not load the model stack (see
+:mod:`langgraph_moa.llm.chat_models`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
-import openai
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -26,7 +28,6 @@ from langchain_core.runnables.config import ensure_config, merge_configs
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.chat_models import make_chat_model, redact
-from langgraph_moa.llm.openai_client import count_attempts
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.context_window import Trim
@@ -141,6 +142,9 @@ def error_text(err: BaseException) -> str:
 
 def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str:
     """What went wrong with a call, in the words a user needs (status, timeout, connection...)."""
+    import httpx2
+    import openai
+
     if isinstance(
         err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError | httpx2.TimeoutException
     ):
@@ -233,6 +237,8 @@ async def _request(
     pool: ModelPool, messages: list[BaseMessage], n: int, extras: CallExtras | None = None
 ) -> list[Outcome]:
     """One request: one sample, or ``n`` in one go; usage is reported once, on the first."""
+    from langgraph_moa.llm.openai_client import count_attempts
+
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
     generations: list[Any]
