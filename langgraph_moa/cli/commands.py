@@ -226,16 +226,18 @@ async def _ctrl_c_cancels() -> AsyncIterator[None]:
         loop.remove_signal_handler(signal.SIGINT)
 
 
-def _preflight(topology: Topology) -> None:
+async def _preflight(topology: Topology) -> None:
     """Before anything runs: extras, keys, the local model's build, prices for a USD budget;
     then the model stack is loaded, so that the run's first requests do not wait for it."""
     from langgraph_moa.llm.chat_models import check_ready, warm_up
     from langgraph_moa.nodes.budget import check_priced
+    from langgraph_moa.nodes.calls import make_models
     from langgraph_moa.spec.models import PriceTable
 
     check_ready(topology, probe_local=True)
     check_priced(topology, PriceTable(topology.prices))
-    warm_up(topology)
+    await warm_up(topology)
+    make_models(topology)
 
 
 def _lock(db: str | None, thread: str) -> Any:
@@ -437,7 +439,7 @@ def ask(
     async def go() -> tuple[Run | None, Topology]:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
-            _preflight(topo)
+            await _preflight(topo)
             if not quiet:
                 err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
             graph = build_graph(topo, checkpointer=saver, cache=backend)
@@ -528,7 +530,7 @@ def chat(
     async def go() -> None:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
-            _preflight(topo)
+            await _preflight(topo)
             err.print(
                 f"[bold]moa chat[/bold] {escape(describe(topo))}, thread {thread_id} "
                 "(/exit to leave)"
@@ -638,7 +640,7 @@ def resume(
     async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
-            _preflight(topo)
+            await _preflight(topo)
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread, topo)
             snapshot = await graph.aget_state(config)
@@ -742,7 +744,7 @@ def fork(
                     "aggregator": swapped.model_dump(mode="json")
                 }
                 topo = parse_topology(spec, source="--aggregator")
-            _preflight(topo)
+            await _preflight(topo)
             graph = build_graph(topo, checkpointer=saver)
             config = await fork_config(graph, topo, thread, at=at, edit=edits, drop=drop or [])
             config = run_config(thread, topo) | {"configurable": config["configurable"]}

@@ -8,8 +8,8 @@ Keys are read from the environment when a model is made and never stored anywher
 
 The model stack (langchain-openai, the openai client, httpx) is imported where a model is made,
 not with this module: a command that only draws a graph or lists presets never needs it, and it
-is most of the package's import time. :func:`warm_up` imports it (and builds what every client
-shares) ahead of a run, so the run's first requests do not wait for it.
+is most of the package's import time. :func:`warm_up` does that first-call work ahead of a run,
+so the run's first requests do not wait for it.
 """
 
 from __future__ import annotations
@@ -126,15 +126,22 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
     )
 
 
-def warm_up(topology: Topology) -> None:
-    """Import the model stack ``topology``'s providers use, before a run rather than inside it
-    (a cold process otherwise pays for it between the run's first requests)."""
-    if any(PROVIDERS[a.provider].openai_compatible for a in topology.agents()):
-        import langchain_openai  # noqa: F401
+async def warm_up(topology: Topology) -> None:
+    """Do a cold process's first-call work before a run instead of inside it: import the model
+    stack, make one chat model per provider and timeout (the first one made also imports the
+    openai client's resources and builds langchain-openai's shared HTTP client) and load the
+    async backend the HTTP connections use; a third of a second in all. The models made here are
+    dropped; they have opened no connection."""
+    done: set[tuple[str, float | None]] = set()
+    for agent in topology.agents():
+        spec, kind = PROVIDERS[agent.provider], (agent.provider, agent.timeout_s)
+        if spec.openai_compatible and spec.resolve_key() and kind not in done:
+            done.add(kind)
+            make_chat_model(agent)
+    if done:
+        import anyio
 
-        from langgraph_moa.llm import openai_client
-
-        openai_client.warm_up()
+        await anyio.sleep(0)  # httpcore's first connection would load anyio's asyncio backend
 
 
 def call_options(

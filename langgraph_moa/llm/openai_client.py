@@ -35,7 +35,7 @@ import openai
 
 from langgraph_moa.spec.topology import Retry
 
-__all__ = ["RetryingAsyncOpenAI", "WholeRequestTimeout", "count_attempts", "warm_up"]
+__all__ = ["RetryingAsyncOpenAI", "WholeRequestTimeout", "count_attempts"]
 
 # Longest Retry-After we wait for; beyond it the failure is reported instead.
 MAX_RETRY_AFTER_S = 120.0
@@ -49,11 +49,6 @@ _attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
 def _tls_context() -> ssl.SSLContext:
     """httpx's default TLS context (system CA bundle, ``SSL_CERT_FILE``/``DIR``), built once."""
     return httpx2.create_ssl_context()
-
-
-def warm_up() -> None:
-    """Build what every client shares before the first request needs it."""
-    _tls_context()
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
@@ -34,7 +34,7 @@ from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.state import CallRecord, TokenUsage, Usage, add_usage
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import PROVIDERS, requests_for
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.topology import Agent, Topology
 
 __all__ = [
     "CallExtras",
@@ -44,6 +44,7 @@ __all__ = [
     "call_record",
     "describe_error",
     "error_text",
+    "make_models",
     "skipped_record",
     "usage_update",
 ]
@@ -183,23 +184,32 @@ class ModelPool:
     The sync API runs on one shared loop (:mod:`langgraph_moa.sync_loop`), so a process has few
     loops. Models of a loop that has been closed (``asyncio.run`` returned) are dropped at the
     next call, so their clients and sockets do not pile up across ``asyncio.run`` calls.
+
+    Pools share their models: agents that differ only in name (one model in two layers) use one
+    model, one client and its open connections, for the same provider URL and key; so a later
+    layer does not make models and open connections again, and :func:`make_models` can make a
+    run's models before it starts.
     """
+
+    _shared: ClassVar[dict[asyncio.AbstractEventLoop, dict[tuple[Any, ...], BaseChatModel]]] = {}
 
     def __init__(self, agent: Agent, *, streaming: bool = False) -> None:
         self.agent = agent
         self.streaming = streaming
         self.in_process = not PROVIDERS[agent.provider].openai_compatible
-        self._models: dict[asyncio.AbstractEventLoop, dict[int, BaseChatModel]] = {}
+        self._spec = PROVIDERS[agent.provider]
+        self._key = (agent.model_copy(update={"name": None}), streaming)
 
     def get(self, n: int = 1) -> BaseChatModel:
         loop = asyncio.get_running_loop()
-        if loop not in self._models:
-            for closed in [old for old in self._models if old.is_closed()]:
-                del self._models[closed]
-        models = self._models.setdefault(loop, {})
-        if n not in models:
-            models[n] = make_chat_model(self.agent, streaming=self.streaming, n=n)
-        return models[n]
+        if loop not in self._shared:
+            for closed in [old for old in self._shared if old.is_closed()]:
+                del self._shared[closed]
+        models = self._shared.setdefault(loop, {})
+        key = (*self._key, n, self._spec.resolve_base_url(), self._spec.resolve_key())
+        if key not in models:
+            models[key] = make_chat_model(self.agent, streaming=self.streaming, n=n)
+        return models[key]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -212,6 +222,21 @@ class ModelPool:
             "n": a.n,
             "seed": a.seed,
         }
+
+
+def make_models(topology: Topology) -> None:
+    """Make the chat models a run of ``topology`` uses in the running loop, before the run (a
+    cold process would otherwise make them between its first requests): the proposers' and the
+    critic's, and the aggregator's and fallback model's, which stream."""
+    pools = [ModelPool(a) for layer in topology.layers for a in layer.proposers]
+    if topology.critic is not None:
+        pools.append(ModelPool(topology.critic.model_copy(update={"n": 1})))
+    for writer in (topology.aggregator, topology.fallback):
+        if isinstance(writer, Agent):
+            pools.append(ModelPool(writer.model_copy(update={"n": 1}), streaming=True))
+    for pool in pools:
+        if not pool.in_process:  # the embedded model loads on its first call
+            pool.get(pool.agent.n if requests_for(pool.agent) == 1 else 1)  # as call_agent asks
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """What a command that runs nothing loads: ``moa --help``, ``moa presets`` and ``moa graph`` start
 without the model stack (langchain-openai, the openai client), and the first two without
-LangGraph, LangChain or httpx either; FastAPI, psycopg and llama.cpp load only for the commands that use them.
+LangGraph, LangChain or httpx either; FastAPI, psycopg and llama.cpp load only for the commands
+that use them.
 
 Checked in a fresh interpreter, by the modules it has imported (``sys.modules``), not by time:
 import time is a figure for bench/, what loads is a property of the code.
