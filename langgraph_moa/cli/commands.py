@@ -583,6 +583,9 @@ def serve(
     ] = None,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    workers: Annotated[
+        int, typer.Option(help="Processes serving the port, each with its own limits.")
+    ] = 1,
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
     and /v1/models, each topology under its own model id."""
@@ -607,6 +610,7 @@ def serve(
         log_level=log_level.value,
         **limits,
         access_log=access_log,
+        workers=workers,
     )
 
 

@@ -73,6 +73,7 @@ from langgraph_moa.serving.transport import (
     connection_cap,
     protocol_class,
 )
+from langgraph_moa.serving.workers import run_workers
 from langgraph_moa.spec.topology import Topology, list_presets, load_preset, load_topology
 
 DEFAULT_HOST = "127.0.0.1"
@@ -673,8 +674,10 @@ def run_server(
     max_messages: int = DEFAULT_MAX_MESSAGES,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    workers: int = 1,
 ) -> None:
-    """Serve until interrupted. Keys come from ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
+    """Serve until interrupted, in ``workers`` processes (see :mod:`.workers`). Keys come from
+    ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
     only a loopback ``host`` is accepted. A client has ``read_timeout_s`` to send a request's
     headers, then as long again for its body; at most ``max_connections`` connections are held
     (fewer if the process's file-descriptor limit is low: half of it, the other half being kept
@@ -686,6 +689,8 @@ def run_server(
 
     if not 0 <= port <= 65535:
         raise MoAInputError(f"the port must be between 0 and 65535, got {port}")
+    if workers < 1:
+        raise MoAInputError(f"workers must be at least 1, got {workers}")
     _check_limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
@@ -727,6 +732,7 @@ def run_server(
     log_line(
         f"listening on http://{shown}:{bound_port}/v1, {served_count} models, {auth}, "
         f"up to {max_concurrency} concurrent requests and {connections} connections"
+        + (f" in each of {workers} worker processes" if workers > 1 else "")
     )
     config = server_config(
         app,
@@ -736,7 +742,10 @@ def run_server(
         access_log=access_log,
     )
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        if workers > 1:
+            run_workers(lambda: uvicorn.Server(config).run(sockets=[sock]), workers, log_line)
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
         service.runner.close()
