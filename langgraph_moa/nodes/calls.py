@@ -14,6 +14,7 @@ not with this module: building or drawing a graph must not load the model stack 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -206,7 +207,9 @@ class ModelPool:
             for closed in [old for old in self._shared if old.is_closed()]:
                 del self._shared[closed]
         models = self._shared.setdefault(loop, {})
-        key = (*self._key, n, self._spec.resolve_base_url(), self._spec.resolve_key())
+        # the provider's URL and key as they are now (a key only as its digest)
+        secret = hashlib.sha256((self._spec.resolve_key() or "").encode()).digest()
+        key = (*self._key, n, self._spec.resolve_base_url(), secret)
         if key not in models:
             models[key] = make_chat_model(self.agent, streaming=self.streaming, n=n)
         return models[key]
