@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/bench_checkpoints.py
 	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/bench_soak.py
+	$(BIN)/python bench/bench_floor.py
 
 bench-local: install  ## tokens/s of the embedded model under this build
 	$(BIN)/python bench/bench_local_model.py

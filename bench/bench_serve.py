@@ -13,7 +13,7 @@ process (``moa serve``); this script is the client.
     scale, the same 32 concurrent streamed runs in this process (``graph.astream`` with the
     stream modes the server uses, no HTTP in front): the graph's own ceiling on one core.
 
-    python bench/bench_serve.py [--queries 30] [--clients 32] [--per-client 10]
+    python bench/bench_serve.py [--queries 30] [--clients 32] [--per-client 10] [--workers 1]
 """
 
 from __future__ import annotations
@@ -138,7 +138,10 @@ async def in_process_ceiling(topology_path: Path, clients: int, per_client: int)
     return clients * per_client / (time.perf_counter() - start)
 
 
-async def throughput(url: str, clients: int, per_client: int, ceiling: float) -> None:
+async def throughput(
+    url: str, clients: int, per_client: int, ceiling: float | None = None
+) -> float:
+    """32 streaming clients back to back through the server; returns requests/s / ideal."""
     client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
     latencies: list[float] = []
     failures = 0
@@ -181,14 +184,39 @@ async def throughput(url: str, clients: int, per_client: int, ceiling: float) ->
     print(f"    requests/second               {rps:7.1f}")
     print(f"    ideal ({clients} / {CRITICAL_PATH_S * 1000:.0f} ms)           {ideal:7.1f}")
     print(f"    ratio to ideal                {rps / ideal:7.3f}")
-    print(
-        f"    in process, no server         {ceiling:7.1f} (ratio to ideal {ceiling / ideal:.3f})"
-    )
-    print(f"    server / in-process           {rps / ceiling:7.3f}")
+    if ceiling is not None:
+        ratio = ceiling / ideal
+        print(f"    in process, no server         {ceiling:7.1f} (ratio to ideal {ratio:.3f})")
+        print(f"    server / in-process           {rps / ceiling:7.3f}")
     print(
         f"    latency per request           median {statistics.median(latencies) * 1000:.0f} ms,"
         f" p95 {p95 * 1000:.0f} ms"
     )
+    return rps / ideal
+
+
+def start_server(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``moa serve`` on the topology files of ``folder`` (and ``extra`` options), once it
+    answers; returns the process and its /v1 URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MOA_SERVE_KEYS"}
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "langgraph_moa.cli", "serve"),
+            *("--port", str(port), "--topologies", str(folder)),
+            *("--max-concurrency", str(MAX_CONCURRENCY)),
+            *("--log-level", "warning", "--no-access-log", *extra),
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_until_up(url, server)
+    except BaseException:
+        stop(server)
+        raise
+    return server, url
 
 
 def main() -> None:
@@ -196,6 +224,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--per-client", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="moa serve --workers")
     args = parser.parse_args()
 
     fake = subprocess.Popen(
@@ -210,20 +239,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             topology_path = Path(folder) / "bench.yaml"
             topology_path.write_text(TOPOLOGY)
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if k != "MOA_SERVE_KEYS"}
-            server = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "langgraph_moa.cli", "serve"),
-                    *("--port", str(port), "--topologies", folder),
-                    *("--max-concurrency", str(MAX_CONCURRENCY)),
-                    *("--log-level", "warning", "--no-access-log"),
-                ],
-                env=env,
-                stderr=subprocess.DEVNULL,
+            server, url = start_server(
+                Path(folder), *(["--workers", str(args.workers)] if args.workers > 1 else [])
             )
-            url = f"http://127.0.0.1:{port}/v1"
-            wait_until_up(url, server)
             print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
             asyncio.run(overhead(url, topology_path, args.queries))
             ceiling = asyncio.run(in_process_ceiling(topology_path, args.clients, args.per_client))

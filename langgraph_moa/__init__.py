@@ -4,22 +4,30 @@ Public API: :class:`Topology`, :func:`load_preset`, :func:`load_topology`, :func
 :func:`build_graph`, and :class:`ChatMixtureOfAgents` (a topology as a LangChain chat model);
 :func:`register_provider` and :func:`register_model` make any LangChain chat model usable in a
 topology.
+
+The names are imported on first use (PEP 562 ``__getattr__``), not when the package is: every
+``langgraph_moa.*`` import runs this file first, and ``moa --help`` or the fake test server must
+not pay for LangGraph, LangChain and the openai client they never use.
 """
 
 import logging
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from langgraph_moa.chat_model import ChatMixtureOfAgents
 from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
-from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
-from langgraph_moa.spec.providers import register_model, register_provider, unregister
-from langgraph_moa.spec.topology import (
-    Agent,
-    Layer,
-    Topology,
-    list_presets,
-    load_preset,
-    load_topology,
-)
+
+if TYPE_CHECKING:
+    from langgraph_moa.chat_model import ChatMixtureOfAgents
+    from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
+    from langgraph_moa.spec.providers import register_model, register_provider, unregister
+    from langgraph_moa.spec.topology import (
+        Agent,
+        Layer,
+        Topology,
+        list_presets,
+        load_preset,
+        load_topology,
+    )
 
 # A library adds no log output of its own: the application (the `moa` command, or yours) decides.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -43,3 +51,31 @@ __all__ = [
     "register_provider",
     "unregister",
 ]
+
+# public name -> the module that defines it
+_HOME = {
+    "ChatMixtureOfAgents": "langgraph_moa.chat_model",
+    "MoAState": "langgraph_moa.graphs",
+    "build_graph": "langgraph_moa.graphs",
+    "build_state_graph": "langgraph_moa.graphs",
+    **dict.fromkeys(
+        ["Agent", "Layer", "Topology", "list_presets", "load_preset", "load_topology"],
+        "langgraph_moa.spec.topology",
+    ),
+    **dict.fromkeys(
+        ["register_model", "register_provider", "unregister"], "langgraph_moa.spec.providers"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

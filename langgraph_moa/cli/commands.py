@@ -5,6 +5,10 @@ Every run is kept in a thread store (SQLite by default, PostgreSQL with a URL; s
 and a past stage forked. Bad input (topology, preset, provider, missing key, empty prompt,
 unknown thread) prints one line on stderr and exits with code 2; a run that cannot produce an
 answer exits with 1. Never a traceback.
+
+Each command imports the engine (LangGraph, LangChain, the thread store, the console) where it
+runs, not with this module: ``moa --help`` and ``moa presets`` would otherwise spend a second
+importing LangGraph they never use (tests/integration/test_startup.py checks what loads).
 """
 
 from __future__ import annotations
@@ -19,47 +23,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
-from langchain_core.messages import HumanMessage
-from langgraph.graph import END
-from langgraph.types import Command, Durability
 from rich.markup import escape
 
-from langgraph_moa.cli.console import (
-    Run,
-    ask_review,
-    describe,
-    drive,
-    err,
-    print_estimate,
-    show_review,
-)
-from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
 from langgraph_moa.cli.evaluate import eval_command, report_command
-from langgraph_moa.cli.line_input import LineReader
 from langgraph_moa.cli.logs import setup_logging
 from langgraph_moa.cli.relabel import export_command, relabel_command
-from langgraph_moa.cli.store import open_checkpointer, thread_lock
 from langgraph_moa.cli.thread_list import threads_command
-from langgraph_moa.cli.threads import (
-    fork_config,
-    history,
-    run_config,
-    stored_topology,
-    topology_of_thread,
-)
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
 from langgraph_moa.extras import require_extra
-from langgraph_moa.graphs.builder import build_graph
-from langgraph_moa.llm.chat_models import check_ready
-from langgraph_moa.nodes.budget import check_priced
-from langgraph_moa.nodes.cache import open_cache
-from langgraph_moa.nodes.calls import error_text
-from langgraph_moa.nodes.review import apply_edits, parse_decision
-from langgraph_moa.result import answer_of, result_of
-from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import (
     DEFAULT_PRESET,
     Topology,
@@ -69,6 +43,11 @@ from langgraph_moa.spec.topology import (
     parse_topology,
     read_data_file,
 )
+
+if TYPE_CHECKING:
+    from langgraph.types import Durability
+
+    from langgraph_moa.cli.console import Run
 
 app = typer.Typer(
     name="moa",
@@ -143,6 +122,8 @@ class GraphFormat(enum.StrEnum):
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, then exit (2: bad input, 1: the run failed)."""
+    from langgraph_moa.cli.console import err
+
     err.print(f"[red]moa: error:[/red] {escape(message)}")
     raise SystemExit(code)
 
@@ -189,6 +170,8 @@ def _read_text(path: str) -> str:
 
 
 def _read_decision(path: Path) -> Any:
+    from langgraph_moa.nodes.review import parse_decision
+
     return parse_decision(read_data_file(path, what="decision file")).model_dump()
 
 
@@ -216,6 +199,8 @@ async def _thread_topology(
     switch: bool,
 ) -> Topology:
     """The topology to run: an existing thread keeps its own unless told to switch."""
+    from langgraph_moa.cli.threads import stored_topology
+
     chosen = resolve_topology(preset, topology) if preset or topology else None
     stored = await stored_topology(saver, thread) if thread else None
     if stored is None:
@@ -256,14 +241,25 @@ async def _ctrl_c_cancels() -> AsyncIterator[None]:
         loop.remove_signal_handler(signal.SIGINT)
 
 
-def _preflight(topology: Topology) -> None:
-    """Before anything runs: extras, keys, the local model's build, prices for a USD budget."""
+async def _preflight(topology: Topology) -> None:
+    """Before anything runs: extras, keys, the local model's build, prices for a USD budget;
+    then the model stack is loaded, so that the run's first requests do not wait for it."""
+    from langgraph_moa.llm.chat_models import check_ready, warm_up
+    from langgraph_moa.nodes.budget import check_priced
+    from langgraph_moa.nodes.calls import make_models
+    from langgraph_moa.spec.models import PriceTable
+
     check_ready(topology, probe_local=True)
     check_priced(topology, PriceTable(topology.prices))
+    await warm_up(topology)
+    make_models(topology)
 
 
 def _lock(db: str | None, thread: str) -> Any:
     """One run at a time on a thread (other processes included): a second one waits."""
+    from langgraph_moa.cli.console import err
+    from langgraph_moa.cli.store import thread_lock
+
     return thread_lock(
         db,
         thread,
@@ -278,6 +274,9 @@ def _resume_command(thread: str, db: str | None) -> str:
 
 
 def _cache_backend(cache: Path | None) -> Any:
+    from langgraph_moa.nodes.cache import open_cache
+    from langgraph_moa.nodes.calls import error_text
+
     if cache is None:
         return True
     try:
@@ -297,7 +296,12 @@ async def _run_to_end(
     durability: DurabilityChoice | str,
 ) -> Run:
     """Drive the run; at a review pause ask the person at the terminal, if there is one."""
-    mode = cast(Durability, getattr(durability, "value", durability))
+    from langgraph.types import Command
+
+    from langgraph_moa.cli.console import ask_review, drive
+    from langgraph_moa.nodes.review import parse_decision
+
+    mode = cast("Durability", getattr(durability, "value", durability))
     run = await drive(
         graph,
         topology,
@@ -329,6 +333,8 @@ async def _run_to_end(
 
 def _say_if_truncated(state: dict[str, Any], topology: Topology | None) -> None:
     """A note on stderr when the answer stopped at its token limit, not at its end."""
+    from langgraph_moa.cli.console import err
+
     aggregator = state.get("aggregator") or {}
     if aggregator.get("finish_reason") != "length":
         return
@@ -343,6 +349,9 @@ def _finish(
     run: Run, thread: str, *, as_json: bool, quiet: bool, topology: Topology | None = None
 ) -> None:
     """Print the outcome: the answer (if not streamed), a summary line, or the review pause."""
+    from langgraph_moa.cli.console import err, show_review
+    from langgraph_moa.result import answer_of, result_of
+
     state = run.state
     if run.review is not None:
         if as_json:
@@ -406,6 +415,13 @@ def ask(
 
     A --thread keeps its topology. Ctrl-C stops the run and prints how to finish it.
     """
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.cli.console import describe, err, print_estimate
+    from langgraph_moa.cli.store import open_checkpointer
+    from langgraph_moa.cli.threads import run_config
+    from langgraph_moa.graphs.builder import build_graph
+
     prompt = _read_prompt(prompt)
     if not prompt.strip():
         fail("the prompt is empty")
@@ -418,7 +434,7 @@ def ask(
     async def go() -> tuple[Run | None, Topology]:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
-            _preflight(topo)
+            await _preflight(topo)
             if not quiet:
                 err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
             graph = build_graph(topo, checkpointer=saver, cache=backend)
@@ -472,6 +488,15 @@ def chat(
     Enter sends; Up/Down and Ctrl-R recall earlier prompts (kept across sessions); /exit, Ctrl-D
     or Ctrl-C at the prompt leaves; Ctrl-C mid-answer drops the turn.
     """
+    from langchain_core.messages import HumanMessage
+    from langgraph.graph import END
+
+    from langgraph_moa.cli.console import describe, err
+    from langgraph_moa.cli.line_input import LineReader
+    from langgraph_moa.cli.store import open_checkpointer
+    from langgraph_moa.cli.threads import run_config
+    from langgraph_moa.graphs.builder import build_graph
+
     thread_id = thread or uuid.uuid4().hex[:12]
 
     async def turn(graph: Any, topo: Topology, saver: Any, config: Any, text: str) -> None:
@@ -508,7 +533,7 @@ def chat(
     async def go() -> None:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
-            _preflight(topo)
+            await _preflight(topo)
             err.print(
                 f"[bold]moa chat[/bold] {escape(describe(topo))}, thread {thread_id} "
                 "(/exit to leave)"
@@ -569,6 +594,9 @@ def serve(
         Path | None,
         typer.Option(help="Capture aliases, sampling, dropped/hashed fields (YAML)."),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Processes serving the port, each with its own limits.")
+    ] = 1,
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
     and /v1/models, each topology under its own model id."""
@@ -595,6 +623,7 @@ def serve(
         access_log=access_log,
         capture_dir=capture,
         capture_config=capture_config,
+        workers=workers,
     )
 
 
@@ -615,12 +644,20 @@ def resume(
 
     Proposals already checkpointed are not requested again.
     """
+    from langgraph.types import Command
+
+    from langgraph_moa.cli.console import ask_review, err
+    from langgraph_moa.cli.store import open_checkpointer
+    from langgraph_moa.cli.threads import run_config, topology_of_thread
+    from langgraph_moa.graphs.builder import build_graph
+    from langgraph_moa.nodes.review import apply_edits, parse_decision
+
     resume_value = _read_decision(decision) if decision else None
 
     async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
-            _preflight(topo)
+            await _preflight(topo)
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread, topo)
             snapshot = await graph.aget_state(config)
@@ -663,6 +700,9 @@ def history_cmd(thread: ThreadOpt, as_json: JsonOpt = False, db: DbOpt = None) -
     state edit) is labelled with the stage it was written as and what it changed; a checkpoint
     the thread forks at says how many branches leave it.
     """
+    from langgraph_moa.cli.store import open_checkpointer
+    from langgraph_moa.cli.threads import history, topology_of_thread
+    from langgraph_moa.graphs.builder import build_graph
 
     async def go() -> list[Any]:
         async with open_checkpointer(db) as saver:
@@ -712,6 +752,11 @@ def fork(
 ) -> None:
     """Go back to a stage of the thread's last turn, change proposals or the aggregator, and
     re-run only what comes after; the original branch stays in the thread."""
+    from langgraph_moa.cli.console import err
+    from langgraph_moa.cli.store import open_checkpointer
+    from langgraph_moa.cli.threads import fork_config, run_config, topology_of_thread
+    from langgraph_moa.graphs.builder import build_graph
+
     edits: dict[str, str] = {}
     for item in edit or []:
         ref, sep, path = item.partition("=")
@@ -728,7 +773,7 @@ def fork(
                     "aggregator": swapped.model_dump(mode="json")
                 }
                 topo = parse_topology(spec, source="--aggregator")
-            _preflight(topo)
+            await _preflight(topo)
             graph = build_graph(topo, checkpointer=saver)
             config = await fork_config(graph, topo, thread, at=at, edit=edits, drop=drop or [])
             config = run_config(thread, topo) | {"configurable": config["configurable"]}
@@ -758,6 +803,10 @@ def graph(
     ] = None,
 ) -> None:
     """Print or draw the graph that runs for a topology (the same one Studio draws)."""
+    from langgraph_moa.cli.console import err
+    from langgraph_moa.cli.drawing import to_html, to_svg, write_drawing
+    from langgraph_moa.graphs.builder import build_graph
+
     topo = resolve_topology(preset, topology)
     compiled = build_graph(topo)
     if output is not None and fmt is None:
@@ -824,6 +873,8 @@ def main(argv: list[str] | None = None) -> None:
     except MoAError as e:
         fail(str(e), 1)
     except Exception as e:  # never a traceback for the user
+        from langgraph_moa.nodes.calls import error_text
+
         fail(error_text(e), 1)
     raise SystemExit(code if isinstance(code, int) else 0)
 

@@ -14,28 +14,22 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from langgraph.cache.base import BaseCache
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.evaluation.datasets import Benchmark, Scoring, load_benchmark
-from langgraph_moa.evaluation.driver import (
-    CALLS_FILE,
-    DirectGenerator,
-    Side,
-    TopologyGenerator,
-    run_eval,
-)
-from langgraph_moa.evaluation.judge import Judge, judge_agent, single_topology
-from langgraph_moa.evaluation.report import write_report
 from langgraph_moa.extras import require_extra
-from langgraph_moa.llm.chat_models import check_ready
-from langgraph_moa.nodes.budget import check_priced
-from langgraph_moa.nodes.cache import open_cache
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Topology, load_preset, load_topology
+
+if TYPE_CHECKING:
+    from langgraph.cache.base import BaseCache
+
+    from langgraph_moa.evaluation.datasets import Benchmark
+    from langgraph_moa.evaluation.driver import (
+        Side,
+    )
 
 __all__ = ["eval_command", "report_command"]
 
@@ -70,6 +64,10 @@ def _topology(preset: str | None, topology: Path | None, model: str | None, what
 
 
 def _preflight(chosen: Topology | Agent) -> None:
+    from langgraph_moa.evaluation.judge import single_topology
+    from langgraph_moa.llm.chat_models import check_ready
+    from langgraph_moa.nodes.budget import check_priced
+
     if isinstance(chosen, Agent):
         chosen = single_topology(chosen)
     check_ready(chosen, probe_local=True)
@@ -77,6 +75,8 @@ def _preflight(chosen: Topology | Agent) -> None:
 
 
 def _side(chosen: Topology | Agent, role: str, cache: BaseCache[Any], concurrency: int) -> Side:
+    from langgraph_moa.evaluation.driver import DirectGenerator, Side, TopologyGenerator
+
     if isinstance(chosen, Agent):
         return Side(
             name=f"single {chosen.model}",
@@ -167,6 +167,11 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run a benchmark on a topology (or one model) and score it; rerun to resume."""
+    from langgraph_moa.evaluation.datasets import Scoring, load_benchmark
+    from langgraph_moa.evaluation.driver import CALLS_FILE, run_eval
+    from langgraph_moa.evaluation.judge import Judge, judge_agent
+    from langgraph_moa.nodes.cache import open_cache
+
     require_extra("eval", "moa eval")
     chosen = _topology(preset, topology, model, "")
     if chosen is None:
@@ -219,6 +224,8 @@ def report_command(
     ] = Path("report.md"),
 ) -> None:
     """Put eval runs side by side: a Markdown table, JSON, and quality-vs-cost/latency plots."""
+    from langgraph_moa.evaluation.report import write_report
+
     written = write_report(runs, output)
     sys.stdout.write(f"wrote {written['markdown']}, {written['json']}")
     for plot in written["plots"]:

@@ -22,7 +22,6 @@ import os
 import sys
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.llm.chat_models import redact
 
 __all__ = ["LIBRARY_LOGGERS", "PACKAGE_LOGGER", "level_for", "setup_logging"]
 
@@ -41,6 +40,8 @@ class _Masked(logging.Filter):
     """Masks configured API keys in the formatted message (arguments included)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from langgraph_moa.llm.chat_models import redact
+
         record.msg = redact(record.getMessage())
         record.args = None
         return True

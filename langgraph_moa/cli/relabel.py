@@ -14,22 +14,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from langgraph_moa.batch import (
-    RelabelRun,
-    Tally,
-    arelabel,
-    estimate_relabel,
-    parse_limits,
-    resolve_topology,
-)
-from langgraph_moa.cli.console import err
 from langgraph_moa.errors import MoAInputError
+
+if TYPE_CHECKING:
+    from langgraph_moa.batch import (
+        RelabelRun,
+        Tally,
+    )
 
 __all__ = ["export_command", "relabel_command"]
 
@@ -46,6 +43,8 @@ class Format(enum.StrEnum):
 
 
 def _topology(preset: str | None, topology: Path | None) -> Any:
+    from langgraph_moa.batch import resolve_topology
+
     if preset and topology:
         raise MoAInputError("give either --preset or --topology, not both")
     return resolve_topology(topology or preset)
@@ -69,6 +68,8 @@ class _Display:
     """Progress on stderr: a live bar on a terminal, else a line every 5 s."""
 
     def __init__(self, quiet: bool) -> None:
+        from langgraph_moa.cli.console import err
+
         self.quiet = quiet
         self.live = not quiet and err.is_terminal
         self.last = 0.0
@@ -93,6 +94,8 @@ class _Display:
             self.progress.stop()
 
     def __call__(self, tally: Tally) -> None:
+        from langgraph_moa.cli.console import err
+
         if self.live:
             self.progress.update(
                 self.task,
@@ -152,6 +155,8 @@ def relabel_command(
 ) -> None:
     """Relabel a dataset with a MoA topology into --out; rerun the same command to go on where
     it stopped (finished rows and calls are never paid for twice)."""
+    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits
+
     topo = _topology(preset, topology)
     if estimate:
         found = estimate_relabel(
@@ -191,6 +196,8 @@ def relabel_command(
 
 
 def _report(run: RelabelRun, *, as_json: bool, quiet: bool) -> None:
+    from langgraph_moa.cli.console import err
+
     if as_json:
         sys.stdout.write(json.dumps(run.summary()) + "\n")
     if not quiet:
@@ -224,6 +231,9 @@ def export_command(
 ) -> None:
     """Export a relabel run: OpenAI fine-tuning JSONL (sft), TRL preference pairs (dpo), or one
     Parquet row per LLM call (traces)."""
+    from langgraph_moa.batch import RelabelRun
+    from langgraph_moa.cli.console import err
+
     run = RelabelRun.open(run_dir)
     path, count = run.export(fmt.value, output, include_degraded=include_degraded)
     if as_json:

@@ -18,17 +18,16 @@ import asyncio
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from langchain_core.messages import HumanMessage
-from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from langgraph_moa.cli.store import open_checkpointer
-from langgraph_moa.cli.threads import stored_topology
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.graphs.builder import build_graph
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
 
 __all__ = ["ThreadSummary", "list_threads", "thread_ids", "threads_command"]
 
@@ -71,6 +70,11 @@ async def thread_ids(saver: BaseCheckpointSaver[Any], limit: int) -> list[str]:
 async def _summary(
     saver: BaseCheckpointSaver[Any], thread_id: str, graphs: dict[str, Any]
 ) -> ThreadSummary | None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.cli.threads import stored_topology
+    from langgraph_moa.graphs.builder import build_graph
+
     try:
         topology = await stored_topology(saver, thread_id)
     except MoAInputError:  # a thread some other program wrote, or a topology no longer valid
@@ -166,6 +170,8 @@ def threads_command(
 ) -> None:
     """List the threads of the thread store, most recently active first: topology, turns,
     state, last activity and what the conversation cost."""
+
+    from langgraph_moa.cli.store import open_checkpointer
 
     async def summaries() -> list[ThreadSummary]:
         async with open_checkpointer(db) as saver:

@@ -6,13 +6,19 @@ Shape: ``prepare`` -> every proposer of layer 1 (concurrent, one named node each
 -> ``aggregator``. A layer with ``early_stop`` leaves its join by a conditional edge: to the next
 layer's proposers, or straight to the first of those final nodes.
 What runs is exactly what ``get_graph()`` draws.
+
+Each node is its coroutine wrapped in :class:`NodeRunnable`, which runs it under the async API
+directly and under the sync API on the shared loop. LangChain's ``RunnableLambda`` would do the
+same, but around every call it opens a callback run of its own (LangGraph already opens one per
+node task) and inspects the function's signature twice: about 0.25 ms of CPU per node on the
+development machine, as much as the rest of LangGraph's work on the node.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.cache.base import BaseCache
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -65,14 +71,28 @@ __all__ = [
 ]
 
 
+class NodeRunnable(Runnable[MoAState, dict[str, Any]]):
+    """An async node that also runs under the sync API (``invoke``/``stream``)."""
+
+    def __init__(self, name: str, node: Node) -> None:
+        self.name = name
+        self.node = node
+
+    def invoke(
+        self, input: MoAState, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        # On the process's shared loop, in this run's context (see sync_loop).
+        return run_sync(lambda: self.node(input))
+
+    async def ainvoke(
+        self, input: MoAState, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self.node(input)
+
+
 def _add(graph: StateGraph[Any, Any, Any, Any], name: str, node: Node) -> None:
     """Add an async node that also runs under the sync API (``invoke``/``stream``)."""
-
-    def in_sync_api(state: MoAState) -> dict[str, Any]:
-        # On the process's shared loop, in this run's context (see sync_loop).
-        return run_sync(lambda: node(state))
-
-    graph.add_node(name, RunnableLambda(in_sync_api, afunc=node, name=name))
+    graph.add_node(name, NodeRunnable(name, node))
 
 
 class _Deciding(Protocol):

@@ -8,6 +8,11 @@ langchain-openai's ChatOpenAI with the provider's base URL (overridable with
 ``OPENAI_BASE_URL`` exactly as the openai client does. ``local`` is the embedded SmolLM2 model
 run by llama.cpp (see :mod:`langgraph_moa.llm.local_model`). Keys are read from the environment
 when a model is made and never stored anywhere else.
+
+The model stack (langchain-openai, the openai client, httpx) is imported where a model is made,
+not with this module: a command that only draws a graph or lists presets never needs it, and it
+is most of the package's import time. :func:`warm_up` does that first-call work ahead of a run,
+so the run's first requests do not wait for it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from langgraph_moa.llm.langchain_models import (
 )
 from langgraph_moa.llm.local_model import ChatLocalLlama, resolve_model_path
 from langgraph_moa.llm.local_runtime import check_local_runtime
-from langgraph_moa.llm.openai_client import RetryingAsyncOpenAI
 from langgraph_moa.spec.providers import (
     DEFAULT_TIMEOUT_S,
     LANGCHAIN_PROVIDERS,
@@ -48,6 +52,7 @@ __all__ = [
     "check_ready",
     "make_chat_model",
     "redact",
+    "warm_up",
 ]
 
 
@@ -115,6 +120,8 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
 
     from langchain_openai import ChatOpenAI
 
+    from langgraph_moa.llm.openai_client import RetryingAsyncOpenAI
+
     key = spec.resolve_key()
     if not key:
         raise MissingCredentialsError(f"{spec.key_env} is not set: {agent.model} needs it")
@@ -144,6 +151,24 @@ def make_chat_model(agent: Agent, *, streaming: bool = False, n: int = 1) -> Bas
         root_async_client=client,
         async_client=client.chat.completions,
     )
+
+
+async def warm_up(topology: Topology) -> None:
+    """Do a cold process's first-call work before a run instead of inside it: import the model
+    stack, make one chat model per provider and timeout (the first one made also imports the
+    openai client's resources and builds langchain-openai's shared HTTP client) and load the
+    async backend the HTTP connections use; a third of a second in all. The models made here are
+    dropped; they have opened no connection."""
+    done: set[tuple[str, float | None]] = set()
+    for agent in topology.agents():
+        spec, kind = PROVIDERS[agent.provider], (agent.provider, agent.timeout_s)
+        if spec.openai_compatible and spec.resolve_key() and kind not in done:
+            done.add(kind)
+            make_chat_model(agent)
+    if done:
+        import anyio
+
+        await anyio.sleep(0)  # httpcore's first connection would load anyio's asyncio backend
 
 
 def call_options(

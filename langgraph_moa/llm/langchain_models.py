@@ -28,9 +28,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from langgraph_moa.errors import MissingCredentialsError, MissingExtraError, MoAInputError
 from langgraph_moa.extras import importable
-from langgraph_moa.llm.openai_client import MAX_RETRY_AFTER_S
 from langgraph_moa.spec.providers import (
     DEFAULT_TIMEOUT_S,
+    MAX_RETRY_AFTER_S,
     factory_of,
     langchain_provider,
     provider_kind,

@@ -17,6 +17,10 @@ Rate limits shared by many runs (a batch of rows) plug in as a :class:`RequestGa
 :func:`gate_requests`: every HTTP attempt of a model's client waits at the gate before it is
 sent, and the gate sees each response (a 429 can pause the model for every run, not only the
 one that got it). The gate itself lives with the batch runner.
+
+Each agent has a client of its own, but they share one TLS context: httpx builds one per
+transport by reading the system's CA bundle, tens of milliseconds each, which a topology of
+nine agents would otherwise pay inside its first layer.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ import contextvars
 import logging
 import math
 import random
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any, Protocol
 
 import httpx2
 import openai
 
+from langgraph_moa.spec.providers import MAX_RETRY_AFTER_S
 from langgraph_moa.spec.topology import Retry
 
 __all__ = [
@@ -44,12 +51,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# Longest Retry-After we wait for; beyond it the failure is reported instead.
-MAX_RETRY_AFTER_S = 120.0
 
 _attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "moa_http_attempts", default=None
 )
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (system CA bundle, ``SSL_CERT_FILE``/``DIR``), built once."""
+    return httpx2.create_ssl_context()
 
 
 @contextmanager
@@ -134,7 +145,7 @@ class WholeRequestTimeout(httpx2.AsyncBaseTransport):
 
     def __init__(self, timeout_s: float, inner: httpx2.AsyncBaseTransport | None = None) -> None:
         self.timeout_s = timeout_s
-        self.inner = inner or httpx2.AsyncHTTPTransport()
+        self.inner = inner or httpx2.AsyncHTTPTransport(verify=_tls_context())
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         deadline = asyncio.get_running_loop().time() + self.timeout_s

@@ -6,19 +6,22 @@ text is one line, shortened, with any configured API key masked. Retries happen 
 openai client for the OpenAI-compatible table (see :mod:`langgraph_moa.llm.openai_client`) and
 around each LangChain call for every other provider (see
 :mod:`langgraph_moa.llm.langchain_models`); a layer deadline cancels what is still running.
+
+The openai client and httpx are imported where they are used (a request, an error to describe),
+not with this module: building or drawing a graph must not load the model stack (see
+:mod:`langgraph_moa.llm.chat_models`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import httpx2
-import openai
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -28,14 +31,18 @@ from langchain_core.runnables.config import ensure_config, merge_configs
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.chat_models import make_chat_model, redact
 from langgraph_moa.llm.langchain_models import call_with_retries, status_of
-from langgraph_moa.llm.openai_client import count_attempts
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.state import CallRecord, TokenUsage, Usage, add_usage
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.providers import langchain_provider, provider_kind, requests_for
-from langgraph_moa.spec.topology import Agent, Retry
+from langgraph_moa.spec.providers import (
+    PROVIDERS,
+    langchain_provider,
+    provider_kind,
+    requests_for,
+)
+from langgraph_moa.spec.topology import Agent, Retry, Topology
 
 __all__ = [
     "CallExtras",
@@ -45,6 +52,7 @@ __all__ = [
     "call_record",
     "describe_error",
     "error_text",
+    "make_models",
     "skipped_record",
     "usage_update",
 ]
@@ -144,6 +152,9 @@ def error_text(err: BaseException) -> str:
 
 def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str:
     """What went wrong with a call, in the words a user needs (status, timeout, connection...)."""
+    import httpx2
+    import openai
+
     if isinstance(
         err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError | httpx2.TimeoutException
     ):
@@ -207,7 +218,14 @@ class ModelPool:
     The sync API runs on one shared loop (:mod:`langgraph_moa.sync_loop`), so a process has few
     loops. Models of a loop that has been closed (``asyncio.run`` returned) are dropped at the
     next call, so their clients and sockets do not pile up across ``asyncio.run`` calls.
+
+    Pools share their models: agents that differ only in name (one model in two layers) use one
+    model, one client and its open connections, for the same provider URL and key; so a later
+    layer does not make models and open connections again, and :func:`make_models` can make a
+    run's models before it starts.
     """
+
+    _shared: ClassVar[dict[asyncio.AbstractEventLoop, dict[tuple[Any, ...], BaseChatModel]]] = {}
 
     def __init__(self, agent: Agent, *, streaming: bool = False) -> None:
         self.agent = agent
@@ -221,17 +239,27 @@ class ModelPool:
         self.reports_finish = kind in ("openai", "local") or (
             kind == "langchain" and lc is not None and lc.reports_finish
         )
-        self._models: dict[asyncio.AbstractEventLoop, dict[int, BaseChatModel]] = {}
+        # a table provider's model is shared by agents that differ only in name (for the same
+        # URL and key); any other provider's model belongs to this pool
+        self._spec = PROVIDERS.get(agent.provider) if kind in ("openai", "local") else None
+        self._key = (agent.model_copy(update={"name": None}), streaming)
+        self._own: dict[asyncio.AbstractEventLoop, dict[tuple[Any, ...], BaseChatModel]] = {}
 
     def get(self, n: int = 1) -> BaseChatModel:
         loop = asyncio.get_running_loop()
-        if loop not in self._models:
-            for closed in [old for old in self._models if old.is_closed()]:
-                del self._models[closed]
-        models = self._models.setdefault(loop, {})
-        if n not in models:
-            models[n] = make_chat_model(self.agent, streaming=self.streaming, n=n)
-        return models[n]
+        pools = self._shared if self._spec is not None else self._own
+        if loop not in pools:
+            for closed in [old for old in pools if old.is_closed()]:
+                del pools[closed]
+        models = pools.setdefault(loop, {})
+        key: tuple[Any, ...] = (*self._key, n)
+        if self._spec is not None:
+            # the provider's URL and key as they are now (a key only as its digest)
+            secret = hashlib.sha256((self._spec.resolve_key() or "").encode()).digest()
+            key = (*key, self._spec.resolve_base_url(), secret)
+        if key not in models:
+            models[key] = make_chat_model(self.agent, streaming=self.streaming, n=n)
+        return models[key]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -244,6 +272,21 @@ class ModelPool:
             "n": a.n,
             "seed": a.seed,
         }
+
+
+def make_models(topology: Topology) -> None:
+    """Make the chat models a run of ``topology`` uses in the running loop, before the run (a
+    cold process would otherwise make them between its first requests): the proposers' and the
+    critic's, and the aggregator's and fallback model's, which stream."""
+    pools = [ModelPool(a) for layer in topology.layers for a in layer.proposers]
+    if topology.critic is not None:
+        pools.append(ModelPool(topology.critic.model_copy(update={"n": 1})))
+    for writer in (topology.aggregator, topology.fallback):
+        if isinstance(writer, Agent):
+            pools.append(ModelPool(writer.model_copy(update={"n": 1}), streaming=True))
+    for pool in pools:
+        if not pool.in_process:  # the embedded model loads on its first call
+            pool.get(pool.agent.n if requests_for(pool.agent) == 1 else 1)  # as call_agent asks
 
 
 @dataclass
@@ -275,6 +318,8 @@ async def _request(
     pool: ModelPool, messages: list[BaseMessage], n: int, extras: CallExtras | None = None
 ) -> list[Outcome]:
     """One request: one sample, or ``n`` in one go; usage is reported once, on the first."""
+    from langgraph_moa.llm.openai_client import count_attempts
+
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
     generations: list[Any]

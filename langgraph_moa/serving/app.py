@@ -88,6 +88,7 @@ from langgraph_moa.serving.transport import (
     connection_cap,
     protocol_class,
 )
+from langgraph_moa.serving.workers import run_workers
 from langgraph_moa.spec.providers import PROVIDERS
 from langgraph_moa.spec.topology import (
     Agent,
@@ -889,8 +890,10 @@ def run_server(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     capture_dir: str | Path | None = None,
     capture_config: str | Path | None = None,
+    workers: int = 1,
 ) -> None:
-    """Serve until interrupted. Keys come from ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
+    """Serve until interrupted, in ``workers`` processes (see :mod:`.workers`). Keys come from
+    ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
     only a loopback ``host`` is accepted. A client has ``read_timeout_s`` to send a request's
     headers, then as long again for its body; at most ``max_connections`` connections are held
     (fewer if the process's file-descriptor limit is low: half of it, the other half being kept
@@ -902,6 +905,11 @@ def run_server(
 
     if not 0 <= port <= 65535:
         raise MoAInputError(f"the port must be between 0 and 65535, got {port}")
+    if workers < 1:
+        raise MoAInputError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and capture_dir is not None:
+        # one writer owns the capture files (its thread and rotation do not survive a fork)
+        raise MoAInputError("--capture serves from one process: leave out --workers")
     _check_limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
@@ -945,6 +953,7 @@ def run_server(
     log_line(
         f"listening on http://{shown}:{bound_port}/v1, {served_count} models, {auth}, "
         f"up to {max_concurrency} concurrent requests and {connections} connections"
+        + (f" in each of {workers} worker processes" if workers > 1 else "")
     )
     if service.passthrough is not None:
         log_line(f"capturing pass-through traffic to {service.passthrough.sink.directory}")
@@ -965,10 +974,16 @@ def run_server(
         finally:
             await service.aclose()
 
-    try:
+    def serve_here() -> None:
         # as uvicorn's Server.run does, with the close of what the service owns on that loop
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
             runner.run(serve())
+
+    try:
+        if workers > 1:
+            run_workers(serve_here, workers, log_line)
+        else:
+            serve_here()
     finally:
         sock.close()
         service.runner.close()

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "LANGCHAIN_PROVIDERS",
+    "MAX_RETRY_AFTER_S",
     "PROVIDERS",
     "ChatModelFactory",
     "LangChainProvider",
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 120.0
+# Longest Retry-After a retry waits for, whatever the provider; beyond it the failure is reported.
+MAX_RETRY_AFTER_S = 120.0
 
 ChatModelFactory = Callable[..., "BaseChatModel"]
 """``factory(model_name, *, temperature, max_tokens, timeout) -> BaseChatModel``."""

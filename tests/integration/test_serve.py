@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -837,3 +838,26 @@ async def test_an_unexpected_failure_is_a_bare_500(
         assert events[-1] == "data: [DONE]" and "boom" not in streamed.text
     logged = capsys.readouterr().err
     assert "RuntimeError: boom" in logged and "Traceback" not in logged
+
+
+def test_workers_share_the_port_and_stop_together(
+    _server: FakeOpenAI, topologies: Path, tmp_path: Path
+) -> None:
+    """--workers 2: two processes answer on one port; stopping the parent stops them both."""
+    args = ["--topologies", str(topologies), "--workers", "2", "--log-level", "info"]
+    server = start(args, fake_env(_server), free_port(), tmp_path / "serve.log", None)
+    try:
+        client = server.client()
+        messages: Any = [{"role": "user", "content": "Hello?"}]
+        replies = [client.chat.completions.create(model="mine", messages=messages) for _ in "abcd"]
+        assert all(r.choices[0].message.content for r in replies)
+        log = server.log.read_text()
+        assert "in each of 2 worker processes" in log, log
+    finally:
+        log = stop(server)
+    workers = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log)}
+    assert len(workers) == 2, log
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone with the parent (the parent reaped them)
+    assert "Traceback" not in log, log
