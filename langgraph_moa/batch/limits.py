@@ -5,10 +5,12 @@ provider, one shared allowance) or ``*`` (every request). A request waits at eve
 scope covers it, before each HTTP attempt (retries included), through the model client's
 request gate (:func:`langgraph_moa.llm.openai_client.gate_requests`).
 
-Each limit is an ``aiolimiter`` leaky bucket holding one request (or 1/20 of the token
-allowance), filling at a rate chosen so that no window of 60 s ever holds more than the limit:
-with a bucket of size c and a rate r, a window of T seconds admits at most c + r*T; one more
-bucket's worth is kept in hand for a request held up on its way (the provider counts arrivals).
+Each limit is an ``aiolimiter`` leaky bucket holding half a second of the allowance (requests) or
+1/20 of it (tokens), filling at a rate chosen so that no window of 60 s ever holds more than the
+limit: with a bucket of size c and a rate r, a window of T seconds admits at most c + r*T, and one
+more bucket's worth is kept in hand for requests held up on their way (the provider counts
+arrivals). The half second lets a sender that was briefly late (a busy event loop) catch up
+instead of losing that part of the allowance.
 Tokens of a request are counted before it is sent: its messages at about 4 characters per token
 plus its ``max_tokens`` (times ``n``).
 
@@ -103,7 +105,7 @@ class RateGate:
     def __init__(self, limits: RateLimits) -> None:
         self.limits = limits
         self.requests: dict[str, _Bucket] = {
-            scope: _Bucket(n, 1.0) for scope, n in limits.rpm.items()
+            scope: _Bucket(n, max(n / 120, 1.0)) for scope, n in limits.rpm.items()
         }
         self.tokens: dict[str, _Bucket] = {
             scope: _Bucket(n, max(n / TOKEN_BURST, 1.0)) for scope, n in limits.tpm.items()
