@@ -456,8 +456,9 @@ async def call_agent(
         for k in range(len(sizes)):
             await lookup(k)
         if len(finished) == len(sizes):
-            log.info("cache hit for %s: %d request(s) not sent", pool.agent.model, len(sizes))
-            return [o for k in range(len(sizes)) for o in finished[k]], 0
+            hits = [o for k in range(len(sizes)) for o in finished[k]]
+            log.info("cache hit for %s: %d sample(s), no request sent", pool.agent.model, len(hits))
+            return hits, 0
 
     async def send(k: int, size: int) -> None:
         outcomes = await _request(pool, messages, size, extras)

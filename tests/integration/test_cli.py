@@ -48,8 +48,13 @@ def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
         "ledger",
         "fallback",
         "thread_id",
+        "aggregation",
+        "early_stop",
+        "joins",
     }
     assert out["ledger"] is None and out["fallback"] is None
+    assert out["aggregation"]["mode"] == "synthesize" and out["aggregation"]["winner"] is None
+    assert out["early_stop"] == [] and out["joins"] == []
     agg = out["aggregator"]
     assert agg["ok"] and agg["attempts"] == 1 and agg["finish_reason"] == "stop"
     assert agg["latency_s"] > 0 and agg["model"] == "openai:agg"
