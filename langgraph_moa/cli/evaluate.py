@@ -1,9 +1,11 @@
 """``moa eval`` and ``moa report``: run a benchmark on a topology and score it; put runs side by
 side.
 
-Parsing and rendering only: the work is in :mod:`langgraph_moa.evaluation`. Everything a user can
-get wrong (unknown benchmark, missing data package, a judge without a key, a gold file without
-its gold field, ``--limit 0``, conflicting options) is checked before the first call and is one
+Parsing and rendering only: the work is in :mod:`langgraph_moa.evaluation`. The judge is
+``--judge provider:model``, or a topology (``--judge-preset``/``--judge-topology``, like the
+``--baseline-*`` options). Everything a user can get wrong (unknown benchmark, missing data
+package, a judge without a key or a judge topology that cannot be read, a gold file without its
+gold field, ``--limit 0``, conflicting options) is checked before the first call and is one
 line on stderr with exit code 2 (``MoAInputError``, rendered by the ``moa`` entry point).
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
@@ -44,8 +47,8 @@ def _single_model(spec: str, option: str) -> Agent:
     """A model answering alone, greedily (temperature 0, seed 0: reproducible and cached)."""
     try:
         agent = Agent(name="single", model=spec, temperature=0.0, seed=0, max_tokens=256)
-    except ValueError as e:
-        reason = str(e).split("\n")[-1].strip().removeprefix("Value error, ")
+    except ValidationError as e:
+        reason = "; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())
         raise MoAInputError(f"{option} {spec!r}: {reason}") from None
     return agent
 
@@ -61,6 +64,18 @@ def _topology(preset: str | None, topology: Path | None, model: str | None, what
     if preset:
         return load_preset(preset)
     return None
+
+
+def _judge(model: str | None, preset: str | None, topology: Path | None) -> Agent | Topology:
+    """The judge: one provider:model, or a topology (a preset or a file); ready to call."""
+    from langgraph_moa.evaluation.judge import judge_agent, judge_topology
+
+    if len([x for x in (model, preset, topology) if x]) > 1:
+        raise MoAInputError("give one of --judge, --judge-preset or --judge-topology")
+    if model:
+        return judge_agent(model)
+    chosen = load_topology(topology) if topology else load_preset(preset or "")
+    return judge_topology(chosen)
 
 
 def _preflight(chosen: Topology | Agent) -> None:
@@ -111,6 +126,18 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
             f"failed {100 * c.get('failed_rate', 0):.0f}%"
         )
         out.write(line + "\n")
+    judging = summary.get("judge_usage")
+    if judging:
+        usd = judging.get("cost_usd")
+        p50 = judging.get("latency_p50_s")
+        out.write(
+            f"  judge     {summary['judge']}: {judging['judgments']} judgments "
+            f"({judging['cached']} read back, {judging['failed']} failed), "
+            f"calls {judging['calls']}, tokens "
+            f"{judging['prompt_tokens'] + judging['completion_tokens']}, "
+            f"$ {'unpriced' if usd is None else f'{usd:.5f}'}, "
+            f"s/judgment p50 {'-' if p50 is None else f'{p50:.2f}'}\n"
+        )
     out.write(
         f"  {metric}: {lead['value']:.1f} (90% CI {lead['low']:.1f}-{lead['high']:.1f}, "
         f"n={lead['n']})\n"
@@ -152,7 +179,15 @@ def eval_command(
         str | None, typer.Option("--baseline-model", help="Compare with one provider:model.")
     ] = None,
     judge: Annotated[
-        str | None, typer.Option("--judge", help="The judge, provider:model (pairwise, graded).")
+        str | None,
+        typer.Option("--judge", help="The judge, one provider:model (pairwise and graded sets)."),
+    ] = None,
+    judge_preset: Annotated[
+        str | None, typer.Option("--judge-preset", help="A preset as the judge (a panel).")
+    ] = None,
+    judge_topology: Annotated[
+        Path | None,
+        typer.Option("--judge-topology", help="A topology file as the judge (a panel)."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="First N items.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of eval runs.")] = Path("runs"),
@@ -169,7 +204,7 @@ def eval_command(
     """Run a benchmark on a topology (or one model) and score it; rerun to resume."""
     from langgraph_moa.evaluation.datasets import Scoring, load_benchmark
     from langgraph_moa.evaluation.driver import CALLS_FILE, run_eval
-    from langgraph_moa.evaluation.judge import Judge, judge_agent
+    from langgraph_moa.evaluation.judge import Judge
     from langgraph_moa.nodes.cache import open_cache
 
     require_extra("eval", "moa eval")
@@ -178,11 +213,13 @@ def eval_command(
         raise MoAInputError("give --preset, --topology or --model: what should be evaluated?")
     other = _topology(baseline_preset, baseline_topology, baseline_model, "baseline-")
     bench: Benchmark = load_benchmark(benchmark, limit=limit, paired=other is not None)
-    if bench.scoring is not Scoring.exact and judge is None:
+    judged = bench.scoring is not Scoring.exact
+    if judged and not (judge or judge_preset or judge_topology):
         raise MoAInputError(
-            f"{bench.name} is scored by a judge: give --judge provider:model (e.g. openai:gpt-4.1)"
+            f"{bench.name} is scored by a judge: give --judge provider:model (e.g. "
+            "openai:gpt-4.1), or --judge-preset/--judge-topology for a topology as the judge"
         )
-    judge_model = judge_agent(judge) if judge and bench.scoring is not Scoring.exact else None
+    the_judge_spec = _judge(judge, judge_preset, judge_topology) if judged else None
     for side in (chosen, other):
         if side is not None:
             _preflight(side)
@@ -197,8 +234,8 @@ def eval_command(
     if other is not None:
         sides.append(_side(other, "baseline", calls, concurrency))
     the_judge = (
-        Judge(judge_model, open_cache(str(folder / JUDGMENTS_FILE)), concurrency=concurrency)
-        if judge_model
+        Judge(the_judge_spec, open_cache(str(folder / JUDGMENTS_FILE)), concurrency=concurrency)
+        if the_judge_spec is not None
         else None
     )
     summary = asyncio.run(

@@ -2,7 +2,8 @@
 side (``moa report``).
 
 - :mod:`.datasets`: benchmarks read offline from their packages' files, and users' JSONL;
-- :mod:`.prompts`, :mod:`.judge`: the judge's prompts and calls (cached);
+- :mod:`.prompts`, :mod:`.judge`: the judge's prompts and calls (a model or a topology);
+- :mod:`.records`: finished judgments and single-model answers kept with what they cost;
 - :mod:`.scoring`: exact match, verdict and grade parsing, one pair's two games combined;
 - :mod:`.score`: every item of an eval scored;
 - :mod:`.stats`: bootstrap intervals, paired bootstrap, length-controlled win rate;

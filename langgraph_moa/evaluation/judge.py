@@ -1,32 +1,63 @@
-"""The judge: any ``provider:model``, called at temperature 0 through the project's own call path
-(:func:`langgraph_moa.nodes.calls.call_agent`: retries, timeouts, usage and prices) with the
-proposal cache in front of it, so a judgment already made (same judge, same prompt) is read back
-instead of paid for again. Rescoring a finished eval therefore makes no call.
+"""The judge: any ``provider:model``, or a whole topology (a panel of judges whose aggregator
+writes the verdict), and its judgments kept on disk so that none is paid for twice.
+
+A model judge is called at temperature 0 through the project's own call path
+(:func:`langgraph_moa.nodes.calls.call_agent`: retries, timeouts, usage and prices). A topology
+judge runs the judge's request as one row of the batch runner
+(:func:`langgraph_moa.batch.core.relabel_row`: the shared run loop, the run's usage and cost),
+in a row scope over the judgments' cache, so every call of the panel is cached as it finishes
+(sampled ones too, keyed by the request): a judgment cut short by a kill resumes from its
+finished calls. Its aggregator sees the judge's instructions (the system message) with the
+panel's judgments appended, so it writes the same ``[[...]]`` verdict or ``[[N]]`` grade as a
+single judge; parsing is the same for both.
+
+Every finished judgment is stored as a record (reply, calls, tokens, $, latency; see
+:mod:`langgraph_moa.evaluation.records`), keyed by the judge (the model's parameters or the whole
+topology) and the exact request, in the eval's ``judgments.sqlite``. A judgment found there is
+read back instead of asked again: rescoring a finished eval, or resuming an interrupted one,
+makes no judge call, and the judge's usage reported (calls, tokens, $, latency) is still what the
+judgments cost when they were made; how many were read back and how many requests this session
+sent are reported beside it.
 
 Pairwise judging plays each pair twice, the candidate shown first and then second, concurrently;
 grading asks for a 1-10 grade. Replies are parsed in :mod:`langgraph_moa.evaluation.scoring`; a
 failed call or a reply without a verdict is kept as a game with no verdict (counted, never
-guessed).
+guessed). Failed judgments are not stored (a rerun asks again).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from langchain_core.messages import BaseMessage, convert_to_openai_messages
 from langgraph.cache.base import BaseCache
+from pydantic import ValidationError
 
+from langgraph_moa.batch.core import relabel_row
+from langgraph_moa.batch.rows import Row
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation.prompts import pairwise_messages, rating_messages
+from langgraph_moa.evaluation.records import RecordStore
 from langgraph_moa.evaluation.scoring import Game, parse_rating, parse_verdict
+from langgraph_moa.evaluation.summary import percentile
+from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.chat_models import check_ready
+from langgraph_moa.nodes.budget import check_priced
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import ModelPool, call_agent
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
 
-__all__ = ["Judge", "JudgeUsage", "judge_agent", "single_topology"]
+__all__ = [
+    "Judge",
+    "JudgeUsage",
+    "Judgment",
+    "judge_agent",
+    "judge_topology",
+    "single_topology",
+]
 
 JUDGE_MAX_TOKENS = 1024
 
@@ -46,63 +77,191 @@ def judge_agent(spec: str, *, max_tokens: int = JUDGE_MAX_TOKENS) -> Agent:
     not ``provider:model`` or its key is not set."""
     try:
         agent = Agent(name="judge", model=spec, temperature=0.0, max_tokens=max_tokens)
-    except ValueError as e:
-        reason = str(e).split("\n")[-1].strip().removeprefix("Value error, ")
-        raise MoAInputError(f"--judge {spec!r}: {reason}") from None
+    except ValidationError as e:
+        reason = "; ".join(x["msg"].removeprefix("Value error, ") for x in e.errors())
+        hint = ""
+        if ":" not in spec:
+            hint = " (a preset or a topology file judges with --judge-preset/--judge-topology)"
+        raise MoAInputError(f"--judge {spec!r}: {reason}{hint}") from None
     check_ready(single_topology(agent))
     return agent.model_copy(update={"timeout_s": 300.0})
 
 
+def judge_topology(topology: Topology) -> Topology:
+    """A topology as the judge: it must run unattended and have its keys (one line if not)."""
+    if topology.review != "none":
+        raise MoAInputError(
+            f"judge topology {topology.name!r} pauses for a person's review; a judge must run "
+            "unattended (review: none)"
+        )
+    check_ready(topology, probe_local=True)
+    check_priced(topology, PriceTable(topology.prices))
+    return topology
+
+
 @dataclass
-class JudgeUsage:
+class Judgment:
+    """One judge request's outcome: the reply (None: failed) and what it cost when made."""
+
+    text: str | None
     calls: int = 0
-    cached: int = 0
-    failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    latency_s: float = 0.0
+    degraded: bool = False
+    error: str | None = None
+
+
+@dataclass
+class JudgeUsage:
+    """What judging an eval took. ``judgments`` made (``cached`` of them read back from the
+    record store), ``failed`` ones; the judge's ``calls``, tokens and $ of every judgment (as
+    made, read back or not; $ None when a model has no price); ``requests`` the HTTP requests
+    this session sent; latency of a judgment, p50/p95 and summed."""
+
+    judgments: int = 0
+    cached: int = 0
+    failed: int = 0
+    degraded: int = 0
+    calls: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+    def add(self, judgment: Judgment, *, cached: bool, requests: int) -> None:
+        self.judgments += 1
+        self.cached += cached
+        self.requests += requests
+        if judgment.text is None:
+            self.failed += 1
+            return
+        self.degraded += judgment.degraded
+        self.calls += judgment.calls
+        self.prompt_tokens += judgment.prompt_tokens
+        self.completion_tokens += judgment.completion_tokens
+        self.latencies.append(judgment.latency_s)
+        if self.cost_usd is not None:
+            self.cost_usd = None if judgment.cost_usd is None else self.cost_usd + judgment.cost_usd
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in asdict(self).items() if k != "latencies"}
+        if out["cost_usd"] is not None:
+            out["cost_usd"] = round(out["cost_usd"], 8)
+        out["latency_p50_s"] = percentile(self.latencies, 50)
+        out["latency_p95_s"] = percentile(self.latencies, 95)
+        out["latency_total_s"] = round(sum(self.latencies), 4)
+        return out
+
+
+class _ModelJudge:
+    """One model, one call per judgment (the call cache in front, as before records)."""
+
+    def __init__(self, agent: Agent, cache: BaseCache[Any]) -> None:
+        self.agent = agent
+        self._pool = ModelPool(agent)
+        self._cache = ProposalCache(cache)
+        self._prices = PriceTable()
+
+    async def __call__(self, messages: list[BaseMessage], key: str) -> tuple[Judgment, int]:
+        outcomes, requests = await call_agent(self._pool, messages, cache=self._cache)
+        o = outcomes[0]
+        if not o.ok:
+            return Judgment(None, calls=requests, latency_s=o.latency_s, error=o.error), requests
+        prompt, completion = o.usage["prompt_tokens"], o.usage["completion_tokens"]
+        return Judgment(
+            o.text,
+            calls=1,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=self._prices.cost(self.agent.model, prompt, completion),
+            latency_s=o.latency_s,
+        ), requests
+
+
+class _TopologyJudge:
+    """A topology, one graph run per judgment, as one row of the batch runner."""
+
+    def __init__(self, topology: Topology, cache: BaseCache[Any]) -> None:
+        self.topology = topology
+        self._graph = build_graph(topology, cache=cache)
+
+    async def __call__(self, messages: list[BaseMessage], key: str) -> tuple[Judgment, int]:
+        prompt: list[dict[str, Any]] = convert_to_openai_messages(messages)
+        row = Row(
+            id=f"judgment-{key[:24]}",
+            where="judge",
+            prompt=prompt,
+            tools=None,
+            tool_choice=None,
+            completion=None,
+            data={},
+        )
+        record = await relabel_row(self._graph, self.topology, row)
+        result = record["result"] or {}
+        usage = result.get("usage") or {}
+        requests = record["calls"]  # sent now; cached_calls were served from the cache
+        answer = result.get("answer") if record["status"] == "done" else None
+        return Judgment(
+            answer or None,
+            calls=record["calls"] + record["cached_calls"],
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cost_usd=record["cost_usd"],
+            latency_s=record["latency_s"],
+            degraded=record["degraded"],
+            error=record["error"] or (None if answer else "no answer"),
+        ), requests
 
 
 @dataclass
 class Judge:
-    """One judge model with its cache and a bound on calls in flight."""
+    """The judge (a model or a topology) with its judgments' store and a bound on judgments in
+    flight."""
 
-    agent: Agent
+    judge: Agent | Topology
     cache: BaseCache[Any]
     concurrency: int = 8
     usage: JudgeUsage = field(default_factory=JudgeUsage)
 
     def __post_init__(self) -> None:
-        self._pool = ModelPool(self.agent)
-        self._cache = ProposalCache(self.cache)
+        self._ask_judge = (
+            _ModelJudge(self.judge, self.cache)
+            if isinstance(self.judge, Agent)
+            else _TopologyJudge(self.judge, self.cache)
+        )
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._prices = PriceTable()
+        identity = self.judge.model_dump(mode="json", exclude={"name"})
+        self._records = RecordStore(self.cache, "judgments", identity)
 
     @property
     def model(self) -> str:
-        return self.agent.model
+        """The judge's name in summaries: ``provider:model``, or ``<name> (topology)``."""
+        if isinstance(self.judge, Agent):
+            return self.judge.model
+        return f"{self.judge.name} (topology)"
 
-    async def _ask(self, messages: list[Any]) -> str | None:
+    def spec(self) -> dict[str, Any]:
+        """The judge as resolved, for the manifest."""
+        if isinstance(self.judge, Agent):
+            return {"model": self.judge.model}
+        return {"topology": self.judge.model_dump(mode="json")}
+
+    async def _ask(self, messages: list[BaseMessage]) -> str | None:
+        key = self._records.key(messages)
         async with self._slots:
-            outcomes, requests = await call_agent(self._pool, messages, cache=self._cache)
-        outcome = outcomes[0]
-        u = self.usage
-        u.calls += requests
-        u.cached += 1 if outcome.cached else 0
-        if not outcome.ok:
-            u.failed += 1
-            return None
-        u.prompt_tokens += outcome.usage["prompt_tokens"]
-        u.completion_tokens += outcome.usage["completion_tokens"]
-        cost = self._prices.cost(
-            self.agent.model, outcome.usage["prompt_tokens"], outcome.usage["completion_tokens"]
-        )
-        if cost is not None:
-            u.cost_usd = (u.cost_usd or 0.0) + cost
-        return outcome.text
+            found = await self._records.get(key)
+            if found:
+                judgment, cached, requests = Judgment(**found), True, 0
+            else:
+                judgment, requests = await self._ask_judge(messages, key)
+                cached = False
+                if judgment.text is not None:
+                    await self._records.put(key, asdict(judgment))
+        self.usage.add(judgment, cached=cached, requests=requests)
+        return judgment.text
 
     async def compare(self, question: str, candidate: str, baseline: str) -> list[Game]:
         """Both games of a pair: the candidate shown first, then second."""

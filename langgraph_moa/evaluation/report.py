@@ -3,7 +3,10 @@ and PNG plots.
 
 One row per topology and benchmark: the leading score with its 90% interval, items, calls,
 tokens and $ per item, latency p50/p95 and the degraded rate; A-vs-B rows (a baseline topology
-on the same items) carry the paired difference. Per benchmark, two plots like the MoA paper's
+on the same items) carry the paired difference. Below it, per judged run, what the judging took
+(judgments, how many were read back from the cache, calls, tokens and $ per item, latency of a
+judgment p50/p95): the judge's cost is the evaluation's, not the topology's, so it is not added
+to the topology's $ per item. Per benchmark, two plots like the MoA paper's
 cost figure: quality against $ per item and quality against latency (p50 seconds per item), one
 point per topology, the Pareto front (no other point is both better and cheaper/faster) drawn as
 a line through its points. matplotlib runs on its Agg backend (no display).
@@ -41,6 +44,7 @@ class Row:
     run: str
     judge: str | None
     paired: dict[str, Any] | None = None
+    judge_usage: dict[str, Any] | None = None  # what judging the run took (on its first row)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -50,7 +54,8 @@ def _rows_of(summary: dict[str, Any], run: str) -> list[Row]:
     scores = summary.get("scores") or {}
     metric = scores.get("metric", "")
     leading = (scores.get("metrics") or {}).get(metric) or {}
-    rows = []
+    rows: list[Row] = []
+    judging = summary.get("judge_usage")
     for side in summary.get("topologies") or []:
         role = side.get("role", "candidate")
         value: dict[str, Any] = leading
@@ -74,6 +79,7 @@ def _rows_of(summary: dict[str, Any], run: str) -> list[Row]:
                 run=run,
                 judge=summary.get("judge"),
                 paired=paired,
+                judge_usage=None if rows else judging,
             )
         )
     return rows
@@ -153,6 +159,28 @@ def markdown(rows: Sequence[Row], plots: Sequence[Path] = ()) -> str:
                 f"| {_usd(c.get('usd_per_item'))} | {_fmt(c.get('latency_p50_s'))} "
                 f"| {_fmt(c.get('latency_p95_s'))} "
                 f"| {'-' if degraded is None else f'{100 * degraded:.0f}%'} |"
+            )
+        judged = [r for r in mine if r.judge_usage]
+        if judged:
+            lines += [
+                "",
+                "What judging took (every judgment as it was made, whether read back from the "
+                "eval's cache or not):",
+                "",
+                "| run | judge | judgments | read back | failed | calls/item | tokens/item "
+                "| $/item | p50 s | p95 s |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+        for r in judged:
+            u = r.judge_usage or {}
+            n = max(r.items, 1)
+            tokens = (u.get("prompt_tokens") or 0) + (u.get("completion_tokens") or 0)
+            usd = u.get("cost_usd")
+            lines.append(
+                f"| {r.run} | {r.judge} | {u.get('judgments', 0)} | {u.get('cached', 0)} "
+                f"| {u.get('failed', 0)} | {_fmt((u.get('calls') or 0) / n, 1)} "
+                f"| {_fmt(tokens / n, 0)} | {_usd(None if usd is None else usd / n)} "
+                f"| {_fmt(u.get('latency_p50_s'))} | {_fmt(u.get('latency_p95_s'))} |"
             )
         for r in mine:
             if r.paired:

@@ -65,6 +65,8 @@ def test_gsm8k_exact_match_and_resume_without_calls(fake: FakeOpenAI, tmp_path: 
     again = _eval(*args)
     assert len(fake.requests_for("solver")) == 3
     assert again["scores"] == summary["scores"]
+    # what the answers cost is reported as they were made, not as free cache hits
+    assert again["topologies"] == summary["topologies"]
 
 
 def test_pairwise_with_swaps_ties_and_position_bias(fake: FakeOpenAI, tmp_path: Path) -> None:
@@ -110,9 +112,18 @@ def test_pairwise_with_swaps_ties_and_position_bias(fake: FakeOpenAI, tmp_path: 
     # weighted: (6*1 + 6*1 + 2*0.5 + 2*0.5) / 16
     assert metrics["weighted_score"]["value"] == pytest.approx(100 * 14 / 16)
     assert summary["scores"]["order_agreement"] == 0.75
-    # rescoring reads every judgment back
-    _eval(*args)
+    judging = summary["judge_usage"]
+    assert (judging["judgments"], judging["cached"], judging["requests"]) == (8, 0, 8)
+    assert judging["calls"] == 8 and judging["prompt_tokens"] > 0
+    # rescoring reads every judgment back, and reports what they cost when made
+    again = _eval(*args)
     assert len(fake.requests_for("judge")) == 8 and len(fake.requests_for("cand")) == 4
+    rejudged = again["judge_usage"]
+    assert (rejudged["judgments"], rejudged["cached"], rejudged["requests"]) == (8, 8, 0)
+    assert {k: rejudged[k] for k in ("calls", "prompt_tokens", "completion_tokens")} == {
+        k: judging[k] for k in ("calls", "prompt_tokens", "completion_tokens")
+    }
+    assert again["scores"] == summary["scores"]
 
 
 def _grader(body: dict[str, Any], number: int, choice: int) -> str:
@@ -280,3 +291,110 @@ def test_an_interrupted_eval_resumes_without_repeating_a_finished_call(
     answered = {json.dumps(r.body["messages"]) for r in fake.requests if r.status == 200}
     assert len(answered) == 8 + 16  # every answer and both games of every pair
     assert json.loads(result.stdout)["scores"]["metrics"]["win_rate"]["value"] == 100.0
+
+
+def _panel_aggregator(body: dict[str, Any], number: int, choice: int) -> str:
+    """The panel's aggregator: it sees the judge's instructions with the panel's judgments
+    appended to them, and repeats the verdict the panel gave (none if it was shown none)."""
+    system = "\n".join(str(m["content"]) for m in body["messages"] if m["role"] == "system")
+    assert "[[A>>B]]  Assistant A is much better" in system  # the judge's own instructions
+    given = re.findall(r"\d+\. .*?(\[\[[AB=<> ]+\]\])", system)
+    if not given or len(set(given)) != 1:
+        return "The panel disagrees; no verdict."
+    return f"The panel agrees. {given[0]}"
+
+
+def test_a_topology_judge_writes_the_verdicts_and_is_read_back(
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--judge-topology: a panel of two judges (one sampled) whose aggregator writes each
+    verdict; the same swaps, ties and position bias as one judge; the judgments' usage and cost
+    in the summary and the report; a rerun makes no judge call and reports the same cost."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "openai:j1: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n"
+        "openai:j2: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n"
+        "openai:jagg: {input_per_mtok: 3.0, output_per_mtok: 6.0}\n"
+    )
+    monkeypatch.setenv("MOA_PRICES", str(prices))
+    fake.behave("cand")
+    fake.behave("j1", reply=_pairwise_judge)
+    fake.behave("j2", reply=_pairwise_judge)
+    fake.behave("jagg", reply=_panel_aggregator)
+    panel = tmp_path / "panel.yaml"
+    panel.write_text(
+        "name: panel\nlayers:\n"
+        "  - proposers: [{model: 'openai:j1', temperature: 0.7}, {model: 'openai:j2'}]\n"
+        "aggregator: {model: 'openai:jagg', temperature: 0}\n"
+    )
+    data = tmp_path / "mine.jsonl"
+    rows = [
+        {"id": "w1", "prompt": "win one", "baseline": "a short baseline"},
+        {"id": "t", "prompt": "a tie", "baseline": "equal"},
+        {"id": "b", "prompt": "biased", "baseline": "first or second"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = tmp_path / "runs"
+    args = (str(data), "--model", "openai:cand", "--judge-topology", str(panel), "--out", str(runs))
+    summary = _eval(*args)
+    judge_models = ("j1", "j2", "jagg")
+    assert [len(fake.requests_for(m)) for m in judge_models] == [6, 6, 6]  # 2 games x 3 pairs
+    firsts = [
+        "from cand"
+        in re.search(r"<answer_of_assistant_A>\n(.*?)\n<", _user_text(r.body), re.S).group(1)  # type: ignore[union-attr]
+        for r in fake.requests_for("jagg")
+    ]
+    assert sorted(firsts) == [False] * 3 + [True] * 3  # both orders, positions swapped
+    items = {
+        i["id"]: i
+        for i in map(json.loads, (runs / "mine-single-openai-cand" / "items.jsonl").open())
+    }
+    assert items["w1"]["score"] == 1.0 and items["w1"]["weight"] == 6.0  # two strong verdicts
+    assert items["w1"]["consistent"] is True
+    assert items["t"]["score"] == 0.5 and items["t"]["consistent"] is True
+    assert items["b"]["score"] == 0.5 and items["b"]["consistent"] is False
+    assert summary["scores"]["metrics"]["win_rate"]["value"] == pytest.approx(100 * 2 / 3)
+    assert summary["judge"] == "panel (topology)"
+    manifest = json.loads((runs / "mine-single-openai-cand" / "manifest.json").read_text())
+    assert manifest["judge"]["topology"]["aggregator"]["model"] == "openai:jagg"
+    judging = summary["judge_usage"]
+    assert (judging["judgments"], judging["cached"], judging["failed"]) == (6, 0, 0)
+    assert judging["calls"] == judging["requests"] == 18  # 3 calls per judgment
+    assert judging["cost_usd"] > 0 and judging["latency_p50_s"] > 0
+    before = len(fake.requests)
+    again = _eval(*args)
+    assert len(fake.requests) == before  # no judge call, no generation
+    rejudged = again["judge_usage"]
+    assert (rejudged["cached"], rejudged["requests"]) == (6, 0)
+    for key in ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_s"):
+        assert rejudged[key] == judging[key], key
+    assert again["scores"] == summary["scores"]
+    result = run("report", str(runs), "-o", str(tmp_path / "report.md"))
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| mine-single"))
+    assert "| panel (topology) | 6 | 6 | 0 | 6.0 |" in row  # 18 calls over 3 items
+    judged = json.loads((tmp_path / "report.json").read_text())["rows"][0]["judge_usage"]
+    assert judged["cost_usd"] == judging["cost_usd"]
+
+
+def test_bad_judge_is_one_line(
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = ("mt-bench", "--model", "openai:x", "--out", str(tmp_path))
+    one_line_error(
+        run("eval", *out, "--judge-topology", str(tmp_path / "none.yaml")),
+        "cannot read topology file",
+    )
+    one_line_error(run("eval", *out, "--judge-preset", "nope"), "unknown preset 'nope'")
+    one_line_error(
+        run("eval", *out, "--judge", "moa"),
+        "--judge 'moa': model must look like \"provider:model\"",
+    )
+    one_line_error(
+        run("eval", *out, "--judge", "openai:j", "--judge-preset", "moa"),
+        "give one of --judge, --judge-preset or --judge-topology",
+    )
+    monkeypatch.delenv("TOGETHER_API_KEY")
+    one_line_error(run("eval", *out, "--judge-preset", "moa"), "TOGETHER_API_KEY is not set")
+    assert not fake.requests and not list(tmp_path.iterdir())
