@@ -398,3 +398,71 @@ def test_bad_judge_is_one_line(
     monkeypatch.delenv("TOGETHER_API_KEY")
     one_line_error(run("eval", *out, "--judge-preset", "moa"), "TOGETHER_API_KEY is not set")
     assert not fake.requests and not list(tmp_path.iterdir())
+
+
+def _grade_aggregator(body: dict[str, Any], number: int, choice: int) -> str:
+    """Settles on the lowest grade the panel gave (none if it was shown none)."""
+    system = "\n".join(str(m["content"]) for m in body["messages"] if m["role"] == "system")
+    grades = [int(g) for g in re.findall(r"\d+\. .*?\[\[(\d+)\]\]", system)]
+    return f"The panel's lowest grade. [[{min(grades)}]]" if grades else "No grade."
+
+
+def test_a_topology_judge_grades_both_turns(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """MT-Bench graded by a panel: the aggregator's grade counts, per turn."""
+    fake.behave("chat")
+    fake.behave("j1", reply=_grader)  # 8, then 5
+    fake.behave("j2", reply=lambda body, n, c: "Fine. [[7]]")
+    fake.behave("jagg", reply=_grade_aggregator)
+    panel = tmp_path / "panel.yaml"
+    panel.write_text(
+        "name: graders\nlayers:\n  - proposers: [{model: 'openai:j1'}, {model: 'openai:j2'}]\n"
+        "aggregator: {model: 'openai:jagg'}\n"
+    )
+    args = ("mt-bench", "--model", "openai:chat", "--judge-topology", str(panel))
+    summary = _eval(*args, "--limit", "1", "--out", str(tmp_path))
+    assert len(fake.requests_for("jagg")) == 2  # one grade per turn
+    metrics = summary["scores"]["metrics"]
+    assert metrics["turn_1"]["value"] == 7.0 and metrics["turn_2"]["value"] == 5.0
+    assert summary["judge_usage"]["calls"] == 6
+
+
+def test_an_interrupted_topology_judgment_resumes_from_its_finished_calls(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """kill -9 while the panel's aggregator is still writing: rerun, and no panel call that had
+    finished (sampled ones included) is asked again; every judgment is then made."""
+    fake.behave("cand")
+    fake.behave("j1", reply=_pairwise_judge)
+    fake.behave("j2", reply=_pairwise_judge)
+    fake.behave("jagg", reply=_panel_aggregator, latency_s=30.0)
+    panel = tmp_path / "panel.yaml"
+    panel.write_text(
+        "name: panel\nlayers:\n"
+        "  - proposers: [{model: 'openai:j1', temperature: 0.9}, {model: 'openai:j2'}]\n"
+        "aggregator: {model: 'openai:jagg', temperature: 0}\n"
+    )
+    data = tmp_path / "mine.jsonl"
+    rows = [{"id": f"w{k}", "prompt": f"win {k}", "baseline": "b"} for k in range(2)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", str(data), "--model", "openai:cand", "--judge-topology", str(panel)]
+    args += ["--out", str(tmp_path / "runs"), "--json"]
+    process = subprocess.Popen([*MOA, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(fake.requests_for("jagg")) < 4:  # every panel has judged; the aggregators wait
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.kill()
+    process.communicate()
+    panel_calls = [r for r in fake.requests if r.body["model"] in ("j1", "j2")]
+    assert len(panel_calls) == 8 and all(r.status == 200 for r in panel_calls)
+    assert all(r.status != 200 for r in fake.requests_for("jagg"))  # none had answered
+    fake.behave("jagg", reply=_panel_aggregator, latency_s=0.0)
+    cut = len(fake.requests)
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    again = [r.body["model"] for r in fake.requests[cut:]]
+    assert sorted(again) == ["jagg"] * 4  # only the aggregators' calls, once each
+    summary = json.loads(result.stdout)
+    assert summary["scores"]["metrics"]["win_rate"]["value"] == 100.0
+    assert summary["judge_usage"]["requests"] == 4
