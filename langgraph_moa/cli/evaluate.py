@@ -3,15 +3,18 @@ side.
 
 Parsing and rendering only: the work is in :mod:`langgraph_moa.evaluation`. The judge is
 ``--judge provider:model``, or a topology (``--judge-preset``/``--judge-topology``, like the
-``--baseline-*`` options). Everything a user can get wrong (unknown benchmark, missing data
-package, a judge without a key or a judge topology that cannot be read, a gold file without its
-gold field, ``--limit 0``, conflicting options) is checked before the first call and is one
-line on stderr with exit code 2 (``MoAInputError``, rendered by the ``moa`` entry point).
+``--baseline-*`` options). ``--rpm``/``--tpm`` hold every request of the eval (every side's
+answers, the judgments) to one set of limits, through the relabel runner's request gate.
+Everything a user can get wrong (unknown benchmark, missing data package, a judge without a key
+or a judge topology that cannot be read, a gold file without its gold field, ``--limit 0``,
+conflicting options, a malformed ``--rpm``) is checked before the first call and is one line on
+stderr with exit code 2 (``MoAInputError``, rendered by the ``moa`` entry point).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -196,18 +199,31 @@ def eval_command(
         int,
         typer.Option("--concurrency", min=1, max=256, help="Items (and judge calls) in flight."),
     ] = 8,
+    rpm: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Requests/min for the whole eval (answers and judge): N, PROVIDER=N or "
+            "PROVIDER:MODEL=N (repeatable), as in moa relabel."
+        ),
+    ] = None,
+    tpm: Annotated[
+        list[str] | None, typer.Option(help="Tokens/min, scoped like --rpm (repeatable).")
+    ] = None,
     resamples: Annotated[
         int, typer.Option("--resamples", min=100, max=100000, help="Bootstrap resamples.")
     ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run a benchmark on a topology (or one model) and score it; rerun to resume."""
+    from langgraph_moa.batch.limits import RateGate, parse_limits
     from langgraph_moa.evaluation.datasets import Scoring, load_benchmark
     from langgraph_moa.evaluation.driver import CALLS_FILE, run_eval
     from langgraph_moa.evaluation.judge import Judge
+    from langgraph_moa.llm.openai_client import gate_requests
     from langgraph_moa.nodes.cache import open_cache
 
     require_extra("eval", "moa eval")
+    limits = parse_limits(rpm, tpm)
     chosen = _topology(preset, topology, model, "")
     if chosen is None:
         raise MoAInputError("give --preset, --topology or --model: what should be evaluated?")
@@ -238,16 +254,19 @@ def eval_command(
         if the_judge_spec is not None
         else None
     )
-    summary = asyncio.run(
-        run_eval(
-            bench,
-            sides[0],
-            folder=folder,
-            baseline=sides[1] if len(sides) > 1 else None,
-            judge=the_judge,
-            resamples=resamples,
-        )
-    )
+
+    async def evaluate() -> dict[str, Any]:
+        with gate_requests(RateGate(limits)) if limits else contextlib.nullcontext():
+            return await run_eval(
+                bench,
+                sides[0],
+                folder=folder,
+                baseline=sides[1] if len(sides) > 1 else None,
+                judge=the_judge,
+                resamples=resamples,
+            )
+
+    summary = asyncio.run(evaluate())
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:

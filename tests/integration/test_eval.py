@@ -466,3 +466,24 @@ def test_an_interrupted_topology_judgment_resumes_from_its_finished_calls(
     summary = json.loads(result.stdout)
     assert summary["scores"]["metrics"]["win_rate"]["value"] == 100.0
     assert summary["judge_usage"]["requests"] == 4
+
+
+def test_rate_limit_holds_answers_and_judgments(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """--rpm 600 gates every request of the eval, the judge's too, with one bucket."""
+    fake.behave("cand")
+    fake.behave("judge", reply=_pairwise_judge)
+    data = tmp_path / "mine.jsonl"
+    rows = [{"id": f"w{k}", "prompt": f"win {k}", "baseline": "b"} for k in range(10)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = (str(data), "--model", "openai:cand", "--judge", "openai:judge", "--rpm", "600")
+    summary = _eval(*args, "--concurrency", "16", "--out", str(tmp_path / "runs"))
+    assert summary["scores"]["metrics"]["win_rate"]["value"] == 100.0
+    starts = sorted(r.started for r in fake.requests)
+    assert len(starts) == 30  # 10 answers, 20 judgments
+    # as in the relabel runner's test: a bucket of 5 filling at 590/min admits at most 5 +
+    # 590/60 in any second, and 5 more may arrive in it after being held up on their way
+    for k, t in enumerate(starts):
+        inside = sum(1 for s in starts[k:] if s - t < 1.0)
+        assert inside <= 19, (k, inside)
+    assert starts[-1] - starts[0] >= 2.0  # 25 requests after the first 5, at ~9.8/s
+    one_line_error(run("eval", *args, "--rpm", "x=0", "--out", str(tmp_path)), "--rpm")
