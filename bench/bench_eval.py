@@ -5,7 +5,9 @@ A pairwise eval of N items (two judge games each, positions swapped) against the
 OpenAI-compatible server, the judge answering at once: the CPU time of the judge's calls (the
 client path, the cache) and of scoring (verdicts, summary with 1000 bootstrap resamples of the
 win rate, the weighted score and the length-controlled win rate, which refits its model on every
-resample), per 100 items; then the same eval again, read back from the cache (rescoring).
+resample), per 100 items; then the same eval again, read back from the cache (rescoring). Then
+the same eval judged by a topology (a panel of two judges and a settling call: three calls per
+judgment), its judging CPU against one judge's measured in the same run, and its rescoring.
 
 Throughput: N gold-answer items through a 1 x 3 + aggregator topology on the fake server (every
 call 200 ms), 16 in flight, with ``arelabel`` (the relabel runner alone) and with ``run_eval``
@@ -34,7 +36,7 @@ from langgraph_moa.evaluation.driver import Side, TopologyGenerator, run_eval
 from langgraph_moa.evaluation.judge import Judge, judge_agent
 from langgraph_moa.evaluation.score import score_items
 from langgraph_moa.evaluation.summary import Generation, summarise
-from langgraph_moa.spec.topology import Topology
+from langgraph_moa.spec.topology import Agent, Topology
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 CALL_S = 0.2
@@ -45,14 +47,29 @@ def verdict(body: dict[str, Any], number: int, choice: int) -> str:
     return "A thorough comparison would go here. [[A>B]]" if number % 3 else "Close. [[A=B]]"
 
 
-async def judged(n: int, cache: Path) -> tuple[float, float, float]:
-    """(wall s, judging CPU s, scoring CPU s) for one eval of ``n`` pairwise items."""
+def panel() -> Topology:
+    """A topology judge: two judges, the first one settles (every call at temperature 0)."""
+    judge = {"model": "openai:judge", "temperature": 0, "max_tokens": 1024}
+    return Topology.model_validate(
+        {
+            "name": "panel",
+            "layers": [{"proposers": [judge, judge | {"model": "openai:judge2"}]}],
+            "aggregator": judge,
+        }
+    )
+
+
+async def judged(
+    n: int, cache: Path, by: Agent | Topology | None = None
+) -> tuple[float, float, float]:
+    """(wall s, judging CPU s, scoring CPU s) for one eval of ``n`` pairwise items, judged by
+    ``by`` (default: one model)."""
     items = [
         Item(f"i{k}", ({"role": "user", "content": f"question {k}"},), baseline="b " * (k % 40))
         for k in range(n)
     ]
     gens = {i.id: Generation(["an answer " * (1 + int(i.id[1:]) % 30)]) for i in items}
-    judge = Judge(judge_agent("openai:judge"), SqliteCache(path=str(cache)), concurrency=16)
+    judge = Judge(by or judge_agent("openai:judge"), SqliteCache(path=str(cache)), concurrency=16)
     wall, cpu = time.perf_counter(), time.process_time()
     results = await score_items(Scoring.pairwise, items, gens, judge=judge)
     judging = time.process_time() - cpu
@@ -152,6 +169,25 @@ async def main(n: int, rows: int) -> None:
         print(
             f"rescoring from the cache: {len(server.requests)} calls, wall {wall2:.2f}s, "
             f"CPU per 100 items {(judging2 + scoring2) * per * 1000:.0f} ms"
+        )
+        # the same eval judged by a panel (a topology: 3 calls per judgment), in the same run
+        server.behave("judge2", reply=verdict)
+        await judged(10, Path(folder) / "warm-panel.sqlite", panel())
+        server.reset()
+        panel_cache = Path(folder) / "panel.sqlite"
+        wall3, judging3, _ = await judged(n, panel_cache, panel())
+        calls3 = len(server.requests)
+        print(
+            f"judged by a panel (2 judges + 1 settling): {calls3} calls, wall {wall3:.2f}s, "
+            f"judging CPU per 100 items {judging3 * per * 1000:.0f} ms "
+            f"({judging3 / max(calls3, 1) * 1000:.2f} ms per call; "
+            f"{judging3 / judging:.2f}x one judge's)"
+        )
+        server.reset()
+        _, judging4, scoring4 = await judged(n, panel_cache, panel())
+        print(
+            f"rescoring the panel's eval from its judgments: {len(server.requests)} calls, "
+            f"CPU per 100 items {(judging4 + scoring4) * per * 1000:.0f} ms"
         )
         await throughput(server, rows, Path(folder))
 
