@@ -108,7 +108,8 @@ async def score_items(
         return results
     if judge is None:
         raise MoAInputError(
-            f"a {scoring.value} benchmark needs a judge: give --judge provider:model"
+            f"a {scoring.value} benchmark needs a judge: give --judge provider:model, "
+            "--judge-preset or --judge-topology"
         )
     if scoring is Scoring.pairwise:
 
