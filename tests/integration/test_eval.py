@@ -487,3 +487,31 @@ def test_rate_limit_holds_answers_and_judgments(fake: FakeOpenAI, tmp_path: Path
         assert inside <= 19, (k, inside)
     assert starts[-1] - starts[0] >= 2.0  # 25 requests after the first 5, at ~9.8/s
     one_line_error(run("eval", *args, "--rpm", "x=0", "--out", str(tmp_path)), "--rpm")
+
+
+def test_a_jury_votes_on_the_verdict_without_an_aggregator_call(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A topology judge whose aggregator votes (mode: vote on the verdict): the majority's
+    verdict counts, and a judgment costs only the jury's calls."""
+    fake.behave("cand")
+    fake.behave("j1", reply=_pairwise_judge)
+    fake.behave("j2", reply=_pairwise_judge)
+    # the first juror always prefers the first answer shown: outvoted, not taken as the first
+    fake.behave("j3", reply=lambda body, n, c: "Whichever is first. [[A>B]]")
+    jury = tmp_path / "jury.yaml"
+    jury.write_text(
+        "name: jury\nlayers:\n"
+        "  - proposers: [{model: 'openai:j3'}, {model: 'openai:j1'}, {model: 'openai:j2'}]\n"
+        "aggregator: {mode: vote, extract: regex, pattern: '\\[\\[([AB=<>]+)\\]\\]'}\n"
+    )
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"id": "w1", "prompt": "win one", "baseline": "b"}) + "\n")
+    runs = tmp_path / "runs"
+    summary = _eval(
+        str(data), "--model", "openai:cand", "--judge-topology", str(jury), "--out", str(runs)
+    )
+    assert [len(fake.requests_for(m)) for m in ("j1", "j2", "j3")] == [2, 2, 2]
+    item = json.loads((runs / "mine-single-openai-cand" / "items.jsonl").read_text())
+    assert item["score"] == 1.0 and item["consistent"] is True and item["weight"] == 6.0
+    assert summary["judge_usage"]["calls"] == 6
