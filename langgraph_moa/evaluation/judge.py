@@ -157,7 +157,8 @@ class JudgeUsage:
 
 
 class _ModelJudge:
-    """One model, one call per judgment (the call cache in front, as before records)."""
+    """One model, one call per judgment; the call cache in front too, so a judgment made before
+    judgments were kept as records is still read back, not paid for again."""
 
     def __init__(self, agent: Agent, cache: BaseCache[Any]) -> None:
         self.agent = agent
