@@ -409,10 +409,10 @@ class Aggregator(Agent):
         if self.mode == "vote":
             return 0
         if self.mode == "select":
-            return 1
+            return 1 if candidates > 1 else 0  # a sole candidate is chosen without a call
         if self.mode == "rank":
             judging = candidates * (candidates - 1) if self.judge == "pairwise" else 1
-            return judging + (1 if self.fuse else 0)
+            return (judging if candidates > 1 else 0) + (1 if self.fuse else 0)
         if self.mode == "self-moa-seq" and candidates > self.window:
             # the first window, then window - 1 new candidates per step beside the running answer
             return 1 + -(-(candidates - self.window) // (self.window - 1))
