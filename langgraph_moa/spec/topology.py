@@ -298,22 +298,29 @@ class LayerJoin(_Strict):
             _check_extractor(self.extract, self.pattern, what="join mode 'vote'")
         elif self.extract is not None or self.pattern is not None:
             raise ValueError(f"extract applies only to join mode 'vote', not {mode!r}")
-        if mode in JUDGED_JOINS:
-            if self.model is None:
-                raise ValueError(
-                    f'join mode {mode!r} needs a model (the judge), e.g. model: "openai:gpt-4o"'
+        if mode in JUDGED_JOINS and self.model is None:
+            raise ValueError(
+                f'join mode {mode!r} needs a model (the judge), e.g. model: "openai:gpt-4o"'
+            )
+        # a setting of another mode is an error; its default is not (a stored topology is read
+        # back with every field written out)
+        defaults = {name: field.default for name, field in LayerJoin.model_fields.items()}
+        changed = {name for name in defaults if getattr(self, name) != defaults[name]}
+        owners = {
+            "model": JUDGED_JOINS,
+            "references": JUDGED_JOINS,
+            "temperature": JUDGED_JOINS,
+            "max_tokens": JUDGED_JOINS,
+            "judge": ("rank",),
+            "keep": ("rank",),
+            "on_no_answer": ("select",),
+        }
+        for name, modes in owners.items():
+            if name in changed and mode not in modes:
+                where = (
+                    "join modes select and rank" if len(modes) > 1 else f"join mode {modes[0]!r}"
                 )
-        else:
-            judged_only = {"model", "judge", "references", "temperature", "max_tokens"}
-            stray = sorted(judged_only & self.model_fields_set)
-            if stray:
-                raise ValueError(f"{stray[0]} applies only to join modes select and rank")
-        if self.keep is not None and mode != "rank":
-            raise ValueError(f"keep applies only to join mode 'rank', not {mode!r}")
-        if "judge" in self.model_fields_set and mode != "rank":
-            raise ValueError(f"judge applies only to join mode 'rank', not {mode!r}")
-        if "on_no_answer" in self.model_fields_set and mode != "select":
-            raise ValueError(f"on_no_answer applies only to join mode 'select', not {mode!r}")
+                raise ValueError(f"{name} applies only to {where}, not {mode!r}")
         return self
 
     @property

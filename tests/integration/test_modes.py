@@ -672,6 +672,10 @@ def test_cli_asks_with_layer_joins_and_prints_their_records(
     assert out["aggregation"]["winner"] == "L2/e"
     # 6 pairwise judgments, the L2 select, and no final call (one candidate: nothing to ask)
     assert len(fake.requests_for("judge")) == 6 + 1
+    plain = run_moa("ask", "-t", str(path), QUESTION)  # progress lines say what each join did
+    assert plain.returncode == 0 and plain.stdout.strip() == "e says"
+    assert "join   L1  pairwise judging by openai:judge: L1/b > L1/c > L1/a" in plain.stderr
+    assert "join   L2  the judge (openai:judge) named answer" in plain.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(JOIN_FILE.replace("keep: 2", "keep: 4"))
     one_line_error(
@@ -728,3 +732,18 @@ def test_serve_runs_layer_joins_and_returns_their_records(fake: FakeOpenAI, tmp_
     finally:
         log = stop_server(server)
     assert "Traceback" not in log
+
+
+def test_a_thread_forks_after_a_layer_judge(fake: FakeOpenAI, tmp_path: Path) -> None:
+    script(fake, JOINED)
+    fake.behave("judge", reply=prefer_content(JOIN_RANKS))
+    path = tmp_path / "joins.yaml"
+    path.write_text(JOIN_FILE)
+    asked = run_moa("ask", "-t", str(path), "--thread", "j", "-q", QUESTION)
+    assert asked.returncode == 0, asked.stderr
+    judged = len(fake.requests_for("judge"))
+    forked = run_moa("fork", "--thread", "j", "--at", "L1/rank", "-q")
+    assert forked.returncode == 0, forked.stderr
+    # layer 1 and its ranking are kept; layer 2, its select and the final step run again
+    assert [len(fake.requests_for(m)) for m in "abcde"] == [1, 1, 1, 2, 2]
+    assert len(fake.requests_for("judge")) == judged + 1

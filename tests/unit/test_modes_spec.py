@@ -10,6 +10,7 @@ from langchain_core.messages import HumanMessage
 
 from langgraph_moa import MoAInputError, build_graph
 from langgraph_moa.cli.drawing import to_svg
+from langgraph_moa.graphs.studio import configurable
 from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.extract import extract, tally
 from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
@@ -365,3 +366,22 @@ def test_layer_joins_are_nodes_of_the_graph_and_drawn_as_judges() -> None:
     nodes, texts, _ = drawn({"model": "openai:j"}, join={"mode": "vote", "extract": "number"})
     assert not nodes & {"L1/select", "L1/rank"}  # a vote is the join itself, no model call
     assert "passes on the majority (number)" in texts["L1/join"]
+
+
+@pytest.mark.parametrize(
+    "join",
+    [
+        {"mode": "vote", "extract": "number"},
+        {"mode": "select", "model": "openai:s", "on_no_answer": "first"},
+        RANK_JOIN | {"judge": "pairwise", "keep": 2, "references": {"order": "shuffle"}},
+    ],
+)
+def test_a_layer_join_reads_back_as_written(join: dict) -> None:
+    """A thread stores its topology with every field written out, defaults included."""
+    topology = parse_topology(joined(join))
+    assert parse_topology(topology.model_dump(mode="json")) == topology
+
+
+def test_studio_draws_a_layer_judge_from_an_assistants_topology() -> None:
+    graph = configurable({"configurable": {"topology": joined(RANK_JOIN)}})
+    assert ("L1/join", "L1/rank") in {(e.source, e.target) for e in graph.get_graph().edges}
