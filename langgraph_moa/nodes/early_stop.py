@@ -1,7 +1,8 @@
-"""Early stop (adaptive depth): after a layer with an ``early_stop`` setting, its join checks
-whether the answers agree (the share giving the most common extracted answer, or their mean
-pairwise word overlap) and, if they do, the graph goes straight on to the final steps. The
-check is recorded either way; the layers it skips are listed, and cost nothing.
+"""Early stop (adaptive depth): after a layer with an ``early_stop`` setting, its last node (the
+join, or the join's judge node when the join asks a model) checks whether all of the layer's
+answers agree (the share giving the most common extracted answer, or their mean pairwise word
+overlap) and, if they do, the graph goes straight on to the final steps. The check is recorded
+either way; the layers it skips are listed, and cost nothing.
 """
 
 from __future__ import annotations

@@ -385,3 +385,18 @@ def test_a_layer_join_reads_back_as_written(join: dict) -> None:
 def test_studio_draws_a_layer_judge_from_an_assistants_topology() -> None:
     graph = configurable({"configurable": {"topology": joined(RANK_JOIN)}})
     assert ("L1/join", "L1/rank") in {(e.source, e.target) for e in graph.get_graph().edges}
+
+
+def test_a_replan_in_the_join_counts_the_judge_still_to_run() -> None:
+    topology = parse_topology(joined(RANK_JOIN | {"keep": 1}))
+
+    def stages(**kwargs: object) -> list[str]:
+        est = estimate(topology, [HumanMessage("hi")], prices=PriceTable({}), **kwargs)  # type: ignore[arg-type]
+        return [stage for stage, *_ in est.stages]
+
+    assert stages(from_layer=2, previous_refs_tokens=300, pending_join=True) == [
+        "L1/rank",
+        "L2/b",
+        "aggregator",
+    ]
+    assert stages(from_layer=2, previous_refs_tokens=300) == ["L2/b", "aggregator"]
