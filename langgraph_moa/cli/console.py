@@ -30,7 +30,7 @@ from langgraph_moa.nodes.names import (
     REVIEW,
     SELECT,
     WINDOW,
-    join_node,
+    layer_exit,
     layer_of,
     proposer_node,
 )
@@ -81,8 +81,9 @@ class Run:
 
 
 def _stage_before_aggregator(topology: Topology) -> str:
-    """The node after which the aggregator starts: the last join, the critic, or the review."""
-    stages = [join_node(len(topology.layers)), CRITIC if topology.critic else None]
+    """The node after which the aggregator starts: the last layer's last node (its join, or
+    the join's judge), the critic, or the review."""
+    stages = [layer_exit(topology, len(topology.layers)), CRITIC if topology.critic else None]
     if topology.review == "before_aggregate":
         stages.append(REVIEW)
     stages.append(
@@ -136,7 +137,10 @@ class LogDisplay(Display):
             err.print(f"  critic {status}  {c['latency_s']:.2f}s")
         if node.endswith("/join"):
             err.print(f"[bold]layer {layer_of(node)} complete[/bold]")
-        if node == join_node(len(self.topology.layers)) and self.topology.critic is not None:
+        for join in update.get("joins") or []:  # what a layer's join passed on, and why
+            err.print(f"  join   L{join['layer']}  {escape(join['reason'])}")
+        last = layer_exit(self.topology, len(self.topology.layers))
+        if node == last and self.topology.critic is not None:
             err.print("[bold]critic[/bold] reviewing the candidates")
         if node == _stage_before_aggregator(self.topology):
             err.print("[bold]aggregator[/bold] writing the final answer")
@@ -287,7 +291,7 @@ class LiveDisplay(Display):
             self._finish(CRITIC, [c])
         if node in (AGGREGATOR, FALLBACK) and (a := update.get("aggregator")):
             self._finish(AGGREGATOR, [a])
-        if node == join_node(len(self.topology.layers)):
+        if node == layer_exit(self.topology, len(self.topology.layers)):
             self._run(CRITIC)
         if node == _stage_before_aggregator(self.topology):
             self._run(AGGREGATOR)

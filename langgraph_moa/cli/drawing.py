@@ -24,8 +24,8 @@ from langgraph_moa.graphs.builder import (
     join_node,
     proposer_node,
 )
-from langgraph_moa.nodes.names import RANK, SELECT, WINDOW
-from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, Topology
+from langgraph_moa.nodes.names import RANK, SELECT, WINDOW, layer_exit
+from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, LayerJoin, Topology
 
 __all__ = ["SUPPORTED_SUFFIXES", "to_html", "to_svg", "write_drawing"]
 
@@ -111,6 +111,14 @@ def _early_stop_label(setting: EarlyStop) -> str:
     return f"stop if similarity \u2265 {setting.similarity:g}"
 
 
+def _join_label(join: LayerJoin, judge: Agent) -> str:
+    """A layer join that asks a model: what it passes on, and its judge."""
+    if join.mode == "select":
+        return f"select (USC) · {judge.model} · passes on 1"
+    keep = join.keep or 1
+    return f"rank {join.judge} · {judge.model} · passes on the top {keep}"
+
+
 def _mode_annotations(agg: Aggregator) -> dict[str, tuple[str, str | None]]:
     """The aggregator (and its deciding node), labelled with the mode it works in."""
     model = _model_label(agg)
@@ -147,10 +155,18 @@ def _annotations(topology: Topology) -> dict[str, tuple[str, str | None]]:
             limits.append(f"deadline {layer.deadline_s:g} s")
         if layer.min_proposals > 1:
             limits.append(f"min {layer.min_proposals}")
-        if layer.join is not None and layer.join.mode == "vote":
-            limits.append(f"passes on the majority ({layer.join.extract})")
-        if layer.early_stop is not None:
-            limits.append(_early_stop_label(layer.early_stop))
+        join = layer.join
+        if join is not None and join.mode == "vote":
+            limits.append(f"passes on the majority ({join.extract})")
+        stop = [_early_stop_label(layer.early_stop)] if layer.early_stop is not None else []
+        judge = topology.join_agent(number)
+        if join is not None and judge is not None:  # its own node, which checks the early stop
+            known[layer_exit(topology, number)] = (
+                "judge",
+                " · ".join([_join_label(join, judge), *stop]),
+            )
+        else:
+            limits += stop
         known[join_node(number)] = ("join", " · ".join(limits) or None)
     if topology.critic is not None:
         known[CRITIC] = ("critic", _model_label(topology.critic))
@@ -485,6 +501,10 @@ def _table(topology: Topology) -> str:
             node = proposer_node(number, agent.name or "")
             first = f'<td rowspan="{len(layer.proposers)}">{role}</td>' if index == 0 else ""
             rows.append(_agent_row(first, node, agent))
+        judge = topology.join_agent(number)
+        if judge is not None and layer.join is not None:
+            join_role = f"L{number} join<br><small>mode {escape(layer.join.mode)}</small>"
+            rows.append(_agent_row(f"<td>{join_role}</td>", layer_exit(topology, number), judge))
     if topology.critic is not None:
         rows.append(_agent_row("<td>critic</td>", CRITIC, topology.critic))
     mode = topology.aggregator.mode

@@ -25,6 +25,7 @@ from langgraph_moa.nodes.names import (
     PREPARE,
     REVIEW,
     join_node,
+    layer_exit,
     layer_of,
     proposer_node,
 )
@@ -205,7 +206,9 @@ async def history(
 
 def _stage_of(node: str, topology: Topology) -> str:
     """The stage a fork point names: a proposer of the topology stands for its layer's join."""
-    stages = [PREPARE, *(join_node(i) for i in range(1, len(topology.layers) + 1))]
+    stages = [PREPARE]
+    for i in range(1, len(topology.layers) + 1):  # a join, and its judge's node if it has one
+        stages += dict.fromkeys([join_node(i), layer_exit(topology, i)])
     if topology.critic is not None:
         stages.append(CRITIC)
     if topology.review == "before_aggregate":

@@ -1,10 +1,11 @@
 """Topology -> LangGraph StateGraph.
 
 Shape: ``prepare`` -> every proposer of layer 1 (concurrent, one named node each, e.g.
-``L1/qwen72``) -> ``L1/join`` -> layer 2 ... -> ``critic`` (optional) -> ``review`` (optional)
--> the mode's deciding node (``select``, ``rank`` or ``window``; none for synthesize and vote)
--> ``aggregator``. A layer with ``early_stop`` leaves its join by a conditional edge: to the next
-layer's proposers, or straight to the first of those final nodes.
+``L1/qwen72``) -> ``L1/join`` (-> ``L1/select`` or ``L1/rank`` when the layer's join asks a
+model) -> layer 2 ... -> ``critic`` (optional) -> ``review`` (optional) -> the mode's deciding
+node (``select``, ``rank`` or ``window``; none for synthesize and vote) -> ``aggregator``. A
+layer with ``early_stop`` leaves its last node by a conditional edge: to the next layer's
+proposers, or straight to the first of those final nodes.
 What runs is exactly what ``get_graph()`` draws.
 
 Each node is its coroutine wrapped in :class:`NodeRunnable`, which runs it under the async API
@@ -29,7 +30,7 @@ from langgraph_moa.nodes.cache import DEFAULT_CACHE, ProposalCache
 from langgraph_moa.nodes.critique import make_critic
 from langgraph_moa.nodes.early_stop import route_after_check, with_early_stop
 from langgraph_moa.nodes.join import make_join
-from langgraph_moa.nodes.layer_join import with_layer_vote
+from langgraph_moa.nodes.layer_join import make_layer_judge, with_layer_vote
 from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
@@ -40,6 +41,7 @@ from langgraph_moa.nodes.names import (
     SELECT,
     WINDOW,
     join_node,
+    layer_exit,
     proposer_node,
 )
 from langgraph_moa.nodes.prepare import make_prepare
@@ -197,21 +199,36 @@ def build_state_graph(
                 graph.add_edge(previous, node)
             position += agent.n
         join = join_node(layer_no)
-        joined = make_join(layer_no, topology, prices=prices)
+        # the layer's last nodes: its join, then (a join that asks a model) the judge's node
+        steps: list[tuple[str, Node]] = [(join, make_join(layer_no, topology, prices=prices))]
+        judge_agent = topology.join_agent(layer_no)
         if layer.join is not None and layer.join.mode == "vote":
-            joined = with_layer_vote(joined, layer=layer_no, setting=layer.join)
+            steps[0] = (join, with_layer_vote(steps[0][1], layer=layer_no, setting=layer.join))
+        elif layer.join is not None and judge_agent is not None:
+            name = layer_exit(topology, layer_no)
+            judged = make_layer_judge(
+                judge_agent, layer=layer_no, setting=layer.join, node=name, prices=prices
+            )
+            steps.append((name, judged))
+        exit_name, exit_node = steps[-1]
         if layer.early_stop is not None:  # a conditional edge: the next layer, or the finals
-            joined = with_early_stop(
-                joined, layer=layer_no, setting=layer.early_stop, topology=topology
+            steps[-1] = (
+                exit_name,
+                with_early_stop(
+                    exit_node, layer=layer_no, setting=layer.early_stop, topology=topology
+                ),
             )
             following = layer_nodes[layer_no]
             route = route_after_check(layer_no, following, finals[0][0])
-            graph.add_conditional_edges(join, route, [*following, finals[0][0]])
+            graph.add_conditional_edges(exit_name, route, [*following, finals[0][0]])
             previous = ""
         else:
-            previous = join
-        _add(graph, join, joined)
+            previous = exit_name
+        for name, node_fn in steps:
+            _add(graph, name, node_fn)
         graph.add_edge(layer_nodes[layer_no - 1], join)
+        if len(steps) > 1:
+            graph.add_edge(join, exit_name)
     for name, node_fn in finals:
         _add(graph, name, node_fn)
         graph.add_edge(previous, name)

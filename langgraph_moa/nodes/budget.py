@@ -1,8 +1,9 @@
 """Per-query budgets: a worst-case estimate of what a topology costs, and the plan that fits.
 
 The estimate assumes every call writes its full ``max_tokens`` and that each layer passes all of
-its answers on; prompt sizes are estimated at about 4 characters per token. Prices come from the
-price table; a budget in USD refuses models without a known price.
+its answers on (a ``select`` or ``rank`` join: the one or the ``keep`` it names); prompt sizes
+are estimated at about 4 characters per token. Prices come from the price table; a budget in
+USD refuses models without a known price.
 
 When the stages still to run could exceed the budget, the plan shrinks in this order:
   1. drop the critic;
@@ -30,6 +31,7 @@ from langgraph_moa.nodes.names import (
     RANK,
     SELECT,
     WINDOW,
+    layer_exit,
     layer_of,
     proposer_node,
 )
@@ -108,11 +110,14 @@ def estimate(
     from_layer: int = 1,
     skipped: Sequence[str] = (),
     previous_refs_tokens: int | None = None,
+    pending_join: bool = False,
 ) -> Estimate:
-    """Worst case of layers ``from_layer``..last, the critic and the aggregator.
+    """Worst case of layers ``from_layer``..last (each with its join's judge, if any), the
+    critic and the aggregator.
 
     ``previous_refs_tokens`` is the real size of the answers of layer ``from_layer - 1`` when
-    it has already run (default: its worst case).
+    it has already run (default: its worst case); ``pending_join``: that layer's join judge has
+    yet to run (re-planning in its join node).
     """
     conv = message_tokens(conversation)
     out = Estimate()
@@ -122,6 +127,8 @@ def estimate(
         if from_layer > 1:
             layer = topology.layers[from_layer - 2]
             refs = sum(a.max_tokens * a.n for a in layer.proposers)
+    if pending_join and from_layer > 1:  # the previous layer's judge has yet to run
+        refs = _join_judge(topology, from_layer - 1, out, conv, refs, prices)
     for number in range(from_layer, len(topology.layers) + 1):
         layer = topology.layers[number - 1]
         produced = 0
@@ -132,7 +139,7 @@ def estimate(
             fixed = _fixed_tokens(agent, SYNTHESIZE_PROMPT if refs else "")
             out.add(node, agent, conv + fixed + refs, prices)
             produced += agent.max_tokens * agent.n
-        refs = produced
+        refs = _join_judge(topology, number, out, conv, produced, prices)
     if topology.critic is not None and CRITIC not in skipped:
         out.add(
             CRITIC,
@@ -145,13 +152,33 @@ def estimate(
     return out
 
 
+def _join_judge(
+    topology: Topology, number: int, out: Estimate, conv: int, refs: int, prices: PriceTable
+) -> int:
+    """Add the worst case of layer ``number``'s join judge (select, rank); return the size of
+    what the layer passes on (all of ``refs`` for the other joins)."""
+    layer = topology.layers[number - 1]
+    agent = topology.join_agent(number)
+    if agent is None or layer.join is None:
+        return refs
+    size = max(layer.size, 1)
+    judging = conv + _fixed_tokens(agent, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT)
+    node = layer_exit(topology, number)
+    if layer.join.mode == "rank" and layer.join.judge == "pairwise":
+        for _ in range(layer.join.requests_for(size)):
+            out.add(node, agent, judging + 2 * refs // size, prices)
+    elif layer.join.requests_for(size):
+        out.add(node, agent, judging + refs, prices)
+    return refs * layer.passes_on // size
+
+
 def _final_steps(
     topology: Topology, out: Estimate, conv: int, refs: int, prices: PriceTable
 ) -> None:
     """Worst case of the aggregator's mode: its judge or window calls, then the synthesis
     (counted whenever a rule may call for one; a vote that may not costs nothing)."""
     agg = topology.aggregator
-    size = max(topology.layers[-1].size, 1)
+    size = max(topology.layers[-1].passes_on, 1)
     synthesis = conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs
     judging = conv + _fixed_tokens(agg, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT)
     if agg.mode == "synthesize":
@@ -213,6 +240,7 @@ def plan(
     spent_tokens: int,
     already_skipped: Sequence[str] = (),
     previous_refs_tokens: int | None = None,
+    pending_join: bool = False,
 ) -> Ledger:
     """The ledger for the stages still to run: what to skip so the worst case fits."""
     budget = topology.budget
@@ -227,6 +255,7 @@ def plan(
             from_layer=from_layer,
             skipped=skipped,
             previous_refs_tokens=previous_refs_tokens,
+            pending_join=pending_join,
         )
 
     check_priced(topology, prices)

@@ -1,7 +1,8 @@
-"""Early stop (adaptive depth): after a layer with an ``early_stop`` setting, its join checks
-whether the answers agree (the share giving the most common extracted answer, or their mean
-pairwise word overlap) and, if they do, the graph goes straight on to the final steps. The
-check is recorded either way; the layers it skips are listed, and cost nothing.
+"""Early stop (adaptive depth): after a layer with an ``early_stop`` setting, its last node (the
+join, or the join's judge node when the join asks a model) checks whether all of the layer's
+answers agree (the share giving the most common extracted answer, or their mean pairwise word
+overlap) and, if they do, the graph goes straight on to the final steps. The check is recorded
+either way; the layers it skips are listed, and cost nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from langgraph_moa.nodes.extract import tally
 from langgraph_moa.nodes.hygiene import candidates, mean_similarity
-from langgraph_moa.nodes.names import join_node, proposer_node
+from langgraph_moa.nodes.names import join_node, layer_exit, proposer_node
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import EarlyStopRecord, MoAState
 from langgraph_moa.spec.topology import EarlyStop, Topology
@@ -41,17 +42,15 @@ def _measure(setting: EarlyStop, texts: list[str]) -> tuple[str, float, float, s
 def with_early_stop(join: Node, *, layer: int, setting: EarlyStop, topology: Topology) -> Node:
     """``join`` followed by the agreement check of ``layer``."""
     later = range(layer + 1, len(topology.layers) + 1)
-    skipped_nodes = [
-        node
-        for number in later
-        for node in [
-            *(proposer_node(number, a.name or "") for a in topology.layers[number - 1].proposers),
-            join_node(number),
-        ]
-    ]
+    skipped_nodes: list[str] = []
+    for number in later:  # its proposers, its join, then its join's judge node if it has one
+        proposers = topology.layers[number - 1].proposers
+        skipped_nodes += [proposer_node(number, a.name or "") for a in proposers]
+        skipped_nodes += dict.fromkeys([join_node(number), layer_exit(topology, number)])
 
     async def join_and_check(state: MoAState) -> dict[str, Any]:
         update = await join(state)
+        # every answer of the layer: this layer's join record is in ``update``, not yet in state
         texts = [p["text"] or "" for p in candidates(state, layer)]
         measure, value, threshold, seen, stop = _measure(setting, texts)
         verdict = "at least" if stop else "below"

@@ -85,7 +85,8 @@ def answer_layer(state: MoAState, last: int) -> int:
 
 def candidates(state: MoAState, layer: int) -> list[Proposal]:
     """The successful proposals of ``layer`` (1-based) with text, in layer order; of those,
-    only what the layer's join passed on when it has a ``join`` setting."""
+    only what the layer's join passed on, in the order it passed them (a rank join: best
+    first), when it has a ``join`` setting."""
     layers = state.get("layers") or []
     if layer < 1 or layer > len(layers):
         return []
@@ -93,8 +94,8 @@ def candidates(state: MoAState, layer: int) -> list[Proposal]:
     answered = [p for p in everyone if p["ok"] and p["text"]]
     for join in state.get("joins") or []:  # a layer that passes on only some of its answers
         if join["layer"] == layer:
-            passed = set(join["passed"])
-            return [p for p in answered if proposal_ref(p, everyone) in passed]
+            by_name = {proposal_ref(p, everyone): p for p in answered}
+            return [by_name[name] for name in join["passed"] if name in by_name]
     return answered
 
 

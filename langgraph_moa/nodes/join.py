@@ -18,6 +18,7 @@ __all__ = ["make_join"]
 
 def make_join(layer: int, topology: Topology, *, prices: PriceTable) -> Node:
     quorum = topology.layers[layer - 1].min_proposals
+    judged = topology.join_agent(layer) is not None  # a judge node runs after this one
 
     async def join(state: MoAState) -> dict[str, Any]:
         """The layer is complete: go on if it reached its quorum, within the budget."""
@@ -42,6 +43,7 @@ def make_join(layer: int, topology: Topology, *, prices: PriceTable) -> Node:
             spent_tokens=usage["total_tokens"],
             already_skipped=old["skipped"],
             previous_refs_tokens=sum(estimate_tokens(t) for t in ok_texts(state, layer)),
+            pending_join=judged,
         )
         restored = [
             f"restored {node}: layer {layer} cost less than its worst case"

@@ -1,18 +1,30 @@
-"""A layer's ``join: {mode: vote}``: after the layer, only the answers giving the majority
-answer (by an extractor) are passed on to the next layer or the final steps; a tie, or no
-readable answer, passes every answer on. No model call; the choice is recorded in ``joins``."""
+"""What a layer with a ``join`` setting passes on, recorded in ``joins`` with the reason.
+
+- ``vote`` runs in the layer's join node (no model call): only the answers giving the majority
+  answer (by an extractor) go on; a tie, or no readable answer, passes every answer on.
+- ``select`` and ``rank`` ask a model (the join's judge) in a node of their own after the join,
+  ``L<i>/select`` or ``L<i>/rank``: the answer the judge names as the most consistent goes on
+  alone, or the judge's top ``keep`` answers go on, best first. A failed or unreadable judge
+  reply passes every answer on (``select``, or the first with ``on_no_answer: first``) or keeps
+  layer order (``rank``), and marks the run degraded.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from langgraph_moa.nodes.calls import ModelPool, Outcome, usage_update
 from langgraph_moa.nodes.extract import tally
-from langgraph_moa.nodes.hygiene import candidates, refs_of
+from langgraph_moa.nodes.hygiene import Arranger, candidates, refs_of
+from langgraph_moa.nodes.judging import judge
+from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
 from langgraph_moa.nodes.propose import Node
+from langgraph_moa.nodes.rank import describe_ranking, rank_candidates
 from langgraph_moa.nodes.state import JoinRecord, MoAState
-from langgraph_moa.spec.topology import LayerJoin
+from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.topology import Agent, LayerJoin
 
-__all__ = ["with_layer_vote"]
+__all__ = ["make_layer_judge", "with_layer_vote"]
 
 
 def with_layer_vote(join: Node, *, layer: int, setting: LayerJoin) -> Node:
@@ -37,3 +49,76 @@ def with_layer_vote(join: Node, *, layer: int, setting: LayerJoin) -> Node:
         return {**update, "joins": [record]}
 
     return join_and_vote
+
+
+def make_layer_judge(
+    agent: Agent, *, layer: int, setting: LayerJoin, node: str, prices: PriceTable
+) -> Node:
+    """The ``L<i>/select`` or ``L<i>/rank`` node of a layer whose join asks a model."""
+    pool = ModelPool(agent.model_copy(update={"n": 1}))
+    arranger = Arranger(setting.references, node)
+
+    async def layer_judge(state: MoAState) -> dict[str, Any]:
+        kept, references = arranger.keep(state, layer)
+        refs = refs_of(state, layer, kept)
+        record = JoinRecord(
+            layer=layer, mode=setting.mode, passed=[], votes={}, reason="", references=references
+        )
+        degraded = False
+        if setting.mode == "select":
+            if len(kept) < 2:
+                record["passed"], record["winner"], record["calls"] = refs, None, []
+                record["reason"] = f"{len(kept)} answer(s): nothing to select from, all go on"
+                return {"joins": [record]}
+            order = arranger.order(len(kept))
+            names = [refs[k] for k in order]
+            judged = await judge(
+                pool, agent, state, [kept[k] for k in order], names, SELECT_REQUEST_PROMPT
+            )
+            calls = [judged]
+            record["calls"] = [judged.call]
+            if judged.picks:
+                chosen = names[judged.picks[0]]
+                record["winner"], record["passed"] = chosen, [chosen]
+                record["reason"] = (
+                    f"the judge ({agent.model}) named answer {judged.picks[0] + 1} of "
+                    f"{len(names)} as shown, which is {chosen}: only it goes on"
+                )
+            else:
+                degraded = True
+                what = (
+                    f"the judge failed ({judged.call['error']})"
+                    if judged.call["error"]
+                    else "the judge's reply named no answer"
+                )
+                record["winner"] = None
+                if setting.on_no_answer == "first":
+                    record["passed"] = refs[:1]
+                    record["reason"] = f"{what}; rule 'first': {refs[0]} goes on"
+                else:
+                    record["passed"] = refs
+                    record["reason"] = f"{what}; rule 'all': every answer goes on"
+        else:
+            ranked = await rank_candidates(
+                pool, agent, state, kept, refs, judge_mode=setting.judge, arranger=arranger
+            )
+            calls = ranked.calls
+            keep = setting.keep or 1
+            ranking = [refs[k] for k in ranked.order]
+            record["ranking"], record["passed"] = ranking, ranking[:keep]
+            record["calls"] = [c.call for c in calls]
+            if ranked.scores is not None:
+                record["scores"] = ranked.scores
+            how = describe_ranking(ranked, agent, setting.judge)
+            record["reason"] = f"{how}: {' > '.join(ranking)}; the top {keep} go on"
+            degraded = ranked.unread > 0
+        update: dict[str, Any] = {"joins": [record]}
+        outcomes: list[Outcome] = [o for c in calls for o in c.outcomes]
+        requests = sum(c.requests for c in calls)
+        if requests:
+            update["usage"] = usage_update(agent.model, outcomes, requests, prices)
+        if degraded:
+            update["degraded"] = True
+        return update
+
+    return layer_judge

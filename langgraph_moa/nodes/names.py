@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from langgraph_moa.spec.topology import JUDGED_JOINS, Topology
+
 __all__ = [
     "AGGREGATOR",
     "CRITIC",
@@ -13,7 +15,9 @@ __all__ = [
     "REVIEW",
     "SELECT",
     "WINDOW",
+    "join_judge_node",
     "join_node",
+    "layer_exit",
     "layer_of",
     "proposer_node",
 ]
@@ -37,6 +41,20 @@ def proposer_node(layer: int, name: str) -> str:
 
 def join_node(layer: int) -> str:
     return f"L{layer}/join"
+
+
+def join_judge_node(layer: int, mode: str) -> str:
+    """The node of a join that asks a model: ``L2/select`` or ``L2/rank``."""
+    return f"L{layer}/{mode}"
+
+
+def layer_exit(topology: Topology, layer: int) -> str:
+    """The last node of ``layer``: its join's judge node when the join asks a model, else the
+    join node. The next layer (or the final steps) starts after it."""
+    join = topology.layers[layer - 1].join
+    if join is not None and join.mode in JUDGED_JOINS:
+        return join_judge_node(layer, join.mode)
+    return join_node(layer)
 
 
 def layer_of(node: str) -> int | None:

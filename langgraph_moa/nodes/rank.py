@@ -1,5 +1,6 @@
 """``rank`` mode, the ``rank`` node: the aggregator's model ranks the candidates, then the
-aggregator answers with the best one verbatim, or (``fuse: k``) synthesizes the top k.
+aggregator answers with the best one verbatim, or (``fuse: k``) synthesizes the top k. A
+layer's ``join: {mode: rank}`` ranks the same way (:func:`rank_candidates`).
 
 ``judge: listwise`` is one call that orders every candidate. ``judge: pairwise`` asks about
 every pair twice, once in each order, so a judge that prefers a position cannot decide: a pair
@@ -10,6 +11,7 @@ a listwise reply leaves out rank last, in layer order; equal scores keep layer o
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
@@ -20,75 +22,109 @@ from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, RANK_REQUEST_PR
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, MoAState, Proposal
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Aggregator
+from langgraph_moa.spec.topology import Agent, Aggregator
 
-__all__ = ["make_ranker"]
+__all__ = ["Ranked", "describe_ranking", "make_ranker", "rank_candidates"]
+
+
+@dataclass
+class Ranked:
+    """A ranking of some candidates: positions best first, pairwise scores by name (None when
+    listwise), and every judge call made."""
+
+    order: list[int]
+    scores: dict[str, float] | None
+    calls: list[Judged]
+
+    @property
+    def unread(self) -> int:
+        """Judge replies that named no candidate (or failed)."""
+        return sum(1 for c in self.calls if not c.picks)
+
+
+async def rank_candidates(
+    pool: ModelPool,
+    agent: Agent,
+    state: MoAState,
+    kept: list[Proposal],
+    refs: list[str],
+    *,
+    judge_mode: str,
+    arranger: Arranger,
+) -> Ranked:
+    """Rank ``kept`` (named ``refs``) with ``agent``, listwise or pairwise: the aggregator's rank
+    mode and a layer's rank join both do this. One candidate ranks first with no call."""
+    if len(kept) < 2:
+        return Ranked(list(range(len(kept))), None, [])
+    if judge_mode != "pairwise":
+        order = arranger.order(len(kept))
+        shown = [kept[k] for k in order]
+        judged = await judge(
+            pool, agent, state, shown, [refs[k] for k in order], RANK_REQUEST_PROMPT
+        )
+        ranked = [order[k] for k in judged.picks]
+        ranked += [k for k in range(len(kept)) if k not in ranked]
+        return Ranked(ranked, None, [judged])
+    pairs = list(permutations(range(len(kept)), 2))  # (i, j) and (j, i): both orders
+    results: dict[tuple[int, int], Judged] = {}
+
+    async def one(i: int, j: int) -> None:
+        results[(i, j)] = await judge(
+            pool, agent, state, [kept[i], kept[j]], [refs[i], refs[j]], PAIRWISE_REQUEST_PROMPT
+        )
+
+    async with asyncio.TaskGroup() as group:  # cancelled together with the node
+        for i, j in pairs:
+            group.create_task(one(i, j))
+    scores = [0.0] * len(kept)
+    for i, j in (p for p in pairs if p[0] < p[1]):
+        forward, backward = results[(i, j)].picks[:1], results[(j, i)].picks[:1]
+        first = [i, j][forward[0]] if forward else None
+        second = [j, i][backward[0]] if backward else None
+        if first is not None and first == second:
+            scores[first] += 1.0
+        else:
+            scores[i] += 0.5
+            scores[j] += 0.5
+    ranked = sorted(range(len(kept)), key=lambda k: -scores[k])
+    return Ranked(ranked, dict(zip(refs, scores, strict=True)), [results[p] for p in pairs])
+
+
+def describe_ranking(ranked: Ranked, agent: Agent, judge_mode: str) -> str:
+    """How the ranking came about, in words (failed or unread judge calls included)."""
+    how = f"{judge_mode} judging by {agent.model}"
+    calls = ranked.calls
+    if calls and ranked.unread == len(calls):
+        how += " failed (no reply named a candidate), so layer order stands"
+    elif ranked.unread:
+        how += f" ({ranked.unread} of {len(calls)} replies named no candidate)"
+    return how
 
 
 def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
     pool = ModelPool(agg.model_copy(update={"n": 1}))
     arranger = Arranger(agg.references, node)
 
-    async def listwise(
-        state: MoAState, kept: list[Proposal], refs: list[str]
-    ) -> tuple[list[int], dict[str, float] | None, list[Judged]]:
-        order = arranger.order(len(kept))
-        shown = [kept[k] for k in order]
-        judged = await judge(pool, agg, state, shown, [refs[k] for k in order], RANK_REQUEST_PROMPT)
-        ranked = [order[k] for k in judged.picks]
-        ranked += [k for k in range(len(kept)) if k not in ranked]
-        return ranked, None, [judged]
-
-    async def pairwise(
-        state: MoAState, kept: list[Proposal], refs: list[str]
-    ) -> tuple[list[int], dict[str, float] | None, list[Judged]]:
-        pairs = list(permutations(range(len(kept)), 2))  # (i, j) and (j, i): both orders
-        results: dict[tuple[int, int], Judged] = {}
-
-        async def one(i: int, j: int) -> None:
-            results[(i, j)] = await judge(
-                pool, agg, state, [kept[i], kept[j]], [refs[i], refs[j]], PAIRWISE_REQUEST_PROMPT
-            )
-
-        async with asyncio.TaskGroup() as group:  # cancelled together with the node
-            for i, j in pairs:
-                group.create_task(one(i, j))
-        scores = [0.0] * len(kept)
-        for i, j in (p for p in pairs if p[0] < p[1]):
-            forward, backward = results[(i, j)].picks[:1], results[(j, i)].picks[:1]
-            first = [i, j][forward[0]] if forward else None
-            second = [j, i][backward[0]] if backward else None
-            if first is not None and first == second:
-                scores[first] += 1.0
-            else:
-                scores[i] += 0.5
-                scores[j] += 0.5
-        ranked = sorted(range(len(kept)), key=lambda k: -scores[k])
-        return ranked, dict(zip(refs, scores, strict=True)), [results[p] for p in pairs]
-
     async def rank(state: MoAState) -> dict[str, Any]:
         layer = answer_layer(state, last_layer)
         kept, references = arranger.keep(state, layer)
         refs = refs_of(state, layer, kept)
-        way = pairwise if agg.judge == "pairwise" else listwise
-        ranked, scores, calls = await way(state, kept, refs) if len(kept) > 1 else ([0], None, [])
+        ranked = await rank_candidates(
+            pool, agg, state, kept, refs, judge_mode=agg.judge, arranger=arranger
+        )
+        calls = ranked.calls
         outcomes: list[Outcome] = [o for c in calls for o in c.outcomes]
         requests = sum(c.requests for c in calls)
-        ranking = [refs[k] for k in ranked]
+        ranking = [refs[k] for k in ranked.order]
         record = AggregationRecord(
             mode="rank",
             ranking=ranking,
             calls=[c.call for c in calls],
             references=references,
         )
-        if scores is not None:
-            record["scores"] = scores
-        unread = sum(1 for c in calls if not c.picks)
-        how = f"{agg.judge} judging by {agg.model}"
-        if calls and unread == len(calls):
-            how += " failed (no reply named a candidate), so layer order stands"
-        elif unread:
-            how += f" ({unread} of {len(calls)} replies named no candidate)"
+        if ranked.scores is not None:
+            record["scores"] = ranked.scores
+        how = describe_ranking(ranked, agg, agg.judge)
         if agg.fuse:
             record["winner"] = None
             record["used"] = ranking[: agg.fuse]
@@ -99,7 +135,7 @@ def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
         update: dict[str, Any] = {"aggregation": record}
         if calls:
             update["usage"] = usage_update(agg.model, outcomes, requests, prices)
-        if unread:
+        if ranked.unread:
             update["degraded"] = True
         return update
 

@@ -1,6 +1,7 @@
 """``select`` mode, the ``select`` node: the aggregator's model reads the candidates and names
 the most consistent one (Universal Self-Consistency); the aggregator then answers with that
-candidate verbatim. A failed call or a reply naming no candidate follows ``on_no_answer``."""
+candidate verbatim. A failed call or a reply naming no candidate follows ``on_no_answer``; a
+sole candidate is the answer without a call."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceT
         layer = answer_layer(state, last_layer)
         kept, references = arranger.keep(state, layer)
         refs = refs_of(state, layer, kept)
+        if len(kept) == 1:  # a sole candidate is the most consistent one: nothing to ask
+            record = AggregationRecord(
+                mode="select",
+                calls=[],
+                references=references,
+                winner=refs[0],
+                reason=f"one candidate, {refs[0]}: no selection needed",
+            )
+            return {"aggregation": record}
         order = arranger.order(len(kept))
         names = [refs[k] for k in order]
         judged = await judge(

@@ -328,10 +328,15 @@ class JoinRecord(TypedDict):
     """What a layer with a ``join`` setting passed on, and why."""
 
     layer: int
-    mode: str
-    passed: list[str]  # the proposals the next step sees
-    votes: dict[str, int]
+    mode: str  # vote, select or rank
+    passed: list[str]  # the proposals the next step sees, in the order it sees them
+    votes: dict[str, int]  # vote: answer -> how many answers gave it (empty otherwise)
     reason: str
+    winner: NotRequired[str | None]  # select: the answer the judge named (None: it named none)
+    ranking: NotRequired[list[str]]  # rank: every answer, best first
+    scores: NotRequired[dict[str, float]]  # rank (pairwise): answer -> wins
+    calls: NotRequired[list[JudgeCall]]  # select/rank: each judge call, what it saw and said
+    references: NotRequired[ReferencesRecord | None]  # answers the judge was not shown
 
 
 class EarlyStopRecord(TypedDict):

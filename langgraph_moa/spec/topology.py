@@ -22,6 +22,7 @@ from langgraph_moa.spec.providers import known_providers, provider_kind, request
 
 __all__ = [
     "DEFAULT_PRESET",
+    "JUDGED_JOINS",
     "MAX_LAYERS",
     "MAX_PROPOSERS_PER_LAYER",
     "Agent",
@@ -46,8 +47,9 @@ _MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
 # The preset used when none is named (CLI, chat model, Studio): runs offline, needs no key.
 DEFAULT_PRESET = "local"
 
-# Names a proposer cannot take: each layer's own join node is "L<i>/join".
-RESERVED_NAMES = frozenset({"join"})
+# Names a proposer cannot take: each layer's own join node is "L<i>/join", and a join that asks
+# a model has a node "L<i>/select" or "L<i>/rank" after it.
+RESERVED_NAMES = frozenset({"join", "select", "rank"})
 # Size limits: far above any useful MoA (the paper's largest is 3 layers of 6), low enough that a
 # small file cannot expand (YAML aliases) into a graph that takes minutes and gigabytes to build.
 MAX_LAYERS = 16
@@ -232,21 +234,115 @@ class EarlyStop(_Strict):
         return self
 
 
-class LayerJoin(_Strict):
-    """What a layer passes on: all its answers, or (``vote``) only those giving the majority
-    answer by an extractor; a tie or no readable answer passes all on."""
+JoinMode = Literal["all", "vote", "select", "rank"]
+# join modes that call a model (the judge), in a node of their own after the layer's join
+JUDGED_JOINS: tuple[str, ...] = ("select", "rank")
 
-    mode: Literal["all", "vote"] = "all"
-    extract: Extractor | None = None
+
+class LayerJoin(_Strict):
+    """What a layer passes on to the next layer (or to the final steps, after the last layer).
+
+    - ``all`` (default): every answer;
+    - ``vote``: only the answers giving the majority answer by an extractor (no model call; a
+      tie, or no readable answer, passes all on);
+    - ``select``: a model (the judge) names the most consistent answer, which alone goes on
+      (Universal Self-Consistency between layers);
+    - ``rank``: the judge ranks the answers (``judge: listwise``, or ``pairwise`` in both
+      orders) and the top ``keep`` go on, best first.
+
+    A layer has no ``fuse``: the next layer's proposers (or the aggregator) already write from
+    what they are shown, so ``rank`` with ``keep: k`` is the layer's way to fuse the top k.
+    """
+
+    mode: JoinMode = "all"
+    extract: Extractor | None = Field(default=None, description="vote: how to read an answer.")
     pattern: str | None = Field(default=None, description="The regex of extract: regex.")
+    model: str | None = Field(default=None, description='select/rank: the judge, "provider:model".')
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="select/rank: the judge's.")
+    max_tokens: int = Field(default=256, gt=0, description="select/rank: the judge's reply limit.")
+    judge: Literal["listwise", "pairwise"] = Field(
+        default="listwise",
+        description="rank: one call ranking all, or every pair judged in both orders.",
+    )
+    keep: int | None = Field(
+        default=None, ge=1, description="rank: how many of the best answers go on (default 1)."
+    )
+    on_no_answer: Literal["all", "first"] = Field(
+        default="all",
+        description="select: when the judge fails or names no answer, pass all on, or the first.",
+    )
+    references: References | None = Field(
+        default=None,
+        description="select/rank: how the judge is shown the answers (order, outlier filter).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fuse(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "fuse" in data:
+            raise ValueError(
+                "fuse belongs to the aggregator; a layer's rank join takes keep: k (the next "
+                "layer writes from the k it is shown)"
+            )
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str | None) -> str | None:
+        return None if value is None else Agent._check_model(value)
 
     @model_validator(mode="after")
-    def _extractor(self) -> LayerJoin:
-        if self.mode == "vote":
+    def _mode_fields(self) -> LayerJoin:
+        mode = self.mode
+        if mode == "vote":
             _check_extractor(self.extract, self.pattern, what="join mode 'vote'")
         elif self.extract is not None or self.pattern is not None:
-            raise ValueError("extract applies only to join mode 'vote'")
+            raise ValueError(f"extract applies only to join mode 'vote', not {mode!r}")
+        if mode in JUDGED_JOINS and self.model is None:
+            raise ValueError(
+                f'join mode {mode!r} needs a model (the judge), e.g. model: "openai:gpt-4o"'
+            )
+        # a setting of another mode is an error; its default is not (a stored topology is read
+        # back with every field written out)
+        defaults = {name: field.default for name, field in LayerJoin.model_fields.items()}
+        changed = {name for name in defaults if getattr(self, name) != defaults[name]}
+        owners = {
+            "model": JUDGED_JOINS,
+            "references": JUDGED_JOINS,
+            "temperature": JUDGED_JOINS,
+            "max_tokens": JUDGED_JOINS,
+            "judge": ("rank",),
+            "keep": ("rank",),
+            "on_no_answer": ("select",),
+        }
+        for name, modes in owners.items():
+            if name in changed and mode not in modes:
+                where = (
+                    "join modes select and rank" if len(modes) > 1 else f"join mode {modes[0]!r}"
+                )
+                raise ValueError(f"{name} applies only to {where}, not {mode!r}")
         return self
+
+    @property
+    def calls_model(self) -> bool:
+        return self.mode in JUDGED_JOINS
+
+    def passes_on(self, size: int) -> int:
+        """How many answers go on from a layer of ``size`` when nothing fails or ties (a vote
+        may pass on all of them)."""
+        if self.mode == "select":
+            return min(size, 1)
+        if self.mode == "rank":
+            return min(size, self.keep or 1)
+        return size
+
+    def requests_for(self, size: int) -> int:
+        """Judge requests for a layer of ``size`` answers when nothing fails."""
+        if self.mode not in JUDGED_JOINS or size < 2:
+            return 0
+        if self.mode == "rank" and self.judge == "pairwise":
+            return size * (size - 1)
+        return 1
 
 
 class Aggregator(Agent):
@@ -320,10 +416,10 @@ class Aggregator(Agent):
         if self.mode == "vote":
             return 0
         if self.mode == "select":
-            return 1
+            return 1 if candidates > 1 else 0  # a sole candidate is chosen without a call
         if self.mode == "rank":
             judging = candidates * (candidates - 1) if self.judge == "pairwise" else 1
-            return judging + (1 if self.fuse else 0)
+            return (judging if candidates > 1 else 0) + (1 if self.fuse else 0)
         if self.mode == "self-moa-seq" and candidates > self.window:
             # the first window, then window - 1 new candidates per step beside the running answer
             return 1 + -(-(candidates - self.window) // (self.window - 1))
@@ -350,7 +446,9 @@ class Layer(_Strict):
         description="End the layered part after this layer when its answers agree.",
     )
     join: LayerJoin | None = Field(
-        default=None, description="What the layer passes on: all answers, or the majority's."
+        default=None,
+        description="What the layer passes on: all answers, the majority's (vote), the one a "
+        "judge selects (select), or the judge's top k (rank).",
     )
 
     @property
@@ -358,8 +456,17 @@ class Layer(_Strict):
         """Proposals the layer makes when nothing fails (an agent with n gives n)."""
         return sum(a.n for a in self.proposers)
 
+    @property
+    def passes_on(self) -> int:
+        """Answers the layer passes on when nothing fails or ties."""
+        return self.join.passes_on(self.size) if self.join is not None else self.size
+
     @model_validator(mode="after")
     def _name_proposers(self) -> Layer:
+        if self.join is not None and self.join.keep is not None and self.join.keep > self.size:
+            raise ValueError(
+                f"join.keep: {self.join.keep} is more than the layer's {self.size} answers"
+            )
         if self.min_proposals > self.size:
             raise ValueError(
                 f"min_proposals ({self.min_proposals}) is above the layer's size ({self.size})"
@@ -474,19 +581,41 @@ class Topology(_Strict):
                 "to skip (early_stop belongs on an earlier layer)"
             )
         agg = self.aggregator
-        if agg.fuse is not None and agg.fuse > last.size:
-            raise ValueError(
-                f"aggregator.fuse: {agg.fuse} is more than the last layer's {last.size} candidates"
+        if agg.fuse is not None and agg.fuse > last.passes_on:
+            given = (
+                f"the last layer's {last.size} candidates"
+                if last.passes_on == last.size
+                else f"the {last.passes_on} candidate(s) the last layer's join passes on"
             )
+            raise ValueError(f"aggregator.fuse: {agg.fuse} is more than {given}")
         if not agg.model:  # vote without a model: a tie's synthesis uses the last layer's
             object.__setattr__(
                 self, "aggregator", agg.model_copy(update={"model": last.proposers[0].model})
             )
         return self
 
+    def join_agent(self, number: int) -> Agent | None:
+        """The judge of layer ``number``'s join (1-based) when it calls a model (select, rank),
+        as an agent named ``L<i>-<mode>`` with the topology's retry and timeout."""
+        join = self.layers[number - 1].join
+        if join is None or not join.calls_model or join.model is None:
+            return None
+        return Agent(
+            name=f"L{number}-{join.mode}",
+            model=join.model,
+            temperature=join.temperature,
+            max_tokens=join.max_tokens,
+            retry=self.retry,
+            timeout_s=self.timeout_s,
+        )
+
     def agents(self) -> list[Agent]:
         """Every agent, in the order the graph may call them (the fallback agent last)."""
-        found = [a for layer in self.layers for a in layer.proposers]
+        found: list[Agent] = []
+        for number, layer in enumerate(self.layers, 1):
+            found += layer.proposers
+            if (judge := self.join_agent(number)) is not None:
+                found.append(judge)
         if self.critic:
             found.append(self.critic)
         found.append(self.aggregator)
@@ -497,9 +626,16 @@ class Topology(_Strict):
     def calls_per_query(self) -> int:
         """LLM requests one query makes when nothing fails (``n`` > 1 is one request where the
         provider accepts ``n``, else n requests)."""
-        regular = [a for a in self.agents() if a is not self.fallback and a is not self.aggregator]
-        return sum(requests_for(a) for a in regular) + self.aggregator.requests_for(
-            self.layers[-1].size
+        proposers = [a for layer in self.layers for a in layer.proposers]
+        if self.critic:
+            proposers.append(self.critic)
+        joins = sum(
+            layer.join.requests_for(layer.size) for layer in self.layers if layer.join is not None
+        )
+        return (
+            sum(requests_for(a) for a in proposers)
+            + joins
+            + self.aggregator.requests_for(self.layers[-1].passes_on)
         )
 
     @classmethod

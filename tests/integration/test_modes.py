@@ -469,3 +469,281 @@ async def test_a_layer_join_vote_passes_on_only_the_majority(fake: FakeOpenAI) -
     assert record["passed"] == ["L1/a", "L1/c"] and record["votes"] == {"42": 2, "41": 1}
     assert "2 of 3 answers give '42'" in record["reason"]
     assert [p["node"] for p in state["layers"][0]] == ["L1/a", "L1/b", "L1/c"]  # all recorded
+
+
+# --- a layer's join that asks a model: select and rank between layers ------------------------
+
+
+def layered(
+    answers: dict[str, str], join: dict[str, Any], next_layer: list[str], **layer: Any
+) -> Topology:
+    """Layer 1 proposes ``answers`` and joins by ``join``; layer 2 is ``next_layer``; the
+    aggregator synthesizes with model "agg"."""
+    return topo(answers, {"model": "openai:agg"}, next_layer, join=join, **layer)
+
+
+def shown_to(fake: FakeOpenAI, model: str) -> list[str]:
+    """The references the one request of ``model`` listed, in order."""
+    (request,) = fake.requests_for(model)
+    return re.findall(r"^\d+\. (.*)$", request.system or "", re.MULTILINE)
+
+
+def prefer_content(ranks: dict[str, int]) -> Any:
+    """A judge reply that reads the candidates: in a pair it names the better one wherever it
+    is shown; asked to rank them all, it lists them best first."""
+
+    def reply(body: dict[str, Any], number: int, choice: int) -> str:
+        text = body["messages"][-1]["content"]
+        listed = re.findall(r"^(\d+)\. (.*)$", text, re.MULTILINE)
+        best_first = sorted(listed, key=lambda item: -ranks.get(item[1], 0))
+        return " > ".join(number for number, _ in best_first)
+
+    return reply
+
+
+async def test_a_layer_select_join_passes_on_only_the_judged_answer(fake: FakeOpenAI) -> None:
+    answers = {"a": "Forty-one.", "b": "It is 42, as 6*7=42.", "c": "42."}
+    script(fake, answers)
+    fake.behave("judge", reply=scripted("Answer 2 agrees with the others most."))
+    fake.behave("d", reply=scripted("Layer two says 42."))
+    topology = layered(answers, {"mode": "select", "model": "openai:judge"}, ["d"])
+    assert topology.calls_per_query() == 3 + 1 + 1 + 1
+    state = await ask(topology)
+    assert sorted(r.model for r in fake.requests) == ["a", "agg", "b", "c", "d", "judge"]
+    (judged,) = fake.requests_for("judge")
+    assert "1. Forty-one.\n2. It is 42, as 6*7=42.\n3. 42." in judged.messages[-1]["content"]
+    assert judged.body.get("temperature") == 0.0  # a join's judge defaults to temperature 0
+    assert shown_to(fake, "d") == ["It is 42, as 6*7=42."]  # the chosen answer, verbatim
+    (record,) = state["joins"]
+    assert record["mode"] == "select" and record["layer"] == 1
+    assert record["winner"] == "L1/b" and record["passed"] == ["L1/b"]
+    assert record["calls"][0]["pick"] == "L1/b"
+    assert record["calls"][0]["shown"] == ["L1/a", "L1/b", "L1/c"]
+    assert "named answer 2 of 3 as shown, which is L1/b" in record["reason"]
+    assert state["usage"]["by_model"]["openai:judge"]["calls"] == 1
+    assert state["degraded"] is False and shown_to(fake, "agg") == ["Layer two says 42."]
+
+
+async def test_a_layer_select_join_that_names_nothing_follows_its_rule(fake: FakeOpenAI) -> None:
+    answers = {"a": "first", "b": "second"}
+    script(fake, answers)
+    fake.behave("judge", reply=scripted("They are all fine."))
+    state = await ask(layered(answers, {"mode": "select", "model": "openai:judge"}, ["d"]))
+    assert shown_to(fake, "d") == ["first", "second"]  # rule 'all' (the default)
+    assert state["joins"][0]["winner"] is None and state["degraded"] is True
+    assert "named no answer; rule 'all'" in state["joins"][0]["reason"]
+
+    fake.reset()
+    fake.behave("judge", always=500)  # a judge that fails: the rule applies the same way
+    join = {"mode": "select", "model": "openai:judge", "on_no_answer": "first"}
+    state = await ask(layered(answers, join | {"max_tokens": 8}, ["d"]))
+    assert shown_to(fake, "d") == ["first"]
+    assert state["joins"][0]["passed"] == ["L1/a"]
+    assert state["joins"][0]["reason"].startswith("the judge failed")
+
+
+async def test_a_layer_rank_join_judges_pairs_in_both_orders_and_keeps_the_top_k(
+    fake: FakeOpenAI,
+) -> None:
+    answers = {"a": "weak answer", "b": "best answer", "c": "fine answer"}
+    script(fake, answers)
+    fake.behave("d", reply=scripted("refined"))
+    join = {"mode": "rank", "model": "openai:judge", "judge": "pairwise", "keep": 2}
+    # a judge that always names whatever it sees first: both orders of every pair split
+    fake.behave("judge", reply=scripted("1"))
+    state = await ask(layered(answers, join, ["d"]))
+    assert len(fake.requests_for("judge")) == 6  # 3 pairs, each shown both ways
+    (record,) = state["joins"]
+    assert record["scores"] == {"L1/a": 1.0, "L1/b": 1.0, "L1/c": 1.0}
+    assert record["passed"] == ["L1/a", "L1/b"]  # no preference: layer order stands
+    shown = [tuple(c["shown"]) for c in record["calls"]]
+    assert ("L1/a", "L1/b") in shown and ("L1/b", "L1/a") in shown
+
+    # a judge that reads the answers: "best" wins on either side, and goes on first
+    fake.reset()
+    fake.behave("judge", reply=prefer_content({"best answer": 3, "fine answer": 2}))
+    state = await ask(layered(answers, join, ["d"]))
+    (record,) = state["joins"]
+    assert record["ranking"] == ["L1/b", "L1/c", "L1/a"]
+    assert record["scores"] == {"L1/a": 0.0, "L1/b": 2.0, "L1/c": 1.0}
+    assert record["passed"] == ["L1/b", "L1/c"]
+    assert shown_to(fake, "d") == ["best answer", "fine answer"]  # best first
+    assert "the top 2 go on" in record["reason"]
+    assert state["usage"]["by_model"]["openai:judge"]["calls"] == 6
+
+
+async def test_listwise_rank_is_the_same_whatever_order_the_judge_sees(fake: FakeOpenAI) -> None:
+    """Position swaps: with ``order: shuffle`` the judge sees the answers in a new order on
+    each run; a judge that reads them ranks them the same, and the record maps back."""
+    answers = {"a": "weak answer", "b": "best answer", "c": "fine answer", "e": "odd answer"}
+    script(fake, answers)
+    fake.behave("d", reply=scripted("refined"))
+    ranks = {"best answer": 4, "fine answer": 3, "odd answer": 2, "weak answer": 1}
+    fake.behave("judge", reply=prefer_content(ranks))
+    join = {"mode": "rank", "model": "openai:judge", "references": {"order": "shuffle", "seed": 5}}
+    graph = build_graph(layered(answers, join, ["d"]), cache=False)
+    seen = set()
+    for k in range(4):
+        state = await graph.ainvoke({"messages": [HumanMessage(f"q{k}")]})
+        (record,) = state["joins"]
+        seen.add(tuple(record["calls"][0]["shown"]))
+        assert record["ranking"] == ["L1/b", "L1/c", "L1/e", "L1/a"]
+        assert record["passed"] == ["L1/b"]  # keep defaults to 1
+    assert len(seen) > 1  # the judge did see different orders
+    assert len(fake.requests_for("judge")) == 4
+
+
+async def test_a_rank_join_then_early_stop_counts_every_call(fake: FakeOpenAI) -> None:
+    """The join's judge runs, then the agreement check: stopping skips layer 2 (its
+    proposers, join and judge) at no cost; not stopping runs it on the top answers."""
+    agree = {"a": "It is 42.", "b": "42", "c": "I get 41."}
+    script(fake, agree)
+    fake.behave("judge", reply=scripted("2 > 1 > 3"))
+    join = {"mode": "rank", "model": "openai:judge", "keep": 2}
+    topology = topo(
+        agree,
+        {"mode": "vote", "extract": "number", "on_tie": "first"},
+        ["d", "e"],
+        join=join,
+        early_stop={"agreement": 0.6, "extract": "number"},
+    )
+    state = await ask(topology)
+    assert sorted(r.model for r in fake.requests) == ["a", "b", "c", "judge"]
+    (check,) = state["early_stop"]
+    assert check["stopped"] is True and check["skipped_layers"] == [2]
+    assert check["skipped_nodes"] == ["L2/d", "L2/e", "L2/join"]
+    # the final vote counts what the join passed on: L1/b and L1/a both say 42
+    assert state["aggregation"]["votes"] == {"42": 2} and answer(state) == "42"
+
+    fake.reset()
+    disagree = {"a": "It is 42.", "b": "40", "c": "I get 41."}
+    script(fake, disagree)
+    fake.behave("d", reply=scripted("d: 42"))
+    fake.behave("e", reply=scripted("e: 42"))
+    state = await ask(topology)
+    assert sorted(r.model for r in fake.requests) == ["a", "b", "c", "d", "e", "judge"]
+    assert state["early_stop"][0]["stopped"] is False
+    assert shown_to(fake, "d") == ["40", "It is 42."]  # the judge's top 2, best first
+
+
+def test_layer_joins_are_drawn_as_their_own_nodes(tmp_path: Path) -> None:
+    path = tmp_path / "joins.yaml"
+    path.write_text(JOIN_FILE)
+    drawn = run_moa("graph", "-t", str(path))
+    assert drawn.returncode == 0, drawn.stderr
+    mermaid = drawn.stdout.replace("\\2f", "/")
+    assert "L1/join --> L1/rank;" in mermaid and "L1/rank -.-> L2/d;" in mermaid
+    assert "L1/rank -.-> select;" in mermaid  # early stop: straight to the final select
+    assert "L2/join --> L2/select;" in mermaid and "L2/select --> select;" in mermaid
+    svg = tmp_path / "joins.svg"
+    assert run_moa("graph", "-t", str(path), "-o", str(svg)).returncode == 0
+    picture = svg.read_text()
+    assert "rank pairwise · openai:judge · passes on the top 2" in picture
+    assert "select (USC) · openai:judge · passes on 1" in picture
+    assert 'data-node="L1/rank" data-kind="judge"' in picture
+
+
+JOIN_FILE = """\
+name: joins
+layers:
+  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}, {model: 'openai:c'}]
+    join: {mode: rank, model: 'openai:judge', judge: pairwise, keep: 2}
+    early_stop: {similarity: 0.99}
+  - proposers: [{model: 'openai:d'}, {model: 'openai:e'}]
+    join: {mode: select, model: 'openai:judge'}
+aggregator: {mode: select, model: 'openai:judge', on_no_answer: first}
+"""
+JOINED = {"a": "weak answer", "b": "best answer", "c": "fine answer", "d": "d says", "e": "e says"}
+JOIN_RANKS = {"best answer": 3, "fine answer": 2, "e says": 2, "d says": 1}
+
+
+def test_cli_asks_with_layer_joins_and_prints_their_records(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    script(fake, JOINED)
+    fake.behave("judge", reply=prefer_content(JOIN_RANKS))
+    path = tmp_path / "joins.yaml"
+    path.write_text(JOIN_FILE)
+    result = run_moa("ask", "-t", str(path), "--json", QUESTION)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["answer"] == "e says"  # L2's select passed on only e; the final select took it
+    assert [j["passed"] for j in out["joins"]] == [["L1/b", "L1/c"], ["L2/e"]]
+    assert out["aggregation"]["winner"] == "L2/e"
+    # 6 pairwise judgments, the L2 select, and no final call (one candidate: nothing to ask)
+    assert len(fake.requests_for("judge")) == 6 + 1
+    plain = run_moa("ask", "-t", str(path), QUESTION)  # progress lines say what each join did
+    assert plain.returncode == 0 and plain.stdout.strip() == "e says"
+    assert "join   L1  pairwise judging by openai:judge: L1/b > L1/c > L1/a" in plain.stderr
+    assert "join   L2  the judge (openai:judge) named answer" in plain.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(JOIN_FILE.replace("keep: 2", "keep: 4"))
+    one_line_error(
+        run_moa("ask", "-t", str(bad), QUESTION),
+        "layers.0: join.keep: 4 is more than the layer's 3 answers",
+    )
+    bad.write_text(JOIN_FILE.replace("{mode: select, model: 'openai:judge'}", "{mode: select}"))
+    one_line_error(run_moa("ask", "-t", str(bad), QUESTION), "join mode 'select' needs a model")
+
+
+async def test_chat_model_runs_layer_joins_and_rank_fuse(fake: FakeOpenAI) -> None:
+    answers = {"a": "weak answer", "b": "best answer", "c": "fine answer"}
+    script(fake, answers)
+    fake.behave("d", reply=scripted("refined best"))
+    fake.behave("judge", reply=by_marker({"Rank all": "2 > 3 > 1"}, default=scripted("Fused.")))
+    topology = topo(
+        answers,
+        {"mode": "rank", "model": "openai:judge", "fuse": 1},
+        ["d"],
+        join={"mode": "rank", "model": "openai:judge", "keep": 2},
+    )
+    chat = ChatMixtureOfAgents(topology=topology, proposal_cache=False)
+    message = await chat.ainvoke(QUESTION)
+    assert message.content == "Fused."
+    meta = message.response_metadata
+    assert meta["joins"][0]["passed"] == ["L1/b", "L1/c"]
+    assert meta["aggregation"]["used"] == ["L2/d"]
+    assert shown_to(fake, "d") == ["best answer", "fine answer"]
+    # the layer's ranking, the final ranking (one candidate: no call) and the fusion
+    assert len(fake.requests_for("judge")) == 2
+
+
+def test_serve_runs_layer_joins_and_returns_their_records(fake: FakeOpenAI, tmp_path: Path) -> None:
+    script(fake, JOINED)
+    fake.behave("judge", reply=prefer_content(JOIN_RANKS))
+    folder = tmp_path / "topologies"
+    folder.mkdir()
+    (folder / "joins.yaml").write_text(JOIN_FILE)
+    server = start_server(
+        ["--topologies", str(folder)], fake_env(fake), free_port(), tmp_path / "log", None
+    )
+    try:
+        client = server.client()
+        messages: list[Any] = [{"role": "user", "content": QUESTION}]
+        completion = client.chat.completions.create(model="joins", messages=messages)
+        assert completion.choices[0].message.content == "e says"
+        moa = (completion.model_extra or {})["moa"]
+        assert [j["mode"] for j in moa["joins"]] == ["rank", "select"]
+        assert moa["joins"][0]["ranking"] == ["L1/b", "L1/c", "L1/a"]
+        assert moa["aggregation"]["mode"] == "select"
+        stream = client.chat.completions.create(model="joins", messages=messages, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "e says"
+    finally:
+        log = stop_server(server)
+    assert "Traceback" not in log
+
+
+def test_a_thread_forks_after_a_layer_judge(fake: FakeOpenAI, tmp_path: Path) -> None:
+    script(fake, JOINED)
+    fake.behave("judge", reply=prefer_content(JOIN_RANKS))
+    path = tmp_path / "joins.yaml"
+    path.write_text(JOIN_FILE)
+    asked = run_moa("ask", "-t", str(path), "--thread", "j", "-q", QUESTION)
+    assert asked.returncode == 0, asked.stderr
+    judged = len(fake.requests_for("judge"))
+    forked = run_moa("fork", "--thread", "j", "--at", "L1/rank", "-q")
+    assert forked.returncode == 0, forked.stderr
+    # layer 1 and its ranking are kept; layer 2, its select and the final step run again
+    assert [len(fake.requests_for(m)) for m in "abcde"] == [1, 1, 1, 2, 2]
+    assert len(fake.requests_for("judge")) == judged + 1

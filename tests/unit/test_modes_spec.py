@@ -10,6 +10,7 @@ from langchain_core.messages import HumanMessage
 
 from langgraph_moa import MoAInputError, build_graph
 from langgraph_moa.cli.drawing import to_svg
+from langgraph_moa.graphs.studio import configurable
 from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.extract import extract, tally
 from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
@@ -255,3 +256,147 @@ def test_a_plain_agent_is_still_an_aggregator() -> None:
     )
     assert topology.aggregator.mode == "synthesize"
     assert topology.aggregator.model == "openai:j" and topology.aggregator.temperature == 0.1
+
+
+def joined(join: dict, *, size: int = 3, aggregator: dict | None = None, **more: object) -> dict:
+    """Layer 1 (``size`` samples of a) joins by ``join``; layer 2 is b."""
+    return {
+        "layers": [
+            {"proposers": [{"model": "openai:a", "n": size}], "join": join, **more},
+            {"proposers": [{"model": "openai:b"}]},
+        ],
+        "aggregator": aggregator or {"model": "openai:j"},
+    }
+
+
+RANK_JOIN = {"mode": "rank", "model": "openai:judge"}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (joined({"mode": "select"}), "layers.0.join: join mode 'select' needs a model (the judge)"),
+        (joined({"mode": "rank", "keep": 2}), "layers.0.join: join mode 'rank' needs a model"),
+        (joined(RANK_JOIN | {"keep": 4}), "layers.0: join.keep: 4 is more than the layer's 3"),
+        (joined(RANK_JOIN | {"keep": 0}), "layers.0.join.keep: Input should be greater than"),
+        (joined(RANK_JOIN | {"fuse": 2}), "layers.0.join: fuse belongs to the aggregator"),
+        (joined({"mode": "poll"}), "layers.0.join.mode: Input should be 'all', 'vote', 'select'"),
+        (joined({"mode": "select", "model": "x:y"}), "layers.0.join.model: unknown provider 'x'"),
+        (joined({"mode": "all", "model": "openai:j"}), "model applies only to join modes select"),
+        (
+            joined({"mode": "select", "model": "openai:j", "keep": 2}),
+            "keep applies only to join mode 'rank', not 'select'",
+        ),
+        (
+            joined({"mode": "select", "model": "openai:j", "judge": "pairwise"}),
+            "judge applies only to join mode 'rank', not 'select'",
+        ),
+        (
+            joined(RANK_JOIN | {"on_no_answer": "first"}),
+            "on_no_answer applies only to join mode 'select', not 'rank'",
+        ),
+        (
+            joined(RANK_JOIN | {"extract": "number"}),
+            "extract applies only to join mode 'vote', not 'rank'",
+        ),
+        (
+            joined(RANK_JOIN | {"temperature": 2.5}),
+            "layers.0.join.temperature: Input should be less than or equal to 2",
+        ),
+        (
+            {
+                "layers": [
+                    {
+                        "proposers": [{"model": "openai:a", "n": 3}],
+                        "join": RANK_JOIN | {"keep": 2},
+                    }
+                ],
+                "aggregator": {"mode": "rank", "model": "openai:j", "fuse": 3},
+            },
+            "aggregator.fuse: 3 is more than the 2 candidate(s) the last layer's join passes on",
+        ),
+        (
+            {
+                "layers": [{"proposers": [{"model": "openai:a", "name": "rank"}]}],
+                "aggregator": {"model": "openai:j"},
+            },
+            "name 'rank' is reserved",
+        ),
+    ],
+)
+def test_bad_layer_joins_are_one_line_naming_the_field(data: dict, expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_layer_join_judges_are_agents_that_count_and_cost() -> None:
+    select = parse_topology(joined({"mode": "select", "model": "openai:judge"}))
+    judge = select.join_agent(1)
+    assert judge is not None and judge.name == "L1-select" and judge.model == "openai:judge"
+    assert judge.temperature == 0.0 and judge.retry == select.retry
+    assert select.join_agent(2) is None
+    assert judge in select.agents()  # key checks and prices see the judge too
+    assert select.calls_per_query() == 1 + 1 + 1 + 1  # a (n=3), the select, b, the aggregator
+    pairwise = parse_topology(joined(RANK_JOIN | {"judge": "pairwise", "keep": 2}, size=4))
+    assert pairwise.calls_per_query() == 1 + 12 + 1 + 1
+    assert pairwise.layers[0].passes_on == 2
+
+    def planned(topology: Topology) -> list[str]:
+        est = estimate(topology, [HumanMessage("hi")], prices=PriceTable({}))
+        return [stage for stage, *_ in est.stages]
+
+    assert planned(select) == ["L1/a", "L1/select", "L2/b", "aggregator"]
+    assert planned(pairwise).count("L1/rank") == 12
+
+
+def test_layer_joins_are_nodes_of_the_graph_and_drawn_as_judges() -> None:
+    nodes, texts, edges = drawn(
+        {"model": "openai:j"},
+        join={"mode": "rank", "model": "openai:judge", "keep": 2},
+        early_stop={"similarity": 0.8},
+    )
+    assert {"L1/join", "L1/rank"} <= nodes
+    assert ("L1/join", "L1/rank", False) in edges
+    assert ("L1/rank", "L2/c", True) in edges and ("L1/rank", "aggregator", True) in edges
+    assert not any(e[0] == "L1/join" and e[1] != "L1/rank" for e in edges)
+    assert "rank listwise · openai:judge · passes on the top 2" in texts["L1/rank"]
+    assert "stop if similarity ≥ 0.8" in texts["L1/rank"]  # checked after the judge
+    nodes, texts, edges = drawn({"model": "openai:j"}, join={"mode": "select", "model": "openai:s"})
+    assert ("L1/join", "L1/select", False) in edges and ("L1/select", "L2/c", False) in edges
+    assert "select (USC) · openai:s · passes on 1" in texts["L1/select"]
+    nodes, texts, _ = drawn({"model": "openai:j"}, join={"mode": "vote", "extract": "number"})
+    assert not nodes & {"L1/select", "L1/rank"}  # a vote is the join itself, no model call
+    assert "passes on the majority (number)" in texts["L1/join"]
+
+
+@pytest.mark.parametrize(
+    "join",
+    [
+        {"mode": "vote", "extract": "number"},
+        {"mode": "select", "model": "openai:s", "on_no_answer": "first"},
+        RANK_JOIN | {"judge": "pairwise", "keep": 2, "references": {"order": "shuffle"}},
+    ],
+)
+def test_a_layer_join_reads_back_as_written(join: dict) -> None:
+    """A thread stores its topology with every field written out, defaults included."""
+    topology = parse_topology(joined(join))
+    assert parse_topology(topology.model_dump(mode="json")) == topology
+
+
+def test_studio_draws_a_layer_judge_from_an_assistants_topology() -> None:
+    graph = configurable({"configurable": {"topology": joined(RANK_JOIN)}})
+    assert ("L1/join", "L1/rank") in {(e.source, e.target) for e in graph.get_graph().edges}
+
+
+def test_a_replan_in_the_join_counts_the_judge_still_to_run() -> None:
+    topology = parse_topology(joined(RANK_JOIN | {"keep": 1}))
+
+    def stages(**kwargs: object) -> list[str]:
+        est = estimate(topology, [HumanMessage("hi")], prices=PriceTable({}), **kwargs)  # type: ignore[arg-type]
+        return [stage for stage, *_ in est.stages]
+
+    assert stages(from_layer=2, previous_refs_tokens=300, pending_join=True) == [
+        "L1/rank",
+        "L2/b",
+        "aggregator",
+    ]
+    assert stages(from_layer=2, previous_refs_tokens=300) == ["L2/b", "aggregator"]

@@ -123,6 +123,10 @@ def test_paper_shapes() -> None:
     assert load_preset("moa-gpt4o").aggregator.model == "openai:gpt-4o"
     self_moa = load_preset("self-moa")
     assert self_moa.layers[0].proposers[0].n == 6
+    # the paper's AlpacaEval setting: WizardLM samples, Qwen1.5-110B-Chat aggregates
+    assert self_moa.layers[0].proposers[0].model == "together:microsoft/WizardLM-2-8x22B"
+    assert self_moa.aggregator.model == "together:Qwen/Qwen1.5-110B-Chat"
+    assert self_moa.calls_per_query() == 2
     openpipe = load_preset("openpipe")
     assert openpipe.critic is not None and openpipe.layers[0].proposers[0].n == 3
     local = load_preset("local")
