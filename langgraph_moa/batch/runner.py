@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from langgraph_moa.batch.core import CHUNK, Budget, Plan, Tally, drive_rows, relabel_row
+from langgraph_moa.batch.core import (
+    CHUNK,
+    Budget,
+    Plan,
+    Tally,
+    drive_rows,
+    relabel_row,
+    steady_gc,
+)
 from langgraph_moa.batch.exports import ExportFormat, export_run
 from langgraph_moa.batch.ledger import Ledger, RowRecord, Totals
 from langgraph_moa.batch.limits import RateGate, RateLimits
@@ -322,7 +330,7 @@ async def arelabel(
                 ) from None
             gate = RateGate(limits) if limits else None
             try:
-                with gate_requests(gate) if gate else contextlib.nullcontext():
+                with gate_requests(gate) if gate else contextlib.nullcontext(), steady_gc():
                     if engine == "ray":
                         await run_on_ray(
                             topo,

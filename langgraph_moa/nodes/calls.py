@@ -232,6 +232,9 @@ class ModelPool:
         self.streaming = streaming
         kind = provider_kind(agent.model)
         self.in_process = kind == "local"
+        # whether a reply may come as a stream of tokens: the openai-compatible and embedded
+        # models made here stream only when asked; any other LangChain model might
+        self.may_stream = streaming or kind not in ("openai", "local")
         # other than the openai client, which retries and times out on its own
         self.retried_here = kind not in ("openai", "local")
         # a streamed answer without a finish reason was cut off (where the provider gives one)
@@ -332,6 +335,8 @@ async def _request(
                 limit = reply_limit(pool.agent)
 
                 def call() -> Any:
+                    if not pool.may_stream:  # a whole reply: its length is checked below
+                        return runnable.ainvoke(messages)
                     # the guard joins the inherited callbacks (LangGraph's token streaming
                     # among them): a config with only it would replace them
                     guard: RunnableConfig = {"callbacks": [_StopLongReplies(limit)]}
