@@ -550,6 +550,7 @@ def chat(
             )
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread_id, topo)
+            collector.settle()  # loaded: the collector is back on while the prompt waits
             reader = LineReader(history_file)
             while True:
                 line = await reader.read()
