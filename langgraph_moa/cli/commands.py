@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 import typer
 from rich.markup import escape
 
+from langgraph_moa.cli import collector
 from langgraph_moa.cli.evaluate import eval_command, report_command
 from langgraph_moa.cli.logs import setup_logging
 from langgraph_moa.cli.relabel import export_command, relabel_command
@@ -75,8 +76,14 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+# The commands that load the engine and run a graph: the collector stays off while they load it
+# (see langgraph_moa.cli.collector); every other command gets it back at once.
+RUN_COMMANDS = frozenset({"ask", "chat", "resume", "fork"})
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     _version: Annotated[
         bool,
         typer.Option(
@@ -96,6 +103,8 @@ def _root(
 ) -> None:
     """Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation."""
     setup_logging(verbose)
+    if ctx.invoked_subcommand not in RUN_COMMANDS:
+        collector.settle()
 
 
 class DurabilityChoice(enum.StrEnum):
@@ -302,6 +311,7 @@ async def _run_to_end(
     from langgraph_moa.nodes.review import parse_decision
 
     mode = cast("Durability", getattr(durability, "value", durability))
+    collector.settle()  # the engine is loaded and the graph built: the run starts now
     run = await drive(
         graph,
         topology,
@@ -540,6 +550,7 @@ def chat(
             )
             graph = build_graph(topo, checkpointer=saver)
             config = run_config(thread_id, topo)
+            collector.settle()  # loaded: the collector is back on while the prompt waits
             reader = LineReader(history_file)
             while True:
                 line = await reader.read()
@@ -856,6 +867,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: usage errors and run errors alike become one line on stderr
     (``moa: error: ...``; exit 2 for bad input, 1 for a failed run, 130 for Ctrl-C)."""
     args = sys.argv[1:] if argv is None else argv
+    collector.at_exit()
+    collector.pause()  # until the command has loaded what it needs (see collector)
     try:
         # `moa` alone shows what it can do
         code = app(args=args or ["--help"], standalone_mode=False, prog_name="moa")
@@ -876,6 +889,8 @@ def main(argv: list[str] | None = None) -> None:
         from langgraph_moa.nodes.calls import error_text
 
         fail(error_text(e), 1)
+    finally:
+        collector.resume()
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
