@@ -82,11 +82,11 @@ def _moa_error(err: BaseException) -> MoAError | None:
 
 @contextlib.contextmanager
 def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data's own progress lines and its 'fewer blocks than actors' warning would mix with
-    the run's progress on stderr."""
+    """Ray Data's own progress lines and advice (per-worker memory requests, fewer blocks than
+    actors, progress bars off) would mix with the run's progress on stderr; its errors stay."""
     logger = logging.getLogger("ray.data")
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
         try:

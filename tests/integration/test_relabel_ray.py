@@ -168,6 +168,24 @@ def test_ray_engine_gives_the_same_records_and_resumes(
     assert len(upstream.requests) == calls_local
 
 
+def test_rows_fed_from_python_run_on_ray(
+    upstream: FakeOpenAI, local_ray: None, tmp_path: Path
+) -> None:
+    items: list[dict[str, Any]] = [*rows(5), {"id": "bad", "messages": []}, rows(1)[0]]
+    topo = topology(tmp_path)
+    local = relabel(iter(items), topology=topo, out=tmp_path / "local", name="it")
+    run = relabel(
+        iter(items), topology=topo, out=tmp_path / "ray", name="it", engine="ray", limit=6
+    )
+    assert run.totals["done"] == 5 and run.totals["invalid"] == 1  # the limit: 6 rows read
+    assert reasons_of(run) == {"#6": reasons_of(local)["#6"]}
+    assert _answers(run) == _answers(local)
+    again = relabel(iter(items), topology=topo, out=tmp_path / "ray", name="it", engine="ray")
+    assert again.session.skipped == 5 and again.session.done == 0
+    assert reasons_of(again)["#7"] == "duplicate id 'r0' (#1)"  # as the ledger has it
+    assert not list((tmp_path / "ray" / "it").glob("ray-input*"))  # the spool is gone
+
+
 def test_invalid_rows_are_recorded_as_the_default_engine_records_them(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
