@@ -332,8 +332,8 @@ def test_ray_address_joins_a_cluster_and_resumes_after_kill_9(
     assert sorted(ids) == sorted(f"r{k}" for k in range(40))  # each row exactly once
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [s["engine"] for s in manifest["sessions"]] == ["ray", "ray"]
-    records = {r["id"]: r for r in RelabelRun.open(run_dir).records()}
-    assert all(r["result"]["answer"].startswith("agg answer") for r in records.values())
+    answers = [(r["result"] or {}).get("answer", "") for r in RelabelRun.open(run_dir).records()]
+    assert len(answers) == 40 and all(a.startswith("agg answer") for a in answers)
 
     def key(r: Any) -> str:
         return json.dumps([r.model, r.messages], sort_keys=True)
