@@ -129,12 +129,12 @@ async def run_on_ray(
         )
     spooled = plan.ledger.path.parent / SPOOL
     stop = threading.Event()
+    keeper: Any = None
     try:
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         count = max(1, min(count, concurrency))
         slots = math.ceil(concurrency / count)
         chunk_rows = max(1, min(MAX_CHUNK, math.ceil(slots / 4)))
-        keeper: Any = None
         if budget.max_usd is not None:
             keeper_class: Any = ray.remote(num_cpus=0)(ray_stages.BudgetKeeper)
             keeper = keeper_class.remote(budget.max_usd, budget.spent)
@@ -233,5 +233,7 @@ async def run_on_ray(
             plan.tally.stopped = "budget"
     finally:
         spooled.unlink(missing_ok=True)
+        if keeper is not None:
+            ray.kill(keeper)
         if started_here:
             ray.shutdown()
