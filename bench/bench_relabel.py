@@ -18,7 +18,7 @@ Prints, each as a ratio to a floor measured in the same run:
 5. resume overhead: the time to skip 10k done rows.
 
     python bench/bench_relabel.py [--latency 0.5] [--rows 64] [--big 10000] [--skip-ray]
-        [--skip-rss]
+        [--skip-rss] [--ray-rows 256] [--only-ray]
 """
 
 from __future__ import annotations
@@ -178,6 +178,55 @@ def rate_limited(tmp: Path, rpm: float, requests: int) -> dict:
     }
 
 
+def timed_run(tmp: Path, latency: float, rows: int, engine: str) -> dict:
+    """One run at 64 in flight; rows/s over the whole run, and in the steady state (from the
+    first row finished to the last: Ray's start, its actors' imports and graph building, left
+    out)."""
+    finished: list[float] = []
+    data = dataset(tmp / f"steady-{engine}.jsonl", rows)
+    wall0 = time.perf_counter()
+    run = relabel(
+        data,
+        topology=wide_topology(tmp / "wide.yaml"),
+        out=tmp / f"steady-{engine}",
+        concurrency=64,
+        engine=engine,
+        ray_workers=2 if engine == "ray" else None,
+        on_record=lambda record: finished.append(time.perf_counter()),
+    )
+    wall = time.perf_counter() - wall0
+    assert run.session.done == rows, run.session
+    # the steady state: the middle 80% of the rows (the first rows wait for the start, the
+    # last ones finish alone)
+    cut = rows // 10
+    steady = (rows - 2 * cut - 1) / (finished[-cut - 1] - finished[cut])
+    return {"whole": rows / wall, "steady": steady, "wall": wall, "first": finished[0] - wall0}
+
+
+def ray_vs_local(tmp: Path, latency: float, rows: int) -> None:
+    """Ray Data with 2 local actors vs the in-process engine, both at 64 rows in flight, on
+    the same rows (256 by default), in the same minutes: over the whole run and in the steady
+    state."""
+    import ray
+
+    local = timed_run(tmp, latency, rows, "local")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        on_ray = timed_run(tmp, latency, rows, "ray")
+    finally:
+        ray.shutdown()
+    ideal = 64 / ((LAYERS + 1) * latency)
+    print(
+        f"Ray, 2 workers, 64 in flight, {rows} rows: {on_ray['whole']:.2f} rows/s over the "
+        f"whole run = {on_ray['whole'] / local['whole']:.2f}x in-process "
+        f"({local['whole']:.2f} rows/s); steady state {on_ray['steady']:.2f} rows/s = "
+        f"{on_ray['steady'] / local['steady']:.2f}x in-process ({local['steady']:.2f}), "
+        f"{on_ray['steady'] / ideal:.2f} of ideal {ideal:.0f}; first row after "
+        f"{on_ray['first']:.1f} s on Ray vs {local['first']:.1f} s in-process"
+    )
+
+
 CHILD = """
 import json, resource, sys, time
 from langgraph_moa.batch import relabel
@@ -207,11 +256,19 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=10000, help="rows of the RSS/resume run")
     parser.add_argument("--rpm", type=float, default=1200)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--ray-rows", type=int, default=256, help="rows of the Ray comparison")
+    parser.add_argument(
+        "--only-ray", action="store_true", help="only the Ray vs in-process comparison"
+    )
     parser.add_argument("--skip-rss", action="store_true", help="leave out the 10k-row runs")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-relabel-"))
 
     print(f"# relabel bench: {LAYERS}x{WIDTH} + aggregator, upstream {args.latency * 1000:.0f} ms")
+    if args.only_ray:
+        with Upstream(args.latency):
+            ray_vs_local(tmp, args.latency, args.ray_rows)
+        return
     with Upstream(args.latency):
         (tmp / "warm-up").mkdir()
         throughput(tmp / "warm-up", args.latency, 4, 4)  # imports, first connections
@@ -235,19 +292,7 @@ def main() -> None:
                     f"{r['cpu_ms_per_call'] / floor_cpu:.2f}x CPU per call"
                 )
         if not args.skip_ray:
-            import ray
-
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(
-                num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
-            )
-            r = throughput(tmp, args.latency, max(args.rows, 128), 64, engine="ray", ray_workers=2)
-            ray.shutdown()
-            print(
-                f"Ray, 2 workers, 64 in flight: {r['rows_per_s']:.2f} rows/s = "
-                f"{r['rows_per_s'] / results[64]['rows_per_s']:.2f}x in-process "
-                f"({r['ratio']:.2f} of ideal)"
-            )
+            ray_vs_local(tmp, args.latency, args.ray_rows)
 
     limited = rate_limited(tmp, args.rpm, 400)
     print(

@@ -9,7 +9,8 @@ to the call, and export the result for fine-tuning (SFT, DPO) or analysis (trace
 
 Modules: ``rows`` (input reading and checks), ``rundir`` (run folder and manifest), ``ledger``
 (SQLite record of rows), ``limits`` (rate limits), ``core`` (one row, and the loop that feeds
-them), ``runner`` (the API), ``ray_engine`` (rows on Ray actors), ``exports``.
+them), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray Data: the driver's
+side, and what runs on the cluster), ``exports``.
 """
 
 from langgraph_moa.batch.core import Tally, relabel_row

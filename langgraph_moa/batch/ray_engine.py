@@ -1,62 +1,64 @@
-"""``engine="ray"``: the rows of a relabel run on Ray actors, each running the MoA graph with
-asyncio inside.
+"""``engine="ray"``: a relabel run on Ray Data. Ray Data reads the input, actors run the rows
+through the MoA graph with asyncio inside, and the driver writes each block of results to the
+run's ledger.
 
-The driver reads and checks the input, skips what the ledger holds and keeps the budget, exactly
-as the in-process engine does (:func:`langgraph_moa.batch.core.drive_rows`); only the row itself
-runs elsewhere: on one of ``workers`` async actors (default: one per CPU of the cluster), each
-taking up to ``concurrency / workers`` rows at once and running them with
-:func:`~langgraph_moa.batch.core.relabel_row`, the same function the in-process engine calls.
-Records come back to the driver, which writes them to the ledger, so resume works by row id as
-before. Actors share the run's call cache file (on a cluster of several machines it must be on
-storage they all see); rate limits are split evenly between actors.
+The pipeline (the stages are in :mod:`langgraph_moa.batch.ray_stages`):
+
+- **read**: one streaming read task on the driver's node reads the input with the project's own
+  parser and sorts it against the ledger as the in-process engine does (same row ids, same
+  invalid rows with file, line and reason, same skips for resume and ``retry_failed``, the same
+  ``limit``), in chunks of a few rows;
+- **map**: ``map_batches`` on a fixed pool of ``workers`` actors (default: one per CPU of the
+  cluster), each running a chunk's rows at once with
+  :func:`~langgraph_moa.batch.core.relabel_row` (the in-process engine's function) on its
+  asyncio loop, with up to ``concurrency / workers`` rows in flight, an even share of the rate
+  limits and the run's call cache file (on several machines it must be on storage they share);
+- **write**: the driver, the ledger's one writer, takes each block as it comes and writes its
+  records in one transaction; the ledger's primary key keeps a row from being recorded twice.
+
+Resume works by row id as before; a chunk whose rows finished but whose block was not yet
+written when the run stopped runs again, with each of its calls served from the cache.
+
+Honest differences from the in-process engine: ``concurrency`` is rounded up to a multiple of
+the workers; rows start in the order actors take chunks, not strictly in input order; with
+``max_usd`` every row start asks the budget actor first (a round trip of about a millisecond).
+Rows fed from Python (not a file) are first spooled to a file in the run directory, which the
+reader streams, and removed after.
 
 Actors read provider keys from their own environment (a local Ray started here inherits the
-driver's); keys are never passed through Ray. ``address`` joins a running cluster; otherwise a
-local one is started for the run and stopped after it.
+driver's; on a cluster, the workers' own); keys are never passed through Ray. ``address``
+joins a running cluster; otherwise a local one is started for the run and stopped after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import os
+import threading
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from langgraph_moa.batch.core import Budget, Plan, Tally, drive_rows, relabel_row
+from langgraph_moa.batch.core import Budget, Plan, Tally
 from langgraph_moa.batch.ledger import RowRecord
-from langgraph_moa.batch.limits import RateGate, RateLimits
+from langgraph_moa.batch.limits import RateLimits
 from langgraph_moa.batch.rows import InvalidRow, Row
+from langgraph_moa.errors import MoAError
 from langgraph_moa.extras import require_extra
-from langgraph_moa.graphs.builder import build_graph
-from langgraph_moa.llm.openai_client import gate_requests
-from langgraph_moa.nodes.cache import open_cache
-from langgraph_moa.spec.topology import Topology, parse_topology
+from langgraph_moa.spec.topology import Topology
 
-__all__ = ["RowWorker", "require_ray", "run_on_ray"]
+__all__ = ["require_ray", "run_on_ray"]
+
+MAX_CHUNK = 16  # rows per block, at most
+SPOOL = "ray-input.pickle"
 
 
 def require_ray() -> None:
     require_extra("ray", "--engine ray")
-
-
-class RowWorker:
-    """A Ray actor's state: the graph, the cache and the rate gate, made once per actor."""
-
-    def __init__(self, topology: dict[str, Any], cache_path: str, limits: dict[str, Any]) -> None:
-        self.topology = parse_topology(topology, source="the run's topology")
-        self.graph = build_graph(self.topology, cache=open_cache(cache_path))
-        rates = RateLimits(**limits)
-        self.gate = RateGate(rates) if rates else None
-
-    async def run(self, row: dict[str, Any]) -> RowRecord:
-        task = relabel_row(self.graph, self.topology, Row(**row))
-        if self.gate is None:
-            return await task
-        with gate_requests(self.gate):
-            return await task
 
 
 def _split(limits: RateLimits, workers: int) -> dict[str, Any]:
@@ -66,11 +68,40 @@ def _split(limits: RateLimits, workers: int) -> dict[str, Any]:
     }
 
 
+def _moa_error(err: BaseException) -> MoAError | None:
+    """The project's own error under Ray's wrappers (a bad Parquet file, a missing key...)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MoAError) and type(current).__module__.startswith("langgraph_moa"):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data's own progress lines and advice (per-worker memory requests, fewer blocks than
+    actors, progress bars off) would mix with the run's progress on stderr; its errors stay."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
 async def run_on_ray(
     topology: Topology,
     plan: Plan,
     rows: Iterator[Row | InvalidRow],
     *,
+    source: Path | None,
+    limit: int | None,
     budget: Budget,
     concurrency: int,
     cache_path: Path,
@@ -80,7 +111,12 @@ async def run_on_ray(
     on_record: Callable[[RowRecord], None] | None,
     on_progress: Callable[[Tally], None] | None,
 ) -> None:
+    """Run the plan on Ray: ``source`` is the input file or folder (read by Ray Data), or None
+    for rows fed from Python (``rows``, already limited), which are spooled to a file first."""
     import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from langgraph_moa.batch import ray_stages  # needs the [ray] extra, checked before
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started_here = not ray.is_initialized()
@@ -91,43 +127,113 @@ async def run_on_ray(
             log_to_driver=False,
             configure_logging=False,
         )
-    actors: list[Any] = []
+    spooled = plan.ledger.path.parent / SPOOL
+    stop = threading.Event()
+    keeper: Any = None
     try:
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        per_actor = max(1, math.ceil(concurrency / count))
-        options: Any = {"num_cpus": 0.01, "max_concurrency": per_actor}
-        actor_class: Any = ray.remote(**options)(RowWorker)
-        actors += [
-            actor_class.remote(
-                topology.model_dump(mode="json"), str(cache_path), _split(limits, count)
-            )
-            for _ in range(count)
-        ]
-        turn = 0
-
-        async def run_one(row: Row) -> RowRecord:
-            nonlocal turn
-            actor = actors[turn % len(actors)]
-            turn += 1
-            ref = actor.run.remote(asdict(row))
-            try:
-                record: RowRecord = await ref
-            except asyncio.CancelledError:
-                ray.cancel(ref)
-                raise
-            return record
-
-        await drive_rows(
-            run_one,
-            plan,
-            rows,
-            concurrency=concurrency,
-            budget=budget,
-            on_record=on_record,
-            on_progress=on_progress,
+        count = max(1, min(count, concurrency))
+        slots = math.ceil(concurrency / count)
+        chunk_rows = max(1, min(MAX_CHUNK, math.ceil(slots / 4)))
+        if budget.max_usd is not None:
+            keeper_class: Any = ray.remote(num_cpus=0)(ray_stages.BudgetKeeper)
+            keeper = keeper_class.remote(budget.max_usd, budget.spent)
+        if source is None:
+            await asyncio.to_thread(ray_stages.spool, rows, spooled)
+        reading = ray_stages.Source(
+            ledger=str(plan.ledger.path),
+            retry_failed=plan.retry_failed,
+            chunk_rows=chunk_rows,
+            path=str(source) if source is not None else None,
+            spool=None if source is not None else str(spooled),
+            limit=limit,
+            keeper=keeper,
         )
+        context = DataContext.get_current()
+        saved = (
+            context.target_max_block_size,
+            context.enable_progress_bars,
+            context.print_on_execution_start,
+        )
+        # one chunk per block: a block is emitted as soon as it holds anything
+        context.target_max_block_size = 1
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        try:
+            dataset = ray.data.read_datasource(
+                ray_stages.RowsDatasource(reading),
+                override_num_blocks=1,
+                num_cpus=0.01,
+            ).map_batches(
+                ray_stages.RowWorker,
+                fn_constructor_args=(
+                    topology.model_dump(mode="json"),
+                    str(cache_path),
+                    _split(limits, count),
+                    slots,
+                    keeper,
+                ),
+                batch_size=1,
+                batch_format="pyarrow",
+                zero_copy_batch=True,
+                compute=ActorPoolStrategy(
+                    size=count,
+                    max_tasks_in_flight_per_actor=math.ceil(slots / chunk_rows) + 1,
+                    max_concurrent_calls_per_actor=math.ceil(slots / chunk_rows) + 1,
+                ),
+                num_cpus=0.01,
+            )
+        finally:
+            (
+                context.target_max_block_size,
+                context.enable_progress_bars,
+                context.print_on_execution_start,
+            ) = saved
+        loop = asyncio.get_running_loop()
+
+        def notify(records: list[RowRecord]) -> None:
+            if on_record is not None:
+                for record in records:
+                    on_record(record)
+            if on_progress is not None:
+                on_progress(plan.tally)
+
+        def write_blocks() -> None:
+            """The ledger's one writer: each block's records in one transaction."""
+            tally = plan.tally
+            with _quiet_ray_data():
+                for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    chunk = ray_stages.unpack(block)
+                    if chunk.records:
+                        plan.ledger.write(chunk.records)
+                    if chunk.invalid:
+                        plan.ledger.write_invalid(chunk.invalid)
+                    for record in chunk.records:
+                        tally.add(record)
+                    tally.invalid += len(chunk.invalid)
+                    tally.skipped += chunk.skipped
+                    tally.seen += len(chunk.records) + len(chunk.invalid) + chunk.skipped
+                    if chunk.refused:
+                        tally.stopped = "budget"
+                    loop.call_soon_threadsafe(notify, chunk.records)
+                    if stop.is_set():
+                        return
+
+        try:
+            await asyncio.to_thread(write_blocks)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        except Exception as err:
+            found = _moa_error(err)
+            if found is None:
+                raise
+            raise found from None
+        if keeper is not None and await keeper.closed.remote():
+            plan.tally.stopped = "budget"
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        spooled.unlink(missing_ok=True)
+        if keeper is not None:
+            ray.kill(keeper)
         if started_here:
             ray.shutdown()

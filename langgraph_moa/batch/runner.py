@@ -336,6 +336,8 @@ async def arelabel(
                             topo,
                             plan,
                             rows,
+                            source=Path(str(source)) if files else None,
+                            limit=limit,
                             budget=budget,
                             concurrency=concurrency,
                             cache_path=cache_path,
