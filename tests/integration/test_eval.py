@@ -297,7 +297,8 @@ def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
             f"name: {name}\n{proposers}aggregator: {{model: 'openai:{aggregator}'}}\n"
         )
     config = '{"max_terms": 2, "max_digits": 1, "allow_parentheses": false, "seed": 3}'
-    common = ("--limit", "3", "--task-config", config, "--out", str(tmp_path / "runs"))
+    common: tuple[str, ...] = ("--limit", "3", "--task-config", config)
+    common += ("--out", str(tmp_path / "runs"))
     common += ("--calls-cache", str(tmp_path / "shared.sqlite"))
     first = _eval("reasoning-gym", "--topology", str(tmp_path / "one.yaml"), *common)
     assert len(fake.requests) == 3 * 3
