@@ -124,32 +124,36 @@ def proposals_seconds(record: dict[str, Any]) -> float:
 
 
 def summarize(out: Path, modes: list[str]) -> dict[str, Any]:
-    """Per mode, on the items every eval finished: accuracy with a 90% interval, and calls and
-    seconds per item as the mode costs on its own (the shared proposals counted in)."""
+    """Per mode, on the items its eval finished (always the first ones: the evals grow together):
+    accuracy with a 90% interval, and calls and seconds per item as the mode costs on its own
+    (the shared proposals counted in)."""
     scored = {}
     for mode in ["single", *modes]:
         path = out / mode / "items.jsonl"
         if path.is_file():
             with path.open(encoding="utf-8") as f:
                 scored[mode] = {r["id"]: r for r in map(json.loads, f)}
-    common = set.intersection(*(set(rows) for rows in scored.values())) if scored else set()
     proposals = records(out / "synthesize")
     summary: dict[str, Any] = {}
     for mode, rows in scored.items():
         own = records(out / mode)
         hits = calls = seconds = 0.0
-        for ident in sorted(common):
+        timed = 0
+        done = sorted(set(rows) & (set(proposals) if mode != "single" else set(rows)))
+        for ident in done:
             hits += rows[ident]["score"] == 1.0
-            if mode == "single":
-                calls += rows[ident]["generation"]["calls"]
-                seconds += rows[ident]["generation"]["latency_s"] or 0.0
+            if mode == "single":  # one call; its time where it was not read from the cache
+                calls += 1
+                if rows[ident]["generation"]["calls"]:
+                    seconds += rows[ident]["generation"]["latency_s"] or 0.0
+                    timed += 1
                 continue
             record = own[ident]
             calls += record["calls"] + record["cached_calls"]
             seconds += record["latency_s"]
             if mode != "synthesize":  # its layer-1 proposals came from synthesize's run
                 seconds += proposals_seconds(proposals[ident])
-        n = len(common)
+        n = len(done)
         low, high = wilson(int(hits), n)
         summary[mode] = {
             "accuracy": hits / n if n else 0.0,
@@ -157,7 +161,12 @@ def summarize(out: Path, modes: list[str]) -> dict[str, Any]:
             "correct": int(hits),
             "items": n,
             "calls_per_item": calls / max(n, 1),
-            "seconds_per_item": seconds / max(n, 1),
+            # None: every single call was read back from the cache (a resumed eval)
+            "seconds_per_item": (
+                seconds / max(timed if mode == "single" else n, 1)
+                if mode != "single" or timed
+                else None
+            ),
         }
     return summary
 
@@ -176,10 +185,12 @@ def plot(summary: dict[str, Any], path: str, title: str) -> None:
     ax.bar(modes, acc, yerr=[low, high], capsize=4, color="#93c5fd", edgecolor="#1d4ed8")
     for i, m in enumerate(modes):
         s = summary[m]
+        secs = s["seconds_per_item"]
+        took = "cached" if secs is None else f"{secs:.1f} s"
         ax.text(
             i,
             1,
-            f"{s['calls_per_item']:.1f} calls\n{s['seconds_per_item']:.1f} s",
+            f"{s['calls_per_item']:.1f} calls\n{took}",
             ha="center",
             fontsize=8,
         )
@@ -240,7 +251,7 @@ def main() -> None:
         low, high = s["interval90"]
         print(
             f"{mode:<12}{100 * s['accuracy']:>9.1f}%{f'{100 * low:.1f}-{100 * high:.1f}%':>18}"
-            f"{s['calls_per_item']:>12.2f}{s['seconds_per_item']:>9.2f}"
+            f"{s['calls_per_item']:>12.2f}{s['seconds_per_item'] or float('nan'):>9.2f}"
         )
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
