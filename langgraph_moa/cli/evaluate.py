@@ -92,7 +92,27 @@ def _preflight(chosen: Topology | Agent) -> None:
     check_priced(chosen, PriceTable(chosen.prices))
 
 
-def _side(chosen: Topology | Agent, role: str, cache: BaseCache[Any], concurrency: int) -> Side:
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MoAInputError(
+            f"--task-config is not valid JSON: {e.msg} (column {e.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise MoAInputError("--task-config must be a JSON object, e.g. '{\"max_digits\": 1}'")
+    return value
+
+
+def _side(
+    chosen: Topology | Agent,
+    role: str,
+    cache: BaseCache[Any],
+    concurrency: int,
+    cache_file: Path,
+) -> Side:
     from langgraph_moa.evaluation.driver import DirectGenerator, Side, TopologyGenerator
 
     if isinstance(chosen, Agent):
@@ -105,7 +125,7 @@ def _side(chosen: Topology | Agent, role: str, cache: BaseCache[Any], concurrenc
     return Side(
         name=chosen.name,
         role=role,
-        generate=TopologyGenerator(chosen, concurrency=concurrency),
+        generate=TopologyGenerator(chosen, concurrency=concurrency, cache_file=cache_file),
         spec={"topology": chosen.model_dump(mode="json")},
     )
 
@@ -193,6 +213,22 @@ def eval_command(
         typer.Option("--judge-topology", help="A topology file as the judge (a panel)."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="First N items.")] = None,
+    task_config: Annotated[
+        str | None,
+        typer.Option(
+            "--task-config",
+            help="reasoning-gym only: the task's settings and seed as a JSON object, e.g. "
+            '\'{"max_digits": 1, "allow_parentheses": false, "seed": 7}\'.',
+        ),
+    ] = None,
+    calls_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--calls-cache",
+            help="Keep the generated calls in this SQLite file instead of the run's own, so "
+            "evals of topologies with the same proposers share their proposals.",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of eval runs.")] = Path("runs"),
     name: Annotated[str | None, typer.Option("--name", help="This run's folder name.")] = None,
     concurrency: Annotated[
@@ -228,7 +264,9 @@ def eval_command(
     if chosen is None:
         raise MoAInputError("give --preset, --topology or --model: what should be evaluated?")
     other = _topology(baseline_preset, baseline_topology, baseline_model, "baseline-")
-    bench: Benchmark = load_benchmark(benchmark, limit=limit, paired=other is not None)
+    bench: Benchmark = load_benchmark(
+        benchmark, limit=limit, paired=other is not None, task_config=_json_object(task_config)
+    )
     judged = bench.scoring is not Scoring.exact
     if judged and not (judge or judge_preset or judge_topology):
         raise MoAInputError(
@@ -245,10 +283,11 @@ def eval_command(
         default += "-vs-" + (other.name if isinstance(other, Topology) else f"single-{other.model}")
     folder = out / _safe(name or default)
     folder.mkdir(parents=True, exist_ok=True)
-    calls = open_cache(str(folder / CALLS_FILE))
-    sides = [_side(chosen, "candidate", calls, concurrency)]
+    calls_file = calls_cache or folder / CALLS_FILE
+    calls = open_cache(str(calls_file))
+    sides = [_side(chosen, "candidate", calls, concurrency, calls_file)]
     if other is not None:
-        sides.append(_side(other, "baseline", calls, concurrency))
+        sides.append(_side(other, "baseline", calls, concurrency, calls_file))
     the_judge = (
         Judge(the_judge_spec, open_cache(str(folder / JUDGMENTS_FILE)), concurrency=concurrency)
         if the_judge_spec is not None

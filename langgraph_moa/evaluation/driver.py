@@ -150,6 +150,7 @@ class TopologyGenerator:
     topology: Topology
     concurrency: int = 8
     options: dict[str, Any] = field(default_factory=dict)  # more arelabel options
+    cache_file: Path | None = None  # the call cache, if not the eval's own folder/calls.sqlite
 
     async def __call__(
         self, requests: Sequence[Request], *, folder: Path, stage: str
@@ -161,7 +162,7 @@ class TopologyGenerator:
             out=folder,
             name=stage,
             concurrency=self.concurrency,
-            cache=folder / CALLS_FILE,
+            cache=self.cache_file or folder / CALLS_FILE,
             **self.options,
         )
         wanted = {ident for ident, _ in requests}

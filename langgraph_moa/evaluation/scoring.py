@@ -1,8 +1,10 @@
 """Turning answers and judge replies into numbers: exact match, pairwise verdicts, 1-10 ratings.
 
 Exact match follows GSM8K's convention: the gold answer ends in ``#### N``. From a model's answer
-the final number is taken in this order: a ``#### N`` line, then "answer is N" / "answer: N",
-then a ``\\boxed{N}``, then the last number in the text. Numbers are compared after normalisation
+the final number is taken in this order: a ``#### N`` line, then "answer is N" / "answer: N"
+(the result when a worked expression follows: "answer is 7 + 4 = 11" reads 11), then a
+``\\boxed{N}``, then the last number in the text. A minus or plus between two numbers is an
+operator, not a sign ("10 - 2" ends in 2). Numbers are compared after normalisation
 (thousands separators, currency and percent signs, a trailing full stop, ``+`` sign and trailing
 zeros dropped), as exact decimals, so ``1,000.00`` equals ``1000``.
 
@@ -36,9 +38,14 @@ __all__ = [
 
 STRONG_WEIGHT = 3.0
 
-_NUMBER = r"[-+]?\$?\s?\d[\d,]*(?:\.\d+)?%?|[-+]?\$?\.\d+%?"
+# A sign is part of a number only when attached to it and not after a digit, letter or closing
+# bracket: in "10 - 2" and "10-2" the minus is an operator (the number read is 2, not -2).
+_SIGN = r"(?:(?<![\w)\]])[-+])?"
+_NUMBER = rf"{_SIGN}(?:\$\s?)?\d[\d,]*(?:\.\d+)?%?|{_SIGN}\$?\.\d+%?"
 _HASHES = re.compile(rf"####\s*({_NUMBER})")
 _ANSWER_IS = re.compile(rf"answer(?:\s+is)?\s*[:=]?\s*(?:\*\*)?\s*({_NUMBER})", re.IGNORECASE)
+# After "answer is N", the rest of a worked expression: "the answer is 7 + 4 = 11" answers 11.
+_WORKED = re.compile(rf"(?:\s*[-+*/x\u00d7]\s*\(?\s*(?:{_NUMBER})\s*\)?)+\s*=\s*({_NUMBER})")
 _BOXED = re.compile(rf"\\boxed\{{\s*({_NUMBER})\s*\}}")
 _ANY_NUMBER = re.compile(_NUMBER)
 
@@ -63,9 +70,11 @@ def gold_of(answer: str) -> str:
 def extract_answer(text: str) -> str | None:
     """The final numeric answer a model gave (see the module docstring), or None."""
     for pattern in (_HASHES, _ANSWER_IS, _BOXED):
-        found = pattern.findall(text)
+        found = list(pattern.finditer(text))
         if found:
-            return str(found[-1]).strip()
+            last = found[-1]
+            worked = _WORKED.match(text, last.end()) if pattern is _ANSWER_IS else None
+            return (worked or last).group(1).strip()
     numbers = _ANY_NUMBER.findall(text)
     return numbers[-1].strip() if numbers else None
 

@@ -15,11 +15,18 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = ["Tally", "extract", "tally"]
 
-_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"
+# A sign belongs to the number only when it does not follow a digit, letter or closing bracket:
+# in "10-2" and "(10 - 2)" the minus is an operator, and the number read is 2, not -2.
+_NUMBER = r"(?:(?<![\w)\]])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
-# "the answer is 42", "Answer: 42", "final answer = 42", "result is 42"
-_ANSWER_RE = re.compile(r"(?:answer|result)\s*(?:is|:|=|of)?\s*", re.IGNORECASE)
+# "the answer is 42", "Answer: 42", "final answer = 42", "result is 42": the number must follow
+# the cue directly; "the answer to 9 - 2 is 5" is no cue (its first number is an operand).
+_ANSWER_RE = re.compile(
+    rf"(?:answer|result)\s*(?:is|:|=)?\s*(?:\*\*)?\s*({_NUMBER})", re.IGNORECASE
+)
+# After a cued number, the rest of a worked expression: "answer is 7 + 4 = 11" answers 11.
+_WORKED_RE = re.compile(rf"(?:\s*[-+*/x\u00d7]\s*\(?\s*{_NUMBER}\s*\)?)+\s*=\s*({_NUMBER})")
 _LETTER_AFTER_ANSWER_RE = re.compile(
     r"(?:answer|option|choice)\s*(?:is|:|=)?\s*\(?([A-J])\b\)?", re.IGNORECASE
 )
@@ -42,14 +49,16 @@ def _canonical_number(raw: str) -> str | None:
 
 
 def _number(text: str) -> str | None:
-    """The number inside the last ``\\boxed{}``, else the first number after the last "answer
-    is", else the last number in the text."""
+    """The number inside the last ``\\boxed{}``, else the number right after the last "answer
+    is" (the result if an expression follows: "answer is 7 + 4 = 11"), else the last number in
+    the text."""
     boxed = _BOXED_RE.findall(text)
     if boxed and (found := _NUMBER_RE.findall(boxed[-1])):
         return _canonical_number(found[-1])
     cues = list(_ANSWER_RE.finditer(text))
-    if cues and (after := _NUMBER_RE.search(text, cues[-1].end())):
-        return _canonical_number(after.group())
+    if cues:
+        worked = _WORKED_RE.match(text, cues[-1].end())
+        return _canonical_number(worked.group(1) if worked else cues[-1].group(1))
     numbers = _NUMBER_RE.findall(text)
     return _canonical_number(numbers[-1]) if numbers else None
 

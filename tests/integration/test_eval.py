@@ -515,3 +515,51 @@ def test_a_jury_votes_on_the_verdict_without_an_aggregator_call(
     item = json.loads((runs / "mine-single-openai-cand" / "items.jsonl").read_text())
     assert item["score"] == 1.0 and item["consistent"] is True and item["weight"] == 6.0
     assert summary["judge_usage"]["calls"] == 6
+
+
+def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Two topologies with the same proposers, evaluated with one --calls-cache: the second
+    eval sends only its own aggregator's calls; reasoning-gym items at a --task-config level."""
+    fake.behave("p1")
+    fake.behave("p2")
+    fake.behave("agg1")
+    fake.behave("agg2")
+    proposers = "layers:\n  - proposers: [{model: 'openai:p1'}, {model: 'openai:p2'}]\n"
+    for name, aggregator in (("one", "agg1"), ("two", "agg2")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\n{proposers}aggregator: {{model: 'openai:{aggregator}'}}\n"
+        )
+    config = '{"max_terms": 2, "max_digits": 1, "allow_parentheses": false, "seed": 3}'
+    common: tuple[str, ...] = ("--limit", "3", "--task-config", config)
+    common += ("--out", str(tmp_path / "runs"))
+    common += ("--calls-cache", str(tmp_path / "shared.sqlite"))
+    first = _eval("reasoning-gym", "--topology", str(tmp_path / "one.yaml"), *common)
+    assert len(fake.requests) == 3 * 3
+    assert "seed 3" in first["version"] and '"max_digits": 1' in first["version"]
+    questions = [_user_text(r.body) for r in fake.requests_for("agg1")]
+    assert all(re.match(r"Calculate \d+ [-+*/] \d+\.", q) for q in questions), questions
+    second = _eval("reasoning-gym", "--topology", str(tmp_path / "two.yaml"), *common)
+    assert len(fake.requests) == 3 * 3 + 3  # only agg2's calls are new
+    assert len(fake.requests_for("agg2")) == 3
+    assert second["topologies"][0]["cost"]["calls_per_item"] == 1.0
+    assert (tmp_path / "shared.sqlite").is_file()
+    assert not (tmp_path / "runs" / "two" / "calls.sqlite").exists()
+
+
+def test_bad_task_config_is_one_line(fake: FakeOpenAI, tmp_path: Path) -> None:
+    out = ("--model", "openai:x", "--out", str(tmp_path))
+    one_line_error(
+        run("eval", "reasoning-gym", "--task-config", "{max_digits: 1}", *out),
+        "--task-config is not valid JSON",
+    )
+    one_line_error(
+        run("eval", "reasoning-gym", "--task-config", "[1]", *out),
+        "--task-config must be a JSON object",
+    )
+    one_line_error(
+        run("eval", "gsm8k", "--task-config", '{"seed": 1}', *out),
+        "--task-config applies to reasoning-gym tasks only",
+    )
+    assert not fake.requests

@@ -58,6 +58,53 @@ def test_reasoning_gym_is_seeded() -> None:
     assert all(i.gold for i in first.items)
 
 
+EASY = {
+    "min_terms": 2,
+    "max_terms": 2,
+    "min_digits": 1,
+    "max_digits": 1,
+    "operators": ["+", "-"],
+    "allow_parentheses": False,
+}
+
+
+def test_reasoning_gym_task_config_sets_the_level_and_the_seed() -> None:
+    easy = load_benchmark("reasoning-gym:basic_arithmetic", limit=30, task_config=EASY)
+    questions = [i.question.splitlines()[0] for i in easy.items]
+    assert all(re.fullmatch(r"Calculate \d+ [+-] \d+\.", q) for q in questions), questions
+    assert [i.question for i in easy.items] != [
+        i.question for i in load_benchmark("reasoning-gym", limit=30).items
+    ]
+    other = load_benchmark("reasoning-gym", limit=30, task_config=EASY | {"seed": 7})
+    assert [i.question for i in other.items] != [i.question for i in easy.items]
+    assert "seed 7" in other.version and '"max_digits": 1' in other.version
+    assert "seed 42" in easy.version
+    # the first items do not depend on how many are drawn: a larger --limit resumes an eval
+    more = load_benchmark("reasoning-gym", limit=40, task_config=EASY)
+    assert more.version == easy.version
+    assert [(i.id, i.question, i.gold) for i in more.items[:30]] == [
+        (i.id, i.question, i.gold) for i in easy.items
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "message"),
+    [
+        ("reasoning-gym", {"max_digitz": 1}, "reasoning-gym cannot make task 'basic_arithmetic'"),
+        ("reasoning-gym", {"size": 5}, "'size' is set by --limit"),
+        ("reasoning-gym", {"seed": "7"}, "'seed' must be an integer"),
+        ("reasoning-gym", {"min_terms": 0}, "min_terms must be positive"),
+        ("gsm8k", {"seed": 1}, "--task-config applies to reasoning-gym tasks only"),
+    ],
+)
+def test_bad_task_config_is_one_clear_error(
+    name: str, config: dict[str, object], message: str
+) -> None:
+    with pytest.raises(MoAInputError, match=re.escape(message)) as caught:
+        load_benchmark(name, limit=3, task_config=config)
+    assert "\n" not in str(caught.value)
+
+
 def _write(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

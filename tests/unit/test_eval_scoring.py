@@ -57,6 +57,26 @@ def test_extracted_numbers_are_normalised(text: str, number: str) -> None:
     assert normalise_number(found) == normalise_number(number)
 
 
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        # replies of the embedded model to "Calculate ...": an operator is not a sign
+        ("4 + 3 = (10 - 2)", "2"),
+        ("I can help with 8 - 3.", "3"),
+        ("10-2", "2"),
+        ("the change is -3 today", "-3"),
+        ("It costs $ 18.", "18"),
+        # "answer is" followed by a worked expression answers its result
+        ("The final answer is -7 + 6 = 13.", "13"),
+        ("The answer is: 7 + 4 = 11.", "11"),
+        ("The answer is 5, since 2 + 3 = 5", "5"),
+    ],
+)
+def test_operators_and_worked_answers(text: str, number: str) -> None:
+    found = extract_answer(text)
+    assert found is not None and normalise_number(found) == normalise_number(number)
+
+
 def test_hashes_win_over_later_numbers() -> None:
     assert extract_answer("#### 12\n(checked in 3 steps)") == "12"
 

@@ -141,6 +141,12 @@ def test_calls_per_query_by_mode() -> None:
         ("so \\boxed{-12} is it (checked in 2 steps)", "number", "-12"),
         ("Answer: 3/4", "number", "3/4"),
         ("no digits here", "number", None),
+        # replies of the embedded model to "Calculate ...": echoed operands are not answers
+        ("The final answer to the calculation of 9 minus 2 is 5.", "number", "5"),
+        ("The answer to the user's last message is: 7 + 4 = 11.", "number", "11"),
+        ("The final answer is -7 + 6 = 13.", "number", "13"),
+        ("4 + 3 = (10 - 2)", "number", "2"),
+        ("10-2", "number", "2"),
         ("I pick (C) because B is wrong.", "choice", "C"),
         ("The answer is (c).", "choice", "C"),
         ("Between A and B... Answer: D", "choice", "D"),
