@@ -3,13 +3,16 @@ run in-process by llama.cpp, as a LangChain chat model.
 
 ``local:smollm2`` names the packaged model; ``local:/path/to/model.gguf`` any other GGUF file.
 Each file is loaded once per process, and calls to one loaded model are serialized with a lock
-(llama.cpp is not safe for concurrent use of one instance). Token usage is reported like any
+(llama.cpp is not safe for concurrent use of one instance). The process owns the loaded models
+and frees them at exit, while llama.cpp's module is still whole: left to ``Llama.__del__`` during
+the interpreter's teardown, freeing one prints a traceback from a half-torn-down module. Token usage is reported like any
 provider's: from llama.cpp for whole completions, by tokenizing prompt and reply when streaming.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import os
 import random
@@ -97,6 +100,21 @@ class _Engine:
 
 
 _loading = threading.Lock()  # concurrent first calls load the file once
+_loaded: list[_Engine] = []  # every model this process loaded, freed at exit
+
+
+def _free_loaded() -> None:
+    """Free every loaded model (at exit; one still generating in a thread is left as it is)."""
+    while _loaded:
+        engine = _loaded.pop()
+        if engine.lock.acquire(timeout=1.0):
+            try:
+                engine.llama.close()
+            finally:
+                engine.lock.release()
+
+
+atexit.register(_free_loaded)
 
 
 def _engine(path: str, n_ctx: int) -> _Engine:
@@ -125,7 +143,9 @@ def _load_engine(path: str, n_ctx: int) -> _Engine:
             eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
             bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
         )
-    return _Engine(llama=llama, formatter=formatter)
+    engine = _Engine(llama=llama, formatter=formatter)
+    _loaded.append(engine)
+    return engine
 
 
 def _to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:

@@ -179,3 +179,20 @@ async def test_a_cancelled_call_stops_the_model_at_the_next_token(streaming: boo
     started = time.perf_counter()
     await quick.ainvoke("Hi.")  # the model is free at once
     assert time.perf_counter() - started < 5.0
+
+
+def test_a_local_run_exits_without_a_traceback(tmp_path: Path) -> None:
+    """`moa ask` on the embedded model frees it before the interpreter tears its modules down:
+    left to ``Llama.__del__`` at teardown, freeing it printed a traceback after the answer."""
+    topology = tmp_path / "tiny.yaml"
+    topology.write_text(
+        "layers:\n"
+        "  - proposers: [{name: x, model: 'local:smollm2', max_tokens: 8}]\n"
+        "aggregator: {model: 'local:smollm2', max_tokens: 8}\n"
+    )
+    result = run_moa("ask", "Name a color.", "--topology", str(topology), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    # what is left is the command's own notes (here: the 8-token answer was cut)
+    assert all(line.startswith("moa: note:") for line in result.stderr.splitlines()), result.stderr
