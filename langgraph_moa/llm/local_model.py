@@ -5,8 +5,9 @@ run in-process by llama.cpp, as a LangChain chat model.
 Each file is loaded once per process, and calls to one loaded model are serialized with a lock
 (llama.cpp is not safe for concurrent use of one instance). The process owns the loaded models
 and frees them at exit, while llama.cpp's module is still whole: left to ``Llama.__del__`` during
-the interpreter's teardown, freeing one prints a traceback from a half-torn-down module. Token usage is reported like any
-provider's: from llama.cpp for whole completions, by tokenizing prompt and reply when streaming.
+the interpreter's teardown, freeing one prints a traceback from a half-torn-down module. Token
+usage is reported like any provider's: from llama.cpp for whole completions, by tokenizing prompt
+and reply when streaming.
 """
 
 from __future__ import annotations
