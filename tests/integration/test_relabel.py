@@ -233,6 +233,16 @@ def test_kill_9_mid_run_then_resume_pays_each_finished_call_once(
     ids = [row_id for row_id, _ in ledger_rows(run_dir)]
     assert sorted(ids) == sorted(f"r{k}" for k in range(40))  # each row exactly once
 
+    check_each_finished_call_paid_once(upstream, first, killed_at)
+
+
+def check_each_finished_call_paid_once(
+    upstream: FakeOpenAI, first: list[Any], killed_at: float
+) -> None:
+    """After a kill -9 (at ``killed_at``, when the upstream had seen ``first``) and a rerun: every
+    call that finished well before the kill was not paid for again, and the whole run made each
+    distinct call once, but for the few in flight at the kill (4 rows x 3 calls at most)."""
+
     def key(r: Any) -> str:
         return json.dumps([r.model, r.messages], sort_keys=True)
 
@@ -240,13 +250,11 @@ def test_kill_9_mid_run_then_resume_pays_each_finished_call_once(
     times: dict[str, int] = {}
     for r in finished:
         times[key(r)] = times.get(key(r), 0) + 1
-    # every call that finished (well) before the kill was not paid for again
     settled = [r for r in first if r.status == 200 and r.finished < killed_at - 0.5]
     assert settled
     assert all(times[key(r)] == 1 for r in settled), [
         key(r)[:80] for r in settled if times[key(r)] > 1
     ]
-    # and the whole run made each distinct call once, but for the ones in flight at the kill
     repeated = sum(n - 1 for n in times.values())
     assert repeated <= 4 * 3, repeated
 

@@ -33,7 +33,15 @@ from langgraph_moa.batch import RelabelRun, estimate_relabel, relabel
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import MOA, TEST_KEY, one_line_error
 from tests.conftest import run_moa as moa
-from tests.integration.test_relabel import ledger_rows, ok, rows, topology, upstream, write_jsonl
+from tests.integration.test_relabel import (
+    check_each_finished_call_paid_once,
+    ledger_rows,
+    ok,
+    rows,
+    topology,
+    upstream,
+    write_jsonl,
+)
 
 __all__ = ["upstream"]  # the fixture, shared with test_relabel
 
@@ -335,22 +343,7 @@ def test_ray_address_joins_a_cluster_and_resumes_after_kill_9(
     answers = [(r["result"] or {}).get("answer", "") for r in RelabelRun.open(run_dir).records()]
     assert len(answers) == 40 and all(a.startswith("agg answer") for a in answers)
 
-    def key(r: Any) -> str:
-        return json.dumps([r.model, r.messages], sort_keys=True)
-
-    finished = [r for r in upstream.requests if r.status == 200 and not r.disconnected]
-    times: dict[str, int] = {}
-    for r in finished:
-        times[key(r)] = times.get(key(r), 0) + 1
-    # every call that finished (well) before the kill was not paid for again
-    settled = [r for r in first if r.status == 200 and r.finished < killed_at - 0.5]
-    assert settled
-    assert all(times[key(r)] == 1 for r in settled), [
-        key(r)[:80] for r in settled if times[key(r)] > 1
-    ]
-    # and the whole run made each distinct call once, but for the ones in flight at the kill
-    repeated = sum(n - 1 for n in times.values())
-    assert repeated <= 4 * 3, repeated
+    check_each_finished_call_paid_once(upstream, first, killed_at)
 
 
 def test_moa_relabel_engine_ray_starts_a_local_ray(upstream: FakeOpenAI, tmp_path: Path) -> None:
