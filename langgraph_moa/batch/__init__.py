@@ -1,11 +1,12 @@
 """Datasets as the unit of work: relabel a dataset with a MoA topology, resumable to the row and
-to the call, and export the result for fine-tuning (SFT, DPO) or analysis (traces).
+to the call, and export the result for fine-tuning (SFT, TRL prompt-completion, DPO in TRL's or
+OpenAI's form) or analysis (traces).
 
     from langgraph_moa.batch import relabel
 
     run = relabel("logs.jsonl", topology="openpipe", out="runs", concurrency=32)
     print(run.totals, run.cost_usd)
-    run.export("sft")
+    written = run.export("sft")  # .path, .rows, .left_out (by reason)
 
 Modules: ``rows`` (input reading and checks), ``rundir`` (run folder and manifest), ``ledger``
 (SQLite record of rows), ``limits`` (rate limits), ``core`` (one row, and the loop that feeds
@@ -14,7 +15,7 @@ side, and what runs on the cluster), ``exports``.
 """
 
 from langgraph_moa.batch.core import Tally, relabel_row
-from langgraph_moa.batch.exports import ExportFormat
+from langgraph_moa.batch.exports import ExportFormat, ExportResult
 from langgraph_moa.batch.ledger import RowRecord, Totals
 from langgraph_moa.batch.limits import RateLimits, parse_limits
 from langgraph_moa.batch.rows import InvalidRow, Row, check_row, read_rows
@@ -30,6 +31,7 @@ from langgraph_moa.batch.runner import (
 __all__ = [
     "Estimate",
     "ExportFormat",
+    "ExportResult",
     "InvalidRow",
     "RateLimits",
     "RelabelRun",

@@ -6,27 +6,38 @@ ledger as its row finishes.
 every door shares, inside a :func:`~langgraph_moa.nodes.cache.row_scope` (each call is cached as
 it finishes). :func:`drive_rows` is the same whether a row runs in this process or on a Ray
 actor: only ``run_one`` differs.
+
+Turns: by default (``turns="last"``) a row is one graph run, for the answer after its prompt.
+With ``turns="all"`` every assistant turn of a multi-turn row is relabeled (:func:`turn_points`
+says which messages are turns), one graph run per turn, in order: each turn's prompt holds the
+*relabeled* earlier turns (``turn_context="relabeled"``) or the row's original ones
+(``"original"``). The row's record keeps every turn
+(:class:`~langgraph_moa.batch.ledger.TurnRecord`) and sums their figures; a failed turn fails
+the row (what its earlier turns paid still counted), and the turns after it are not run.
+:func:`row_worst_case_usd` is the worst case of a whole row, every turn counted, which the budget
+reserves before the row starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import itertools
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, convert_to_openai_messages
+from langchain_core.messages import AIMessage, convert_to_messages, convert_to_openai_messages
 
-from langgraph_moa.batch.ledger import Ledger, RowRecord
+from langgraph_moa.batch.ledger import Ledger, RowRecord, TurnRecord
 from langgraph_moa.batch.rows import InvalidRow, Row
 from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.graphs.builder import MoAGraph
-from langgraph_moa.nodes.budget import estimate
+from langgraph_moa.nodes.budget import Estimate, estimate
 from langgraph_moa.nodes.cache import row_scope
 from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.result import result_of
@@ -34,7 +45,27 @@ from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = ["CHUNK", "Budget", "Plan", "Tally", "drive_rows", "relabel_row", "steady_gc"]
+__all__ = [
+    "CHUNK",
+    "TURNS",
+    "TURN_CONTEXTS",
+    "Budget",
+    "Plan",
+    "Tally",
+    "TurnContext",
+    "Turns",
+    "drive_rows",
+    "relabel_row",
+    "row_estimates",
+    "row_worst_case_usd",
+    "steady_gc",
+    "turn_points",
+]
+
+Turns = Literal["last", "all"]
+TurnContext = Literal["relabeled", "original"]
+TURNS: tuple[Turns, ...] = ("last", "all")
+TURN_CONTEXTS: tuple[TurnContext, ...] = ("relabeled", "original")
 
 CHUNK = 256  # rows read and checked against the ledger at once
 GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
@@ -144,9 +175,19 @@ def _figures(result: dict[str, Any]) -> tuple[int, int, int, float | None]:
     return calls, cached, int(usage.get("total_tokens") or 0), usage.get("cost_usd")
 
 
-async def relabel_row(graph: MoAGraph, topology: Topology, row: Row) -> RowRecord:
+async def relabel_row(
+    graph: MoAGraph,
+    topology: Topology,
+    row: Row,
+    *,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
+) -> RowRecord:
     """Run one row through the graph (the shared run loop) and make its record; a run that
-    fails gives a ``failed`` record with the error, never an exception (cancellation aside)."""
+    fails gives a ``failed`` record with the error, never an exception (cancellation aside).
+    ``turns="all"``: every assistant turn, one run each (see the module docstring)."""
+    if turns == "all":
+        return await _relabel_turns(graph, topology, row, turn_context)
     start = time.perf_counter()
     record = RowRecord(
         id=row.id,
@@ -201,20 +242,176 @@ async def relabel_row(graph: MoAGraph, topology: Topology, row: Row) -> RowRecor
     return record
 
 
+def turn_points(row: Row) -> list[int]:
+    """Where the turns of ``row`` are in its whole conversation (prompt + original
+    completion): the index of each assistant message relabeled by ``turns="all"``, in order.
+
+    A turn is an assistant message that answers a user message or tool results and is not
+    itself answered by tool results (those results answer the calls it made, so it cannot be
+    replaced without making them lie: it stays as it was, part of the context). The last turn
+    is the row's completion (index ``len(row.prompt)``), present or not.
+    """
+    prompt = row.prompt
+    points = [
+        k
+        for k, message in enumerate(prompt)
+        if message["role"] == "assistant"
+        and k > 0
+        and prompt[k - 1]["role"] in ("user", "tool")
+        and (k + 1 >= len(prompt) or prompt[k + 1]["role"] != "tool")
+    ]
+    return [*points, len(prompt)]
+
+
+def _turn_prompt(
+    row: Row, index: int, answers: dict[int, dict[str, Any]], turn_context: TurnContext
+) -> list[dict[str, Any]]:
+    """The prompt of the turn at ``index``: the messages before it, earlier turns replaced by
+    their relabeled answers in ``answers`` when the context is relabeled."""
+    before = row.prompt[:index]
+    if turn_context == "original":
+        return list(before)
+    return [answers.get(k, m) for k, m in enumerate(before)]
+
+
+def _answer_message(record: RowRecord) -> dict[str, Any]:
+    message = record.get("answer_message")
+    if message:
+        return dict(message)
+    return {"role": "assistant", "content": (record["result"] or {}).get("answer", "")}
+
+
+async def _relabel_turns(
+    graph: MoAGraph, topology: Topology, row: Row, turn_context: TurnContext
+) -> RowRecord:
+    """Every turn of ``row`` through the graph, in order; one record summing them."""
+    points = turn_points(row)
+    answers: dict[int, dict[str, Any]] = {}
+    turns: list[TurnRecord] = []
+    last: RowRecord | None = None
+    for index in points:
+        original = row.prompt[index] if index < len(row.prompt) else row.completion
+        turn_row = dataclasses.replace(
+            row, prompt=_turn_prompt(row, index, answers, turn_context), completion=original
+        )
+        last = await relabel_row(graph, topology, turn_row)
+        turn = TurnRecord(
+            index=index,
+            status=last["status"],
+            error=last["error"],
+            completion=original,
+            answer_message=last.get("answer_message"),
+            result=last["result"],
+            cost_usd=last["cost_usd"],
+            calls=last["calls"],
+            cached_calls=last["cached_calls"],
+            tokens=last["tokens"],
+            latency_s=last["latency_s"],
+            degraded=last["degraded"],
+        )
+        if "degraded_reasons" in last:
+            turn["degraded_reasons"] = last["degraded_reasons"]
+        turns.append(turn)
+        if last["status"] != "done":
+            break
+        answers[index] = _answer_message(last)
+    assert last is not None  # a row has at least its last turn
+    record = last.copy()  # the last turn run: its answer is the row's
+    record["prompt"], record["completion"] = row.prompt, row.completion
+    record["turns"], record["turn_context"] = turns, turn_context
+    if last["status"] != "done":
+        record["error"] = f"turn {len(turns)} of {len(points)}: {last['error']}"
+    costs = [t["cost_usd"] for t in turns if t["cost_usd"] is not None]
+    record["cost_usd"] = sum(costs) if costs else None
+    record["calls"] = sum(t["calls"] for t in turns)
+    record["cached_calls"] = sum(t["cached_calls"] for t in turns)
+    record["tokens"] = sum(t["tokens"] for t in turns)
+    record["latency_s"] = round(sum(t["latency_s"] for t in turns), 4)
+    record["degraded"] = any(t["degraded"] for t in turns)
+    reasons = [r for t in turns for r in t.get("degraded_reasons") or []]
+    if reasons:
+        record["degraded_reasons"] = list(dict.fromkeys(reasons))
+    return record
+
+
+def _answer_bound(topology: Topology) -> int:
+    """The most tokens a row's final answer can hold: the aggregator's limit, or a last-layer
+    proposer's when the aggregator picks a proposal (select, vote, rank)."""
+    return max(
+        [topology.aggregator.max_tokens, *(a.max_tokens for a in topology.layers[-1].proposers)]
+    )
+
+
+def row_estimates(
+    topology: Topology,
+    row: Row,
+    prices: PriceTable,
+    *,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
+) -> list[Estimate]:
+    """The worst case of each graph run ``row`` takes (one per turn with ``turns="all"``).
+
+    With relabeled context, each earlier turn's answer in a later turn's prompt is counted at
+    its largest (:func:`_answer_bound` tokens, a stand-in text that every token counter counts
+    at least that long) rather than at the original's size.
+    """
+    if turns == "last":
+        return [estimate(topology, row.messages(), prices=prices)]
+    points = turn_points(row)
+    bound = _answer_bound(topology)
+    stand_in = {"role": "assistant", "content": " x" * (2 * bound)}  # >= bound tokens
+    answers = {k: stand_in for k in points}
+    return [
+        estimate(
+            topology,
+            convert_to_messages(_turn_prompt(row, index, answers, turn_context)),
+            prices=prices,
+        )
+        for index in points
+    ]
+
+
+def row_worst_case_usd(
+    topology: Topology,
+    row: Row,
+    prices: PriceTable,
+    *,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
+) -> float:
+    """The most a row can cost: the sum of its turns' worst cases (0 for unpriced models,
+    which a run with a budget refuses before it starts)."""
+    found = row_estimates(topology, row, prices, turns=turns, turn_context=turn_context)
+    return sum(e.cost_usd or 0.0 for e in found)
+
+
 class Budget:
     """The run's budget: admits a row while spent + worst cases in flight stay within it."""
 
-    def __init__(self, max_usd: float | None, spent: float, topology: Topology) -> None:
+    def __init__(
+        self,
+        max_usd: float | None,
+        spent: float,
+        topology: Topology,
+        *,
+        turns: Turns = "last",
+        turn_context: TurnContext = "relabeled",
+    ) -> None:
         self.max_usd = max_usd
         self.spent = spent
         self.topology = topology
         self.prices = PriceTable(topology.prices)
         self.held: dict[str, float] = {}
+        self.turns: Turns = turns
+        self.turn_context: TurnContext = turn_context
 
     def admit(self, row: Row) -> bool:
         if self.max_usd is None:
             return True
-        worst = estimate(self.topology, row.messages(), prices=self.prices).cost_usd or 0.0
+        worst = row_worst_case_usd(
+            self.topology, row, self.prices, turns=self.turns, turn_context=self.turn_context
+        )
         if self.spent + sum(self.held.values()) + worst > self.max_usd:
             return False
         self.held[row.id] = worst

@@ -24,7 +24,7 @@ from typing_extensions import TypedDict
 
 from langgraph_moa.batch.rows import InvalidRow
 
-__all__ = ["Ledger", "RowRecord", "Totals"]
+__all__ = ["Ledger", "RowRecord", "Totals", "TurnRecord"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
@@ -49,9 +49,31 @@ CREATE TABLE IF NOT EXISTS invalid (
 """
 
 
+class TurnRecord(TypedDict):
+    """One turn of a row relabeled with ``turns="all"``: where its answer is in the row's
+    conversation, the original answer there, the MoA's, and its figures."""
+
+    index: int  # the position of the answer in prompt + [completion]
+    status: str
+    error: str | None
+    completion: dict[str, Any] | None  # the original answer of this turn
+    answer_message: dict[str, Any] | None
+    result: dict[str, Any] | None
+    cost_usd: float | None
+    calls: int
+    cached_calls: int
+    tokens: int
+    latency_s: float
+    degraded: bool
+    degraded_reasons: NotRequired[list[str]]
+
+
 class RowRecord(TypedDict):
     """One relabeled row: its input, the MoA record (as ``moa ask --json`` gives it) or why it
-    failed, and its figures."""
+    failed, and its figures. A row relabeled with ``turns="all"`` also has ``turns`` (every
+    turn, in order; the row's figures are their sums, its answer the last turn's) and
+    ``turn_context`` ("relabeled" or "original": what the earlier turns were in a turn's
+    prompt)."""
 
     id: str
     where: str
@@ -69,6 +91,9 @@ class RowRecord(TypedDict):
     tokens: int
     latency_s: float
     degraded: bool
+    degraded_reasons: NotRequired[list[str]]  # why degraded, e.g. "truncated" (newer ledgers)
+    turns: NotRequired[list[TurnRecord]]
+    turn_context: NotRequired[str]
 
 
 class Totals(TypedDict):

@@ -172,6 +172,8 @@ async def run_on_ray(
                     _split(limits, count),
                     slots,
                     keeper,
+                    budget.turns,
+                    budget.turn_context,
                 ),
                 batch_size=1,
                 batch_format="pyarrow",

@@ -41,13 +41,12 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from langgraph_moa.batch.core import relabel_row
+from langgraph_moa.batch.core import TurnContext, Turns, relabel_row, row_worst_case_usd
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateGate, RateLimits
 from langgraph_moa.batch.rows import InvalidRow, Row, read_rows
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.openai_client import gate_requests
-from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.cache import open_cache
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
@@ -253,6 +252,8 @@ class RowWorker:
         limits: dict[str, Any],
         slots: int,
         keeper: Any = None,
+        turns: Turns = "last",
+        turn_context: TurnContext = "relabeled",
     ) -> None:
         self.topology = parse_topology(topology, source="the run's topology")
         self.graph = build_graph(self.topology, cache=open_cache(cache_path))
@@ -261,6 +262,8 @@ class RowWorker:
         self.slots = asyncio.Semaphore(slots)
         self.keeper = keeper
         self.prices = PriceTable(self.topology.prices)
+        self.turns: Turns = turns
+        self.turn_context: TurnContext = turn_context
 
     async def __call__(self, block: pa.Table) -> pa.Table:
         chunk = unpack(block)
@@ -276,11 +279,23 @@ class RowWorker:
     async def _run(self, row: Row) -> RowRecord | None:
         async with self.slots:
             if self.keeper is not None:
-                worst = estimate(self.topology, row.messages(), prices=self.prices).cost_usd
-                if not await self.keeper.admit.remote(row.id, worst or 0.0):
+                worst = row_worst_case_usd(
+                    self.topology,
+                    row,
+                    self.prices,
+                    turns=self.turns,
+                    turn_context=self.turn_context,
+                )
+                if not await self.keeper.admit.remote(row.id, worst):
                     return None
             with gate_requests(self.gate) if self.gate else contextlib.nullcontext():
-                record = await relabel_row(self.graph, self.topology, row)
+                record = await relabel_row(
+                    self.graph,
+                    self.topology,
+                    row,
+                    turns=self.turns,
+                    turn_context=self.turn_context,
+                )
             if self.keeper is not None:
                 await self.keeper.settle.remote(row.id, record["cost_usd"])
             return record

@@ -8,9 +8,9 @@ files and hash, package versions, each session's start and end, and the counts a
 ``--out`` share a call cache, ``<out>/calls.sqlite``, so a run that differs from another only
 in its aggregator reuses every proposer call.
 
-Rerunning with the same name and a different topology is refused (one line, nothing written):
-that would mix two topologies' answers in one run. One process writes a run at a time (an
-exclusive lock on ``<run>/.lock``).
+Rerunning with the same name and a different topology, or other ``turns``/``turn_context``
+settings, is refused (one line, nothing written): that would mix two kinds of answer in one
+run. One process writes a run at a time (an exclusive lock on ``<run>/.lock``).
 """
 
 from __future__ import annotations
@@ -155,6 +155,30 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _turns_of(settings: dict[str, Any]) -> str:
+    """How a run's rows are relabeled: ``last``, or ``all/<turn context>`` (runs from before
+    ``turns`` existed relabeled the last turn)."""
+    turns = settings.get("turns", "last")
+    return "last" if turns == "last" else f"all/{settings.get('turn_context', 'relabeled')}"
+
+
+def _check_same_turns(path: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    was, asked = _turns_of(before), _turns_of(now)
+    if was != asked:
+
+        def say(value: str) -> str:
+            return (
+                "--turns last"
+                if value == "last"
+                else (f"--turns all --turn-context {value.split('/')[1]}")
+            )
+
+        raise MoAInputError(
+            f"run {str(path)!r} was relabeled with {say(was)}; this one asks {say(asked)}: "
+            "give another --name (or --out)"
+        )
+
+
 @contextmanager
 def open_run_dir(
     out: Path,
@@ -179,6 +203,7 @@ def open_run_dir(
                 f"run {str(path)!r} relabels with topology {run.manifest.topology.get('name')!r} "
                 f"as it was then; this one differs: give another --name (or --out)"
             )
+        _check_same_turns(path, run.manifest.settings, settings)
     else:
         try:
             out.mkdir(parents=True, exist_ok=True)

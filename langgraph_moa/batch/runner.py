@@ -17,6 +17,10 @@ Policies:
   (:func:`langgraph_moa.nodes.budget.estimate`), stays within it; when the next row does not
   fit, no row starts, those running finish, and the run stops cleanly (``stopped="budget"``),
   ready to go on with a larger budget;
+- ``turns="all"`` relabels every assistant turn of a multi-turn row, one graph run per turn,
+  each turn's prompt holding the relabeled earlier turns (or, with
+  ``turn_context="original"``, the row's own); the run records both settings, and a rerun of
+  the same run with other values is refused (it would mix two kinds of record);
 - a row that fails (all proposers of a layer down, the aggregator failed...) is recorded as
   failed with the error and the run goes on; configuration errors (a missing key, extras) stop
   the run before any call.
@@ -39,14 +43,19 @@ from typing import Any, Literal
 
 from langgraph_moa.batch.core import (
     CHUNK,
+    TURN_CONTEXTS,
+    TURNS,
     Budget,
     Plan,
     Tally,
+    TurnContext,
+    Turns,
     drive_rows,
     relabel_row,
+    row_estimates,
     steady_gc,
 )
-from langgraph_moa.batch.exports import ExportFormat, export_run
+from langgraph_moa.batch.exports import ExportFormat, ExportResult, export_run
 from langgraph_moa.batch.ledger import Ledger, RowRecord, Totals
 from langgraph_moa.batch.limits import RateGate, RateLimits
 from langgraph_moa.batch.ray_engine import require_ray, run_on_ray
@@ -63,7 +72,6 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
-from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.cache import open_cache
 from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.spec.models import PriceTable
@@ -162,8 +170,9 @@ class RelabelRun:
 
     def export(
         self, fmt: ExportFormat, out: str | Path | None = None, *, include_degraded: bool = False
-    ) -> tuple[Path, int]:
-        """Write an export (sft, dpo, traces); returns its path and how many rows it holds."""
+    ) -> ExportResult:
+        """Write an export (see :mod:`langgraph_moa.batch.exports`); returns its path, how many
+        rows it holds and what was left out, by reason."""
         return export_run(self, fmt, out, include_degraded=include_degraded)
 
     def summary(self) -> dict[str, Any]:
@@ -207,6 +216,13 @@ def _open_input(
     return (itertools.islice(rows, limit) if limit else rows), stem, files
 
 
+def _check_turns(turns: str, turn_context: str) -> None:
+    if turns not in TURNS:
+        raise MoAInputError(f"unknown --turns {turns!r} (last or all)")
+    if turn_context not in TURN_CONTEXTS:
+        raise MoAInputError(f"unknown --turn-context {turn_context!r} (relabeled or original)")
+
+
 def estimate_relabel(
     source: Input,
     *,
@@ -215,10 +231,13 @@ def estimate_relabel(
     name: str | None = None,
     limit: int | None = None,
     retry_failed: bool = False,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
 ) -> Estimate:
     """The worst case (every call writes its max_tokens) of what a relabel session would run:
     rows, calls, tokens and $. No call is made and nothing is written."""
     topo = resolve_topology(topology)
+    _check_turns(turns, turn_context)
     rows, stem, _ = _open_input(source, limit)
     path = Path(out) / (name or run_name(topo, stem))
     ledger = Ledger(path / "ledger.sqlite") if (path / "ledger.sqlite").is_file() else None
@@ -235,15 +254,17 @@ def estimate_relabel(
                 if not runs:
                     found.skipped += 1
                     continue
-                worst = estimate(topo, row.messages(), prices=prices)
                 found.rows += 1
-                found.calls += worst.calls
-                found.tokens += worst.total_tokens
-                for model in worst.unpriced:
-                    if model not in found.unpriced:
-                        found.unpriced.append(model)
-                if found.cost_usd is not None and worst.cost_usd is not None:
-                    found.cost_usd += worst.cost_usd
+                for worst in row_estimates(
+                    topo, row, prices, turns=turns, turn_context=turn_context
+                ):
+                    found.calls += worst.calls
+                    found.tokens += worst.total_tokens
+                    for model in worst.unpriced:
+                        if model not in found.unpriced:
+                            found.unpriced.append(model)
+                    if found.cost_usd is not None and worst.cost_usd is not None:
+                        found.cost_usd += worst.cost_usd
     finally:
         if ledger is not None:
             ledger.close()
@@ -267,6 +288,8 @@ async def arelabel(
     ray_address: str | None = None,
     ray_workers: int | None = None,
     cache: str | Path | None = None,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
     on_record: Callable[[RowRecord], None] | None = None,
     on_progress: Callable[[Tally], None] | None = None,
 ) -> RelabelRun:
@@ -278,6 +301,7 @@ async def arelabel(
     if max_usd is not None and not max_usd > 0:
         raise MoAInputError("--max-usd must be more than 0")
     topo = resolve_topology(topology)
+    _check_turns(turns, turn_context)
     rows, stem, files = _open_input(source, limit)
     if engine == "ray":
         require_ray()
@@ -304,6 +328,8 @@ async def arelabel(
         "rate_limits": limits.as_dict(),
         "retry_failed": retry_failed,
         "engine": engine,
+        "turns": turns,
+        "turn_context": turn_context,
     }
     cache_path = Path(cache) if cache is not None else out_path / CACHE
     with open_run_dir(
@@ -320,7 +346,9 @@ async def arelabel(
             tally.total = min(tally.total, limit)
         try:
             before = ledger.totals()
-            budget = Budget(max_usd, before["cost_usd"], topo)
+            budget = Budget(
+                max_usd, before["cost_usd"], topo, turns=turns, turn_context=turn_context
+            )
             plan = Plan(ledger, retry_failed, tally)
             try:
                 backend = open_cache(str(cache_path))
@@ -350,7 +378,9 @@ async def arelabel(
                     else:
                         graph = build_graph(topo, cache=backend)
                         await drive_rows(
-                            lambda row: relabel_row(graph, topo, row),
+                            lambda row: relabel_row(
+                                graph, topo, row, turns=turns, turn_context=turn_context
+                            ),
                             plan,
                             rows,
                             concurrency=concurrency,

@@ -38,8 +38,20 @@ class Engine(enum.StrEnum):
 
 class Format(enum.StrEnum):
     sft = "sft"
+    prompt_completion = "prompt-completion"
     dpo = "dpo"
+    openai_dpo = "openai-dpo"
     traces = "traces"
+
+
+class Turns(enum.StrEnum):
+    last = "last"
+    all = "all"
+
+
+class TurnContext(enum.StrEnum):
+    relabeled = "relabeled"
+    original = "original"
 
 
 def _topology(preset: str | None, topology: Path | None) -> Any:
@@ -150,6 +162,20 @@ def relabel_command(
     cache: Annotated[
         Path | None, typer.Option(help="Call cache file (default: <out>/calls.sqlite).")
     ] = None,
+    turns: Annotated[
+        Turns,
+        typer.Option(
+            help="last: relabel the answer after the prompt; all: every assistant turn of a "
+            "conversation, one graph run each."
+        ),
+    ] = Turns.last,
+    turn_context: Annotated[
+        TurnContext,
+        typer.Option(
+            help="With --turns all, what a turn's prompt holds of the earlier turns: their "
+            "relabeled answers, or the original ones."
+        ),
+    ] = TurnContext.relabeled,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
@@ -160,7 +186,14 @@ def relabel_command(
     topo = _topology(preset, topology)
     if estimate:
         found = estimate_relabel(
-            source, topology=topo, out=out, name=name, limit=limit, retry_failed=retry_failed
+            source,
+            topology=topo,
+            out=out,
+            name=name,
+            limit=limit,
+            retry_failed=retry_failed,
+            turns=turns.value,
+            turn_context=turn_context.value,
         )
         if as_json:
             sys.stdout.write(json.dumps(found.as_dict()) + "\n")
@@ -189,6 +222,8 @@ def relabel_command(
                 ray_address=ray_address,
                 ray_workers=ray_workers,
                 cache=cache,
+                turns=turns.value,
+                turn_context=turn_context.value,
                 on_progress=display,
             )
         )
@@ -216,7 +251,10 @@ def _report(run: RelabelRun, *, as_json: bool, quiet: bool) -> None:
 
 def export_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder (<out>/<name>).")],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="sft, dpo or traces.")],
+    fmt: Annotated[
+        Format,
+        typer.Option("--format", "-f", help="sft, prompt-completion, dpo, openai-dpo or traces."),
+    ],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="File to write (default: inside the run folder)."),
@@ -229,14 +267,15 @@ def export_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Export a relabel run: OpenAI fine-tuning JSONL (sft), TRL preference pairs (dpo), or one
-    Parquet row per LLM call (traces)."""
+    """Export a relabel run: OpenAI fine-tuning JSONL (sft), TRL prompt-completion rows, TRL
+    preference pairs (dpo) or OpenAI's (openai-dpo), or one Parquet row per LLM call (traces).
+    Says what it wrote and what it left out, by reason."""
     from langgraph_moa.batch import RelabelRun
     from langgraph_moa.cli.console import err
 
     run = RelabelRun.open(run_dir)
-    path, count = run.export(fmt.value, output, include_degraded=include_degraded)
+    written = run.export(fmt.value, output, include_degraded=include_degraded)
     if as_json:
-        sys.stdout.write(json.dumps({"path": str(path), "rows": count, "format": fmt.value}) + "\n")
+        sys.stdout.write(json.dumps(written.as_dict()) + "\n")
     else:
-        err.print(f"wrote {count} rows to {escape(str(path))}")
+        err.print(escape(written.describe()), soft_wrap=True)

@@ -421,8 +421,8 @@ def test_degraded_rows_are_left_out_of_exports_unless_asked(
     )
     run = relabel(rows(2), topology=topo, out=tmp_path / "runs", name="deg")
     assert run.totals["degraded"] == 2
-    assert run.export("sft")[1] == 0
-    assert run.export("sft", include_degraded=True)[1] == 2
+    assert run.export("sft").rows == 0
+    assert run.export("sft", include_degraded=True).rows == 2
 
 
 def test_python_api_rows_from_an_iterable(upstream: FakeOpenAI, tmp_path: Path) -> None:
