@@ -189,7 +189,7 @@ def test_turns_all_relabeled_context_in_every_format(
     assert [m["tool_calls"][0]["id"] for m in agg.messages if m.get("tool_calls")] == ["call_1"]
 
     # the record keeps every turn; the row's figures are their sums
-    records = {r["id"]: r for r in run.records()}
+    records: dict[str, Any] = {r["id"]: r for r in run.records()}
     multi = records["multi"]
     assert [t["index"] for t in multi["turns"]] == [2, 4]
     assert [t["completion"]["content"] for t in multi["turns"]] == ["OLD ONE", "OLD TWO"]
@@ -378,7 +378,8 @@ def test_a_failed_turn_fails_the_row_and_keeps_what_was_paid(
     upstream.behave("agg", faults=["ok", 400])  # the second turn's aggregator refuses
     run = relabel(dataset()[:1], topology=topo, out=tmp_path / "runs", name="f", turns="all")
     assert run.totals["failed"] == 1
-    (record,) = run.records()
+    (found,) = run.records()
+    record: dict[str, Any] = dict(found)
     assert record["status"] == "failed" and record["error"].startswith("turn 2 of 2: ")
     first, failed = record["turns"]
     assert first["status"] == "done" and first["cost_usd"] > 0 and failed["status"] == "failed"
