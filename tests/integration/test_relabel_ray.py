@@ -381,3 +381,39 @@ def test_engine_ray_without_the_extra_is_one_line(upstream: FakeOpenAI, tmp_path
     args = ["relabel", str(data), "-t", str(topology(tmp_path)), "--out", str(out)]
     one_line_error(moa(*args, "--engine", "ray", env=env), "pip install 'langgraph-moa[ray]'")
     assert not out.exists() and upstream.requests == []
+
+
+def test_turns_all_on_ray_gives_the_same_turns(
+    upstream: FakeOpenAI, local_ray: None, tmp_path: Path
+) -> None:
+    from tests.integration.test_relabel_exports import dataset
+
+    topo = topology(tmp_path)
+    options: dict[str, Any] = {"topology": topo, "name": "turns", "turns": "all"}
+    local = relabel(dataset(), out=tmp_path / "local", **options)
+    run = relabel(dataset(), out=tmp_path / "ray", engine="ray", **options)
+    assert run.totals["done"] == local.totals["done"] == 4
+
+    def turns(of: RelabelRun) -> dict[str, list[Any]]:
+        return {
+            r["id"]: [(t["index"], t["answer_message"]) for t in r.get("turns") or []]
+            for r in of.records()
+        }
+
+    assert turns(run) == turns(local)
+    assert len(turns(run)["multi"]) == 2
+    one_line_error(
+        moa(
+            "relabel",
+            str(write_jsonl(tmp_path / "x.jsonl", dataset())),
+            "-t",
+            str(topo),
+            "--out",
+            str(tmp_path / "ray"),
+            "--name",
+            "turns",
+            "--engine",
+            "ray",
+        ),
+        "was relabeled with --turns all",
+    )
