@@ -156,25 +156,18 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _turns_of(settings: dict[str, Any]) -> str:
-    """How a run's rows are relabeled: ``last``, or ``all/<turn context>`` (runs from before
-    ``turns`` existed relabeled the last turn)."""
-    turns = settings.get("turns", "last")
-    return "last" if turns == "last" else f"all/{settings.get('turn_context', 'relabeled')}"
+    """How a run's rows are relabeled, as the options say it (runs from before ``turns``
+    existed relabeled the last turn)."""
+    if settings.get("turns", "last") == "last":
+        return "--turns last"
+    return f"--turns all --turn-context {settings.get('turn_context', 'relabeled')}"
 
 
 def _check_same_turns(path: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
     was, asked = _turns_of(before), _turns_of(now)
     if was != asked:
-
-        def say(value: str) -> str:
-            return (
-                "--turns last"
-                if value == "last"
-                else (f"--turns all --turn-context {value.split('/')[1]}")
-            )
-
         raise MoAInputError(
-            f"run {str(path)!r} was relabeled with {say(was)}; this one asks {say(asked)}: "
+            f"run {str(path)!r} was relabeled with {was}; this one asks {asked}: "
             "give another --name (or --out)"
         )
 
