@@ -6,6 +6,11 @@ ledger as its row finishes.
 every door shares, inside a :func:`~langgraph_moa.nodes.cache.row_scope` (each call is cached as
 it finishes). :func:`drive_rows` is the same whether a row runs in this process or on a Ray
 actor: only ``run_one`` differs.
+
+A row that asks for JSON (``response_format`` ``json_object`` or ``json_schema``) gets its answer
+checked to parse as JSON here, where the record is made: an answer that does not parse makes the
+row degraded with the reason ``invalid_json`` (``degraded_reasons``), so exports leave it out.
+An answer that calls tools instead is not checked (its content is not the answer).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -26,6 +32,7 @@ from langgraph_moa.batch.ledger import Ledger, RowRecord
 from langgraph_moa.batch.rows import InvalidRow, Row
 from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.graphs.builder import MoAGraph
+from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.cache import row_scope
 from langgraph_moa.nodes.calls import error_text
@@ -34,7 +41,16 @@ from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = ["CHUNK", "Budget", "Plan", "Tally", "drive_rows", "relabel_row", "steady_gc"]
+__all__ = [
+    "CHUNK",
+    "Budget",
+    "Plan",
+    "Tally",
+    "drive_rows",
+    "relabel_row",
+    "round_usd",
+    "steady_gc",
+]
 
 CHUNK = 256  # rows read and checked against the ledger at once
 GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
@@ -42,6 +58,12 @@ GC_THRESHOLD = 10_000  # allocations between two young-generation collections du
 _gc_lock = threading.Lock()
 _gc_users = 0
 _gc_before: tuple[int, int, int] = gc.get_threshold()
+
+
+def round_usd(cost: float | None) -> float | None:
+    """A cost as relabel prints and writes it: to the micro-dollar (sums of floats otherwise
+    show as 0.07126249999999999)."""
+    return None if cost is None else round(cost, 6)
 
 
 @contextlib.contextmanager
@@ -104,6 +126,11 @@ class Tally:
         self.cost_usd += record["cost_usd"] or 0.0
 
     @property
+    def finished(self) -> int:
+        """Rows read and settled: done, failed, invalid or skipped."""
+        return self.done + self.failed + self.invalid + self.skipped
+
+    @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
@@ -129,7 +156,7 @@ class Tally:
             "calls": self.calls,
             "cached_calls": self.cached_calls,
             "tokens": self.tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": round_usd(self.cost_usd),
             "elapsed_s": round(self.elapsed_s, 3),
             "rows_per_s": round(self.rows_per_s, 3),
             "stopped": self.stopped,
@@ -142,6 +169,19 @@ def _figures(result: dict[str, Any]) -> tuple[int, int, int, float | None]:
     calls = sum(m["calls"] for m in by_model)
     cached = sum(m["cached_calls"] for m in by_model)
     return calls, cached, int(usage.get("total_tokens") or 0), usage.get("cost_usd")
+
+
+def _is_json_answer(answer: AIMessage | None) -> bool:
+    """Whether a JSON-mode row's answer is JSON (an answer that calls tools is not checked)."""
+    if answer is None:
+        return False
+    if answer.tool_calls:
+        return True
+    try:
+        json.loads(text_of(answer))
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 async def relabel_row(graph: MoAGraph, topology: Topology, row: Row) -> RowRecord:
@@ -193,6 +233,10 @@ async def relabel_row(graph: MoAGraph, topology: Topology, row: Row) -> RowRecor
                     calls, cached, tokens, cost = _figures(result)
                     record["calls"], record["cached_calls"] = calls, cached
                     record["tokens"], record["cost_usd"] = tokens, cost
+                    if row.json_mode and not _is_json_answer(answer):
+                        record["degraded"] = True
+                        reasons = record.setdefault("degraded_reasons", [])
+                        reasons.append("invalid_json")
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on

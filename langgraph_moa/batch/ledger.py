@@ -69,6 +69,9 @@ class RowRecord(TypedDict):
     tokens: int
     latency_s: float
     degraded: bool
+    # why the row is degraded, beyond a failed call or a fallback ("invalid_json": a JSON-mode
+    # row's answer does not parse); each check appends its own
+    degraded_reasons: NotRequired[list[str]]
 
 
 class Totals(TypedDict):
