@@ -25,6 +25,7 @@ from langgraph_moa.batch.runner import (
     estimate_relabel,
     relabel,
     resolve_topology,
+    run_folder,
 )
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "relabel",
     "relabel_row",
     "resolve_topology",
+    "run_folder",
 ]

@@ -11,10 +11,11 @@
   names it (``original`` or ``proposal:<node>#<sample>``). A pair whose two sides have the
   same text is left out.
 - ``traces``: Parquet, one row per LLM call: row id, node, name, model, layer, sample, ok,
-  error, tokens, cost, latency, attempts, cached.
+  error, tokens, cost (to the micro-dollar), latency, attempts, cached.
 
 Failed rows have no answer and are never in ``sft``/``dpo``; degraded rows (a proposer or the
-critic failed, a fallback answered) are left out too unless ``include_degraded``.
+critic failed, a fallback answered, a JSON-mode answer that is not JSON) are left out too unless
+``include_degraded``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from langgraph_moa.batch.core import round_usd
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
@@ -133,7 +135,7 @@ def call_rows(record: RowRecord, prices: PriceTable) -> Iterator[dict[str, Any]]
             "total_tokens": usage.get("total_tokens", 0),
             "cost_usd": 0.0
             if call.get("cached")
-            else prices.cost(call["model"], prompt, completion),
+            else round_usd(prices.cost(call["model"], prompt, completion)),
             "latency_s": float(call.get("latency_s") or 0.0),
             "attempts": int(call.get("attempts") or 0),
             "cached": bool(call.get("cached")),

@@ -24,7 +24,8 @@ Policies:
 The Python API: :func:`relabel` / :func:`arelabel` take a file, a folder or an iterable of rows
 (dicts in the input format), and return a :class:`RelabelRun` with counts, cost, paths and
 the records. ``engine="ray"`` runs the rows on Ray actors (:mod:`langgraph_moa.batch.ray_engine`)
-with the same ledger and cache.
+with the same ledger and cache. Costs in the summary, the estimate and the manifest are rounded to
+the micro-dollar (:func:`~langgraph_moa.batch.core.round_usd`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from langgraph_moa.batch.core import (
     Tally,
     drive_rows,
     relabel_row,
+    round_usd,
     steady_gc,
 )
 from langgraph_moa.batch.exports import ExportFormat, export_run
@@ -83,6 +85,7 @@ __all__ = [
     "relabel",
     "relabel_row",
     "resolve_topology",
+    "run_folder",
 ]
 
 DEFAULT_CONCURRENCY = 16
@@ -128,7 +131,7 @@ class RelabelRun:
 
     @property
     def cost_usd(self) -> float:
-        return self.totals["cost_usd"]
+        return round(self.totals["cost_usd"], 6)
 
     @property
     def stopped(self) -> str | None:
@@ -172,7 +175,7 @@ class RelabelRun:
             "run": str(self.path),
             "name": self.name,
             "session": self.session.as_dict(),
-            "totals": dict(self.totals),
+            "totals": dict(self.totals) | {"cost_usd": self.cost_usd},
         }
 
 
@@ -189,7 +192,8 @@ class Estimate:
     invalid: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        found = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return found | {"cost_usd": round_usd(self.cost_usd)}
 
 
 def _open_input(
@@ -207,6 +211,19 @@ def _open_input(
     return (itertools.islice(rows, limit) if limit else rows), stem, files
 
 
+def run_folder(
+    source: Input, topology: Topology, out: str | Path = "runs", name: str | None = None
+) -> Path:
+    """The run folder a relabel of ``source`` with ``topology`` uses: ``out/name``, the name by
+    default ``<topology>-<input>`` (what a message pointing at the run names)."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        stem = path.name if path.is_dir() else path.stem
+    else:
+        stem = "rows"
+    return Path(out) / (name or run_name(topology, stem))
+
+
 def estimate_relabel(
     source: Input,
     *,
@@ -219,8 +236,8 @@ def estimate_relabel(
     """The worst case (every call writes its max_tokens) of what a relabel session would run:
     rows, calls, tokens and $. No call is made and nothing is written."""
     topo = resolve_topology(topology)
-    rows, stem, _ = _open_input(source, limit)
-    path = Path(out) / (name or run_name(topo, stem))
+    rows, _, _ = _open_input(source, limit)
+    path = run_folder(source, topo, out, name)
     ledger = Ledger(path / "ledger.sqlite") if (path / "ledger.sqlite").is_file() else None
     prices = PriceTable(topo.prices)
     found = Estimate()
