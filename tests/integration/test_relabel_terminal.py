@@ -1,7 +1,8 @@
 """`moa relabel` at a real terminal (a pty, 80 columns): the live progress line fits the width
 whole, with exact counts (no ``None``, nothing negative, never a row behind at the end); Ctrl-C
 (SIGINT to the process group, as a terminal sends it) stops the run, keeps the rows done and
-says in one line how to go on, and the same command then finishes the run."""
+says in one line how to go on, and the same command then finishes the run. Costs, printed and
+written, are rounded (to the micro-dollar; $ to 4 decimals in text)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from langgraph_moa.extras import has_extra
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import run_moa
 from tests.integration.test_relabel import ledger_rows, reply, rows, topology, write_jsonl
@@ -115,3 +117,41 @@ def test_ctrl_c_keeps_the_rows_done_and_says_how_to_go_on(
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["session"]["skipped"] == kept and summary["totals"]["done"] == 40
+
+
+LONG_FLOAT = re.compile(r"\d\.\d{7,}")  # 0.07126249999999999: a float's noise, not a cost
+
+
+def test_costs_are_written_and_printed_rounded(fake: FakeOpenAI, tmp_path: Path) -> None:
+    for model in ("a", "b", "agg"):
+        fake.behave(model, reply=reply)
+    data = write_jsonl(tmp_path / "logs.jsonl", rows(7))
+    topo = tmp_path / "priced.yaml"
+    topo.write_text(
+        topology(tmp_path)
+        .read_text()
+        .replace("1000, output_per_mtok: 1000", "0.15, output_per_mtok: 0.6")
+    )
+    out = tmp_path / "runs"
+    args = ["relabel", str(data), "-t", str(topo), "--out", str(out)]
+    done = run_moa(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    for figures in (summary["session"], summary["totals"]):
+        cost = figures["cost_usd"]
+        assert cost > 0 and cost == round(cost, 6), cost
+    assert not LONG_FLOAT.search(done.stdout) and not LONG_FLOAT.search(done.stderr)
+    assert re.search(r"\$\d+\.\d{4} in all", done.stderr), done.stderr  # $ to 4 decimals
+    run_dir = out / summary["name"]
+    assert not LONG_FLOAT.search((run_dir / "manifest.json").read_text())
+    estimate = run_moa(*args, "--estimate", "--json", "--name", "fresh")
+    assert estimate.returncode == 0, estimate.stderr
+    assert not LONG_FLOAT.search(estimate.stdout), estimate.stdout
+    if has_extra("parquet"):
+        import pyarrow.parquet as pq
+
+        traces = tmp_path / "traces.parquet"
+        exported = run_moa("export", str(run_dir), "--format", "traces", "-o", str(traces))
+        assert exported.returncode == 0, exported.stderr
+        costs = pq.read_table(traces).column("cost_usd").to_pylist()
+        assert costs and all(c == round(c, 6) for c in costs), costs
