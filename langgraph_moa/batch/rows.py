@@ -17,9 +17,9 @@ assistant: the prompt is what precedes it.
 A row that cannot be read (bad UTF-8, bad JSON) or checked (no messages, a prompt that does not
 end with a user message or tool results...) becomes an :class:`InvalidRow` with where it was
 and why, and reading goes on: one bad line never sinks a run. So does a row whose message
-content was hashed at capture (``sha256:<hex>``, capture's ``hash`` setting): there is no text
-left to relabel. Rows are streamed, never held all
-at once, so memory stays flat in the size of the input.
+content was hashed at capture (``sha256:<hex>``, capture's ``hash`` setting, in the content or
+any part of it): there is no text left to relabel. Rows are streamed, never held all at once,
+so memory stays flat in the size of the input.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class _RowModel(BaseModel):
             options["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         if self.response_format is not None and self.response_format.type != "text":
             options["response_format"] = self.response_format.model_dump(exclude_none=True)
-        if self.parallel_tool_calls is not None and self.tools:
+        if self.parallel_tool_calls is not None and self.tools:  # no tools: nothing to run
             options["parallel_tool_calls"] = self.parallel_tool_calls
         return options or None
 
