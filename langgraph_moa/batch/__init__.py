@@ -26,6 +26,7 @@ from langgraph_moa.batch.runner import (
     estimate_relabel,
     relabel,
     resolve_topology,
+    run_folder,
 )
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "relabel",
     "relabel_row",
     "resolve_topology",
+    "run_folder",
 ]

@@ -16,6 +16,11 @@ says which messages are turns), one graph run per turn, in order: each turn's pr
 the row (what its earlier turns paid still counted), and the turns after it are not run.
 :func:`row_worst_case_usd` is the worst case of a whole row, every turn counted, which the budget
 reserves before the row starts.
+
+A row that asks for JSON (``response_format`` ``json_object`` or ``json_schema``) gets its answer
+checked to parse as JSON here, where the record is made: an answer that does not parse makes the
+row degraded with the reason ``invalid_json`` (``degraded_reasons``), so exports leave it out.
+An answer that calls tools instead is not checked (its content is not the answer).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import dataclasses
 import gc
 import itertools
+import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -37,6 +43,7 @@ from langgraph_moa.batch.ledger import Ledger, RowRecord, TurnRecord
 from langgraph_moa.batch.rows import InvalidRow, Row
 from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.graphs.builder import MoAGraph
+from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.budget import Estimate, estimate
 from langgraph_moa.nodes.cache import row_scope
 from langgraph_moa.nodes.calls import error_text
@@ -56,6 +63,7 @@ __all__ = [
     "Turns",
     "drive_rows",
     "relabel_row",
+    "round_usd",
     "row_estimates",
     "row_worst_case_usd",
     "steady_gc",
@@ -73,6 +81,12 @@ GC_THRESHOLD = 10_000  # allocations between two young-generation collections du
 _gc_lock = threading.Lock()
 _gc_users = 0
 _gc_before: tuple[int, int, int] = gc.get_threshold()
+
+
+def round_usd(cost: float | None) -> float | None:
+    """A cost as relabel prints and writes it: to the micro-dollar (sums of floats otherwise
+    show as 0.07126249999999999)."""
+    return None if cost is None else round(cost, 6)
 
 
 @contextlib.contextmanager
@@ -135,6 +149,11 @@ class Tally:
         self.cost_usd += record["cost_usd"] or 0.0
 
     @property
+    def finished(self) -> int:
+        """Rows read and settled: done, failed, invalid or skipped."""
+        return self.done + self.failed + self.invalid + self.skipped
+
+    @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
@@ -160,7 +179,7 @@ class Tally:
             "calls": self.calls,
             "cached_calls": self.cached_calls,
             "tokens": self.tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": round_usd(self.cost_usd),
             "elapsed_s": round(self.elapsed_s, 3),
             "rows_per_s": round(self.rows_per_s, 3),
             "stopped": self.stopped,
@@ -173,6 +192,19 @@ def _figures(result: dict[str, Any]) -> tuple[int, int, int, float | None]:
     calls = sum(m["calls"] for m in by_model)
     cached = sum(m["cached_calls"] for m in by_model)
     return calls, cached, int(usage.get("total_tokens") or 0), usage.get("cost_usd")
+
+
+def _is_json_answer(answer: AIMessage | None) -> bool:
+    """Whether a JSON-mode row's answer is JSON (an answer that calls tools is not checked)."""
+    if answer is None:
+        return False
+    if answer.tool_calls:
+        return True
+    try:
+        json.loads(text_of(answer))
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 async def relabel_row(
@@ -234,6 +266,10 @@ async def relabel_row(
                     calls, cached, tokens, cost = _figures(result)
                     record["calls"], record["cached_calls"] = calls, cached
                     record["tokens"], record["cost_usd"] = tokens, cost
+                    if row.json_mode and not _is_json_answer(answer):
+                        record["degraded"] = True
+                        reasons = record.setdefault("degraded_reasons", [])
+                        reasons.append("invalid_json")
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on

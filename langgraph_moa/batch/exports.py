@@ -23,16 +23,16 @@
   {"messages": [...], "tools": [...]}, "preferred_output": [answer], "non_preferred_output":
   [other]}`` (``tools`` only when the row had them; no other field, OpenAI's files take none).
 - ``traces``: Parquet, one row per LLM call: row id, turn, node, name, model, layer, sample,
-  ok, error, tokens, cost, latency, attempts, cached.
+  ok, error, tokens, cost (to the micro-dollar), latency, attempts, cached.
 
 Every export returns (and ``moa export`` prints) what it wrote and what it left out, by reason
 (:data:`LEFT_OUT`): ``failed`` rows have no answer; ``truncated`` ones (the final answer was cut
 by ``max_tokens``: ``"truncated"`` among the record's ``degraded_reasons``, or, in older
 ledgers, the aggregator's finish reason ``length``) and ``degraded`` ones (a proposer or the
-critic failed, a fallback answered) are kept out unless ``include_degraded``; ``invalid`` input
-rows were never run; ``rejected`` counts rows rejected in review (none yet: there is no review
-store); ``no_pair`` counts the turns of the preference formats without a distinct rejected
-answer. Rows are counted in rows, ``no_pair`` in turns.
+critic failed, a fallback answered, a JSON-mode answer that is not JSON) are kept out unless
+``include_degraded``; ``invalid`` input rows were never run; ``rejected`` counts rows rejected
+in review (none yet: there is no review store); ``no_pair`` counts the turns of the preference
+formats without a distinct rejected answer. Rows are counted in rows, ``no_pair`` in turns.
 
 Hand-written: the formats are a few lines of JSON each, and no library writes them from our
 records.
@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from langgraph_moa.batch.core import round_usd
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
@@ -327,7 +328,7 @@ def _calls_of(
             "total_tokens": usage.get("total_tokens", 0),
             "cost_usd": 0.0
             if call.get("cached")
-            else prices.cost(call["model"], prompt, completion),
+            else round_usd(prices.cost(call["model"], prompt, completion)),
             "latency_s": float(call.get("latency_s") or 0.0),
             "attempts": int(call.get("attempts") or 0),
             "cached": bool(call.get("cached")),

@@ -91,7 +91,10 @@ class RowRecord(TypedDict):
     tokens: int
     latency_s: float
     degraded: bool
-    degraded_reasons: NotRequired[list[str]]  # why degraded, e.g. "truncated" (newer ledgers)
+    # why the row is degraded, beyond a failed call or a fallback: "truncated" (the final
+    # answer was cut by max_tokens), "invalid_json" (a JSON-mode answer does not parse)...;
+    # each check appends its own (newer ledgers)
+    degraded_reasons: NotRequired[list[str]]
     turns: NotRequired[list[TurnRecord]]
     turn_context: NotRequired[str]
 

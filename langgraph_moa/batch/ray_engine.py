@@ -28,12 +28,25 @@ reader streams, and removed after.
 Actors read provider keys from their own environment (a local Ray started here inherits the
 driver's; on a cluster, the workers' own); keys are never passed through Ray. ``address``
 joins a running cluster; otherwise a local one is started for the run and stopped after it.
+
+Two things Ray prints on every run are kept off the run's stderr, each precisely, never by
+lowering a log level (which would hide Ray's real errors too): the notice that a new local Ray
+uses token authentication (Ray's default; a Python log record of Ray's, dropped by a filter on
+that logger that lets the warning that authentication is *off* through); and, on a local Ray,
+the error-level line the driver's core worker writes once about actors that may restart with
+arguments in the object store (Ray Data hands every pool actor its settings by reference:
+ray-project/ray#57733), by not having Ray restart those actors (``max_restarts=0``, while the
+installed Ray Data still takes it). On one machine a restart brings little (an actor dies with
+its process or the machine, not with a lost node): an actor that dies ends the run with its
+error, the rows finished are kept, and a rerun goes on. On a cluster (``address``) Ray Data's
+restarts stay on, and with them that line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -66,6 +79,24 @@ def _split(limits: RateLimits, workers: int) -> dict[str, Any]:
         "rpm": {k: v / workers for k, v in limits.rpm.items()},
         "tpm": {k: v / workers for k, v in limits.tpm.items()},
     }
+
+
+class _AuthDefaultNotice(logging.Filter):
+    """Drops Ray's notice that a new local cluster uses token authentication (its default)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+    _AuthDefaultNotice()
+)
+
+
+def _takes_remote_args(dataset_class: Any) -> bool:
+    """Whether this Ray Data's ``map_batches`` still takes Ray's remote arguments."""
+    parameters = inspect.signature(dataset_class.map_batches).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _moa_error(err: BaseException) -> MoAError | None:
@@ -120,6 +151,8 @@ async def run_on_ray(
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started_here = not ray.is_initialized()
+    # a local Ray of the run's own, not a cluster named here or by RAY_ADDRESS
+    local = started_here and address is None and not os.environ.get("RAY_ADDRESS")
     if started_here:
         ray.init(
             address=address,
@@ -159,32 +192,40 @@ async def run_on_ray(
         context.target_max_block_size = 1
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        # no restarts on a local Ray (see the module docstring), where this Ray still takes the
+        # setting (Ray Data's ``**ray_remote_args``, deprecated since Ray 2.60)
+        no_restarts: dict[str, Any] = (
+            {"max_restarts": 0} if local and _takes_remote_args(ray.data.Dataset) else {}
+        )
         try:
-            dataset = ray.data.read_datasource(
-                ray_stages.RowsDatasource(reading),
-                override_num_blocks=1,
-                num_cpus=0.01,
-            ).map_batches(
-                ray_stages.RowWorker,
-                fn_constructor_args=(
-                    topology.model_dump(mode="json"),
-                    str(cache_path),
-                    _split(limits, count),
-                    slots,
-                    keeper,
-                    budget.turns,
-                    budget.turn_context,
-                ),
-                batch_size=1,
-                batch_format="pyarrow",
-                zero_copy_batch=True,
-                compute=ActorPoolStrategy(
-                    size=count,
-                    max_tasks_in_flight_per_actor=math.ceil(slots / chunk_rows) + 1,
-                    max_concurrent_calls_per_actor=math.ceil(slots / chunk_rows) + 1,
-                ),
-                num_cpus=0.01,
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                dataset = ray.data.read_datasource(
+                    ray_stages.RowsDatasource(reading),
+                    override_num_blocks=1,
+                    num_cpus=0.01,
+                ).map_batches(
+                    ray_stages.RowWorker,
+                    fn_constructor_args=(
+                        topology.model_dump(mode="json"),
+                        str(cache_path),
+                        _split(limits, count),
+                        slots,
+                        keeper,
+                        budget.turns,
+                        budget.turn_context,
+                    ),
+                    batch_size=1,
+                    batch_format="pyarrow",
+                    zero_copy_batch=True,
+                    compute=ActorPoolStrategy(
+                        size=count,
+                        max_tasks_in_flight_per_actor=math.ceil(slots / chunk_rows) + 1,
+                        max_concurrent_calls_per_actor=math.ceil(slots / chunk_rows) + 1,
+                    ),
+                    num_cpus=0.01,
+                    **no_restarts,
+                )
         finally:
             (
                 context.target_max_block_size,

@@ -3,29 +3,44 @@ check each row.
 
 A row is one example in OpenAI chat format: ``messages`` (system, developer, user, assistant and
 tool messages, assistant tool calls), optional ``tools`` and ``tool_choice``, an optional ``id``
-(else a stable hash of the row's content), optional ``metadata``; ``messages`` and ``tools`` may
-be JSON text (Parquet files often keep nested fields so). Any other field (a capture's ``model``,
-``usage``, ``timestamp``...) is kept as it is. The *original completion* is a ``completion``
+(else a stable hash of the row's content), optional ``metadata``; ``messages``, ``tools`` and
+``response_format`` may be JSON text (Parquet files often keep nested fields so). The request
+fields that shape the answer, under OpenAI's names (``response_format``,
+``parallel_tool_calls``, ``temperature``, ``top_p``, ``max_tokens`` or
+``max_completion_tokens``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``, as
+``moa serve --capture`` keeps them), are checked and go to the aggregator, which writes the
+answer with them (:meth:`Row.inputs`). Any other field (a capture's ``model``, ``usage``,
+``timestamp``...) is kept as it is. The *original completion* is a ``completion``
 field (text or an assistant message) or, without one, a last message from the
 assistant: the prompt is what precedes it.
 
 A row that cannot be read (bad UTF-8, bad JSON) or checked (no messages, a prompt that does not
 end with a user message or tool results...) becomes an :class:`InvalidRow` with where it was
-and why, and reading goes on: one bad line never sinks a run. Rows are streamed, never held all
-at once, so memory stays flat in the size of the input.
+and why, and reading goes on: one bad line never sinks a run. So does a row whose message
+content was hashed at capture (``sha256:<hex>``, capture's ``hash`` setting, in the content or
+any part of it): there is no text left to relabel. Rows are streamed, never held all at once,
+so memory stays flat in the size of the input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
@@ -45,6 +60,8 @@ __all__ = [
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 KNOWN = {"id", "messages", "tools", "tool_choice", "completion", "metadata"}
+# A value replaced by capture's ``hash`` setting (serving/capture.py, ``_digest``).
+HASHED = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class _Message(BaseModel):
@@ -59,6 +76,19 @@ class _Message(BaseModel):
     name: str | None = None
 
 
+class _ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_needed(self) -> _ResponseFormat:
+        if self.type == "json_schema" and not self.json_schema:
+            raise ValueError("a json_schema response format needs json_schema")
+        return self
+
+
 class _RowModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -68,6 +98,42 @@ class _RowModel(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     completion: str | _Message | None = None
     metadata: dict[str, Any] | None = None
+    # how the answer is to be written (OpenAI's request fields and bounds)
+    response_format: _ResponseFormat | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("at most 4 stop sequences, none empty")
+        return value
+
+    def writer_options(self) -> dict[str, Any] | None:
+        """The answer's writer's options (the graph's ``aggregator_options``), or None."""
+        options: dict[str, Any] = {}
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
+            if (value := getattr(self, name)) is not None:
+                options[name] = value
+        limit = self.max_completion_tokens or self.max_tokens
+        if limit is not None:
+            options["max_tokens"] = limit
+        if self.stop is not None:
+            options["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if self.response_format is not None and self.response_format.type != "text":
+            options["response_format"] = self.response_format.model_dump(exclude_none=True)
+        if self.parallel_tool_calls is not None and self.tools:  # no tools: nothing to run
+            options["parallel_tool_calls"] = self.parallel_tool_calls
+        return options or None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -88,6 +154,14 @@ class Row:
     tool_choice: str | dict[str, Any] | None
     completion: dict[str, Any] | None  # the original completion, as an assistant message
     data: dict[str, Any] = field(repr=False)  # the row as read
+    # the answer's writer's sampling and output format (AggregatorOptions), from the row
+    options: dict[str, Any] | None = None
+
+    @property
+    def json_mode(self) -> bool:
+        """Whether the answer must be JSON (a ``json_object``/``json_schema`` format)."""
+        kind = ((self.options or {}).get("response_format") or {}).get("type")
+        return kind in ("json_object", "json_schema")
 
     def messages(self) -> list[BaseMessage]:
         """The prompt as LangChain messages, for the graph."""
@@ -99,6 +173,8 @@ class Row:
         if self.tools:
             inputs["tools"] = self.tools
             inputs["tool_choice"] = self.tool_choice
+        if self.options:
+            inputs["aggregator_options"] = dict(self.options)
         return inputs
 
 
@@ -137,14 +213,17 @@ def check_row(data: Any, where: str) -> Row | InvalidRow:
     if not isinstance(data, dict):
         return InvalidRow(where, f"a row must be a JSON object, not {type(data).__name__}")
     data = _drop_nones(data)
-    for key in ("messages", "tools"):  # Parquet files often keep nested fields as JSON text
-        if isinstance(data.get(key), str):
+    # Parquet files often keep nested fields as JSON text
+    for key in ("messages", "tools", "response_format"):
+        if isinstance(data.get(key), str) and not HASHED.fullmatch(data[key]):
             try:
                 data[key] = json.loads(data[key])
             except json.JSONDecodeError as err:
                 return InvalidRow(where, f"{key}: not JSON ({err.msg})")
     raw_id = data.get("id")
     row_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    if hashed := _hashed(data.get("messages")):
+        return InvalidRow(where, f"{hashed} was hashed at capture; it cannot be relabeled", row_id)
     try:
         model = _RowModel.model_validate(data)
     except ValidationError as err:
@@ -191,7 +270,29 @@ def check_row(data: Any, where: str) -> Row | InvalidRow:
         tool_choice=model.tool_choice,
         completion=completion,
         data=data,
+        options=model.writer_options(),
     )
+
+
+def _hashed(messages: Any) -> str | None:
+    """Where the first message content replaced by a capture hash is (``messages.N.content``,
+    whole or in a part), or None."""
+
+    def holds_hash(value: Any) -> bool:
+        if isinstance(value, str):
+            return bool(HASHED.fullmatch(value))
+        if isinstance(value, list):
+            return any(holds_hash(v) for v in value)
+        return isinstance(value, dict) and any(holds_hash(v) for v in value.values())
+
+    if isinstance(messages, str):
+        return "messages" if HASHED.fullmatch(messages) else None
+    for k, message in enumerate(messages if isinstance(messages, list) else []):
+        if isinstance(message, str) and HASHED.fullmatch(message):
+            return f"messages.{k}"
+        if isinstance(message, dict) and holds_hash(message.get("content")):
+            return f"messages.{k}.content"
+    return None
 
 
 def _text(content: Any) -> str:

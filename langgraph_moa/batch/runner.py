@@ -28,7 +28,8 @@ Policies:
 The Python API: :func:`relabel` / :func:`arelabel` take a file, a folder or an iterable of rows
 (dicts in the input format), and return a :class:`RelabelRun` with counts, cost, paths and
 the records. ``engine="ray"`` runs the rows on Ray actors (:mod:`langgraph_moa.batch.ray_engine`)
-with the same ledger and cache.
+with the same ledger and cache. Costs in the summary, the estimate and the manifest are rounded to
+the micro-dollar (:func:`~langgraph_moa.batch.core.round_usd`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from langgraph_moa.batch.core import (
     Turns,
     drive_rows,
     relabel_row,
+    round_usd,
     row_estimates,
     steady_gc,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "relabel",
     "relabel_row",
     "resolve_topology",
+    "run_folder",
 ]
 
 DEFAULT_CONCURRENCY = 16
@@ -136,7 +139,7 @@ class RelabelRun:
 
     @property
     def cost_usd(self) -> float:
-        return self.totals["cost_usd"]
+        return round(self.totals["cost_usd"], 6)
 
     @property
     def stopped(self) -> str | None:
@@ -181,7 +184,7 @@ class RelabelRun:
             "run": str(self.path),
             "name": self.name,
             "session": self.session.as_dict(),
-            "totals": dict(self.totals),
+            "totals": dict(self.totals) | {"cost_usd": self.cost_usd},
         }
 
 
@@ -198,7 +201,8 @@ class Estimate:
     invalid: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        found = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return found | {"cost_usd": round_usd(self.cost_usd)}
 
 
 def _open_input(
@@ -223,6 +227,19 @@ def _check_turns(turns: str, turn_context: str) -> None:
         raise MoAInputError(f"unknown --turn-context {turn_context!r} (relabeled or original)")
 
 
+def run_folder(
+    source: Input, topology: Topology, out: str | Path = "runs", name: str | None = None
+) -> Path:
+    """The run folder a relabel of ``source`` with ``topology`` uses: ``out/name``, the name by
+    default ``<topology>-<input>`` (what a message pointing at the run names)."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        stem = path.name if path.is_dir() else path.stem
+    else:
+        stem = "rows"
+    return Path(out) / (name or run_name(topology, stem))
+
+
 def estimate_relabel(
     source: Input,
     *,
@@ -238,8 +255,8 @@ def estimate_relabel(
     rows, calls, tokens and $. No call is made and nothing is written."""
     topo = resolve_topology(topology)
     _check_turns(turns, turn_context)
-    rows, stem, _ = _open_input(source, limit)
-    path = Path(out) / (name or run_name(topo, stem))
+    rows, _, _ = _open_input(source, limit)
+    path = run_folder(source, topo, out, name)
     ledger = Ledger(path / "ledger.sqlite") if (path / "ledger.sqlite").is_file() else None
     prices = PriceTable(topo.prices)
     found = Estimate()

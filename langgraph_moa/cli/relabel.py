@@ -1,9 +1,16 @@
 """``moa relabel`` and ``moa export``: a dataset through a MoA topology, and its exports.
 
 Parsing and rendering only; the work is :mod:`langgraph_moa.batch`. Progress goes to stderr (a
-live bar on a terminal, a line every few seconds otherwise, nothing with ``--quiet``); ``--json``
+live line on a terminal, a line every few seconds otherwise, nothing with ``--quiet``); ``--json``
 prints one summary object on stdout at the end. Bad input is one ``moa: error:`` line, exit 2,
-with nothing written (see ``main`` in :mod:`langgraph_moa.cli.commands`).
+with nothing written (see ``main`` in :mod:`langgraph_moa.cli.commands`). Ctrl-C stops the run
+(the rows finished are kept) and says in one line how many rows are done and that the same
+command goes on (exit 130).
+
+The live line is laid out here, not with rich's Progress columns, because it must fit the
+terminal's width by leaving out its less important parts (the counts are always shown whole),
+where Progress would cut it anywhere: it is a rich renderable drawn by ``Live`` at each refresh
+from the run's tally, so it always shows the current counts. Costs are shown to 4 decimals.
 """
 
 from __future__ import annotations
@@ -11,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from langgraph_moa.errors import MoAInputError
 
@@ -62,22 +72,72 @@ def _topology(preset: str | None, topology: Path | None) -> Any:
     return resolve_topology(topology or preset)
 
 
-def _eta(tally: Tally) -> str:
-    eta = tally.eta_s
-    return "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+def _clock(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
-def _line(tally: Tally) -> str:
-    return (
-        f"{tally.done} done, {tally.failed} failed, {tally.invalid} invalid, "
-        f"{tally.skipped} skipped | {tally.calls} calls ({tally.cached_calls} cached), "
-        f"{tally.tokens} tokens, ${tally.cost_usd:.4f} | {tally.rows_per_s:.2f} rows/s, "
-        f"ETA {_eta(tally)}"
-    )
+def _parts(tally: Tally) -> dict[str, str]:
+    """The pieces of a progress line, by name."""
+    total = None if tally.total is None else max(tally.total, tally.finished)
+    return {
+        "rows": f"{tally.finished}/{total}" if total is not None else f"{tally.finished} rows",
+        "counts": (
+            f"{tally.done} done, {tally.failed} failed, {tally.invalid} invalid, "
+            f"{tally.skipped} skipped"
+        ),
+        "cost": f"${tally.cost_usd:.4f}",
+        "eta": f"ETA {_clock(tally.eta_s)}",
+        "rate": f"{tally.rows_per_s:.2f} rows/s",
+        "calls": f"{tally.calls} calls ({tally.cached_calls} cached)",
+        "tokens": f"{tally.tokens} tokens",
+        "running": f"{tally.running} running",
+        "elapsed": _clock(tally.elapsed_s),
+    }
+
+
+# The live line's optional parts, most important first: the first ones that fit are shown (the
+# bar, when the total is known, at its narrowest; it then takes what room is left, up to a limit).
+_OPTIONAL = ("cost", "eta", "bar", "rate", "calls", "tokens", "running", "elapsed")
+# The order they are shown in, each group joined by ", ", groups by " | ".
+_GROUPS = (("counts",), ("cost",), ("calls", "tokens"), ("running", "rate", "eta"), ("elapsed",))
+_BAR_MIN, _BAR_MAX = 10, 40
+
+
+def _line(tally: Tally, kept: tuple[str, ...] = _OPTIONAL) -> str:
+    """The progress line's text (the counts, and the ``kept`` optional parts)."""
+    parts = _parts(tally)
+    groups = [", ".join(parts[k] for k in g if k == "counts" or k in kept) for g in _GROUPS]
+    return f"{parts['rows']} | " + " | ".join(g for g in groups if g)
+
+
+def fit_line(tally: Tally, width: int) -> Text:
+    """The live line for a terminal ``width`` columns wide: ``relabel``, the finished rows of
+    the total and the counts by status (always whole: a terminal too narrow wraps them), then
+    what else fits, most important first, a bar among them when the total is known."""
+
+    def size(kept: tuple[str, ...]) -> int:
+        bar = _BAR_MIN + 1 if "bar" in kept else 0
+        return len("relabel " + _line(tally, kept)) + bar
+
+    kept: tuple[str, ...] = ()
+    for name in _OPTIONAL:
+        if name == "bar" and not tally.total:
+            continue
+        if size((*kept, name)) <= width:
+            kept = (*kept, name)
+    line = Text("relabel", style="bold")
+    if "bar" in kept and tally.total:
+        bar = min(_BAR_MAX, width - size(kept) + _BAR_MIN)
+        filled = round(bar * min(tally.finished / tally.total, 1.0))
+        line.append(" ")
+        line.append("━" * filled, style="bar.finished" if filled == bar else "bar.complete")
+        line.append("━" * (bar - filled), style="bar.back")
+    line.append(" " + _line(tally, kept))
+    return line
 
 
 class _Display:
-    """Progress on stderr: a live bar on a terminal, else a line every 5 s."""
+    """Progress on stderr: a live line on a terminal, else a line every 5 s."""
 
     def __init__(self, quiet: bool) -> None:
         from langgraph_moa.cli.console import err
@@ -85,39 +145,52 @@ class _Display:
         self.quiet = quiet
         self.live = not quiet and err.is_terminal
         self.last = 0.0
-        self.progress = Progress(
-            TextColumn("[bold]relabel[/bold]"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[line]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
-        self.task = self.progress.add_task("rows", total=None, line="")
+        self.tally: Tally | None = None
+        self.view = Live(self, console=err, transient=True, refresh_per_second=4)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if self.tally is None:
+            yield Text("relabel: starting", style="dim")
+        else:
+            yield fit_line(self.tally, options.max_width)
 
     def __enter__(self) -> _Display:
         if self.live:
-            self.progress.start()
+            self.view.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.live:
-            self.progress.stop()
+            self.view.stop()
 
     def __call__(self, tally: Tally) -> None:
+        """Called as rows start and finish; the live line reads ``tally`` at each refresh."""
         from langgraph_moa.cli.console import err
 
-        if self.live:
-            self.progress.update(
-                self.task,
-                total=tally.total,
-                completed=tally.seen - tally.running,
-                line=_line(tally),
-            )
-        elif not self.quiet and time.monotonic() - self.last >= 5.0:
+        self.tally = tally
+        if not self.live and not self.quiet and time.monotonic() - self.last >= 5.0:
             self.last = time.monotonic()
             err.print(f"[dim]relabel: {escape(_line(tally))}[/dim]")
+
+
+def _interrupted(path: Path, tally: Tally | None) -> None:
+    """The one line Ctrl-C leaves: what is kept, and how to go on."""
+    from langgraph_moa.batch import RelabelRun
+    from langgraph_moa.cli.console import err
+
+    kept = "nothing was recorded yet"
+    if (path / "manifest.json").is_file():
+        try:
+            done = RelabelRun.open(path).totals["done"]
+        except Exception:  # a run folder cut short at its creation: say what is known
+            done = None
+        if done is not None:
+            session = f", {tally.done} of them in this session" if tally else ""
+            kept = f"{done} rows are done and kept in {path}{session}"
+    args = sys.argv[1:]
+    again = shlex.join(["moa", *args]) if args[:1] == ["relabel"] else "the same command"
+    line = f"interrupted; {kept}; to go on, rerun {again}"
+    err.print(f"[red]moa: error:[/red] {escape(line)}")
 
 
 def relabel_command(
@@ -181,7 +254,7 @@ def relabel_command(
 ) -> None:
     """Relabel a dataset with a MoA topology into --out; rerun the same command to go on where
     it stopped (finished rows and calls are never paid for twice)."""
-    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits
+    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits, run_folder
 
     topo = _topology(preset, topology)
     if estimate:
@@ -206,27 +279,32 @@ def relabel_command(
         )
         return
     limits = parse_limits(rpm, tpm)
-    with _Display(quiet) as display:
-        run = asyncio.run(
-            arelabel(
-                source,
-                topology=topo,
-                out=out,
-                name=name,
-                concurrency=concurrency,
-                limit=limit,
-                max_usd=max_usd,
-                rate_limits=limits,
-                retry_failed=retry_failed,
-                engine=engine.value,
-                ray_address=ray_address,
-                ray_workers=ray_workers,
-                cache=cache,
-                turns=turns.value,
-                turn_context=turn_context.value,
-                on_progress=display,
+    display = _Display(quiet)
+    try:
+        with display:
+            run = asyncio.run(
+                arelabel(
+                    source,
+                    topology=topo,
+                    out=out,
+                    name=name,
+                    concurrency=concurrency,
+                    limit=limit,
+                    max_usd=max_usd,
+                    rate_limits=limits,
+                    retry_failed=retry_failed,
+                    engine=engine.value,
+                    ray_address=ray_address,
+                    ray_workers=ray_workers,
+                    cache=cache,
+                    turns=turns.value,
+                    turn_context=turn_context.value,
+                    on_progress=display,
+                )
             )
-        )
+    except KeyboardInterrupt:
+        _interrupted(run_folder(source, topo, out, name), display.tally)
+        raise SystemExit(130) from None
     _report(run, as_json=as_json, quiet=quiet)
 
 

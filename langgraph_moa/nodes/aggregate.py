@@ -27,6 +27,7 @@ from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.providers import provider_kind
 from langgraph_moa.spec.topology import Agent, References
 
 __all__ = [
@@ -51,14 +52,21 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
     passed = {
         k: v for k, v in options.items() if k not in ("temperature", "max_tokens") and v is not None
     }
+    tools = state.get("tools") or None
+    sampling = call_options(
+        agent, temperature=options.get("temperature"), max_tokens=options.get("max_tokens")
+    )
+    if tools and "response_format" in passed and provider_kind(agent.model) == "openai":
+        # Given a response_format, langchain-openai sends the request through the openai SDK's
+        # parsing helper, which refuses every tool not marked strict; as a plain body field the
+        # format reaches the upstream as the caller gave it, with the caller's tools.
+        body = dict(sampling.pop("extra_body", None) or {})
+        body["response_format"] = passed.pop("response_format")
+        passed["extra_body"] = body
     return CallExtras(
-        tools=state.get("tools") or None,
+        tools=tools,
         tool_choice=state.get("tool_choice"),
-        options=call_options(
-            agent, temperature=options.get("temperature"), max_tokens=options.get("max_tokens")
-        )
-        | passed
-        or None,
+        options=sampling | passed or None,
     )
 
 

@@ -370,6 +370,7 @@ class AggregatorOptions(TypedDict, total=False):
     stop: list[str]
     response_format: dict[str, Any]
     parallel_tool_calls: bool
+    seed: int  # relabel rows (the endpoint seeds every call of the run instead)
 
 
 class MoAInput(TypedDict):

@@ -2,10 +2,16 @@
 JSONL row in the ``moa relabel`` input format, in a directory of rotated files.
 
 A row: ``id``, ``timestamp`` (UTC, ISO 8601), ``model`` (``provider:model`` upstream),
-``messages`` (the request's, then the completion as the last assistant message), ``tools``
-(when the request had some), ``usage`` (the upstream's, when it reported any), ``latency_s``,
-and ``metadata`` (the request's ``user`` and ``metadata``, when given). The configuration file
-may drop or hash fields of the row (``drop``/``hash``, dotted paths, ``*`` for every item).
+``messages`` (the request's, then the completion as the last assistant message), the request's
+intent for the answer as sent, under the request's own names (``tools``, ``tool_choice``,
+``parallel_tool_calls``, ``response_format`` and the sampling fields ``temperature``, ``top_p``,
+``max_tokens``, ``max_completion_tokens``, ``seed``, ``stop``, ``presence_penalty``,
+``frequency_penalty``: each when the request had it; ``moa relabel`` gives them to the
+aggregator), ``usage`` (the upstream's, when it reported any), ``latency_s``, and ``metadata``
+(the request's ``user`` and ``metadata``, when given). The configuration file may drop or hash
+fields of the row (``drop``/``hash``, dotted paths, ``*`` for every item); a row whose message
+content was hashed keeps its figures but cannot be relabeled (``moa relabel`` records it as
+invalid).
 Configured provider keys are masked wherever they appear; request headers are never read
 into a row, so the server's and the upstream's keys cannot land in one.
 
@@ -37,10 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.chat_models import redact
 from langgraph_moa.serving.errors import log_line
+from langgraph_moa.serving.protocol import AGGREGATOR_FIELDS, ALL_CALLS_FIELDS
 
 SALT_ENV = "MOA_CAPTURE_SALT"
 _FILE = re.compile(r"^capture-(\d{8})-(\d{4})\.jsonl$")
 _STOP = object()
+# The request fields that say how the answer is to be written (the ones the MoA endpoint gives
+# the final answer's writer, and the seed): kept in the row so a relabel writes the same way.
+INTENT_FIELDS = AGGREGATOR_FIELDS + ALL_CALLS_FIELDS
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -145,21 +155,23 @@ def capture_row(
     model: str,
     messages: list[Any],
     completion: dict[str, Any],
-    tools: list[Any] | None,
+    request: dict[str, Any],
     usage: dict[str, Any] | None,
     latency_s: float,
     user: str | None,
     metadata: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The relabel-input row of one exchange (before dropping and hashing)."""
+    """The relabel-input row of one exchange (before dropping and hashing); ``request`` is the
+    request body, of which the :data:`INTENT_FIELDS` it has are kept as sent."""
     row: dict[str, Any] = {
         "id": f"cap-{uuid.uuid4().hex}",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "model": model,
         "messages": [*messages, completion],
     }
-    if tools:
-        row["tools"] = tools
+    for name in INTENT_FIELDS:
+        if request.get(name) is not None:
+            row[name] = request[name]
     if usage:
         row["usage"] = usage
     row["latency_s"] = round(latency_s, 4)

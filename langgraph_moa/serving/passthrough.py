@@ -281,7 +281,7 @@ class _Exchange:
                 model=self.upstream.model,
                 messages=list(self.data["messages"]),
                 completion=completion,
-                tools=self.data.get("tools"),
+                request=self.data,
                 usage=usage if isinstance(usage, dict) else None,
                 latency_s=latency,
                 user=user if isinstance(user, str) else None,

@@ -2,7 +2,7 @@
 rows, the driver writes the ledger. The same records as the in-process engine, the same invalid
 rows (file, line, reason), resume by row id (after a limit, and after a real kill -9 of `moa
 relabel`), the budget and --retry-failed, `--ray-address` joining a running cluster, and a
-local Ray started by `moa relabel` itself.
+local Ray started by `moa relabel` itself, with none of the notices Ray would print on every run.
 
 The cluster is a real Ray head started here (`ray start --head --block` on free ports, with a
 token made for it) and stopped after the module by its process id; its workers get the fake
@@ -368,6 +368,11 @@ def test_moa_relabel_engine_ray_starts_a_local_ray(upstream: FakeOpenAI, tmp_pat
     assert summary["session"]["done"] == 4 and summary["session"]["calls"] == 12
     assert len(upstream.requests) == 12
     assert "Traceback" not in done.stderr and "Running Dataset" not in done.stderr
+    # Ray's notices on every run: token authentication on (its default for a local Ray), and
+    # the driver's line about restarting actors with arguments in the object store
+    assert "Token authentication" not in done.stderr, done.stderr
+    assert "core_worker.cc" not in done.stderr and "max_restarts" not in done.stderr, done.stderr
+    assert "deprecated" not in done.stderr, done.stderr
 
 
 def test_engine_ray_without_the_extra_is_one_line(upstream: FakeOpenAI, tmp_path: Path) -> None:

@@ -4,11 +4,14 @@ history (prompt_toolkit, or readline without it)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
 import stat
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -27,9 +30,11 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 class Terminal:
     """A `moa` process whose stdin, stdout and stderr are one pseudo-terminal."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, columns: int = 120) -> None:
         leader, follower = os.openpty()
-        env = dict(os.environ, TERM="xterm-256color", COLUMNS="120")
+        # the terminal's size, as a terminal sets it (and as COLUMNS says it)
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns))
         self.proc = subprocess.Popen(
             [*MOA, *args],
             stdin=follower,
