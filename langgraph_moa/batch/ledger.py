@@ -69,6 +69,9 @@ class RowRecord(TypedDict):
     tokens: int
     latency_s: float
     degraded: bool
+    # why a done row is degraded: "truncated", "proposer_failed", "critic_failed",
+    # "judge_failed", "fallback", "budget_trimmed" or "other" (empty when it is not degraded)
+    degraded_reasons: NotRequired[list[str]]
 
 
 class Totals(TypedDict):

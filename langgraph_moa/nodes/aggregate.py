@@ -2,6 +2,10 @@
 streaming its tokens, and appends it to the conversation as an AIMessage. If it fails, the
 topology's ``fallback`` decides: fail the run, or hand over to the fallback node, which answers
 with the best proposal or asks a fallback model, and says so in the state.
+
+An answer whose writer (the aggregator, or a fallback model) stopped at its length limit
+(finish reason ``length``) is kept but makes the turn degraded, and the writer's record says so
+with the limit it was made with (``truncated: {"limit": max_tokens}``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, candidates, refs_of
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
-from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState
+from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState, Truncation
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, References
 
@@ -34,6 +38,7 @@ __all__ = [
     "make_aggregator",
     "make_fallback",
     "route_after_aggregator",
+    "truncation",
     "write_answer",
 ]
 
@@ -59,7 +64,16 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
         )
         | passed
         or None,
+        max_tokens=options.get("max_tokens"),
     )
+
+
+def truncation(agent: Agent, state: MoAState, outcome: Outcome) -> Truncation | None:
+    """The answer stopped at its length limit: the limit it was written with; else None."""
+    if not outcome.ok or outcome.finish_reason != "length":
+        return None
+    options = state.get("aggregator_options") or {}
+    return Truncation(limit=options.get("max_tokens") or agent.max_tokens)
 
 
 async def write_answer(
@@ -92,9 +106,11 @@ def answer_update(
     *,
     prices: PriceTable,
     can_fall_back: bool,
+    state: MoAState,
 ) -> dict[str, Any]:
-    """The state update of a written answer: its record and usage, and the message, or (if it
-    failed) a hand-over to the fallback, or the run's failure."""
+    """The state update of a written answer: its record and usage, and the message (a
+    truncated one degrades the turn), or (if it failed) a hand-over to the fallback, or the
+    run's failure."""
     outcomes, requests, trim = written
     outcome = outcomes[0]
     update: dict[str, Any] = {
@@ -103,6 +119,9 @@ def answer_update(
     }
     if outcome.ok and outcome.message is not None:
         update["messages"] = [outcome.message]
+        if (cut := truncation(agent, state, outcome)) is not None:
+            update["aggregator"]["truncated"] = cut
+            update["degraded"] = True
     elif can_fall_back:
         update["degraded"] = True
     else:
@@ -128,7 +147,9 @@ def make_aggregator(
         layer = answer_layer(state, last_layer)
         shown = arranger.arrange(state, layer)
         written = await write_answer(pool, state, shown.texts, node=node, cache=cache)
-        update = answer_update(agent, node, written, prices=prices, can_fall_back=can_fall_back)
+        update = answer_update(
+            agent, node, written, prices=prices, can_fall_back=can_fall_back, state=state
+        )
         if shown.record is not None:
             update["aggregator"]["references"] = shown.record
         used = refs_of(state, layer, shown.shown)
@@ -188,10 +209,14 @@ def make_fallback(
         record = FallbackRecord(
             policy="model", source=agent.model, reason=reason, ok=True, error=None
         )
-        return {
+        update: dict[str, Any] = {
             "messages": [outcome.message],
             "fallback": record,
             "usage": usage_update(agent.model, outcomes, requests, prices),
         }
+        if (cut := truncation(agent, state, outcome)) is not None:
+            record["truncated"] = cut
+            update["degraded"] = True
+        return update
 
     return fallback

@@ -88,7 +88,9 @@ def make_verdict(
         carry = record.get("carry")
         texts = ([carry] if carry else []) + [kept[k]["text"] or "" for k in chosen]
         written = await write_answer(pool, state, texts)
-        update = answer_update(agg, node, written, prices=prices, can_fall_back=can_fall_back)
+        update = answer_update(
+            agg, node, written, prices=prices, can_fall_back=can_fall_back, state=state
+        )
         record["answer"], record["winner"] = "synthesis", None
         record["used"] = [refs[k] for k in chosen]
         update["aggregation"] = record
