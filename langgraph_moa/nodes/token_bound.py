@@ -70,18 +70,18 @@ def _encoding(name: str) -> Any:
 def _encoding_name(model_name: str) -> str | None:
     """The encoding of a model bpe-openai knows, by its name or the longest known prefix of it
     (``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini``)."""
-    try:
-        import bpe_openai
-    except ImportError:
-        return None
-    known = [m for m in bpe_openai.list_supported_models() if m.startswith("gpt")]
-    matches = [m for m in known if model_name == m or model_name.startswith(m + "-")]
-    if not matches:
-        return None
-    try:
-        name = str(bpe_openai.encoding_name_for_model(max(matches, key=len)))
-    except Exception:
-        return None
+    with warnings.catch_warnings():  # its loader uses a deprecated importlib.resources call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import bpe_openai
+
+            known = [m for m in bpe_openai.list_supported_models() if m.startswith("gpt")]
+            matches = [m for m in known if model_name == m or model_name.startswith(m + "-")]
+            if not matches:
+                return None
+            name = str(bpe_openai.encoding_name_for_model(max(matches, key=len)))
+        except Exception:  # not installed, or its data cannot be read: bytes bound it
+            return None
     return name if name in SHIPPED else None  # older encodings would be downloaded
 
 
