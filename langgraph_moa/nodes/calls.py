@@ -14,7 +14,9 @@ even when the row then fails; the meter prices each request with the run's price
 A reply may not run past its ``max_tokens``: an upstream that ignores the limit is cut off, and
 what it is counted at is capped. A streamed reply is cut (the connection closed) once its text
 passes :data:`CUT_CHARS_PER_TOKEN` characters a token of the limit (natural text averages 3 to 5);
-a whole reply whose reported completion tokens or text go past the limit is refused. Either way
+a whole reply whose reported completion tokens or text go past the limit is refused, and one
+whose body passes what that text could take is not read further
+(:func:`~langgraph_moa.llm.openai_client.limit_reply_bytes`). Either way
 the call fails with an error that says so, and is counted at its prompt (as reported, or counted
 by :mod:`langgraph_moa.nodes.token_bound` when the report never came) plus ``max_tokens``
 completion tokens a sample: the most an upstream that honours the limit can charge, which is
@@ -82,6 +84,9 @@ log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 300
 MIN_REPLY_LIMIT = 100_000
 CUT_CHARS_PER_TOKEN = 6  # a reply past this many characters a token of max_tokens is cut
+# a whole reply's body: up to 6 bytes a character (JSON's \uXXXX escapes), plus its envelope
+BODY_BYTES_PER_TOKEN = CUT_CHARS_PER_TOKEN * 6
+BODY_ENVELOPE_BYTES = 4096
 
 
 @dataclass
@@ -228,6 +233,8 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
     import httpx2
     import openai
 
+    from langgraph_moa.llm.openai_client import ReplyPastLimit
+
     if isinstance(
         err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError | httpx2.TimeoutException
     ):
@@ -239,6 +246,8 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
         return _short(f"connection failed: {cause or err}")
     if isinstance(err, ReplyTooLong):
         return str(err)
+    if isinstance(err, ReplyPastLimit):
+        return f"{IGNORED}: {err}"
     if isinstance(err, json.JSONDecodeError | openai.APIResponseValidationError):
         return _short(f"malformed response: {err}")
     # other SDKs (anthropic, google-genai, mistral...): the same facts under their own classes
@@ -423,14 +432,19 @@ async def _request(
 async def _send(
     pool: ModelPool, messages: list[BaseMessage], n: int, extras: CallExtras | None
 ) -> list[Outcome]:
-    from langgraph_moa.llm.openai_client import count_attempts
+    from langgraph_moa.llm.openai_client import (
+        ReplyPastLimit,
+        count_attempts,
+        limit_reply_bytes,
+    )
 
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
     max_tokens = _limit(pool, extras)
     generations: list[Any]
     log.info("request to %s (%d sample(s), %d message(s))", pool.agent.model, n, len(messages))
-    with count_attempts() as attempts:
+    body_limit = max_tokens * n * BODY_BYTES_PER_TOKEN + BODY_ENVELOPE_BYTES
+    with count_attempts() as attempts, limit_reply_bytes(body_limit):
         guard: _StopLongReplies | None = None
         try:
             if n == 1:
@@ -487,6 +501,8 @@ async def _send(
             if isinstance(err, ReplyTooLong) and guard is not None and guard.max_tokens:
                 # cut off mid-stream: its usage never came; what it wrote was paid
                 usage = _capped(pool, messages, usage, max_tokens)
+            elif isinstance(err, ReplyPastLimit):  # a whole reply too big to read: the same
+                usage = _capped(pool, messages, usage, max_tokens * n)
             return [
                 Outcome(
                     None,
