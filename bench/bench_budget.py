@@ -5,7 +5,9 @@ the topology's max_tokens of 40) at a fixed latency, with usage counted a word a
 topology prices every model at $1 per 1,000 tokens. For each of 5 budgets (multiples of one
 row's worst case) a fresh run of the same rows, 16 in flight, stops at the budget; the table
 gives what was spent, spent / budget (goal: between 0.75 and 1, never above 1), the rows done
-and left, rows/s, and the stop's own words. The load average is printed before and after (2
+and left, rows/s, and the stop's own words; then 100 of the rows without a budget, for the
+rate (with a small budget only a few rows' worst cases fit at once, so fewer run at a time).
+The load average is printed before and after (2
 shared cores: rows/s moves with the load, the ratio does not).
 
     python bench/bench_budget.py [--rows 400] [--latency 0.05] [--concurrency 16]
@@ -136,6 +138,14 @@ def main() -> None:
                 f"{done:>5} {args.rows - done:>5} {done / wall:>7.1f}  "
                 f"{run.session.stop_reason or run.stopped or 'finished'}"
             )
+        # the same rows without a budget: the rate a budget's reservations hold back from
+        start = time.perf_counter()
+        free = relabel(
+            items[:100], topology=topo, out=Path(tmp) / "free", concurrency=args.concurrency
+        )
+        wall = time.perf_counter() - start
+        done = free.totals["done"]
+        print(f"without a budget: {done} rows at {done / wall:.1f} rows/s")
     print(
         f"spent/budget: min {min(ratios):.3f}, max {max(ratios):.3f} "
         f"(goal: >= 0.75 with rows left, never > 1)"

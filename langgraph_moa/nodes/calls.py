@@ -16,9 +16,9 @@ what it is counted at is capped. A streamed reply is cut (the connection closed)
 passes :data:`CUT_CHARS_PER_TOKEN` characters a token of the limit (natural text averages 3 to 5);
 a whole reply whose reported completion tokens or text go past the limit is refused, and one
 whose body passes what that text could take is not read further
-(:func:`~langgraph_moa.llm.openai_client.limit_reply_bytes`). Either way
-the call fails with an error that says so, and is counted at its prompt (as reported, or counted
-by :mod:`langgraph_moa.nodes.token_bound` when the report never came) plus ``max_tokens``
+(:func:`~langgraph_moa.llm.openai_client.limit_reply_bytes`). Either way the call fails with an
+error that says so, and is counted at its prompt (as reported, or counted by
+:mod:`langgraph_moa.nodes.token_bound` when the report never came) plus ``max_tokens``
 completion tokens a sample: the most an upstream that honours the limit can charge, which is
 what the budget reserved for it.
 
