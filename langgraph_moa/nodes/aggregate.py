@@ -5,7 +5,8 @@ with the best proposal or asks a fallback model, and says so in the state.
 
 An answer whose writer (the aggregator, or a fallback model) stopped at its length limit
 (finish reason ``length``) is kept but makes the turn degraded, and the writer's record says so
-with the limit it was made with (``truncated: {"limit": max_tokens}``).
+with the limit it was made with (``truncated: {"limit": max_tokens}``); a best proposal given
+as the fallback answer that stopped at its proposer's limit is marked so in the fallback record.
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ def make_fallback(
     node: str,
     prices: PriceTable,
     cache: ProposalCache | None = None,
+    limits: dict[str, int] | None = None,
 ) -> Node:
-    """Answer after the aggregator failed: with the best proposal, or from a fallback model.
+    """Answer after the aggregator failed: with the best proposal, or from a fallback model
+    (``limits``: each proposer node's max_tokens, to tell a best proposal that was cut).
 
     "Best" is the first successful proposal of the last layer in topology order (list your
     strongest proposer first).
@@ -199,6 +202,9 @@ def make_fallback(
             record = FallbackRecord(
                 policy="best_proposal", source=best["node"], reason=reason, ok=True, error=None
             )
+            limit = (limits or {}).get(best["node"])
+            if best.get("finish_reason") == "length" and limit is not None:
+                record["truncated"] = Truncation(limit=limit)
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
         texts = [p["text"] or "" for p in pool_of_candidates]

@@ -292,3 +292,36 @@ def test_a_truncated_answer_makes_the_row_degraded(upstream: FakeOpenAI, tmp_pat
     run = relabel(rows(3), topology=topo, out=tmp_path / "runs2")
     reasons = {tuple(r["degraded_reasons"]) for r in run.records()}
     assert reasons == {("truncated", "proposer_failed")}
+
+
+def test_a_truncated_best_proposal_as_the_fallback_is_named(
+    upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    upstream.behave("agg", always=400)
+    upstream.behave("a", finish_reason="length")
+    path = topology(tmp_path)
+    path.write_text(TOPOLOGY + "fallback: best_proposal\n")
+    run = relabel(rows(2), topology=path, out=tmp_path / "runs")
+    for record in run.records():
+        assert record["status"] == "done" and record["degraded"] is True
+        assert record["degraded_reasons"] == ["truncated", "fallback"]
+        assert record["result"] is not None
+        fallback = record["result"]["fallback"]
+        assert fallback["source"] == "L1/a" and fallback["truncated"] == {"limit": MAX_TOKENS}
+
+
+def test_a_truncated_candidate_answered_verbatim_is_named(fake: FakeOpenAI) -> None:
+    for model, text in {"a": "Maybe 41.", "b": "The answer is 42", "c": "It is 42."}.items():
+        fake.behave(model, reply=lambda body, n, k, text=text: text)
+    fake.behave("b", finish_reason="length")  # the winner (first of the majority) was cut
+    topo = Topology.model_validate(
+        {
+            "layers": [{"proposers": [{"model": f"openai:{m}", "max_tokens": 64} for m in "abc"]}],
+            "aggregator": {"mode": "vote", "extract": "number"},
+        }
+    )
+    state = asyncio.run(build_graph(topo).ainvoke({"messages": [HumanMessage("6 x 7?")]}))
+    assert state["aggregation"]["winner"] == "L1/b"
+    assert state["degraded"] is True
+    assert state["aggregator"]["truncated"] == {"limit": 64}
+    assert state["aggregator"]["finish_reason"] == "length"
