@@ -160,6 +160,19 @@ class Tally:
         }
 
 
+_price_tables: dict[int, tuple[Topology, PriceTable]] = {}
+
+
+def _prices_of(topology: Topology) -> PriceTable:
+    """The topology's price table, made once (it may read ``MOA_PRICES``), not once a row."""
+    kept = _price_tables.get(id(topology))
+    if kept is None or kept[0] is not topology:
+        if len(_price_tables) >= 8:
+            _price_tables.clear()
+        kept = _price_tables[id(topology)] = (topology, PriceTable(topology.prices))
+    return kept[1]
+
+
 def _figures(result: dict[str, Any]) -> tuple[int, int, int, float | None]:
     usage = result.get("usage") or {}
     by_model = (usage.get("by_model") or {}).values()
@@ -194,7 +207,7 @@ async def relabel_row(graph: MoAGraph, topology: Topology, row: Row) -> RowRecor
     config: Any = {"metadata": {"relabel_row": row.id}, "tags": ["moa-relabel"]}
     meter = None
     try:
-        with row_scope(row.id), meter_calls(PriceTable(topology.prices)) as meter:
+        with row_scope(row.id), meter_calls(_prices_of(topology)) as meter:
             async for event in stream_run(
                 graph, row.inputs(), config, tokens=False, deadline_s=topology.deadline_s
             ):
