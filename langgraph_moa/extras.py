@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ray": ("ray", "ray.data"),
     "parquet": ("pyarrow",),
     "eval": ("numpy", "matplotlib"),
+    "tokens": ("bpe_openai",),
 }
 
 

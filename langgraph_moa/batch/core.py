@@ -4,8 +4,19 @@ ledger as its row finishes.
 
 :func:`relabel_row` runs a row through :func:`langgraph_moa.run.stream_run`, the run loop
 every door shares, inside a :func:`~langgraph_moa.nodes.cache.row_scope` (each call is cached as
-it finishes). :func:`drive_rows` is the same whether a row runs in this process or on a Ray
-actor: only ``run_one`` differs.
+it finishes) and a :func:`~langgraph_moa.nodes.calls.meter_calls` meter (each request is counted
+as it ends), so a row that fails after paid calls is recorded with what it spent. A done row's
+figures come from the state's usage (the two agree). The record names why a degraded row is
+degraded (``degraded_reasons``: ``truncated``, ``proposer_failed``, ``critic_failed``,
+``judge_failed``, ``fallback``, ``budget_trimmed``; ``other`` when none of these).
+
+:func:`drive_rows` is the same whether a row runs in this process or on a Ray actor: only
+``run_one`` differs. The budget (:class:`Budget`) reserves each running row's worst case
+(:func:`row_worst_case_usd`, computed once per row); when the next row does not fit, the loop
+waits for rows in flight to settle (their real cost replaces their reservation) and tries
+again; it stops only when nothing is in flight and the row still does not fit, and says why
+(:func:`budget_stop_reason`, in ``Tally.stop_reason``). The Ray engine's budget actor follows
+the same rule.
 
 Turns: by default (``turns="last"``) a row is one graph run, for the answer after its prompt.
 With ``turns="all"`` every assistant turn of a multi-turn row is relabeled (:func:`turn_points`
@@ -46,7 +57,7 @@ from langgraph_moa.graphs.builder import MoAGraph
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.budget import Estimate, estimate
 from langgraph_moa.nodes.cache import row_scope
-from langgraph_moa.nodes.calls import error_text
+from langgraph_moa.nodes.calls import error_text, meter_calls
 from langgraph_moa.result import result_of
 from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
@@ -61,6 +72,8 @@ __all__ = [
     "Tally",
     "TurnContext",
     "Turns",
+    "budget_stop_reason",
+    "degraded_reasons",
     "drive_rows",
     "relabel_row",
     "round_usd",
@@ -136,6 +149,7 @@ class Tally:
     running: int = 0
     started: float = field(default_factory=time.perf_counter)
     stopped: str | None = None
+    stop_reason: str | None = None  # in words: spent / budget and why the next row could not start
 
     def add(self, record: RowRecord) -> None:
         if record["status"] == "done":
@@ -183,7 +197,21 @@ class Tally:
             "elapsed_s": round(self.elapsed_s, 3),
             "rows_per_s": round(self.rows_per_s, 3),
             "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
         }
+
+
+_price_tables: dict[int, tuple[Topology, PriceTable]] = {}
+
+
+def _prices_of(topology: Topology) -> PriceTable:
+    """The topology's price table, made once (it may read ``MOA_PRICES``), not once a row."""
+    kept = _price_tables.get(id(topology))
+    if kept is None or kept[0] is not topology:
+        if len(_price_tables) >= 8:
+            _price_tables.clear()
+        kept = _price_tables[id(topology)] = (topology, PriceTable(topology.prices))
+    return kept[1]
 
 
 def _figures(result: dict[str, Any]) -> tuple[int, int, int, float | None]:
@@ -238,10 +266,12 @@ async def relabel_row(
         tokens=0,
         latency_s=0.0,
         degraded=False,
+        degraded_reasons=[],
     )
     config: Any = {"metadata": {"relabel_row": row.id}, "tags": ["moa-relabel"]}
+    meter = None
     try:
-        with row_scope(row.id):
+        with row_scope(row.id), meter_calls(_prices_of(topology)) as meter:
             async for event in stream_run(
                 graph, row.inputs(), config, tokens=False, deadline_s=topology.deadline_s
             ):
@@ -263,6 +293,7 @@ async def relabel_row(
                     record["answer_message"] = message
                     record["status"] = "done"
                     record["degraded"] = bool(result["degraded"])
+                    record["degraded_reasons"] = degraded_reasons(result)
                     calls, cached, tokens, cost = _figures(result)
                     record["calls"], record["cached_calls"] = calls, cached
                     record["tokens"], record["cost_usd"] = tokens, cost
@@ -274,6 +305,9 @@ async def relabel_row(
         raise
     except Exception as err:  # the row failed; the run goes on
         record["error"] = str(err) if isinstance(err, MoAError) else error_text(err)
+        if meter is not None:  # what its calls were counted at before it failed
+            record["calls"], record["cached_calls"] = meter.calls, meter.cached_calls
+            record["tokens"], record["cost_usd"] = meter.tokens, meter.cost_usd
     record["latency_s"] = round(time.perf_counter() - start, 4)
     return record
 
@@ -416,14 +450,57 @@ def row_worst_case_usd(
     turns: Turns = "last",
     turn_context: TurnContext = "relabeled",
 ) -> float:
-    """The most a row can cost: the sum of its turns' worst cases (0 for unpriced models,
-    which a run with a budget refuses before it starts)."""
+    """The most one row may cost: the sum of its turns' worst cases, every call of the topology
+    writing its full ``max_tokens``, prompts counted so as never to come out low
+    (:func:`langgraph_moa.nodes.budget.estimate`); 0 for unpriced models, which a run with a
+    budget refuses before it starts. The one place a row's worst case is made (the budget of
+    both engines calls it)."""
     found = row_estimates(topology, row, prices, turns=turns, turn_context=turn_context)
     return sum(e.cost_usd or 0.0 for e in found)
 
 
+_SKIPPED_BY_BUDGET = "skipped to stay within budget"
+
+
+def degraded_reasons(result: dict[str, Any]) -> list[str]:
+    """Why a finished row is degraded, read from its result record (empty when it is not)."""
+    if not result.get("degraded"):
+        return []
+    reasons: list[str] = []
+    aggregator = result.get("aggregator") or {}
+    fallback = result.get("fallback") or {}
+    if aggregator.get("truncated") or fallback.get("truncated"):
+        reasons.append("truncated")
+    proposals = [p for layer in result.get("layers") or [] for p in layer]
+    if any(not p["ok"] and p.get("error") != _SKIPPED_BY_BUDGET for p in proposals):
+        reasons.append("proposer_failed")
+    critique = result.get("critique")
+    if critique and not critique["ok"] and critique.get("error") != _SKIPPED_BY_BUDGET:
+        reasons.append("critic_failed")
+    judged = [*((result.get("aggregation") or {}).get("calls") or [])]
+    judged += [c for join in result.get("joins") or [] for c in join.get("calls") or []]
+    if any(c.get("error") for c in judged):
+        reasons.append("judge_failed")
+    if result.get("fallback"):
+        reasons.append("fallback")
+    skipped = [p for p in proposals if p.get("error") == _SKIPPED_BY_BUDGET]
+    if skipped or (critique and critique.get("error") == _SKIPPED_BY_BUDGET):
+        reasons.append("budget_trimmed")
+    return reasons or ["other"]
+
+
+def budget_stop_reason(spent: float, max_usd: float, where: str, worst: float) -> str:
+    """The words of a stop at the budget."""
+    return (
+        f"stopped at the budget: spent ${spent:.4f} of ${max_usd:.4f}; the next row ({where}) "
+        f"could cost up to ${worst:.4f}"
+    )
+
+
 class Budget:
-    """The run's budget: admits a row while spent + worst cases in flight stay within it."""
+    """The run's budget: a row starts while what is spent, plus the worst cases reserved for
+    the rows running, plus its own worst case stay within ``max_usd``; a finished row's real
+    cost replaces its reservation."""
 
     def __init__(
         self,
@@ -441,13 +518,21 @@ class Budget:
         self.held: dict[str, float] = {}
         self.turns: Turns = turns
         self.turn_context: TurnContext = turn_context
+        self.settled = asyncio.Event()  # set whenever a running row settles
 
-    def admit(self, row: Row) -> bool:
+    def worst(self, row: Row) -> float:
+        """The row's worst case (0 without a budget: nothing is counted then)."""
         if self.max_usd is None:
-            return True
-        worst = row_worst_case_usd(
+            return 0.0
+        return row_worst_case_usd(
             self.topology, row, self.prices, turns=self.turns, turn_context=self.turn_context
         )
+
+    def admit(self, row: Row, worst: float | None = None) -> bool:
+        """Reserve the row's worst case if it fits now (``worst``: already computed)."""
+        if self.max_usd is None:
+            return True
+        worst = self.worst(row) if worst is None else worst
         if self.spent + sum(self.held.values()) + worst > self.max_usd:
             return False
         self.held[row.id] = worst
@@ -456,6 +541,25 @@ class Budget:
     def settle(self, row_id: str, cost: float | None) -> None:
         self.held.pop(row_id, None)
         self.spent += cost or 0.0
+        self.settled.set()
+
+    def release(self, row_id: str) -> None:
+        """A row that ended without a record (cancelled): its reservation goes."""
+        if self.held.pop(row_id, None) is not None:
+            self.settled.set()
+
+    async def wait_to_admit(self, row: Row) -> str | None:
+        """Admit the row, waiting while rows in flight may settle and make room; the stop's
+        reason when it cannot start (nothing in flight, and it still does not fit)."""
+        if self.max_usd is None:
+            return None
+        worst = self.worst(row)  # once per row
+        while not self.admit(row, worst):
+            if not self.held:
+                return budget_stop_reason(self.spent, self.max_usd, row.where, worst)
+            self.settled.clear()
+            await self.settled.wait()
+        return None
 
 
 @dataclass
@@ -506,7 +610,8 @@ async def drive_rows(
     on_progress: Callable[[Tally], None] | None,
 ) -> None:
     """Run the plan's rows with ``run_one`` (in this process, or on Ray), ``concurrency`` at
-    once, within the budget; each record is written to the ledger as its row finishes."""
+    once, within the budget (see the module docstring); each record is written to the ledger
+    as its row finishes."""
     tally = plan.tally
     slots = asyncio.Semaphore(concurrency)
 
@@ -520,7 +625,7 @@ async def drive_rows(
                 on_record(record)
         finally:
             plan.in_flight.discard(row.id)
-            budget.held.pop(row.id, None)
+            budget.release(row.id)
             tally.running -= 1
             slots.release()
             if on_progress is not None:
@@ -529,9 +634,10 @@ async def drive_rows(
     async with asyncio.TaskGroup() as group, contextlib.aclosing(plan.runnable(rows)) as runnable:
         async for row in runnable:
             await slots.acquire()
-            if not budget.admit(row):
+            stop = await budget.wait_to_admit(row)
+            if stop is not None:
                 slots.release()
-                tally.stopped = "budget"
+                tally.stopped, tally.stop_reason = "budget", stop
                 break
             plan.in_flight.add(row.id)
             tally.running += 1

@@ -91,9 +91,10 @@ class RowRecord(TypedDict):
     tokens: int
     latency_s: float
     degraded: bool
-    # why the row is degraded, beyond a failed call or a fallback: "truncated" (the final
-    # answer was cut by max_tokens), "invalid_json" (a JSON-mode answer does not parse)...;
-    # each check appends its own (newer ledgers)
+    # why a done row is degraded, each check appending its own: "truncated" (the final answer
+    # was cut by max_tokens), "proposer_failed", "critic_failed", "judge_failed", "fallback",
+    # "budget_trimmed", "invalid_json" (a JSON-mode answer does not parse) or "other"; empty
+    # when it is not degraded (older ledgers lack it)
     degraded_reasons: NotRequired[list[str]]
     turns: NotRequired[list[TurnRecord]]
     turn_context: NotRequired[str]

@@ -21,7 +21,8 @@ written when the run stopped runs again, with each of its calls served from the 
 
 Honest differences from the in-process engine: ``concurrency`` is rounded up to a multiple of
 the workers; rows start in the order actors take chunks, not strictly in input order; with
-``max_usd`` every row start asks the budget actor first (a round trip of about a millisecond).
+``max_usd`` every row start asks the budget actor first (a round trip of about a millisecond),
+which follows the in-process rule (wait for rows in flight to settle before stopping).
 Rows fed from Python (not a file) are first spooled to a file in the run directory, which the
 reader streams, and removed after.
 
@@ -274,6 +275,7 @@ async def run_on_ray(
             raise found from None
         if keeper is not None and await keeper.closed.remote():
             plan.tally.stopped = "budget"
+            plan.tally.stop_reason = await keeper.stop_reason.remote()
     finally:
         spooled.unlink(missing_ok=True)
         if keeper is not None:

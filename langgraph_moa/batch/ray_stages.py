@@ -19,9 +19,13 @@ all but the failed rows with ``retry_failed``; a repeated id is invalid). The id
 session are kept in a private temporary SQLite database rather than a set, so memory stays flat
 in the number of rows.
 
-The budget (``max_usd``) is one small actor, :class:`BudgetKeeper`, asked by every actor before
-a row starts: the same rule as the in-process engine (spent + the worst cases of the rows
-running anywhere + this one's must fit), the same stop (once a row does not fit, none starts).
+The budget (``max_usd``) is one small asyncio actor, :class:`BudgetKeeper`, asked by every
+actor before a row starts: the same rule as the in-process engine (spent + the worst cases of
+the rows running anywhere + this one's must fit, the worst case from
+:func:`~langgraph_moa.batch.core.row_worst_case_usd`), the same wait (a row that does not fit
+waits for rows in flight to settle and tries again) and the same stop (only when nothing is in
+flight and the row still does not fit; then none starts any more, and the keeper holds the
+reason, which the driver reports).
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from langgraph_moa.batch.core import TurnContext, Turns, relabel_row, row_worst_case_usd
+from langgraph_moa.batch.core import (
+    TurnContext,
+    Turns,
+    budget_stop_reason,
+    relabel_row,
+    row_worst_case_usd,
+)
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateGate, RateLimits
 from langgraph_moa.batch.rows import InvalidRow, Row, read_rows
@@ -216,29 +226,43 @@ class RowsDatasource(Datasource):
 
 
 class BudgetKeeper:
-    """The run's budget, for every actor: a row starts only if what is spent plus the worst
-    cases of the rows running and of this one stays within ``max_usd``; once one does not fit,
-    none starts any more (as in the in-process engine)."""
+    """The run's budget, for every actor (an asyncio actor: its methods share one loop): a row
+    starts only if what is spent plus the worst cases of the rows running and of this one stays
+    within ``max_usd``; a row that does not fit waits for rows in flight to settle; once one does
+    not fit with nothing in flight, none starts any more (as in the in-process engine)."""
 
     def __init__(self, max_usd: float, spent: float) -> None:
         self.max_usd = max_usd
         self.spent = spent
         self.held: dict[str, float] = {}
         self.stopped = False
+        self.reason: str | None = None
+        self.settled = asyncio.Event()
 
-    def admit(self, row_id: str, worst: float) -> bool:
-        if self.stopped or self.spent + sum(self.held.values()) + worst > self.max_usd:
-            self.stopped = True
-            return False
-        self.held[row_id] = worst
-        return True
+    async def admit(self, row_id: str, where: str, worst: float) -> bool:
+        while not self.stopped:
+            if self.spent + sum(self.held.values()) + worst <= self.max_usd:
+                self.held[row_id] = worst
+                return True
+            if not self.held:
+                self.stopped = True
+                self.reason = budget_stop_reason(self.spent, self.max_usd, where, worst)
+                self.settled.set()  # the rows waiting learn that the run stopped
+                break
+            self.settled.clear()
+            await self.settled.wait()
+        return False
 
-    def settle(self, row_id: str, cost: float | None) -> None:
+    async def settle(self, row_id: str, cost: float | None) -> None:
         self.held.pop(row_id, None)
         self.spent += cost or 0.0
+        self.settled.set()
 
-    def closed(self) -> bool:
+    async def closed(self) -> bool:
         return self.stopped
+
+    async def stop_reason(self) -> str | None:
+        return self.reason
 
 
 class RowWorker:
@@ -286,18 +310,22 @@ class RowWorker:
                     turns=self.turns,
                     turn_context=self.turn_context,
                 )
-                if not await self.keeper.admit.remote(row.id, worst):
+                if not await self.keeper.admit.remote(row.id, row.where, worst):
                     return None
-            with gate_requests(self.gate) if self.gate else contextlib.nullcontext():
-                record = await relabel_row(
-                    self.graph,
-                    self.topology,
-                    row,
-                    turns=self.turns,
-                    turn_context=self.turn_context,
-                )
-            if self.keeper is not None:
-                await self.keeper.settle.remote(row.id, record["cost_usd"])
+            record = None
+            try:
+                with gate_requests(self.gate) if self.gate else contextlib.nullcontext():
+                    record = await relabel_row(
+                        self.graph,
+                        self.topology,
+                        row,
+                        turns=self.turns,
+                        turn_context=self.turn_context,
+                    )
+            finally:
+                if self.keeper is not None:  # a row cut short gives its reservation back
+                    cost = record["cost_usd"] if record is not None else 0.0
+                    await self.keeper.settle.remote(row.id, cost)
             return record
 
 

@@ -12,11 +12,13 @@ Policies:
 - rows already ``done`` are skipped; ``failed`` ones too unless ``retry_failed``, which runs
   only those; a row whose id was already read at another place is invalid (duplicate id);
 - ``limit`` reads only the first N rows of the input (a trial; a larger limit later goes on);
-- ``max_usd`` is the whole run's budget (every session's spending counts): a row starts only if
-  what is spent, plus the worst case of the rows running and of this one
-  (:func:`langgraph_moa.nodes.budget.estimate`), stays within it; when the next row does not
-  fit, no row starts, those running finish, and the run stops cleanly (``stopped="budget"``),
-  ready to go on with a larger budget;
+- ``max_usd`` is the whole run's budget (every session's spending counts, failed rows' paid
+  calls included): a row starts only if what is spent, plus the worst case of the rows running
+  and of this one (:func:`langgraph_moa.batch.core.row_worst_case_usd`), stays within it; when
+  the next row does not fit, it waits for the rows running to finish (their real cost replaces
+  their worst case) and tries again; only when none is running and it still does not fit does
+  the run stop cleanly (``stopped="budget"``, and ``stop_reason`` saying what was spent of the
+  budget and what the next row could cost), ready to go on with a larger budget;
 - ``turns="all"`` relabels every assistant turn of a multi-turn row, one graph run per turn,
   each turn's prompt holding the relabeled earlier turns (or, with
   ``turn_context="original"``, the row's own); the run records both settings, and a rerun of

@@ -321,9 +321,9 @@ def _report(run: RelabelRun, *, as_json: bool, quiet: bool) -> None:
             f"{t['invalid']} invalid, ${t['cost_usd']:.4f} in all"
         )
     if run.stopped == "budget":
+        reason = run.session.stop_reason or "stopped at the budget (--max-usd)"
         err.print(
-            "[yellow]moa: note:[/yellow] stopped at the budget (--max-usd); rerun with a larger "
-            "one to go on"
+            f"[yellow]moa: note:[/yellow] {escape(reason)}; rerun with a larger --max-usd to go on"
         )
 
 

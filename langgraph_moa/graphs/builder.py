@@ -172,7 +172,12 @@ def build_state_graph(
         )
     else:
         aggregator = make_verdict(
-            agg, last_layer=last, node=AGGREGATOR, prices=prices, can_fall_back=can_fall_back
+            agg,
+            last_layer=last,
+            node=AGGREGATOR,
+            prices=prices,
+            can_fall_back=can_fall_back,
+            limits=_proposer_limits(topology),
         )
     finals.append((AGGREGATOR, aggregator))
 
@@ -240,11 +245,27 @@ def build_state_graph(
         _add(
             graph,
             FALLBACK,
-            make_fallback(policy, last_layer=last, node=FALLBACK, prices=prices, cache=final_cache),
+            make_fallback(
+                policy,
+                last_layer=last,
+                node=FALLBACK,
+                prices=prices,
+                cache=final_cache,
+                limits=_proposer_limits(topology),
+            ),
         )
         graph.add_conditional_edges(AGGREGATOR, route_after_aggregator, [FALLBACK, END])
         graph.add_edge(FALLBACK, END)
     return graph
+
+
+def _proposer_limits(topology: Topology) -> dict[str, int]:
+    """Each proposer node's max_tokens (an answer given verbatim may have stopped there)."""
+    return {
+        proposer_node(number, a.name or ""): a.max_tokens
+        for number, layer in enumerate(topology.layers, 1)
+        for a in layer.proposers
+    }
 
 
 def build_graph(

@@ -18,6 +18,12 @@ Rate limits shared by many runs (a batch of rows) plug in as a :class:`RequestGa
 sent, and the gate sees each response (a 429 can pause the model for every run, not only the
 one that got it). The gate itself lives with the batch runner.
 
+A whole (unstreamed) reply is read only up to the size set with :func:`limit_reply_bytes` for
+the request: past it, reading stops, the connection is dropped and :class:`ReplyPastLimit`
+(an ``openai.OpenAIError``, which the client neither retries nor wraps) says so; an upstream
+that ignores ``max_tokens`` cannot make the process read, or keep, an unbounded body. Streamed
+replies are cut by the caller as their tokens arrive (see :mod:`langgraph_moa.nodes.calls`).
+
 Each agent has a client of its own, but they share one TLS context: httpx builds one per
 transport by reading the system's CA bundle, tens of milliseconds each, which a topology of
 nine agents would otherwise pay inside its first layer.
@@ -43,11 +49,13 @@ from langgraph_moa.spec.providers import MAX_RETRY_AFTER_S
 from langgraph_moa.spec.topology import Retry
 
 __all__ = [
+    "ReplyPastLimit",
     "RequestGate",
     "RetryingAsyncOpenAI",
     "WholeRequestTimeout",
     "count_attempts",
     "gate_requests",
+    "limit_reply_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,29 @@ def count_attempts() -> Iterator[list[int]]:
         yield counter
     finally:
         _attempts.reset(token)
+
+
+_reply_bytes: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "moa_reply_bytes", default=None
+)
+
+
+class ReplyPastLimit(openai.OpenAIError):
+    """A whole reply's body passed the size allowed for it; reading stopped there."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the reply passed {limit} bytes; reading stopped there")
+        self.limit = limit
+
+
+@contextmanager
+def limit_reply_bytes(limit: int) -> Iterator[None]:
+    """Read at most ``limit`` bytes of each whole reply body inside this block."""
+    token = _reply_bytes.set(limit)
+    try:
+        yield
+    finally:
+        _reply_bytes.reset(token)
 
 
 class RequestGate(Protocol):
@@ -118,11 +149,14 @@ def _hooks(model: str) -> dict[str, list[Any]]:
 class _BodyWithDeadline(httpx2.AsyncByteStream):
     """A response body whose every chunk must arrive before the request's deadline."""
 
-    def __init__(self, body: httpx2.AsyncByteStream, deadline: float, request: Any) -> None:
-        self.body, self.deadline, self.request = body, deadline, request
+    def __init__(
+        self, body: httpx2.AsyncByteStream, deadline: float, request: Any, limit: int | None
+    ) -> None:
+        self.body, self.deadline, self.request, self.limit = body, deadline, request, limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = aiter(self.body)
+        received = 0
         while True:
             try:
                 async with asyncio.timeout_at(self.deadline):
@@ -134,6 +168,10 @@ class _BodyWithDeadline(httpx2.AsyncByteStream):
                     "the response did not complete within the request's timeout",
                     request=self.request,
                 ) from None
+            received += len(chunk)
+            if self.limit is not None and received > self.limit:
+                await self.body.aclose()
+                raise ReplyPastLimit(self.limit)
             yield chunk
 
     async def aclose(self) -> None:
@@ -157,10 +195,12 @@ class WholeRequestTimeout(httpx2.AsyncBaseTransport):
                 f"no response within {self.timeout_s:g}s", request=request
             ) from None
         assert isinstance(response.stream, httpx2.AsyncByteStream)
+        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        limit = None if streamed else _reply_bytes.get()
         return httpx2.Response(
             status_code=response.status_code,
             headers=response.headers,
-            stream=_BodyWithDeadline(response.stream, deadline, request),
+            stream=_BodyWithDeadline(response.stream, deadline, request, limit),
             extensions=response.extensions,
         )
 

@@ -2,6 +2,11 @@
 streaming its tokens, and appends it to the conversation as an AIMessage. If it fails, the
 topology's ``fallback`` decides: fail the run, or hand over to the fallback node, which answers
 with the best proposal or asks a fallback model, and says so in the state.
+
+An answer whose writer (the aggregator, or a fallback model) stopped at its length limit
+(finish reason ``length``) is kept but makes the turn degraded, and the writer's record says so
+with the limit it was made with (``truncated: {"limit": max_tokens}``); a best proposal given
+as the fallback answer that stopped at its proposer's limit is marked so in the fallback record.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, candidates, refs_of
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
-from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState
+from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState, Truncation
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import provider_kind
 from langgraph_moa.spec.topology import Agent, References
@@ -35,6 +40,7 @@ __all__ = [
     "make_aggregator",
     "make_fallback",
     "route_after_aggregator",
+    "truncation",
     "write_answer",
 ]
 
@@ -67,7 +73,16 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
         tools=tools,
         tool_choice=state.get("tool_choice"),
         options=sampling | passed or None,
+        max_tokens=options.get("max_tokens"),
     )
+
+
+def truncation(agent: Agent, state: MoAState, outcome: Outcome) -> Truncation | None:
+    """The answer stopped at its length limit: the limit it was written with; else None."""
+    if not outcome.ok or outcome.finish_reason != "length":
+        return None
+    options = state.get("aggregator_options") or {}
+    return Truncation(limit=options.get("max_tokens") or agent.max_tokens)
 
 
 async def write_answer(
@@ -100,9 +115,11 @@ def answer_update(
     *,
     prices: PriceTable,
     can_fall_back: bool,
+    state: MoAState,
 ) -> dict[str, Any]:
-    """The state update of a written answer: its record and usage, and the message, or (if it
-    failed) a hand-over to the fallback, or the run's failure."""
+    """The state update of a written answer: its record and usage, and the message (a
+    truncated one degrades the turn), or (if it failed) a hand-over to the fallback, or the
+    run's failure."""
     outcomes, requests, trim = written
     outcome = outcomes[0]
     update: dict[str, Any] = {
@@ -111,6 +128,9 @@ def answer_update(
     }
     if outcome.ok and outcome.message is not None:
         update["messages"] = [outcome.message]
+        if (cut := truncation(agent, state, outcome)) is not None:
+            update["aggregator"]["truncated"] = cut
+            update["degraded"] = True
     elif can_fall_back:
         update["degraded"] = True
     else:
@@ -136,7 +156,9 @@ def make_aggregator(
         layer = answer_layer(state, last_layer)
         shown = arranger.arrange(state, layer)
         written = await write_answer(pool, state, shown.texts, node=node, cache=cache)
-        update = answer_update(agent, node, written, prices=prices, can_fall_back=can_fall_back)
+        update = answer_update(
+            agent, node, written, prices=prices, can_fall_back=can_fall_back, state=state
+        )
         if shown.record is not None:
             update["aggregator"]["references"] = shown.record
         used = refs_of(state, layer, shown.shown)
@@ -165,8 +187,10 @@ def make_fallback(
     node: str,
     prices: PriceTable,
     cache: ProposalCache | None = None,
+    limits: dict[str, int] | None = None,
 ) -> Node:
-    """Answer after the aggregator failed: with the best proposal, or from a fallback model.
+    """Answer after the aggregator failed: with the best proposal, or from a fallback model
+    (``limits``: each proposer node's max_tokens, to tell a best proposal that was cut).
 
     "Best" is the first successful proposal of the last layer in topology order (list your
     strongest proposer first).
@@ -186,6 +210,9 @@ def make_fallback(
             record = FallbackRecord(
                 policy="best_proposal", source=best["node"], reason=reason, ok=True, error=None
             )
+            limit = (limits or {}).get(best["node"])
+            if best.get("finish_reason") == "length" and limit is not None:
+                record["truncated"] = Truncation(limit=limit)
             return {"messages": [AIMessage(best["text"] or "")], "fallback": record}
         agent = pool.agent
         texts = [p["text"] or "" for p in pool_of_candidates]
@@ -196,10 +223,14 @@ def make_fallback(
         record = FallbackRecord(
             policy="model", source=agent.model, reason=reason, ok=True, error=None
         )
-        return {
+        update: dict[str, Any] = {
             "messages": [outcome.message],
             "fallback": record,
             "usage": usage_update(agent.model, outcomes, requests, prices),
         }
+        if (cut := truncation(agent, state, outcome)) is not None:
+            record["truncated"] = cut
+            update["degraded"] = True
+        return update
 
     return fallback

@@ -2,8 +2,10 @@
 
 The estimate assumes every call writes its full ``max_tokens`` and that each layer passes all of
 its answers on (a ``select`` or ``rank`` join: the one or the ``keep`` it names); prompt sizes
-are estimated at about 4 characters per token. Prices come from the price table; a budget in
-USD refuses models without a known price.
+are counted so as never to come out low (:mod:`langgraph_moa.nodes.token_bound`: the model's
+tokenizer where one is known, else the text's UTF-8 bytes), for each model with its own count;
+the conversation is counted once per estimate and per kind of count (:class:`PromptSizes`).
+Prices come from the price table; a budget in USD refuses models without a known price.
 
 When the stages still to run could exceed the budget, the plan shrinks in this order:
   1. drop the critic;
@@ -16,6 +18,7 @@ leave room for more later.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,6 @@ from langchain_core.messages import BaseMessage
 from typing_extensions import TypedDict
 
 from langgraph_moa.errors import MoAInputError, MoARunError
-from langgraph_moa.nodes.context_window import estimate_tokens, message_tokens
 from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
@@ -41,11 +43,20 @@ from langgraph_moa.nodes.prompts import (
     RANK_REQUEST_PROMPT,
     SYNTHESIZE_PROMPT,
 )
+from langgraph_moa.nodes.token_bound import MESSAGE_OVERHEAD, counter_for
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import requests_for
 from langgraph_moa.spec.topology import Agent, Topology
 
-__all__ = ["BudgetError", "Estimate", "Ledger", "check_priced", "estimate", "plan"]
+__all__ = [
+    "BudgetError",
+    "Estimate",
+    "Ledger",
+    "PromptSizes",
+    "check_priced",
+    "estimate",
+    "plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +109,30 @@ class Estimate:
         self.stages.append((stage, prompt, completion, cost))
 
 
-def _fixed_tokens(agent: Agent, text: str) -> int:
-    return estimate_tokens(text) + estimate_tokens(agent.system_prompt or "")
+class PromptSizes:
+    """A conversation's size for each model that reads it, counted once per kind of count (a
+    tokenizer, or bytes) and kept for the estimates that follow."""
+
+    def __init__(self, conversation: Sequence[BaseMessage]) -> None:
+        self.conversation = conversation
+        self._sizes: dict[str, int] = {}
+
+    def conversation_tokens(self, agent: Agent) -> int:
+        counter = counter_for(agent.model)
+        if counter.name not in self._sizes:
+            self._sizes[counter.name] = counter.messages(self.conversation)
+        return self._sizes[counter.name]
+
+    def fixed_tokens(self, agent: Agent, text: str) -> int:
+        """The prompt text this call adds (the agent's system prompt, the request's prompt, and
+        the overhead of the two messages they and the references travel in)."""
+        added = _fixed(agent.model, text) + _fixed(agent.model, agent.system_prompt or "")
+        return added + 2 * MESSAGE_OVERHEAD
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed(model: str, text: str) -> int:
+    return counter_for(model).text(text)
 
 
 def estimate(
@@ -111,15 +144,19 @@ def estimate(
     skipped: Sequence[str] = (),
     previous_refs_tokens: int | None = None,
     pending_join: bool = False,
+    sizes: PromptSizes | None = None,
 ) -> Estimate:
     """Worst case of layers ``from_layer``..last (each with its join's judge, if any), the
     critic and the aggregator.
 
     ``previous_refs_tokens`` is the real size of the answers of layer ``from_layer - 1`` when
     it has already run (default: its worst case); ``pending_join``: that layer's join judge has
-    yet to run (re-planning in its join node).
+    yet to run (re-planning in its join node). ``sizes``: the conversation's counts, kept from
+    an earlier estimate of the same conversation.
     """
-    conv = message_tokens(conversation)
+    sizes = sizes or PromptSizes(conversation)
+    conv = sizes.conversation_tokens
+    fixed = sizes.fixed_tokens
     out = Estimate()
     refs = previous_refs_tokens
     if refs is None:
@@ -128,7 +165,7 @@ def estimate(
             layer = topology.layers[from_layer - 2]
             refs = sum(a.max_tokens * a.n for a in layer.proposers)
     if pending_join and from_layer > 1:  # the previous layer's judge has yet to run
-        refs = _join_judge(topology, from_layer - 1, out, conv, refs, prices)
+        refs = _join_judge(topology, from_layer - 1, out, sizes, refs, prices)
     for number in range(from_layer, len(topology.layers) + 1):
         layer = topology.layers[number - 1]
         produced = 0
@@ -136,24 +173,25 @@ def estimate(
             node = proposer_node(number, agent.name or "")
             if node in skipped:
                 continue
-            fixed = _fixed_tokens(agent, SYNTHESIZE_PROMPT if refs else "")
-            out.add(node, agent, conv + fixed + refs, prices)
+            prompt = conv(agent) + fixed(agent, SYNTHESIZE_PROMPT if refs else "") + refs
+            out.add(node, agent, prompt, prices)
             produced += agent.max_tokens * agent.n
-        refs = _join_judge(topology, number, out, conv, produced, prices)
+        refs = _join_judge(topology, number, out, sizes, produced, prices)
     if topology.critic is not None and CRITIC not in skipped:
-        out.add(
-            CRITIC,
-            topology.critic,
-            conv + _fixed_tokens(topology.critic, CRITIC_REQUEST_PROMPT) + refs,
-            prices,
-        )
+        critic = topology.critic
+        out.add(CRITIC, critic, conv(critic) + fixed(critic, CRITIC_REQUEST_PROMPT) + refs, prices)
         refs += topology.critic.max_tokens
-    _final_steps(topology, out, conv, refs, prices)
+    _final_steps(topology, out, sizes, refs, prices)
     return out
 
 
 def _join_judge(
-    topology: Topology, number: int, out: Estimate, conv: int, refs: int, prices: PriceTable
+    topology: Topology,
+    number: int,
+    out: Estimate,
+    sizes: PromptSizes,
+    refs: int,
+    prices: PriceTable,
 ) -> int:
     """Add the worst case of layer ``number``'s join judge (select, rank); return the size of
     what the layer passes on (all of ``refs`` for the other joins)."""
@@ -162,7 +200,9 @@ def _join_judge(
     if agent is None or layer.join is None:
         return refs
     size = max(layer.size, 1)
-    judging = conv + _fixed_tokens(agent, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT)
+    judging = sizes.conversation_tokens(agent) + sizes.fixed_tokens(
+        agent, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT
+    )
     node = layer_exit(topology, number)
     if layer.join.mode == "rank" and layer.join.judge == "pairwise":
         for _ in range(layer.join.requests_for(size)):
@@ -173,14 +213,15 @@ def _join_judge(
 
 
 def _final_steps(
-    topology: Topology, out: Estimate, conv: int, refs: int, prices: PriceTable
+    topology: Topology, out: Estimate, sizes: PromptSizes, refs: int, prices: PriceTable
 ) -> None:
     """Worst case of the aggregator's mode: its judge or window calls, then the synthesis
     (counted whenever a rule may call for one; a vote that may not costs nothing)."""
     agg = topology.aggregator
     size = max(topology.layers[-1].passes_on, 1)
-    synthesis = conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs
-    judging = conv + _fixed_tokens(agg, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT)
+    conv = sizes.conversation_tokens(agg)
+    synthesis = conv + sizes.fixed_tokens(agg, SYNTHESIZE_PROMPT) + refs
+    judging = conv + sizes.fixed_tokens(agg, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT)
     if agg.mode == "synthesize":
         out.add(AGGREGATOR, agg, synthesis, prices)
     elif agg.mode == "vote":
@@ -199,7 +240,7 @@ def _final_steps(
         if agg.fuse:
             out.add(AGGREGATOR, agg, synthesis, prices)
     else:  # self-moa-seq: every step sees a window of candidates and the running answer
-        window = conv + _fixed_tokens(agg, SYNTHESIZE_PROMPT) + agg.max_tokens
+        window = conv + sizes.fixed_tokens(agg, SYNTHESIZE_PROMPT) + agg.max_tokens
         window += refs * min(agg.window, size) // size
         for _ in range(agg.requests_for(size)):
             out.add(WINDOW, agg, window, prices)
@@ -246,6 +287,7 @@ def plan(
     budget = topology.budget
     skipped = [s for s in already_skipped if (layer_of(s) or from_layer) < from_layer]
     actions: list[str] = []
+    sizes = PromptSizes(conversation)
 
     def worst() -> Estimate:
         return estimate(
@@ -256,6 +298,7 @@ def plan(
             skipped=skipped,
             previous_refs_tokens=previous_refs_tokens,
             pending_join=pending_join,
+            sizes=sizes,
         )
 
     check_priced(topology, prices)

@@ -7,6 +7,21 @@ openai client for the OpenAI-compatible table (see :mod:`langgraph_moa.llm.opena
 around each LangChain call for every other provider (see
 :mod:`langgraph_moa.llm.langchain_models`); a layer deadline cancels what is still running.
 
+Every request is also counted as it ends, paid or not, in the :class:`Meter` of the work it
+belongs to, if one is set (:func:`meter_calls`: a relabel row), so what a row spent is known
+even when the row then fails; the meter prices each request with the run's price table.
+
+A reply may not run past its ``max_tokens``: an upstream that ignores the limit is cut off, and
+what it is counted at is capped. A streamed reply is cut (the connection closed) once its text
+passes :data:`CUT_CHARS_PER_TOKEN` characters a token of the limit (natural text averages 3 to 5);
+a whole reply whose reported completion tokens or text go past the limit is refused, and one
+whose body passes what that text could take is not read further
+(:func:`~langgraph_moa.llm.openai_client.limit_reply_bytes`). Either way the call fails with an
+error that says so, and is counted at its prompt (as reported, or counted by
+:mod:`langgraph_moa.nodes.token_bound` when the report never came) plus ``max_tokens``
+completion tokens a sample: the most an upstream that honours the limit can charge, which is
+what the budget reserved for it.
+
 The openai client and httpx are imported where they are used (a request, an error to describe),
 not with this module: building or drawing a graph must not load the model stack (see
 :mod:`langgraph_moa.llm.chat_models`).
@@ -15,11 +30,15 @@ not with this module: building or drawing a graph must not load the model stack 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackHandler
@@ -35,6 +54,7 @@ from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.state import CallRecord, TokenUsage, Usage, add_usage
+from langgraph_moa.nodes.token_bound import counter_for
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import (
     PROVIDERS,
@@ -45,7 +65,9 @@ from langgraph_moa.spec.providers import (
 from langgraph_moa.spec.topology import Agent, Retry, Topology
 
 __all__ = [
+    "CUT_CHARS_PER_TOKEN",
     "CallExtras",
+    "Meter",
     "ModelPool",
     "Outcome",
     "call_agent",
@@ -53,6 +75,7 @@ __all__ = [
     "describe_error",
     "error_text",
     "make_models",
+    "meter_calls",
     "skipped_record",
     "usage_update",
 ]
@@ -60,6 +83,55 @@ __all__ = [
 log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 300
 MIN_REPLY_LIMIT = 100_000
+CUT_CHARS_PER_TOKEN = 6  # a reply past this many characters a token of max_tokens is cut
+# a whole reply's body: up to 6 bytes a character (JSON's \uXXXX escapes), plus its envelope
+BODY_BYTES_PER_TOKEN = CUT_CHARS_PER_TOKEN * 6
+BODY_ENVELOPE_BYTES = 4096
+
+
+@dataclass
+class Meter:
+    """What the requests of one piece of work (a relabel row) were counted at, each added as
+    it ends: requests sent (one with ``n`` samples counts once), calls served from the cache,
+    tokens, and their cost with ``prices`` (``cost_usd`` None while no priced model was used)."""
+
+    prices: PriceTable
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    unpriced: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, model: str, usage: TokenUsage, *, calls: int = 1) -> None:
+        self.calls += calls
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        cost = self.prices.cost(model, prompt, completion)
+        if cost is None:
+            if model not in self.unpriced:
+                self.unpriced.append(model)
+        else:
+            self.cost_usd = (self.cost_usd or 0.0) + cost
+
+
+_meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("moa_meter", default=None)
+
+
+@contextlib.contextmanager
+def meter_calls(prices: PriceTable) -> Iterator[Meter]:
+    """Count every request made inside this block (and the tasks it starts) in a new meter."""
+    meter = Meter(prices)
+    token = _meter.set(meter)
+    try:
+        yield meter
+    finally:
+        _meter.reset(token)
 
 
 @dataclass
@@ -106,7 +178,7 @@ def reply_limit(agent: Agent) -> int:
 
 
 class ReplyTooLong(Exception):
-    """An upstream reply passed :func:`reply_limit`; the stream is closed there."""
+    """An upstream reply passed its limit; the stream is closed there."""
 
 
 class _QuietStop(logging.Filter):
@@ -126,8 +198,9 @@ class _StopLongReplies(AsyncCallbackHandler):
 
     raise_error = True
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_tokens: int | None = None) -> None:
         self.limit = limit
+        self.max_tokens = max_tokens  # when the limit is what max_tokens allows
         self.seen = 0
 
     async def on_llm_new_token(
@@ -135,6 +208,11 @@ class _StopLongReplies(AsyncCallbackHandler):
     ) -> None:
         self.seen += len(token) if isinstance(token, str) else len(str(token))
         if self.seen > self.limit:
+            if self.max_tokens is not None:
+                raise ReplyTooLong(
+                    f"the upstream ignored max_tokens: the reply passed {self.limit} characters, "
+                    f"more than {self.max_tokens} tokens allow; it was cut off there"
+                )
             raise ReplyTooLong(f"the reply passed {self.limit} characters; it was cut off there")
 
 
@@ -155,6 +233,8 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
     import httpx2
     import openai
 
+    from langgraph_moa.llm.openai_client import ReplyPastLimit
+
     if isinstance(
         err, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError | httpx2.TimeoutException
     ):
@@ -166,6 +246,8 @@ def describe_error(err: BaseException, *, timeout_s: float | None = None) -> str
         return _short(f"connection failed: {cause or err}")
     if isinstance(err, ReplyTooLong):
         return str(err)
+    if isinstance(err, ReplyPastLimit):
+        return f"{IGNORED}: {err}"
     if isinstance(err, json.JSONDecodeError | openai.APIResponseValidationError):
         return _short(f"malformed response: {err}")
     # other SDKs (anthropic, google-genai, mistral...): the same facts under their own classes
@@ -299,6 +381,7 @@ class CallExtras:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
+    max_tokens: int | None = None  # the reply's limit when it overrides the agent's (in options)
 
     def key(self) -> dict[str, Any] | None:
         """What this adds to a cache key (None when it adds nothing)."""
@@ -317,30 +400,71 @@ class CallExtras:
         return runnable.bind(**self.options) if self.options else runnable
 
 
+def _limit(pool: ModelPool, extras: CallExtras | None) -> int:
+    """A sample's completion limit for this request: the call's override, else the agent's."""
+    return (extras.max_tokens if extras and extras.max_tokens else None) or pool.agent.max_tokens
+
+
+def _capped(
+    pool: ModelPool, messages: list[BaseMessage], usage: TokenUsage, allowed: int
+) -> TokenUsage:
+    """What a reply that ran past its limit is counted at: its prompt (as reported, else
+    counted from the messages) and ``allowed`` completion tokens."""
+    prompt = usage["prompt_tokens"] or counter_for(pool.agent.model).messages(messages)
+    return {"prompt_tokens": prompt, "completion_tokens": allowed, "total_tokens": prompt + allowed}
+
+
 async def _request(
     pool: ModelPool, messages: list[BaseMessage], n: int, extras: CallExtras | None = None
 ) -> list[Outcome]:
-    """One request: one sample, or ``n`` in one go; usage is reported once, on the first."""
-    from langgraph_moa.llm.openai_client import count_attempts
+    """One request: one sample, or ``n`` in one go; usage is reported once, on the first. The
+    request is counted in the meter, if one is set, when it ends (cancelled ones too, at 0)."""
+    meter = _meter.get()
+    outcomes: list[Outcome] = []
+    try:
+        outcomes = await _send(pool, messages, n, extras)
+        return outcomes
+    finally:
+        if meter is not None:
+            meter.add(pool.agent.model, outcomes[0].usage if outcomes else zero_usage())
+
+
+async def _send(
+    pool: ModelPool, messages: list[BaseMessage], n: int, extras: CallExtras | None
+) -> list[Outcome]:
+    from langgraph_moa.llm.openai_client import (
+        ReplyPastLimit,
+        count_attempts,
+        limit_reply_bytes,
+    )
 
     timeout_s = pool.agent.timeout_s
     start = time.perf_counter()
+    max_tokens = _limit(pool, extras)
     generations: list[Any]
     log.info("request to %s (%d sample(s), %d message(s))", pool.agent.model, n, len(messages))
-    with count_attempts() as attempts:
+    body_limit = max_tokens * n * BODY_BYTES_PER_TOKEN + BODY_ENVELOPE_BYTES
+    with count_attempts() as attempts, limit_reply_bytes(body_limit):
+        guard: _StopLongReplies | None = None
         try:
             if n == 1:
                 model = pool.get()
                 runnable = extras.prepare(model) if extras else model
-                limit = reply_limit(pool.agent)
+                cut = max_tokens * CUT_CHARS_PER_TOKEN
+                if cut < reply_limit(pool.agent):
+                    guard = _StopLongReplies(cut, max_tokens)
+                else:
+                    guard = _StopLongReplies(reply_limit(pool.agent))
 
                 def call() -> Any:
                     if not pool.may_stream:  # a whole reply: its length is checked below
                         return runnable.ainvoke(messages)
                     # the guard joins the inherited callbacks (LangGraph's token streaming
                     # among them): a config with only it would replace them
-                    guard: RunnableConfig = {"callbacks": [_StopLongReplies(limit)]}
-                    return runnable.ainvoke(messages, merge_configs(ensure_config(), guard))
+                    assert guard is not None
+                    guard.seen = 0  # a retry starts over
+                    config: RunnableConfig = {"callbacks": [guard]}
+                    return runnable.ainvoke(messages, merge_configs(ensure_config(), config))
 
                 if pool.retried_here:
                     retry = pool.agent.retry or Retry()
@@ -373,28 +497,46 @@ async def _request(
             log.info(
                 "%s failed after %.2fs: %s", pool.agent.model, time.perf_counter() - start, error
             )
+            usage = zero_usage()
+            if isinstance(err, ReplyTooLong) and guard is not None and guard.max_tokens:
+                # cut off mid-stream: its usage never came; what it wrote was paid
+                usage = _capped(pool, messages, usage, max_tokens)
+            elif isinstance(err, ReplyPastLimit):  # a whole reply too big to read: the same
+                usage = _capped(pool, messages, usage, max_tokens * n)
             return [
-                Outcome(None, error, time.perf_counter() - start, zero_usage(), attempts=tries)
-                for _ in range(n)
+                Outcome(
+                    None,
+                    error,
+                    time.perf_counter() - start,
+                    usage if k == 0 else zero_usage(),
+                    attempts=tries,
+                )
+                for k in range(n)
             ]
     latency, tries = time.perf_counter() - start, max(attempts[0], 1)
     log.info("%s answered in %.2fs (%d attempt(s))", pool.agent.model, latency, tries)
     outcomes = []
+    # the most a request may be charged for: max_tokens a sample
+    allowed = max_tokens * max(len(generations[:n]), 1)
     for k, message in enumerate(generations[:n]):
         if not isinstance(message, AIMessage):
             outcomes.append(Outcome(None, "malformed response", latency, zero_usage()))
             continue
         usage = _usage_of(message) if k == 0 else zero_usage()
         outcome = _outcome_of(message, latency, usage, tries)
+        over = _past_the_limit(outcome, usage, max_tokens, allowed)
         if outcome.text is not None and len(outcome.text) > reply_limit(pool.agent):
             limit = reply_limit(pool.agent)
             outcome = Outcome(
                 None,
                 f"the reply was {len(outcome.text)} characters, more than the limit of {limit}",
                 latency,
-                usage,
+                _capped(pool, messages, usage, allowed) if k == 0 else usage,
                 attempts=tries,
             )
+        elif over is not None:
+            capped = _capped(pool, messages, usage, allowed) if k == 0 else usage
+            outcome = Outcome(None, over, latency, capped, attempts=tries)
         if pool.streaming and pool.reports_finish and outcome.ok and outcome.finish_reason is None:
             # A stream that simply stopped (no finish reason, no [DONE]) was cut off: its text
             # is a fragment, not an answer.
@@ -408,10 +550,36 @@ async def _request(
                 attempts=tries,
             )
         outcomes.append(outcome)
+    if any(o.error and o.error.startswith(IGNORED) for o in outcomes) and outcomes:
+        # one sample past the limit: the request as a whole is counted at the cap
+        first = outcomes[0]
+        first.usage = _capped(pool, messages, first.usage, allowed)
     for _ in range(n - len(outcomes)):
         missing = f"provider returned {len(generations)} of {n} samples"
         outcomes.append(Outcome(None, missing, latency, zero_usage(), attempts=tries))
     return outcomes
+
+
+IGNORED = "the upstream ignored max_tokens"
+
+
+def _past_the_limit(
+    outcome: Outcome, usage: TokenUsage, max_tokens: int, allowed: int
+) -> str | None:
+    """Why a whole reply ran past ``max_tokens`` (its reported completion tokens, or its text
+    by :data:`CUT_CHARS_PER_TOKEN`), or None."""
+    if usage["completion_tokens"] > allowed:
+        return (
+            f"{IGNORED}: it reported {usage['completion_tokens']} completion tokens for a limit "
+            f"of {allowed}; counted at the limit"
+        )
+    chars = len(outcome.text or "")
+    if chars > max_tokens * CUT_CHARS_PER_TOKEN:
+        return (
+            f"{IGNORED}: the reply was {chars} characters, more than {max_tokens} tokens allow "
+            f"({math.ceil(chars / CUT_CHARS_PER_TOKEN)} tokens at the least); counted at the limit"
+        )
+    return None
 
 
 async def call_agent(
@@ -460,6 +628,8 @@ async def call_agent(
     if cache is not None:
         for k in range(len(sizes)):
             await lookup(k)
+        if finished and (meter := _meter.get()) is not None:
+            meter.cached_calls += 1  # as usage_update counts them: once per call
         if len(finished) == len(sizes):
             hits = [o for k in range(len(sizes)) for o in finished[k]]
             log.info("cache hit for %s: %d sample(s), no request sent", pool.agent.model, len(hits))

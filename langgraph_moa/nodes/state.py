@@ -41,6 +41,7 @@ __all__ = [
     "ReviewRecord",
     "StateUpdateError",
     "TokenUsage",
+    "Truncation",
     "Usage",
     "add_conversation",
     "add_usage",
@@ -65,6 +66,12 @@ class ReferencesRecord(TypedDict):
     dropped: list[str]  # left out by dropout
 
 
+class Truncation(TypedDict):
+    """A written answer that stopped at its length limit (finish reason ``length``)."""
+
+    limit: int  # the max_tokens the call was made with
+
+
 class CallRecord(TypedDict):
     """One LLM call site's outcome: the critic's, the aggregator's, or one proposal."""
 
@@ -83,6 +90,8 @@ class CallRecord(TypedDict):
     # the call failed or the provider did not say
     finish_reason: NotRequired[str | None]
     references: NotRequired[ReferencesRecord | None]  # shuffled/filtered references, if set
+    # the final answer's writer stopped at its limit: the turn is degraded
+    truncated: NotRequired[Truncation | None]
 
 
 class Proposal(CallRecord):
@@ -296,6 +305,8 @@ class FallbackRecord(TypedDict):
     reason: str  # why the aggregator's answer is missing
     ok: bool
     error: str | None
+    # the fallback model's answer stopped at its length limit (finish reason ``length``)
+    truncated: NotRequired[Truncation | None]
 
 
 class JudgeCall(TypedDict):

@@ -4,7 +4,9 @@ the chosen candidate verbatim, or writes a synthesis of the chosen candidates, s
 ``vote`` decides here (it needs no model call); ``select``, ``rank`` and ``self-moa-seq`` decide
 in their own node before this one (``select``, ``rank``, ``window``), which leaves its choice in
 the state's ``aggregation`` record. Either way the record ends up saying which candidate won and
-why, and whether the answer is a candidate or a synthesis.
+why, and whether the answer is a candidate or a synthesis. A candidate answered verbatim that
+stopped at its proposer's length limit (finish reason ``length``) makes the turn degraded, as a
+truncated synthesis does, and the record says at what limit (``truncated``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from langgraph_moa.nodes.aggregate import answer_update, write_answer
 from langgraph_moa.nodes.calls import ModelPool, zero_usage
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, candidates, refs_of
 from langgraph_moa.nodes.propose import Node
-from langgraph_moa.nodes.state import AggregationRecord, CallRecord, MoAState, Proposal
+from langgraph_moa.nodes.state import (
+    AggregationRecord,
+    CallRecord,
+    MoAState,
+    Proposal,
+    Truncation,
+)
 from langgraph_moa.nodes.vote import Verdict, decide_vote
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["make_verdict", "verbatim_record"]
+__all__ = ["make_verdict", "verbatim_record", "verbatim_truncation"]
 
 
 def verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:
@@ -44,6 +52,15 @@ def verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:
     )
 
 
+def verbatim_truncation(proposal: Proposal, limits: dict[str, int]) -> Truncation | None:
+    """A proposal that stopped at its length limit: that limit (from ``limits``, node ->
+    max_tokens); else None."""
+    limit = limits.get(proposal["node"])
+    if proposal.get("finish_reason") != "length" or limit is None:
+        return None
+    return Truncation(limit=limit)
+
+
 def _chosen(state: MoAState, pool: list[Proposal], refs: list[str]) -> Verdict:
     """The choice the select/rank/window node left in the record, as positions in ``pool``."""
     record = AggregationRecord(**(state.get("aggregation") or {}))
@@ -56,8 +73,16 @@ def _chosen(state: MoAState, pool: list[Proposal], refs: list[str]) -> Verdict:
 
 
 def make_verdict(
-    agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable, can_fall_back: bool
+    agg: Aggregator,
+    *,
+    last_layer: int,
+    node: str,
+    prices: PriceTable,
+    can_fall_back: bool,
+    limits: dict[str, int] | None = None,
 ) -> Node:
+    """The aggregator of the choosing modes; ``limits``: each proposer node's max_tokens."""
+    limits = limits or {}
     pool = ModelPool(agg.model_copy(update={"n": 1}), streaming=True)
     arranger = Arranger(agg.references, node)
 
@@ -79,16 +104,22 @@ def make_verdict(
                 refs[verdict.winner],
                 [],
             )
-            return {
+            update: dict[str, Any] = {
                 "aggregator": verbatim_record(node, agg.name or node, proposal),
                 "messages": [AIMessage(proposal["text"] or "")],
                 "aggregation": record,
             }
+            if (cut := verbatim_truncation(proposal, limits)) is not None:
+                update["aggregator"]["truncated"] = cut
+                update["degraded"] = True
+            return update
         chosen = verdict.synthesize or list(range(len(kept)))
         carry = record.get("carry")
         texts = ([carry] if carry else []) + [kept[k]["text"] or "" for k in chosen]
         written = await write_answer(pool, state, texts)
-        update = answer_update(agg, node, written, prices=prices, can_fall_back=can_fall_back)
+        update = answer_update(
+            agg, node, written, prices=prices, can_fall_back=can_fall_back, state=state
+        )
         record["answer"], record["winner"] = "synthesis", None
         record["used"] = [refs[k] for k in chosen]
         update["aggregation"] = record

@@ -75,9 +75,11 @@ class Behavior:
     ``"malformed"`` (invalid JSON body) or ``"empty"`` (a completion with no text).
     ``always`` applies a fault to every request. ``random_faults`` maps faults to the chance
     that any one request gets it (drawn from the server's seeded random generator).
-    ``drip_s`` sends the response body one byte at a time, this many seconds apart (a server
-    that never trips a read timeout); ``truncate`` ends a stream after its text, without a
-    finish reason and without ``[DONE]`` (a connection cut cleanly mid-answer).
+    ``usage`` replaces the usage reported (word counts by default): a dict, or a function of the
+    request's body and the reply texts. ``drip_s`` sends the response body one byte at a time,
+    this many seconds apart (a server that never trips a read timeout); ``truncate`` ends a
+    stream after its text, without a finish reason and without ``[DONE]`` (a connection cut
+    cleanly mid-answer).
 
     A request whose client closes the connection (while the server waits out ``latency_s``, a
     hang, or mid-stream) is logged with status 499 and ``disconnected=True``.
@@ -95,7 +97,8 @@ class Behavior:
     finish_reason: str = "stop"  # e.g. "length": the reply was cut at max_tokens
     drip_s: float | None = None
     truncate: bool = False
-    usage: dict[str, Any] | None = None  # reported instead of the word counts
+    # reported instead of the word counts: a fixed usage, or usage(request_body, texts)
+    usage: dict[str, Any] | Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
     # the text of injected HTTP errors; "{key}" stands for the request's API key, echoed back
     # as OpenAI does on a 401
     error_message: str | None = None
@@ -290,7 +293,7 @@ class FakeOpenAI:
         ]
         prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
         completion_tokens = sum(_words(t) for t in texts)
-        usage = behavior.usage or {
+        usage = (behavior.usage(body, texts) if callable(behavior.usage) else behavior.usage) or {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,

@@ -270,6 +270,21 @@ def test_budget_stops_cleanly_and_resumes_on_ray(
     assert second.session.done == 5
 
 
+def test_the_budget_on_ray_waits_for_rows_in_flight_before_stopping(
+    upstream: FakeOpenAI, local_ray: None, tmp_path: Path
+) -> None:
+    from tests.integration import test_relabel_budget as priced
+
+    for model in ("a", "b", "agg"):
+        upstream.behave(model, reply=priced.long_reply)
+    topo = priced.topology(tmp_path)
+    items = priced.rows(40)
+    budget = priced.worst_of(topo, items[0]) * 5
+    run = relabel(items, topology=topo, out=tmp_path / "runs", engine="ray", max_usd=budget)
+    assert run.totals["done"] < len(items)  # rows remain
+    priced.check_stop(run, budget)  # between 0.75 and 1 of it spent, and the reason given
+
+
 def test_retry_failed_on_ray_runs_only_the_failed_rows(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
