@@ -18,8 +18,13 @@ Policies:
   fit, no row starts, those running finish, and the run stops cleanly (``stopped="budget"``),
   ready to go on with a larger budget;
 - a row that fails (all proposers of a layer down, the aggregator failed...) is recorded as
-  failed with the error and the run goes on; configuration errors (a missing key, extras) stop
-  the run before any call.
+  failed with the error and the run goes on; so is a row whose record cannot be stored; an
+  input row that cannot be read or checked is recorded as invalid (file:line and why);
+  configuration errors (a missing key, extras) stop the run before any call;
+- a disk or database failure (the ledger's or the call cache's: no space, a file-size limit, an
+  I/O error) stops the run with one line naming the file and the condition
+  (:class:`~langgraph_moa.errors.MoAStorageError`); no row is recorded as failed because of it,
+  every row recorded before stays, and rerunning the same command runs the rest.
 
 The Python API: :func:`relabel` / :func:`arelabel` take a file, a folder or an iterable of rows
 (dicts in the input format), and return a :class:`RelabelRun` with counts, cost, paths and
@@ -55,11 +60,12 @@ from langgraph_moa.batch.rundir import (
     CACHE,
     Manifest,
     RunDir,
+    check_name,
     describe_input,
     open_run_dir,
     run_name,
 )
-from langgraph_moa.errors import MoAInputError
+from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
@@ -136,10 +142,12 @@ class RelabelRun:
 
     @classmethod
     def open(cls, path: str | Path) -> RelabelRun:
-        """An existing run directory (MoAInputError if it is not one)."""
+        """An existing run directory (MoAInputError if it is not one, or if its ledger is
+        damaged)."""
         run = RunDir.load(Path(path))
-        ledger = Ledger(run.ledger_path)
+        ledger = Ledger(run.ledger_path, create=False)
         try:
+            ledger.verify()
             totals = ledger.totals()
         finally:
             ledger.close()
@@ -147,14 +155,14 @@ class RelabelRun:
 
     def records(self, status: str | None = None) -> Iterator[RowRecord]:
         """The recorded rows (``status``: "done" or "failed" only), streamed from the ledger."""
-        ledger = Ledger(self.ledger_path)
+        ledger = Ledger(self.ledger_path, create=False)
         try:
             yield from ledger.records(status)
         finally:
             ledger.close()
 
     def invalid_rows(self) -> Iterator[InvalidRow]:
-        ledger = Ledger(self.ledger_path)
+        ledger = Ledger(self.ledger_path, create=False)
         try:
             yield from ledger.invalid_rows()
         finally:
@@ -220,8 +228,10 @@ def estimate_relabel(
     rows, calls, tokens and $. No call is made and nothing is written."""
     topo = resolve_topology(topology)
     rows, stem, _ = _open_input(source, limit)
-    path = Path(out) / (name or run_name(topo, stem))
-    ledger = Ledger(path / "ledger.sqlite") if (path / "ledger.sqlite").is_file() else None
+    path = Path(out) / check_name(name or run_name(topo, stem))
+    ledger = (
+        Ledger(path / "ledger.sqlite", create=False) if (path / "ledger.sqlite").is_file() else None
+    )
     prices = PriceTable(topo.prices)
     found = Estimate()
     try:
@@ -278,6 +288,8 @@ async def arelabel(
     if max_usd is not None and not max_usd > 0:
         raise MoAInputError("--max-usd must be more than 0")
     topo = resolve_topology(topology)
+    if name is not None:
+        check_name(name)
     rows, stem, files = _open_input(source, limit)
     if engine == "ray":
         require_ray()
@@ -329,6 +341,7 @@ async def arelabel(
                     f"cannot open the cache {str(cache_path)!r}: {error_text(err)}"
                 ) from None
             gate = RateGate(limits) if limits else None
+            finished = False
             try:
                 with gate_requests(gate) if gate else contextlib.nullcontext(), steady_gc():
                     if engine == "ray":
@@ -358,11 +371,21 @@ async def arelabel(
                             on_record=on_record,
                             on_progress=on_progress,
                         )
+                finished = True
             except asyncio.CancelledError:
                 tally.stopped = "interrupted"
                 raise
+            except MoAStorageError as err:
+                raise MoAStorageError(
+                    f"{err}; the rows finished before it are recorded: rerun to go on"
+                ) from None
             finally:
-                totals = ledger.totals()
+                try:
+                    totals = ledger.totals()
+                except MoAError:
+                    if finished:
+                        raise
+                    totals = before  # the first error is the one to tell
                 session.new_rows = tally.done + tally.failed
                 session.stopped = tally.stopped
                 run.manifest.counts = {
