@@ -78,6 +78,7 @@ COLUMNS = {
 }
 # SQLite's primary result codes that say the file itself is not a sound database
 _DAMAGED = {11, 24, 26}  # SQLITE_CORRUPT, SQLITE_FORMAT, SQLITE_NOTADB
+SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ: the file ends before its pages do (truncated)
 # ... and those that are about one value written, not the disk
 _ONE_ROW = {18, 20, 25}  # SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE
 
@@ -87,8 +88,8 @@ def ledger_error(
 ) -> MoAInputError | MoAStorageError:
     """The one-line error for a failure of the ledger at ``path``: a damaged file
     (MoAInputError), or a disk or database failure (MoAStorageError)."""
-    code = getattr(err, "sqlite_errorcode", 0) & 0xFF
-    if code in _DAMAGED or isinstance(err, json.JSONDecodeError):
+    code = getattr(err, "sqlite_errorcode", 0)
+    if code & 0xFF in _DAMAGED or code == SHORT_READ or isinstance(err, json.JSONDecodeError):
         text = " ".join(str(err).split())[:200]
         return MoAInputError(f"the ledger {str(path)!r} is damaged: {text}")
     return storage_error(path, err, doing)

@@ -53,8 +53,11 @@ __all__ = [
     "Row",
     "check_row",
     "count_rows",
+    "decode_line",
     "input_files",
+    "lone_surrogate",
     "parse_line",
+    "read_lines",
     "read_rows",
     "rows_of",
 ]
@@ -165,8 +168,8 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _unencodable(data: Any) -> str | None:
-    """Why ``data`` cannot be written as UTF-8 JSON (a lone surrogate), or None."""
+def lone_surrogate(data: Any) -> str | None:
+    """Why ``data`` cannot be written as UTF-8 JSON (a lone surrogate in a string), or None."""
     try:
         json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError as err:
@@ -179,7 +182,7 @@ def _unencodable(data: Any) -> str | None:
 def _check_row(data: Any, where: str) -> Row | InvalidRow:
     if not isinstance(data, dict):
         return InvalidRow(where, f"a row must be a JSON object, not {type(data).__name__}")
-    if (why := _unencodable(data)) is not None:
+    if (why := lone_surrogate(data)) is not None:
         return InvalidRow(where, why)
     data = _drop_nones(data)
     for key in ("messages", "tools"):  # Parquet files often keep nested fields as JSON text
@@ -317,16 +320,21 @@ def _name(path: Path) -> str:
     return path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _lines(f: BinaryIO) -> Iterator[bytes | None]:
-    """Each line of ``f``; None for a line longer than :data:`MAX_LINE`, which is skipped to
-    its newline a MiB at a time (never held whole)."""
+def read_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """Each line of a JSONL file opened in binary, numbered from 1, a byte order mark before
+    the first read past; None for a line longer than :data:`MAX_LINE`, which is skipped to its
+    newline a MiB at a time (never held whole)."""
+    number = 0
     while raw := f.readline(MAX_LINE + 1):
+        number += 1
         if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
             while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
                 pass
-            yield None
-        else:
-            yield raw
+            yield number, None
+            continue
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        yield number, raw
 
 
 def _finite(text: str) -> float:
@@ -340,39 +348,45 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_line(raw: bytes, where: str) -> Row | InvalidRow:
-    """One JSONL line (bytes), parsed and checked."""
+def decode_line(raw: bytes) -> Any:
+    """The JSON value of one line; ValueError with a one-line reason if it has none: not UTF-8,
+    not JSON, nested too deeply, a number Python will not convert (an integer of more than
+    4,300 digits, a float out of range, NaN or Infinity)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return InvalidRow(where, f"not UTF-8 text (byte {err.start})")
+        raise ValueError(f"not UTF-8 text (byte {err.start})") from None
     try:
-        data = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
-        return InvalidRow(where, f"not JSON: {err.msg} at column {err.colno}")
+        raise ValueError(f"not JSON: {err.msg} at column {err.colno}") from None
     except RecursionError:
-        return InvalidRow(where, "not JSON: nested too deeply")
+        raise ValueError("not JSON: nested too deeply") from None
     except ValueError as err:  # a number Python will not convert
         if "integer string conversion" in str(err):
             digits = sys.get_int_max_str_digits()
-            return InvalidRow(where, f"not JSON: an integer of more than {digits} digits")
-        return InvalidRow(where, f"not JSON: {' '.join(str(err).split())[:200]}")
+            raise ValueError(f"not JSON: an integer of more than {digits} digits") from None
+        raise ValueError(f"not JSON: {' '.join(str(err).split())[:200]}") from None
+
+
+def parse_line(raw: bytes, where: str) -> Row | InvalidRow:
+    """One JSONL line (bytes), parsed and checked."""
+    try:
+        data = decode_line(raw)
+    except ValueError as err:
+        return InvalidRow(where, str(err))
     return check_row(data, where)
 
 
 def _jsonl(path: Path) -> Iterator[Row | InvalidRow]:
     name = _name(path)
     with path.open("rb") as f:
-        for number, raw in enumerate(_lines(f), 1):
+        for number, raw in read_lines(f):
             where = f"{name}:{number}"
             if raw is None:
                 yield InvalidRow(where, f"the line is longer than {MAX_LINE >> 20} MiB")
-                continue
-            if number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM) :]
-            if not raw.strip():
-                continue
-            yield parse_line(raw, where)
+            elif raw.strip():
+                yield parse_line(raw, where)
 
 
 def _parquet_file(path: Path) -> Any:

@@ -228,7 +228,7 @@ def estimate_relabel(
     rows, calls, tokens and $. No call is made and nothing is written."""
     topo = resolve_topology(topology)
     rows, stem, _ = _open_input(source, limit)
-    path = Path(out) / check_name(name or run_name(topo, stem))
+    path = Path(out) / (check_name(name) if name is not None else run_name(topo, stem))
     ledger = (
         Ledger(path / "ledger.sqlite", create=False) if (path / "ledger.sqlite").is_file() else None
     )
@@ -289,7 +289,7 @@ async def arelabel(
         raise MoAInputError("--max-usd must be more than 0")
     topo = resolve_topology(topology)
     if name is not None:
-        check_name(name)
+        check_name(name)  # before anything is read or written
     rows, stem, files = _open_input(source, limit)
     if engine == "ray":
         require_ray()
@@ -307,7 +307,7 @@ async def arelabel(
                 "(add it under prices: in the topology or in MOA_PRICES)"
             )
     out_path = Path(out)
-    run_label = name or run_name(topo, stem)
+    run_label = name if name is not None else run_name(topo, stem)
     limits = rate_limits or RateLimits()
     settings = {
         "concurrency": concurrency,
