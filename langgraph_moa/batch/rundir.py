@@ -61,7 +61,7 @@ class Session(BaseModel):
     ended: str | None = None
     engine: str = "local"
     new_rows: int = 0
-    stopped: str | None = None  # why it stopped early: "budget", "interrupted"
+    stopped: str | None = None  # why it stopped early: "budget", "interrupted", "storage"
 
 
 class Manifest(BaseModel):

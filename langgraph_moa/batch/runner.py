@@ -376,6 +376,7 @@ async def arelabel(
                 tally.stopped = "interrupted"
                 raise
             except MoAStorageError as err:
+                tally.stopped = "storage"
                 raise MoAStorageError(
                     f"{err}; the rows finished before it are recorded: rerun to go on"
                 ) from None

@@ -327,6 +327,8 @@ def test_a_file_size_cap_mid_run_stops_in_one_line_and_a_rerun_finishes(
     recorded = ledger_rows(run)
     assert 0 < len(recorded) < 40, "the cap must be hit mid-run"
     assert {status for _, status in recorded} == {"done"}  # nobody failed for the disk
+    session = json.loads((run / "manifest.json").read_text())["sessions"][-1]
+    assert session["stopped"] == "storage" and session["ended"]
     capped_calls = len(upstream.requests)
     if cache == "warm":
         assert capped_calls == warm_calls  # every call came from the cache
