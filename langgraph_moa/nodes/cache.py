@@ -8,7 +8,8 @@ any ``langgraph.cache.base.BaseCache``.
 The key covers the model, every sampling parameter, the seed and the exact messages. Calls
 sampled at temperature > 0 without a seed are not cached unless the topology sets
 ``cache_sampled: true`` (each such call is meant to differ).
-Only complete successes are stored; hits are marked ``cached`` and cost nothing.
+Only complete successes are stored (and only Unicode text: a reply holding a lone surrogate
+would come back altered); hits are marked ``cached`` and cost nothing.
 
 Inside :func:`row_scope` (the batch runner wraps each dataset row in one) every call is cached,
 the critic's and the aggregator's too, so a row killed mid-way never pays for a finished call
@@ -353,6 +354,16 @@ def open_cache(path: str) -> BaseCache[Any]:
     return SqliteCallCache(path)
 
 
+def _unicode(text: str) -> bool:
+    """Whether ``text`` is Unicode text: a reply holding a lone surrogate (an upstream may send
+    ``"\\ud800"``) is not cached, since storing it would silently turn it into ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 CachedCall = tuple[list[str], list[AIMessage | None]]
 """What one cached request gave: its samples' texts and messages (None where not kept)."""
 
@@ -444,7 +455,7 @@ class ProposalCache:
         extras: Any = None,
         replies: Sequence[AIMessage | None] = (),
     ) -> None:
-        if self.applies(params):
+        if self.applies(params) and all(_unicode(t) for t in texts):
             full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
             kept = [None if m is None else message_to_dict(m) for m in replies]
             value = {"texts": texts, "messages": kept or None}

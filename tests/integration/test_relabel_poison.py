@@ -116,6 +116,12 @@ def test_an_answer_that_cannot_be_stored_fails_its_row_alone(
     calls = len(upstream.requests)
     again = relabel(data, topo, out)
     assert len(upstream.requests) == calls and again["session"]["skipped"] == 4
+    # the broken answer was not cached (it would come back as "?"): a retry asks again
+    retried = relabel(data, topo, out, "--retry-failed")
+    assert retried["session"]["failed"] == 1 and retried["totals"]["done"] == 3
+    assert [r.model for r in upstream.requests[calls:]] == ["agg"]  # proposers: cached
+    (still,) = list(RelabelRun.open(out / "mix-logs").records("failed"))
+    assert str(still["error"]).startswith("cannot record the row: UnicodeEncodeError")
 
 
 def test_inputs_that_can_never_be_read_are_one_line(upstream: FakeOpenAI, tmp_path: Path) -> None:
