@@ -188,9 +188,9 @@ def _check_row(data: Any, where: str) -> Row | InvalidRow:
     for key in ("messages", "tools"):  # Parquet files often keep nested fields as JSON text
         if isinstance(data.get(key), str):
             try:
-                data[key] = json.loads(data[key])
-            except json.JSONDecodeError as err:
-                return InvalidRow(where, f"{key}: not JSON ({err.msg})")
+                data[key] = decode_line(data[key].encode("utf-8"))
+            except ValueError as err:  # the same reasons as a line of JSONL
+                return InvalidRow(where, f"{key}: {err}")
     raw_id = data.get("id")
     row_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
     try:

@@ -256,3 +256,18 @@ def test_parquet_truncated_or_damaged_is_named(tmp_path: Path) -> None:
     assert [r.id for r in rows if isinstance(r, Row)] == [f"r{k}" for k in range(len(rows))]
     assert isinstance(last, InvalidRow) and last.where == f"bad.parquet:{len(rows) + 1}"
     assert last.reason.startswith(f"Parquet rows {len(rows) + 1}-1000 cannot be read")
+
+
+def test_nested_fields_kept_as_json_text_are_parsed_as_lines_are() -> None:
+    cases = {
+        '[{"role": "user", "content": "q"': "messages: not JSON: Expecting",
+        '[{"role": "user", "content": "q", "n": 1' + "0" * 5000 + "}]": (
+            "messages: not JSON: an integer of more than 4300 digits"
+        ),
+        '[{"role": "user", "content": "q", "x": NaN}]': "messages: not JSON: NaN is not",
+    }
+    for text, expected in cases.items():
+        found = check_row({"messages": text}, "t.parquet:3")
+        assert isinstance(found, InvalidRow) and found.reason.startswith(expected), found.reason
+    row = check_row({"messages": '[{"role": "user", "content": "q"}]'}, "t.parquet:4")
+    assert isinstance(row, Row) and row.prompt == [{"role": "user", "content": "q"}]
