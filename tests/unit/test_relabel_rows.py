@@ -268,6 +268,7 @@ def test_nested_fields_kept_as_json_text_are_parsed_as_lines_are() -> None:
     }
     for text, expected in cases.items():
         found = check_row({"messages": text}, "t.parquet:3")
-        assert isinstance(found, InvalidRow) and found.reason.startswith(expected), found.reason
+        assert isinstance(found, InvalidRow), text
+        assert found.reason.startswith(expected), found.reason
     row = check_row({"messages": '[{"role": "user", "content": "q"}]'}, "t.parquet:4")
     assert isinstance(row, Row) and row.prompt == [{"role": "user", "content": "q"}]
