@@ -32,6 +32,12 @@ A row that asks for JSON (``response_format`` ``json_object`` or ``json_schema``
 checked to parse as JSON here, where the record is made: an answer that does not parse makes the
 row degraded with the reason ``invalid_json`` (``degraded_reasons``), so exports leave it out.
 An answer that calls tools instead is not checked (its content is not the answer).
+
+A row's own troubles are its record (a failed row, an invalid one); a disk or database failure
+(:class:`~langgraph_moa.errors.MoAStorageError`, from the ledger or from the call cache inside a
+row) is the run's: :func:`relabel_row` lets it through instead of recording the row as failed,
+and :func:`drive_rows` stops on it with that one error (rows in flight are cancelled and stay
+unrecorded, so a rerun runs them; every row written before is durable).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from langchain_core.messages import AIMessage, convert_to_messages, convert_to_o
 
 from langgraph_moa.batch.ledger import Ledger, RowRecord, TurnRecord
 from langgraph_moa.batch.rows import InvalidRow, Row
-from langgraph_moa.errors import MoAError, MoAInputError
+from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs.builder import MoAGraph
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.budget import Estimate, estimate
@@ -304,12 +310,42 @@ async def relabel_row(
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on
+        if (storage := storage_failure(err)) is not None:  # the run's, not the row's
+            raise storage from None
         record["error"] = str(err) if isinstance(err, MoAError) else error_text(err)
         if meter is not None:  # what its calls were counted at before it failed
             record["calls"], record["cached_calls"] = meter.calls, meter.cached_calls
             record["tokens"], record["cost_usd"] = meter.tokens, meter.cost_usd
     record["latency_s"] = round(time.perf_counter() - start, 4)
     return record
+
+
+def storage_failure(err: BaseException) -> MoAStorageError | None:
+    """The disk or database failure behind ``err`` (itself, in a group, or its cause), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [err]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MoAStorageError):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
+def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
+    """What stopped a task group, as one error: a storage failure first, else the first one."""
+    storage = storage_failure(group)
+    if storage is not None:
+        return storage
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def turn_points(row: Row) -> list[int]:
@@ -572,31 +608,38 @@ class Plan:
     in_flight: set[str] = field(default_factory=set)
 
     async def runnable(self, rows: Iterator[Row | InvalidRow]) -> AsyncGenerator[Row, None]:
-        """The rows to run, read a chunk at a time, checked against the ledger."""
+        """The rows to run, read a chunk at a time, checked against the ledger. A chunk's
+        invalid rows are recorded before any of its rows is handed out, so a run that stops
+        early (the budget) has recorded every invalid row it read."""
         while chunk := list(itertools.islice(rows, CHUNK)):
             valid = [r for r in chunk if isinstance(r, Row)]
             invalid = [r for r in chunk if isinstance(r, InvalidRow)]
+            # rows of earlier chunks are in flight now or were recorded before the query
+            in_flight = set(self.in_flight)
             seen = await asyncio.to_thread(self.ledger.seen, [r.id for r in valid])
             here: set[str] = set()
+            wanted = "failed" if self.retry_failed else None
+            runs: list[Row | None] = []  # None: a row skipped (recorded earlier)
             for row in valid:
                 status, where = seen.get(row.id, (None, row.where))
-                if row.id in here or row.id in self.in_flight or where != row.where:
+                if row.id in here or row.id in in_flight or where != row.where:
                     first = where if where != row.where else "earlier in this run"
                     invalid.append(
                         InvalidRow(row.where, f"duplicate id {row.id!r} ({first})", row.id)
                     )
                     continue
                 here.add(row.id)
-                wanted = "failed" if self.retry_failed else None
-                if status != wanted:  # done, or not what this session runs
-                    self.tally.skipped += 1
-                else:
-                    yield row
-                self.tally.seen += 1
+                runs.append(row if status == wanted else None)  # else done, or not asked for
             if invalid:
                 await asyncio.to_thread(self.ledger.write_invalid, invalid)
                 self.tally.invalid += len(invalid)
                 self.tally.seen += len(invalid)
+            for run in runs:
+                if run is None:
+                    self.tally.skipped += 1
+                else:
+                    yield run
+                self.tally.seen += 1
 
 
 async def drive_rows(
@@ -611,14 +654,16 @@ async def drive_rows(
 ) -> None:
     """Run the plan's rows with ``run_one`` (in this process, or on Ray), ``concurrency`` at
     once, within the budget (see the module docstring); each record is written to the ledger
-    as its row finishes."""
+    as its row finishes. What stops the run (a disk or database failure) is raised as that one
+    error, not as a group."""
     tally = plan.tally
     slots = asyncio.Semaphore(concurrency)
 
     async def one(row: Row) -> None:
         try:
             record = await run_one(row)
-            await asyncio.to_thread(plan.ledger.write, [record])
+            # as written: a record that could not be stored is its row's failure
+            (record,) = await asyncio.to_thread(plan.ledger.write, [record])
             tally.add(record)
             budget.settle(row.id, record["cost_usd"])
             if on_record is not None:
@@ -631,16 +676,22 @@ async def drive_rows(
             if on_progress is not None:
                 on_progress(tally)
 
-    async with asyncio.TaskGroup() as group, contextlib.aclosing(plan.runnable(rows)) as runnable:
-        async for row in runnable:
-            await slots.acquire()
-            stop = await budget.wait_to_admit(row)
-            if stop is not None:
-                slots.release()
-                tally.stopped, tally.stop_reason = "budget", stop
-                break
-            plan.in_flight.add(row.id)
-            tally.running += 1
-            group.create_task(one(row))
-            if on_progress is not None:
-                on_progress(tally)
+    try:
+        async with (
+            asyncio.TaskGroup() as group,
+            contextlib.aclosing(plan.runnable(rows)) as runnable,
+        ):
+            async for row in runnable:
+                await slots.acquire()
+                stop = await budget.wait_to_admit(row)
+                if stop is not None:
+                    slots.release()
+                    tally.stopped, tally.stop_reason = "budget", stop
+                    break
+                plan.in_flight.add(row.id)
+                tally.running += 1
+                group.create_task(one(row))
+                if on_progress is not None:
+                    on_progress(tally)
+    except ExceptionGroup as failed:
+        raise _first_failure(failed) from None

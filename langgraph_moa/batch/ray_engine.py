@@ -248,8 +248,8 @@ async def run_on_ray(
             with _quiet_ray_data():
                 for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                     chunk = ray_stages.unpack(block)
-                    if chunk.records:
-                        plan.ledger.write(chunk.records)
+                    if chunk.records:  # as written: one that cannot be stored is a failure
+                        chunk.records = plan.ledger.write(chunk.records)
                     if chunk.invalid:
                         plan.ledger.write_invalid(chunk.invalid)
                     for record in chunk.records:

@@ -14,23 +14,38 @@ answer with them (:meth:`Row.inputs`). Any other field (a capture's ``model``, `
 field (text or an assistant message) or, without one, a last message from the
 assistant: the prompt is what precedes it.
 
-A row that cannot be read (bad UTF-8, bad JSON) or checked (no messages, a prompt that does not
-end with a user message or tool results...) becomes an :class:`InvalidRow` with where it was
-and why, and reading goes on: one bad line never sinks a run. So does a row whose message
-content was hashed at capture (``sha256:<hex>``, capture's ``hash`` setting, in the content or
-any part of it): there is no text left to relabel. Rows are streamed, never held all at once,
-so memory stays flat in the size of the input.
+Anything wrong with one row becomes an :class:`InvalidRow` with where it was (``file:line``)
+and a one-line reason, and reading goes on: one bad line never sinks a run. That covers a line
+that is not UTF-8 or not JSON, a number Python will not convert (an integer of more than 4,300
+digits, a float out of range, ``NaN``), a string holding a lone surrogate (``"\\ud800"``: not
+Unicode, so it could be stored nowhere), a line longer than :data:`MAX_LINE` (skipped to its
+newline without being held), a row that fails its checks (no messages, a prompt that does not
+end with a user message or tool results...), anything unexpected while checking one row, and
+a row whose message content was hashed at capture (``sha256:<hex>``, capture's ``hash``
+setting, in the content or any part of it): there is no text left to relabel. A
+UTF-8 byte order mark before the first line is read past. Parquet data that cannot be read
+part way through a file is one invalid row at the first row lost (the rows before it are kept).
+
+What cannot be an input at all is one line (:class:`~langgraph_moa.errors.MoAInputError`)
+naming the file, before anything runs: a missing or empty file, an unknown suffix, something
+that is not a regular file (a device such as a link to ``/dev/zero``, a FIFO: they never end),
+a Parquet file whose footer cannot be read (truncated). In a folder, files are taken by suffix,
+case aside (``C.JSONL``). Rows are streamed, never held all at once, so memory stays flat in the
+size of the input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import stat
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from pydantic import (
@@ -48,11 +63,16 @@ from langgraph_moa.spec.topology import describe_validation_error
 
 __all__ = [
     "FORMATS",
+    "MAX_LINE",
     "InvalidRow",
     "Row",
     "check_row",
     "count_rows",
+    "decode_line",
     "input_files",
+    "lone_surrogate",
+    "parse_line",
+    "read_lines",
     "read_rows",
     "rows_of",
 ]
@@ -62,6 +82,8 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 KNOWN = {"id", "messages", "tools", "tool_choice", "completion", "metadata"}
 # A value replaced by capture's ``hash`` setting (serving/capture.py, ``_digest``).
 HASHED = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_LINE = 64 * 1024 * 1024  # bytes in one JSONL line, at most
+BOM = b"\xef\xbb\xbf"
 
 
 class _Message(BaseModel):
@@ -209,17 +231,43 @@ def _dump(message: _Message) -> dict[str, Any]:
 
 
 def check_row(data: Any, where: str) -> Row | InvalidRow:
-    """A parsed row, checked: a :class:`Row`, or an :class:`InvalidRow` saying why not."""
+    """A parsed row, checked: a :class:`Row`, or an :class:`InvalidRow` saying why not (also
+    for anything unexpected while checking it: one row never stops the reading)."""
+    try:
+        return _check_row(data, where)
+    except Exception as err:  # a check that broke on this row (nesting too deep...)
+        return InvalidRow(where, f"cannot check the row: {_one_line(err)}")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())[:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def lone_surrogate(data: Any) -> str | None:
+    """Why ``data`` cannot be written as UTF-8 JSON (a lone surrogate in a string), or None."""
+    try:
+        json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = err.object[err.start : err.end]
+        escaped = char.encode("unicode_escape").decode("ascii") if isinstance(char, str) else "?"
+        return f"a string holds a lone surrogate ({escaped}): not Unicode text"
+    return None
+
+
+def _check_row(data: Any, where: str) -> Row | InvalidRow:
     if not isinstance(data, dict):
         return InvalidRow(where, f"a row must be a JSON object, not {type(data).__name__}")
+    if (why := lone_surrogate(data)) is not None:
+        return InvalidRow(where, why)
     data = _drop_nones(data)
     # Parquet files often keep nested fields as JSON text
     for key in ("messages", "tools", "response_format"):
         if isinstance(data.get(key), str) and not HASHED.fullmatch(data[key]):
             try:
-                data[key] = json.loads(data[key])
-            except json.JSONDecodeError as err:
-                return InvalidRow(where, f"{key}: not JSON ({err.msg})")
+                data[key] = decode_line(data[key].encode("utf-8"))
+            except ValueError as err:  # the same reasons as a line of JSONL
+                return InvalidRow(where, f"{key}: {err}")
     raw_id = data.get("id")
     row_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
     if hashed := _hashed(data.get("messages")):
@@ -303,11 +351,58 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _checked(path: Path, *, whole_input: bool) -> Path:
+    """``path`` if it can be an input file: a regular file, readable (and not empty when it is
+    the whole input), a Parquet file with a readable footer."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise MoAInputError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    mode, size = info.st_mode, info.st_size
+    if not stat.S_ISREG(mode):
+        link = f" (a link to {str(path.resolve())!r})" if path.is_symlink() else ""
+        raise MoAInputError(
+            f"{str(path)!r}{link} is {_kind(mode)}, not a regular file: give a JSONL or Parquet "
+            "file"
+        )
+    if whole_input and size == 0:
+        raise MoAInputError(f"{str(path)!r} is empty")
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise MoAInputError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    if FORMATS[path.suffix.lower()] == "parquet":
+        _parquet_file(path)
+    return path
+
+
 def input_files(path: Path) -> list[Path]:
-    """The files of an input: the file itself, or a folder's JSONL/Parquet files by name.
-    Raises MoAInputError (one line) for what cannot be an input."""
+    """The files of an input: the file itself, or a folder's JSONL/Parquet files by name (the
+    suffix in any case). Raises MoAInputError (one line, naming the file) for what cannot be an
+    input: see the module docstring."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FORMATS)
+        try:
+            entries = sorted(path.iterdir())
+        except OSError as err:
+            raise MoAInputError(f"cannot read {str(path)!r}: {err.strerror}") from None
+        files = [
+            _checked(p, whole_input=False)
+            for p in entries
+            if p.suffix.lower() in FORMATS and not p.is_dir()
+        ]
         if not files:
             raise MoAInputError(f"{str(path)!r} holds no .jsonl or .parquet file")
         return files
@@ -318,50 +413,113 @@ def input_files(path: Path) -> list[Path]:
             f"{str(path)!r}: unknown input format {path.suffix or '(no extension)'!r} "
             "(expected .jsonl or .parquet)"
         )
+    return [_checked(path, whole_input=True)]
+
+
+def _name(path: Path) -> str:
+    """The file's name as text that can be stored (undecodable bytes of a name replaced)."""
+    return path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def read_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """Each line of a JSONL file opened in binary, numbered from 1, a byte order mark before
+    the first read past; None for a line longer than :data:`MAX_LINE`, which is skipped to its
+    newline a MiB at a time (never held whole)."""
+    number = 0
+    while raw := f.readline(MAX_LINE + 1):
+        number += 1
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield number, None
+            continue
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        yield number, raw
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_line(raw: bytes) -> Any:
+    """The JSON value of one line; ValueError with a one-line reason if it has none: not UTF-8,
+    not JSON, nested too deeply, a number Python will not convert (an integer of more than
+    4,300 digits, a float out of range, NaN or Infinity)."""
     try:
-        with path.open("rb") as f:
-            if not f.read(1):
-                raise MoAInputError(f"{str(path)!r} is empty")
-    except OSError as err:
-        raise MoAInputError(f"cannot read {str(path)!r}: {err.strerror}") from None
-    return [path]
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text (byte {err.start})") from None
+    try:
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
+    except ValueError as err:  # a number Python will not convert
+        if "integer string conversion" in str(err):
+            digits = sys.get_int_max_str_digits()
+            raise ValueError(f"not JSON: an integer of more than {digits} digits") from None
+        raise ValueError(f"not JSON: {' '.join(str(err).split())[:200]}") from None
+
+
+def parse_line(raw: bytes, where: str) -> Row | InvalidRow:
+    """One JSONL line (bytes), parsed and checked."""
+    try:
+        data = decode_line(raw)
+    except ValueError as err:
+        return InvalidRow(where, str(err))
+    return check_row(data, where)
 
 
 def _jsonl(path: Path) -> Iterator[Row | InvalidRow]:
+    name = _name(path)
     with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            where = f"{path.name}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield InvalidRow(where, f"not UTF-8 text (byte {err.start})")
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield InvalidRow(where, f"not JSON: {err.msg} at column {err.colno}")
-                continue
-            except RecursionError:
-                yield InvalidRow(where, "not JSON: nested too deeply")
-                continue
-            yield check_row(data, where)
+        for number, raw in read_lines(f):
+            where = f"{name}:{number}"
+            if raw is None:
+                yield InvalidRow(where, f"the line is longer than {MAX_LINE >> 20} MiB")
+            elif raw.strip():
+                yield parse_line(raw, where)
 
 
-def _parquet(path: Path) -> Iterator[Row | InvalidRow]:
+def _parquet_file(path: Path) -> Any:
     require_extra("parquet", "Parquet input")
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as err:  # pyarrow's errors: not Parquet, truncated...
-        raise MoAInputError(f"cannot read {str(path)!r} as Parquet: {err}") from None
+        text = " ".join(str(err).split())[:200]
+        raise MoAInputError(f"cannot read {str(path)!r} as Parquet: {text}") from None
+
+
+def _parquet(path: Path) -> Iterator[Row | InvalidRow]:
+    table = _parquet_file(path)
+    name = _name(path)
+    total = table.metadata.num_rows
     number = 0
-    for batch in table.iter_batches(batch_size=256):
-        for data in batch.to_pylist():
+    batches = table.iter_batches(batch_size=256)
+    while True:
+        try:
+            items = next(batches).to_pylist()
+        except StopIteration:
+            return
+        except Exception as err:  # a damaged page: the rows before it are kept
+            text = " ".join(str(err).split())[:200]
+            lost = f"rows {number + 1}-{total}" if total > number + 1 else f"row {number + 1}"
+            yield InvalidRow(f"{name}:{number + 1}", f"Parquet {lost} cannot be read: {text}")
+            return
+        for data in items:
             number += 1
-            yield check_row(data, f"{path.name}:{number}")
+            yield check_row(data, f"{name}:{number}")
 
 
 def read_rows(path: Path) -> Iterator[Row | InvalidRow]:
@@ -378,18 +536,19 @@ def rows_of(items: Iterable[Any]) -> Iterator[Row | InvalidRow]:
 
 
 def count_rows(path: Path) -> int:
-    """How many rows the input holds (lines of JSONL, rows of Parquet), for progress."""
+    """How many rows the input holds (lines of JSONL, rows of Parquet), for progress; a JSONL
+    file is read up to the size it had when counting began (a file still growing is not
+    followed)."""
     total = 0
     for file in input_files(path):
         if FORMATS[file.suffix.lower()] == "parquet":
-            require_extra("parquet", "Parquet input")
-            import pyarrow.parquet as pq
-
-            total += pq.ParquetFile(file).metadata.num_rows
+            total += _parquet_file(file).metadata.num_rows
             continue
         last = b"\n"
         with file.open("rb") as f:
-            while chunk := f.read(1 << 20):
+            left = file.stat().st_size
+            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                left -= len(chunk)
                 total += chunk.count(b"\n")
                 last = chunk[-1:]
         total += last != b"\n"  # a last line without its newline

@@ -10,11 +10,16 @@ in its aggregator reuses every proposer call.
 
 Rerunning with the same name and a different topology, or other ``turns``/``turn_context``
 settings, is refused (one line, nothing written): that would mix two kinds of answer in one
-run. One process writes a run at a time (an exclusive lock on ``<run>/.lock``).
+run. A name must be one plain folder name (no
+``/``, not ``.`` or ``..``, not absolute), so a run never lands outside ``--out``. One process
+writes a run at a time (an exclusive lock on ``<run>/.lock``). A manifest that cannot be written
+(a full disk) is :class:`~langgraph_moa.errors.MoAStorageError`, naming the file; at the end of
+a session that already failed, it never hides the first error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -31,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from langgraph_moa.errors import MoAInputError
+from langgraph_moa.errors import MoAError, MoAInputError, storage_error
 from langgraph_moa.spec.topology import Topology, parse_topology
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "Manifest",
     "RunDir",
     "Session",
+    "check_name",
     "hash_files",
     "open_run_dir",
     "run_name",
@@ -56,7 +62,7 @@ class Session(BaseModel):
     ended: str | None = None
     engine: str = "local"
     new_rows: int = 0
-    stopped: str | None = None  # why it stopped early: "budget", "interrupted"
+    stopped: str | None = None  # why it stopped early: "budget", "interrupted", "storage"
 
 
 class Manifest(BaseModel):
@@ -94,6 +100,23 @@ def run_name(topology: Topology, source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "run"
 
 
+def check_name(name: str) -> str:
+    """``name`` if it is one plain folder name; MoAInputError (one line) if not."""
+    plain = (
+        name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and not Path(name).is_absolute()
+    )
+    if not plain:
+        raise MoAInputError(
+            f"--name {name!r} must be one plain folder name (no '/', not '.' or '..'): "
+            "the run goes in a folder of that name under --out"
+        )
+    return name
+
+
 def hash_files(files: list[Path]) -> str:
     digest = hashlib.sha256()
     for file in files:
@@ -121,10 +144,15 @@ class RunDir:
     def save(self) -> None:
         """Write the manifest atomically (a temporary file renamed over the old one)."""
         tmp = self.path / f".{MANIFEST}.tmp"
-        tmp.write_text(self.manifest.model_dump_json(indent=2), encoding="utf-8")
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.manifest_path)
+        try:
+            tmp.write_text(self.manifest.model_dump_json(indent=2), encoding="utf-8")
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest_path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise storage_error(self.manifest_path, err) from None
 
     @staticmethod
     def load(path: Path) -> RunDir:
@@ -187,7 +215,7 @@ def open_run_dir(
     Raises MoAInputError, with nothing written, if the folder holds a run of another topology
     or something that is not a run.
     """
-    path = out / name
+    path = out / check_name(name)
     spec = topology.model_dump(mode="json")
     if path.exists():
         run = RunDir.load(path)
@@ -213,12 +241,19 @@ def open_run_dir(
         run.manifest.sessions.append(session)
         run.save()
         started = time.perf_counter()
-        try:
-            yield run, session
-        finally:
+
+        def end() -> None:
             session.ended = now()
             run.manifest.settings["last_session_s"] = round(time.perf_counter() - started, 3)
             run.save()
+
+        try:
+            yield run, session
+        except BaseException:
+            with contextlib.suppress(MoAError):  # the first error is the one to tell
+                end()
+            raise
+        end()
 
 
 def describe_input(files: list[Path] | None, source: str) -> dict[str, Any]:

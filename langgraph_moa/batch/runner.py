@@ -24,8 +24,13 @@ Policies:
   ``turn_context="original"``, the row's own); the run records both settings, and a rerun of
   the same run with other values is refused (it would mix two kinds of record);
 - a row that fails (all proposers of a layer down, the aggregator failed...) is recorded as
-  failed with the error and the run goes on; configuration errors (a missing key, extras) stop
-  the run before any call.
+  failed with the error and the run goes on; so is a row whose record cannot be stored; an
+  input row that cannot be read or checked is recorded as invalid (file:line and why);
+  configuration errors (a missing key, extras) stop the run before any call;
+- a disk or database failure (the ledger's or the call cache's: no space, a file-size limit, an
+  I/O error) stops the run with one line naming the file and the condition
+  (:class:`~langgraph_moa.errors.MoAStorageError`); no row is recorded as failed because of it,
+  every row recorded before stays, and rerunning the same command runs the rest.
 
 The Python API: :func:`relabel` / :func:`arelabel` take a file, a folder or an iterable of rows
 (dicts in the input format), and return a :class:`RelabelRun` with counts, cost, paths and
@@ -68,11 +73,12 @@ from langgraph_moa.batch.rundir import (
     CACHE,
     Manifest,
     RunDir,
+    check_name,
     describe_input,
     open_run_dir,
     run_name,
 )
-from langgraph_moa.errors import MoAInputError
+from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
@@ -149,10 +155,12 @@ class RelabelRun:
 
     @classmethod
     def open(cls, path: str | Path) -> RelabelRun:
-        """An existing run directory (MoAInputError if it is not one)."""
+        """An existing run directory (MoAInputError if it is not one, or if its ledger is
+        damaged)."""
         run = RunDir.load(Path(path))
-        ledger = Ledger(run.ledger_path)
+        ledger = Ledger(run.ledger_path, create=False)
         try:
+            ledger.verify()
             totals = ledger.totals()
         finally:
             ledger.close()
@@ -160,14 +168,14 @@ class RelabelRun:
 
     def records(self, status: str | None = None) -> Iterator[RowRecord]:
         """The recorded rows (``status``: "done" or "failed" only), streamed from the ledger."""
-        ledger = Ledger(self.ledger_path)
+        ledger = Ledger(self.ledger_path, create=False)
         try:
             yield from ledger.records(status)
         finally:
             ledger.close()
 
     def invalid_rows(self) -> Iterator[InvalidRow]:
-        ledger = Ledger(self.ledger_path)
+        ledger = Ledger(self.ledger_path, create=False)
         try:
             yield from ledger.invalid_rows()
         finally:
@@ -233,13 +241,16 @@ def run_folder(
     source: Input, topology: Topology, out: str | Path = "runs", name: str | None = None
 ) -> Path:
     """The run folder a relabel of ``source`` with ``topology`` uses: ``out/name``, the name by
-    default ``<topology>-<input>`` (what a message pointing at the run names)."""
+    default ``<topology>-<input>`` (what a message pointing at the run names); a ``name`` that
+    is not one plain folder name is refused (MoAInputError)."""
+    if name is not None:
+        return Path(out) / check_name(name)
     if isinstance(source, str | Path):
         path = Path(source)
         stem = path.name if path.is_dir() else path.stem
     else:
         stem = "rows"
-    return Path(out) / (name or run_name(topology, stem))
+    return Path(out) / run_name(topology, stem)
 
 
 def estimate_relabel(
@@ -259,7 +270,9 @@ def estimate_relabel(
     _check_turns(turns, turn_context)
     rows, _, _ = _open_input(source, limit)
     path = run_folder(source, topo, out, name)
-    ledger = Ledger(path / "ledger.sqlite") if (path / "ledger.sqlite").is_file() else None
+    ledger = (
+        Ledger(path / "ledger.sqlite", create=False) if (path / "ledger.sqlite").is_file() else None
+    )
     prices = PriceTable(topo.prices)
     found = Estimate()
     try:
@@ -321,6 +334,8 @@ async def arelabel(
         raise MoAInputError("--max-usd must be more than 0")
     topo = resolve_topology(topology)
     _check_turns(turns, turn_context)
+    if name is not None:
+        check_name(name)  # before anything is read or written
     rows, stem, files = _open_input(source, limit)
     if engine == "ray":
         require_ray()
@@ -338,7 +353,7 @@ async def arelabel(
                 "(add it under prices: in the topology or in MOA_PRICES)"
             )
     out_path = Path(out)
-    run_label = name or run_name(topo, stem)
+    run_label = name if name is not None else run_name(topo, stem)
     limits = rate_limits or RateLimits()
     settings = {
         "concurrency": concurrency,
@@ -376,6 +391,7 @@ async def arelabel(
                     f"cannot open the cache {str(cache_path)!r}: {error_text(err)}"
                 ) from None
             gate = RateGate(limits) if limits else None
+            finished = False
             try:
                 with gate_requests(gate) if gate else contextlib.nullcontext(), steady_gc():
                     if engine == "ray":
@@ -407,11 +423,22 @@ async def arelabel(
                             on_record=on_record,
                             on_progress=on_progress,
                         )
+                finished = True
             except asyncio.CancelledError:
                 tally.stopped = "interrupted"
                 raise
+            except MoAStorageError as err:
+                tally.stopped = "storage"
+                raise MoAStorageError(
+                    f"{err}; the rows finished before it are recorded: rerun to go on"
+                ) from None
             finally:
-                totals = ledger.totals()
+                try:
+                    totals = ledger.totals()
+                except MoAError:
+                    if finished:
+                        raise
+                    totals = before  # the first error is the one to tell
                 session.new_rows = tally.done + tally.failed
                 session.stopped = tally.stopped
                 run.manifest.counts = {

@@ -33,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from langgraph_moa.batch.rows import MAX_LINE, decode_line, lone_surrogate, read_lines
 from langgraph_moa.errors import MoAInputError
 
 __all__ = [
@@ -131,15 +132,27 @@ def _data_file(package: DataPackage, benchmark: str, relative: str) -> Path:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MoAInputError(
-                        f"{path}: line {number} is not valid JSON ({e.msg}, column {e.colno})"
-                    ) from None
+    """Each line's JSON value, read as relabel reads rows (:mod:`langgraph_moa.batch.rows`: a
+    byte order mark read past, lines bounded in length, numbers Python will not convert and lone
+    surrogates caught); a line with no value is one MoAInputError naming the file, the line and
+    why (a benchmark's items are all its lines: the file is refused, as before)."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise MoAInputError(f"cannot read {str(path)!r}: {e.strerror}") from None
+    with f:
+        for number, raw in read_lines(f):
+            if raw is None:
+                raise MoAInputError(f"{path}: line {number} is longer than {MAX_LINE >> 20} MiB")
+            if not raw.strip():
+                continue
+            try:
+                value = decode_line(raw)
+            except ValueError as e:
+                raise MoAInputError(f"{path}: line {number} is {e}") from None
+            if (why := lone_surrogate(value)) is not None:
+                raise MoAInputError(f"{path}: line {number}: {why}")
+            yield number, value
 
 
 def _user(text: str) -> tuple[dict[str, Any], ...]:
@@ -292,8 +305,10 @@ def _row_messages(row: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]
 def _own_file(path: Path, *, paired: bool) -> Benchmark:
     """A user's JSONL: exact match if its first row has a gold answer, else pairwise against
     its ``baseline`` answers (or, ``paired``, against a second topology's answers)."""
-    if not path.is_file():
+    if not path.exists():
         raise MoAInputError(f"cannot read {str(path)!r}: no such file")
+    if not path.is_file():  # a folder, a device (a link to /dev/zero never ends), a FIFO
+        raise MoAInputError(f"{str(path)!r} is not a regular file: give a JSONL file")
     items: list[Item] = []
     scoring: Scoring | None = None
     for number, row in _jsonl(path):

@@ -219,8 +219,9 @@ def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise MoAInputError(f"{str(path)!r} is not an eval manifest: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, a huge int
+            reason = " ".join(str(e).split())[:200]
+            raise MoAInputError(f"{str(path)!r} is not an eval manifest: {reason}") from None
         for key in ("benchmark", "version", "sides"):
             if old.get(key) != manifest.get(key):
                 raise MoAInputError(

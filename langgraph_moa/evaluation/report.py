@@ -94,8 +94,9 @@ def collect(folder: Path) -> list[Row]:
     for path in found:
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise MoAInputError(f"cannot read the eval summary {str(path)!r}: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, a huge int
+            reason = " ".join(str(e).split())[:200]
+            raise MoAInputError(f"cannot read the eval summary {str(path)!r}: {reason}") from None
         rows.extend(_rows_of(summary, path.parent.name))
     if not rows:
         raise MoAInputError(f"no eval runs under {str(folder)!r} (no */{SUMMARY_FILE})")

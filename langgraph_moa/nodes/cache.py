@@ -8,7 +8,8 @@ any ``langgraph.cache.base.BaseCache``.
 The key covers the model, every sampling parameter, the seed and the exact messages. Calls
 sampled at temperature > 0 without a seed are not cached unless the topology sets
 ``cache_sampled: true`` (each such call is meant to differ).
-Only complete successes are stored; hits are marked ``cached`` and cost nothing.
+Only complete successes are stored (and only Unicode text: a reply holding a lone surrogate
+would come back altered); hits are marked ``cached`` and cost nothing.
 
 Inside :func:`row_scope` (the batch runner wraps each dataset row in one) every call is cached,
 the critic's and the aggregator's too, so a row killed mid-way never pays for a finished call
@@ -39,6 +40,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, message_to_dict, messages_from_dict
 from langgraph.cache.base import BaseCache, FullKey, Namespace
 
+from langgraph_moa.errors import storage_error
 from langgraph_moa.llm.text import text_of
 
 __all__ = [
@@ -149,11 +151,13 @@ _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"] | concurrent.
 
 @dataclass
 class _Write:
-    """What one get, set or clear gives the writer: entries to store (``pairs``), namespaces
+    """What one get, set or clear gives the writer: entries to store (``pairs``: table rows,
+    serialized by the caller, so a value that cannot be serialized fails its caller alone, never
+    the writer's whole batch), namespaces
     to empty (``clear``: None for all, False for none), expired entries to drop (``expired``:
     ns, key); ``waiter`` learns when it is on disk."""
 
-    pairs: Mapping[FullKey, tuple[Any, int | None]] = field(default_factory=dict)
+    pairs: list[tuple[str, str, float | None, str, bytes]] = field(default_factory=list)
     clear: Sequence[Namespace] | bool | None = False
     expired: list[tuple[str, str]] = field(default_factory=list)
     waiter: _Waiter | None = None
@@ -175,6 +179,10 @@ class SqliteCallCache(BaseCache[Any]):
     reads on a connection of its own in the caller's thread (in WAL mode a reader never waits
     for the writer, and a lookup by primary key takes tens of microseconds, less than a hop to
     a thread and back).
+
+    A failure of the file itself (no space left, a file-size limit, an I/O error) reaches every
+    caller as :class:`~langgraph_moa.errors.MoAStorageError` naming the file: it is about the
+    run, not about one call, and a batch run stops on it instead of recording rows as failed.
     """
 
     IDLE_S = 2.0  # the writer thread ends after this long with nothing to write
@@ -202,7 +210,10 @@ class SqliteCallCache(BaseCache[Any]):
         params = [part for ns, key in keys for part in (",".join(ns), key)]
         query = f"SELECT ns, key, expiry, encoding, val FROM cache WHERE (ns, key) IN ({marks})"
         with self._read_lock:
-            rows = self._reader.execute(query, params).fetchall()
+            try:
+                rows = self._reader.execute(query, params).fetchall()
+            except sqlite3.Error as err:
+                raise storage_error(self.path, err, "read") from None
         now = time.time()
         found: dict[FullKey, Any] = {}
         expired: list[tuple[str, str]] = []
@@ -221,16 +232,27 @@ class SqliteCallCache(BaseCache[Any]):
     # writes
 
     def set(self, pairs: Mapping[FullKey, tuple[Any, int | None]]) -> None:
+        rows = self._rows(pairs)
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._submit(_Write(pairs=dict(pairs), waiter=done))
+        self._submit(_Write(pairs=rows, waiter=done))
         done.result()
 
     async def aset(self, pairs: Mapping[FullKey, tuple[Any, int | None]]) -> None:
+        rows = self._rows(pairs)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._submit(_Write(pairs=dict(pairs), waiter=(loop, done)))
+        self._submit(_Write(pairs=rows, waiter=(loop, done)))
         # a caller cancelled meanwhile (a deadline) still gets its entries written
         await done
+
+    def _rows(
+        self, pairs: Mapping[FullKey, tuple[Any, int | None]]
+    ) -> list[tuple[str, str, float | None, str, bytes]]:
+        now = time.time()
+        return [
+            (",".join(ns), key, None if ttl is None else now + ttl, *self.serde.dumps_typed(value))
+            for (ns, key), (value, ttl) in pairs.items()
+        ]
 
     def clear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -273,6 +295,8 @@ class SqliteCallCache(BaseCache[Any]):
             error: BaseException | None = None
             try:
                 self._commit(batch)
+            except sqlite3.Error as err:  # the file failed: every waiter of the batch hears it
+                error = storage_error(self.path, err)
             except BaseException as err:  # handed to every waiter of the batch
                 error = err
             self._settle(batch, error)
@@ -292,19 +316,10 @@ class SqliteCallCache(BaseCache[Any]):
                     "DELETE FROM cache WHERE ns = ? AND key = ? AND expiry < ?",
                     [(ns, key, now) for ns, key in write.expired],
                 )
-                rows = [
-                    (
-                        ",".join(ns),
-                        key,
-                        None if ttl is None else now + ttl,
-                        *self.serde.dumps_typed(value),
-                    )
-                    for (ns, key), (value, ttl) in write.pairs.items()
-                ]
                 self._writer.executemany(
                     "INSERT OR REPLACE INTO cache (ns, key, expiry, encoding, val) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    rows,
+                    write.pairs,
                 )
 
     @staticmethod
@@ -337,6 +352,16 @@ def _wake_all(futures: list[asyncio.Future[None]], error: BaseException | None) 
 def open_cache(path: str) -> BaseCache[Any]:
     """A SQLite-file cache (created if missing): see :class:`SqliteCallCache`."""
     return SqliteCallCache(path)
+
+
+def _unicode(text: str) -> bool:
+    """Whether ``text`` is Unicode text: a reply holding a lone surrogate (an upstream may send
+    ``"\\ud800"``) is not cached, since storing it would silently turn it into ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 CachedCall = tuple[list[str], list[AIMessage | None]]
@@ -430,7 +455,7 @@ class ProposalCache:
         extras: Any = None,
         replies: Sequence[AIMessage | None] = (),
     ) -> None:
-        if self.applies(params):
+        if self.applies(params) and all(_unicode(t) for t in texts):
             full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
             kept = [None if m is None else message_to_dict(m) for m in replies]
             value = {"texts": texts, "messages": kept or None}
