@@ -431,5 +431,8 @@ def export_run(
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise MoAInputError(f"cannot write {str(target)!r}: {err.strerror}") from None
+    except BaseException:  # a ledger that broke mid-read, Ctrl-C: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     left_out["invalid"] = sum(1 for _ in run.invalid_rows())
     return ExportResult(target, fmt, count, left_out, include_degraded)
