@@ -20,16 +20,21 @@ judgments cost when they were made; how many were read back and how many request
 sent are reported beside it.
 
 Pairwise judging plays each pair twice, the candidate shown first and then second, concurrently;
-grading asks for a 1-10 grade. Replies are parsed in :mod:`langgraph_moa.evaluation.scoring`; a
-failed call or a reply without a verdict is kept as a game with no verdict (counted, never
-guessed). Failed judgments are not stored (a rerun asks again).
+grading asks for a 1-10 grade. Replies are read by contract in
+:mod:`langgraph_moa.evaluation.scoring` (only a final ``[[...]]`` verdict counts); a failed call
+or a reply without a verdict is kept as a game (or turn) with no verdict and the reason, with
+the reply's first words (counted, never guessed). With ``retry_no_verdict`` (a topology judge
+takes it from its aggregator's setting) a reply without a verdict is asked about once more, its
+reply and a reminder of the form added to the request; both judgments are stored and counted,
+and the item's record says so. Failed judgments are not stored (a rerun asks again).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage, convert_to_openai_messages
 from langgraph.cache.base import BaseCache
@@ -38,9 +43,15 @@ from pydantic import ValidationError
 from langgraph_moa.batch.core import relabel_row
 from langgraph_moa.batch.rows import Row
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.evaluation.prompts import pairwise_messages, rating_messages
+from langgraph_moa.evaluation.prompts import (
+    GRADE_FORM,
+    VERDICT_FORM,
+    again_messages,
+    pairwise_messages,
+    rating_messages,
+)
 from langgraph_moa.evaluation.records import RecordStore
-from langgraph_moa.evaluation.scoring import Game, parse_rating, parse_verdict
+from langgraph_moa.evaluation.scoring import Game, Grade, read_rating, read_verdict
 from langgraph_moa.evaluation.summary import percentile
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.chat_models import check_ready
@@ -60,6 +71,7 @@ __all__ = [
 ]
 
 JUDGE_MAX_TOKENS = 1024
+T = TypeVar("T")
 
 
 def single_topology(agent: Agent) -> Topology:
@@ -220,14 +232,20 @@ class _TopologyJudge:
 @dataclass
 class Judge:
     """The judge (a model or a topology) with its judgments' store and a bound on judgments in
-    flight."""
+    flight. ``retry_no_verdict``: ask once more when a reply has no verdict (default: a
+    topology judge's aggregator setting; off for a model)."""
 
     judge: Agent | Topology
     cache: BaseCache[Any]
     concurrency: int = 8
     usage: JudgeUsage = field(default_factory=JudgeUsage)
+    retry_no_verdict: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.retry_no_verdict is None:
+            self.retry_no_verdict = isinstance(self.judge, Topology) and (
+                self.judge.aggregator.retry_no_verdict
+            )
         self._ask_judge = (
             _ModelJudge(self.judge, self.cache)
             if isinstance(self.judge, Agent)
@@ -250,7 +268,7 @@ class Judge:
             return {"model": self.judge.model}
         return {"topology": self.judge.model_dump(mode="json")}
 
-    async def _ask(self, messages: list[BaseMessage]) -> str | None:
+    async def _ask(self, messages: list[BaseMessage]) -> Judgment:
         key = self._records.key(messages)
         async with self._slots:
             found = await self._records.get(key)
@@ -262,22 +280,44 @@ class Judge:
                 if judgment.text is not None:
                     await self._records.put(key, asdict(judgment))
         self.usage.add(judgment, cached=cached, requests=requests)
-        return judgment.text
+        return judgment
+
+    async def _verdict(
+        self,
+        messages: list[BaseMessage],
+        read: Callable[[str], tuple[T | None, str | None]],
+        form: str,
+    ) -> tuple[T | None, str | None, str | None]:
+        """The verdict of one request read by ``read``, or None and why not; and, when it was
+        asked again, why the first reply had none."""
+        judgment = await self._ask(messages)
+        if judgment.text is None:
+            return None, f"the judge failed ({judgment.error or 'no reply'})", None
+        value, why = read(judgment.text)
+        if value is not None or not self.retry_no_verdict:
+            return value, why, None
+        again = await self._ask(again_messages(messages, judgment.text, form))
+        if again.text is None:
+            return None, f"the judge failed when asked again ({again.error or 'no reply'})", why
+        value, why_again = read(again.text)
+        return value, why_again, why
+
+    async def _game(self, candidate_first: bool, messages: list[BaseMessage]) -> Game:
+        verdict, why, first_try = await self._verdict(messages, read_verdict, VERDICT_FORM)
+        return Game(candidate_first, verdict, no_verdict=why, first_try=first_try)
 
     async def compare(self, question: str, candidate: str, baseline: str) -> list[Game]:
         """Both games of a pair: the candidate shown first, then second."""
         first, second = await asyncio.gather(
-            self._ask(pairwise_messages(question, candidate, baseline)),
-            self._ask(pairwise_messages(question, baseline, candidate)),
+            self._game(True, pairwise_messages(question, candidate, baseline)),
+            self._game(False, pairwise_messages(question, baseline, candidate)),
         )
-        return [
-            Game(True, None if first is None else parse_verdict(first)),
-            Game(False, None if second is None else parse_verdict(second)),
-        ]
+        return [first, second]
 
     async def grade(
         self, questions: list[str], answers: list[str], reference: str | None = None
-    ) -> float | None:
-        """A 1-10 grade of the last answer (None: the judge failed or gave none)."""
-        reply = await self._ask(rating_messages(questions, answers, reference))
-        return None if reply is None else parse_rating(reply)
+    ) -> Grade:
+        """A 1-10 grade of the last answer, or none (the judge failed or gave none) and why."""
+        messages = rating_messages(questions, answers, reference)
+        value, why, first_try = await self._verdict(messages, read_rating, GRADE_FORM)
+        return Grade(value, no_verdict=why, first_try=first_try)

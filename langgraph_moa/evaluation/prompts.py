@@ -3,14 +3,16 @@
 Two kinds: a pairwise comparison that ends in a five-step verdict (``[[A>>B]]`` ... ``[[B>>A]]``,
 see :mod:`langgraph_moa.evaluation.scoring`), and a single-answer grade from 1 to 10 in
 ``[[N]]``, with an optional reference answer (MT-Bench's math, reasoning and coding questions) and
-the earlier turns of the conversation for a second-turn grade.
+the earlier turns of the conversation for a second-turn grade. A judge whose reply has no
+verdict in that form may be asked once more (:func:`again_messages`): its reply and a reminder
+of the form are added to the request.
 """
 
 from __future__ import annotations
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-__all__ = ["pairwise_messages", "rating_messages"]
+__all__ = ["GRADE_FORM", "VERDICT_FORM", "again_messages", "pairwise_messages", "rating_messages"]
 
 PAIRWISE_SYSTEM = """\
 You judge which of two AI assistants answered a user's request better.
@@ -55,6 +57,20 @@ differs from the reference is wrong, however well it is written."""
 SECOND_TURN_NOTE = """
 The conversation has several turns: grade only the assistant's LAST reply, in the light of what
 came before."""
+
+
+AGAIN_PROMPT = """\
+Your reply did not end with a verdict in the form asked for, so it cannot be counted. Answer \
+again with only the final line: {form}"""
+
+VERDICT_FORM = "one of [[A>>B]], [[A>B]], [[A=B]], [[B>A]] or [[B>>A]]"
+GRADE_FORM = "the grade from 1 to 10 in double square brackets, like [[6]]"
+
+
+def again_messages(messages: list[BaseMessage], reply: str, form: str) -> list[BaseMessage]:
+    """The request asked once more after ``reply`` gave no verdict: the reply, then a
+    reminder of ``form`` (:data:`VERDICT_FORM` or :data:`GRADE_FORM`)."""
+    return [*messages, AIMessage(reply), HumanMessage(AGAIN_PROMPT.format(form=form))]
 
 
 def pairwise_messages(question: str, answer_a: str, answer_b: str) -> list[BaseMessage]:

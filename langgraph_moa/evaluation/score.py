@@ -5,6 +5,8 @@ A failed generation is scored without asking the judge: wrong on a gold set, a l
 comparison (as AlpacaEval counts an empty output), and an ungraded turn on a graded set (the
 item's grade is the mean of its graded turns; the report counts the failures beside the score).
 Lengths for the length-controlled win rate are in characters, as upstream measures them.
+A judge reply without a verdict scores nothing: the item's note says which game or turn had
+none and why, with the reply's first words (and which were asked again).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation.datasets import Item, Scoring
 from langgraph_moa.evaluation.judge import Judge
-from langgraph_moa.evaluation.scoring import exact_match, score_pair
+from langgraph_moa.evaluation.scoring import Grade, exact_match, games_note, score_pair
 from langgraph_moa.evaluation.summary import Generation, ItemResult
 
 __all__ = ["score_items"]
@@ -39,22 +41,26 @@ async def _pairwise(judge: Judge, item: Item, gen: Generation, baseline: str | N
         result.score, result.weighted, result.weight, result.consistent = 0.0, 0.0, 1.0, True
         result.length_diff, result.note = -len(baseline), FAILED
         return result
-    pair = score_pair(await judge.compare(item.question, answer, baseline))
+    games = await judge.compare(item.question, answer, baseline)
+    pair = score_pair(games)
     result.length_diff = len(answer) - len(baseline)
+    result.note = games_note(games)
     if pair is None:
-        result.note = "the judge gave no verdict"
+        result.note = f"the judge gave no verdict: {result.note}"
         return result
     result.score, result.weighted, result.weight = pair.preference, pair.weighted, pair.weight
     result.consistent = pair.consistent
     return result
 
 
-async def _grades(judge: Judge, item: Item, gen: Generation | None) -> list[float | None]:
+async def _grades(judge: Judge, item: Item, gen: Generation | None) -> list[Grade | None]:
+    """Each turn's grade; None for a turn not asked about (its answer, or an earlier one, is
+    missing)."""
     if gen is None:
         return []
     questions = item.turns
-    grades: list[float | None] = []
-    calls: list[Coroutine[Any, Any, float | None] | None] = []
+    grades: list[Grade | None] = []
+    calls: list[Coroutine[Any, Any, Grade] | None] = []
     for t in range(len(questions)):
         answers = gen.answers[: t + 1]
         if len(answers) <= t or any(a is None for a in answers):
@@ -78,11 +84,17 @@ async def _rating(
     judge: Judge, item: Item, gen: Generation, baseline: Generation | None
 ) -> ItemResult:
     mine, theirs = await asyncio.gather(_grades(judge, item, gen), _grades(judge, item, baseline))
-    result = ItemResult(item.id, category=item.category, turn_scores=mine)
-    result.score = _mean(mine)
-    result.baseline_score = _mean(theirs) if baseline is not None else None
-    if not gen.ok:
-        result.note = FAILED
+    scores = [None if g is None else g.value for g in mine]
+    result = ItemResult(item.id, category=item.category, turn_scores=scores)
+    result.score = _mean(scores)
+    if baseline is not None:
+        result.baseline_score = _mean([None if g is None else g.value for g in theirs])
+    notes = [FAILED] if not gen.ok else []
+    notes += [n for t, g in enumerate(mine, 1) if g is not None and (n := g.note(t))]
+    notes += [
+        f"baseline {n}" for t, g in enumerate(theirs, 1) if g is not None and (n := g.note(t))
+    ]
+    result.note = "; ".join(notes) or None
     return result
 
 

@@ -8,13 +8,20 @@ operator, not a sign ("10 - 2" ends in 2). Numbers are compared after normalisat
 (thousands separators, currency and percent signs, a trailing full stop, ``+`` sign and trailing
 zeros dropped), as exact decimals, so ``1,000.00`` equals ``1000``.
 
-Pairwise verdicts use a five-step scale in the style of Arena-Hard: ``[[A>>B]]``, ``[[A>B]]``,
-``[[A=B]]``, ``[[B>A]]``, ``[[B>>A]]``. Each pair is judged twice with the answers' positions
-swapped. A game's outcome for the candidate is 1 (win), 0.5 (tie) or 0 (loss); a strong verdict
-(``>>``) weighs :data:`STRONG_WEIGHT` times a plain one in the weighted score, as Arena-Hard
-counts it several times. An item's preference is the mean outcome of its parseable games: when
-the two orders disagree (position bias) the item becomes a tie. A reply with no verdict is a
-failed game; an item with no parseable game is left out of the scores and counted.
+Judge replies are read by contract, as the graph's judges are (:mod:`langgraph_moa.nodes.judging`):
+only the last ``[[...]]`` of a reply counts, and it must be a verdict of the kind asked for;
+anything else is no verdict (with the reply's first words as the reason), never a number read
+from the prose. Pairwise verdicts use a five-step scale in the style of Arena-Hard:
+``[[A>>B]]``, ``[[A>B]]``, ``[[A=B]]``, ``[[B>A]]``, ``[[B>>A]]``; a grade is ``[[N]]``, N from 1
+to 10 (a decimal allowed, as MT-Bench's judges sometimes give).
+
+Each pair is judged twice with the answers' positions swapped. A game's outcome for the
+candidate is 1 (win), 0.5 (tie) or 0 (loss); a strong verdict (``>>``) weighs
+:data:`STRONG_WEIGHT` times a plain one in the weighted score, as Arena-Hard counts it several
+times. An item's preference is the mean outcome of its games with a verdict: when the two orders
+disagree (position bias) the item becomes a tie; when only one order has a verdict, the item
+stands on that game and whether the orders agree is unknown. A game without a verdict is a
+failed game; an item with no game with a verdict is left out of the scores and counted.
 """
 
 from __future__ import annotations
@@ -23,16 +30,22 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from langgraph_moa.nodes.judging import last_brackets, no_verdict
+
 __all__ = [
     "STRONG_WEIGHT",
     "Game",
+    "Grade",
     "PairScore",
     "exact_match",
     "extract_answer",
+    "games_note",
     "gold_of",
     "normalise_number",
     "parse_rating",
     "parse_verdict",
+    "read_rating",
+    "read_verdict",
     "score_pair",
 ]
 
@@ -90,7 +103,7 @@ def exact_match(prediction: str, gold: str) -> bool:
     return got is not None and normalise_number(got) == want
 
 
-_VERDICT = re.compile(r"\[\[\s*(A\s*>>\s*B|A\s*>\s*B|A\s*=\s*B|B\s*>\s*A|B\s*>>\s*A)\s*\]\]")
+_VERDICT = re.compile(r"\s*(A\s*>>\s*B|A\s*>\s*B|A\s*=\s*B|B\s*>\s*A|B\s*>>\s*A)\s*")
 # verdict -> (outcome for the answer shown as A, weight)
 _VERDICTS: dict[str, tuple[float, float]] = {
     "A>>B": (1.0, STRONG_WEIGHT),
@@ -99,25 +112,42 @@ _VERDICTS: dict[str, tuple[float, float]] = {
     "B>A": (0.0, 1.0),
     "B>>A": (0.0, STRONG_WEIGHT),
 }
+_RATING = re.compile(r"\s*(\d{1,2}(?:\.\d+)?)\s*")
+
+
+def read_verdict(reply: str) -> tuple[str | None, str | None]:
+    """The verdict in the last ``[[...]]`` of a judge's reply, spaces removed (``"A>>B"``),
+    and None; or None and why there is no verdict (with the reply's first words)."""
+    inner = last_brackets(reply)
+    if inner is None:
+        return None, no_verdict(reply, "no [[...]] in the reply")
+    found = _VERDICT.fullmatch(inner)
+    if found is None:
+        return None, no_verdict(reply, f"[[{inner.strip()}]] is not one of the five verdicts")
+    return re.sub(r"\s+", "", found.group(1)), None
 
 
 def parse_verdict(reply: str) -> str | None:
-    """The last ``[[...]]`` verdict in a judge's reply, spaces removed (``"A>>B"``), or None."""
-    found = _VERDICT.findall(reply)
-    return re.sub(r"\s+", "", found[-1]) if found else None
+    """The verdict of :func:`read_verdict`, or None."""
+    return read_verdict(reply)[0]
 
 
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
-_RATING_LOOSE = re.compile(r"rating\s*[:=]?\s*\[?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+def read_rating(reply: str) -> tuple[float | None, str | None]:
+    """The 1-10 grade in the last ``[[...]]`` of a judge's reply, and None; or None and why
+    there is no grade (with the reply's first words)."""
+    inner = last_brackets(reply)
+    if inner is None:
+        return None, no_verdict(reply, "no [[...]] in the reply")
+    found = _RATING.fullmatch(inner)
+    value = float(found.group(1)) if found else None
+    if value is None or not 1.0 <= value <= 10.0:
+        return None, no_verdict(reply, f"[[{inner.strip()}]] is not a grade from 1 to 10")
+    return value, None
 
 
 def parse_rating(reply: str) -> float | None:
-    """A 1-10 rating from ``[[7]]`` (or ``Rating: 7``); None if absent or out of range."""
-    found = _RATING.findall(reply) or _RATING_LOOSE.findall(reply)
-    if not found:
-        return None
-    value = float(found[-1])
-    return value if 1.0 <= value <= 10.0 else None
+    """The grade of :func:`read_rating`, or None."""
+    return read_rating(reply)[0]
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,8 @@ class Game:
 
     candidate_first: bool
     verdict: str | None
+    no_verdict: str | None = None  # no verdict: why (the judge failed, or the reply's words)
+    first_try: str | None = None  # asked again: why its first reply had no verdict
 
     def outcome(self) -> tuple[float, float] | None:
         """(candidate's outcome, weight), or None when the judge gave no verdict."""
@@ -133,6 +165,36 @@ class Game:
             return None
         outcome, weight = _VERDICTS[self.verdict]
         return (outcome if self.candidate_first else 1.0 - outcome), weight
+
+
+@dataclass(frozen=True)
+class Grade:
+    """One graded turn: the 1-10 grade, or None and why not (the judge failed, or the reply's
+    first words), and, when the judge was asked again, why its first reply had no grade."""
+
+    value: float | None
+    no_verdict: str | None = None
+    first_try: str | None = None
+
+    def note(self, turn: int) -> str | None:
+        """What the item's record says about this turn's judging, if anything."""
+        parts = [f"turn {turn} asked again after {self.first_try}"] if self.first_try else []
+        if self.no_verdict:
+            parts.append(f"turn {turn} ungraded: {self.no_verdict}")
+        return "; ".join(parts) or None
+
+
+def games_note(games: list[Game]) -> str | None:
+    """What an item's record says about its games' judging: each game without a verdict, and
+    each asked again, with the reasons and the replies' first words."""
+    parts = []
+    for number, game in enumerate(games, 1):
+        which = f"game {number} ({'candidate' if game.candidate_first else 'baseline'} first)"
+        if game.first_try:
+            parts.append(f"{which} asked again after {game.first_try}")
+        if game.no_verdict:
+            parts.append(f"{which}: {game.no_verdict}")
+    return "; ".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -144,7 +206,7 @@ class PairScore:
     weighted: float
     weight: float
     games: int
-    consistent: bool
+    consistent: bool | None  # None: one order only had a verdict
 
 
 def score_pair(games: list[Game]) -> PairScore | None:
@@ -159,5 +221,5 @@ def score_pair(games: list[Game]) -> PairScore | None:
         weighted=sum(o * w for o, w in scored) / weight,
         weight=weight,
         games=len(scored),
-        consistent=len(set(outcomes)) == 1,
+        consistent=len(set(outcomes)) == 1 if len(outcomes) > 1 else None,
     )

@@ -4,9 +4,11 @@
   answer (by an extractor) go on; a tie, or no readable answer, passes every answer on.
 - ``select`` and ``rank`` ask a model (the join's judge) in a node of their own after the join,
   ``L<i>/select`` or ``L<i>/rank``: the answer the judge names as the most consistent goes on
-  alone, or the judge's top ``keep`` answers go on, best first. A failed or unreadable judge
-  reply passes every answer on (``select``, or the first with ``on_no_answer: first``) or keeps
-  layer order (``rank``), and marks the run degraded.
+  alone, or the judge's top ``keep`` answers go on, best first. The judge's verdict is read by
+  contract (:mod:`langgraph_moa.nodes.judging`: a final ``[[N]]`` or ``[[3, 1, 2]]``, asked
+  once more with ``retry_no_verdict``); a failed judge or a reply without a verdict passes every
+  answer on (``select``, or the first with ``on_no_answer: first``) or keeps layer order
+  (``rank``), and marks the run degraded.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from langgraph_moa.nodes.calls import ModelPool, Outcome, usage_update
 from langgraph_moa.nodes.extract import tally
 from langgraph_moa.nodes.hygiene import Arranger, candidates, refs_of
-from langgraph_moa.nodes.judging import judge
+from langgraph_moa.nodes.judging import CHOICE, judge
 from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.rank import describe_ranking, rank_candidates
@@ -73,24 +75,29 @@ def make_layer_judge(
             order = arranger.order(len(kept))
             names = [refs[k] for k in order]
             judged = await judge(
-                pool, agent, state, [kept[k] for k in order], names, SELECT_REQUEST_PROMPT
+                pool,
+                agent,
+                state,
+                [kept[k] for k in order],
+                names,
+                SELECT_REQUEST_PROMPT,
+                CHOICE,
+                retry_no_verdict=setting.retry_no_verdict,
             )
             calls = [judged]
             record["calls"] = [judged.call]
             if judged.picks:
                 chosen = names[judged.picks[0]]
                 record["winner"], record["passed"] = chosen, [chosen]
+                again = ", when asked again" if judged.asked_again else ""
                 record["reason"] = (
                     f"the judge ({agent.model}) named answer {judged.picks[0] + 1} of "
-                    f"{len(names)} as shown, which is {chosen}: only it goes on"
+                    f"{len(names)} as shown ({judged.call.get('verdict')}{again}), which is "
+                    f"{chosen}: only it goes on"
                 )
             else:
                 degraded = True
-                what = (
-                    f"the judge failed ({judged.call['error']})"
-                    if judged.call["error"]
-                    else "the judge's reply named no answer"
-                )
+                what = judged.failure("the judge")
                 record["winner"] = None
                 if setting.on_no_answer == "first":
                     record["passed"] = refs[:1]
@@ -100,7 +107,14 @@ def make_layer_judge(
                     record["reason"] = f"{what}; rule 'all': every answer goes on"
         else:
             ranked = await rank_candidates(
-                pool, agent, state, kept, refs, judge_mode=setting.judge, arranger=arranger
+                pool,
+                agent,
+                state,
+                kept,
+                refs,
+                judge_mode=setting.judge,
+                arranger=arranger,
+                retry_no_verdict=setting.retry_no_verdict,
             )
             calls = ranked.calls
             keep = setting.keep or 1

@@ -56,6 +56,7 @@ them on correctness first, then on how well they do what the user asked. You do 
 reply of your own."""
 
 # select mode (Universal Self-Consistency): name the candidate the others agree with most.
+# Every judge request ends in the verdict form read by nodes/judging.py: [[N]] or [[a, b, c]].
 SELECT_REQUEST_PROMPT = """\
 Here is a conversation between a user and an AI assistant:
 
@@ -66,8 +67,10 @@ Candidate replies to the user's last message:
 {candidates}
 
 Compare the candidates with each other and find the one whose final answer agrees with the \
-most other candidates (the majority view); among those, prefer the clearest. Reply with that \
-candidate's number only, for example: 2"""
+most other candidates (the majority view); among those, prefer the clearest. You may reason \
+briefly first. Then finish with a line holding nothing but that candidate's number in double \
+square brackets, for example:
+[[2]]"""
 
 # rank mode, listwise: order every candidate in one call.
 RANK_REQUEST_PROMPT = """\
@@ -79,8 +82,11 @@ Candidate replies to the user's last message:
 
 {candidates}
 
-Rank all {count} candidates from best to worst reply to the user's last message. Reply with \
-their numbers only, best first, separated by ">", for example: 3 > 1 > 2"""
+Rank all {count} candidates from the best to the worst reply to the user's last message. You \
+may explain briefly first. Then finish with a line holding nothing but all {count} candidate \
+numbers, each exactly once, best first, separated by commas, in double square brackets; for \
+three candidates, for example:
+[[3, 1, 2]]"""
 
 # rank mode, pairwise: one of two candidates, asked in both orders to cancel position bias.
 PAIRWISE_REQUEST_PROMPT = """\
@@ -92,5 +98,20 @@ Two candidate replies to the user's last message:
 
 {candidates}
 
-Which candidate is the better reply to the user's last message? Reply with its number only: \
-1 or 2"""
+Which candidate is the better reply to the user's last message? You may explain briefly \
+first. Then finish with a line holding nothing but the better one's number in double square \
+brackets: [[1]] or [[2]]"""
+
+# A judge asked again (retry_no_verdict) after a reply with no verdict in the form asked for;
+# {form} is PICK_FORM or RANKING_FORM.
+NO_VERDICT_PROMPT = """\
+Your reply did not end with a verdict in the form asked for, so it cannot be counted. Answer \
+again with only the final line: {form}"""
+
+PICK_FORM = (
+    "the chosen candidate's number (from 1 to {count}) in double square brackets, like [[1]]"
+)
+RANKING_FORM = (
+    "all {count} candidate numbers, each once, best first, separated by commas, in double "
+    "square brackets, like [[2, 3, 1]] for three candidates"
+)

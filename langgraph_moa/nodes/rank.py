@@ -2,10 +2,14 @@
 aggregator answers with the best one verbatim, or (``fuse: k``) synthesizes the top k. A
 layer's ``join: {mode: rank}`` ranks the same way (:func:`rank_candidates`).
 
-``judge: listwise`` is one call that orders every candidate. ``judge: pairwise`` asks about
-every pair twice, once in each order, so a judge that prefers a position cannot decide: a pair
-counts as a win only when both orders agree, otherwise each side gets half a point. Candidates
-a listwise reply leaves out rank last, in layer order; equal scores keep layer order.
+``judge: listwise`` is one call that orders every candidate, its verdict a final
+``[[3, 1, 2]]`` naming each exactly once. ``judge: pairwise`` asks about every pair twice, once
+in each order, each verdict a final ``[[1]]`` or ``[[2]]``, so a judge that prefers a position
+cannot decide: a pair counts as a win only when both orders agree, otherwise (orders that
+disagree, or a game without a verdict) each side gets half a point; equal scores keep layer
+order. A reply without a verdict (see :mod:`langgraph_moa.nodes.judging`; asked once more with
+``retry_no_verdict``) is never guessed at: a listwise one leaves layer order standing, and any
+such reply degrades the run and is counted in the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from langgraph_moa.nodes.calls import ModelPool, Outcome, usage_update
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, refs_of
-from langgraph_moa.nodes.judging import Judged, judge
+from langgraph_moa.nodes.judging import CHOICE, RANKING, Judged, judge
 from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, RANK_REQUEST_PROMPT
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, MoAState, Proposal
@@ -38,7 +42,7 @@ class Ranked:
 
     @property
     def unread(self) -> int:
-        """Judge replies that named no candidate (or failed)."""
+        """Judge calls that ended in no verdict (or failed)."""
         return sum(1 for c in self.calls if not c.picks)
 
 
@@ -51,6 +55,7 @@ async def rank_candidates(
     *,
     judge_mode: str,
     arranger: Arranger,
+    retry_no_verdict: bool = False,
 ) -> Ranked:
     """Rank ``kept`` (named ``refs``) with ``agent``, listwise or pairwise: the aggregator's rank
     mode and a layer's rank join both do this. One candidate ranks first with no call."""
@@ -60,17 +65,31 @@ async def rank_candidates(
         order = arranger.order(len(kept))
         shown = [kept[k] for k in order]
         judged = await judge(
-            pool, agent, state, shown, [refs[k] for k in order], RANK_REQUEST_PROMPT
+            pool,
+            agent,
+            state,
+            shown,
+            [refs[k] for k in order],
+            RANK_REQUEST_PROMPT,
+            RANKING,
+            retry_no_verdict=retry_no_verdict,
         )
-        ranked = [order[k] for k in judged.picks]
-        ranked += [k for k in range(len(kept)) if k not in ranked]
+        # a verdict orders every candidate; without one, layer order stands
+        ranked = [order[k] for k in judged.picks] or list(range(len(kept)))
         return Ranked(ranked, None, [judged])
     pairs = list(permutations(range(len(kept)), 2))  # (i, j) and (j, i): both orders
     results: dict[tuple[int, int], Judged] = {}
 
     async def one(i: int, j: int) -> None:
         results[(i, j)] = await judge(
-            pool, agent, state, [kept[i], kept[j]], [refs[i], refs[j]], PAIRWISE_REQUEST_PROMPT
+            pool,
+            agent,
+            state,
+            [kept[i], kept[j]],
+            [refs[i], refs[j]],
+            PAIRWISE_REQUEST_PROMPT,
+            CHOICE,
+            retry_no_verdict=retry_no_verdict,
         )
 
     async with asyncio.TaskGroup() as group:  # cancelled together with the node
@@ -91,14 +110,17 @@ async def rank_candidates(
 
 
 def describe_ranking(ranked: Ranked, agent: Agent, judge_mode: str) -> str:
-    """How the ranking came about, in words (failed or unread judge calls included)."""
+    """How the ranking came about, in words (judge calls without a verdict included, with the
+    first one's reason)."""
     how = f"{judge_mode} judging by {agent.model}"
     calls = ranked.calls
-    if calls and ranked.unread == len(calls):
-        how += " failed (no reply named a candidate), so layer order stands"
-    elif ranked.unread:
-        how += f" ({ranked.unread} of {len(calls)} replies named no candidate)"
-    return how
+    missing = [c for c in calls if not c.picks]
+    if not missing:
+        return how
+    first = missing[0].failure("the judge")
+    if len(missing) == len(calls):
+        return f"{how} gave no verdict ({first}), so layer order stands"
+    return f"{how} ({len(missing)} of {len(calls)} calls gave no verdict, first: {first})"
 
 
 def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
@@ -110,7 +132,14 @@ def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
         kept, references = arranger.keep(state, layer)
         refs = refs_of(state, layer, kept)
         ranked = await rank_candidates(
-            pool, agg, state, kept, refs, judge_mode=agg.judge, arranger=arranger
+            pool,
+            agg,
+            state,
+            kept,
+            refs,
+            judge_mode=agg.judge,
+            arranger=arranger,
+            retry_no_verdict=agg.retry_no_verdict,
         )
         calls = ranked.calls
         outcomes: list[Outcome] = [o for c in calls for o in c.outcomes]

@@ -1,7 +1,8 @@
 """``select`` mode, the ``select`` node: the aggregator's model reads the candidates and names
-the most consistent one (Universal Self-Consistency); the aggregator then answers with that
-candidate verbatim. A failed call or a reply naming no candidate follows ``on_no_answer``; a
-sole candidate is the answer without a call."""
+the most consistent one (Universal Self-Consistency) in a final ``[[N]]`` line; the aggregator
+then answers with that candidate verbatim. A failed call or a reply without that verdict (see
+:mod:`langgraph_moa.nodes.judging`; asked once more with ``retry_no_verdict``) degrades the run
+and follows ``on_no_answer``; a sole candidate is the answer without a call."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from langgraph_moa.nodes.calls import ModelPool, usage_update
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, refs_of
-from langgraph_moa.nodes.judging import judge
+from langgraph_moa.nodes.judging import CHOICE, judge
 from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, MoAState
@@ -39,7 +40,14 @@ def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceT
         order = arranger.order(len(kept))
         names = [refs[k] for k in order]
         judged = await judge(
-            pool, agg, state, [kept[k] for k in order], names, SELECT_REQUEST_PROMPT
+            pool,
+            agg,
+            state,
+            [kept[k] for k in order],
+            names,
+            SELECT_REQUEST_PROMPT,
+            CHOICE,
+            retry_no_verdict=agg.retry_no_verdict,
         )
         record = AggregationRecord(mode="select", calls=[judged.call], references=references)
         update: dict[str, Any] = {
@@ -51,14 +59,11 @@ def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceT
             record["winner"] = chosen
             record["reason"] = (
                 f"the selector ({agg.model}) named candidate {judged.picks[0] + 1} of "
-                f"{len(names)} as shown, which is {chosen}"
+                f"{len(names)} as shown ({judged.call.get('verdict')}"
+                f"{', when asked again' if judged.asked_again else ''}), which is {chosen}"
             )
             return update
-        what = (
-            f"the selector failed ({judged.call['error']})"
-            if judged.call["error"]
-            else "the selector's reply named no candidate"
-        )
+        what = judged.failure("the selector")
         update["degraded"] = True
         if agg.on_no_answer == "first":
             record["winner"] = refs[0]

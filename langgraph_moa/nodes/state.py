@@ -31,6 +31,7 @@ __all__ = [
     "EarlyStopRecord",
     "FallbackRecord",
     "JoinRecord",
+    "JudgeAttempt",
     "JudgeCall",
     "LayersUpdateError",
     "MoAInput",
@@ -309,13 +310,28 @@ class FallbackRecord(TypedDict):
     truncated: NotRequired[Truncation | None]
 
 
+class JudgeAttempt(TypedDict):
+    """A judge's first reply, kept when it gave no verdict and the judge was asked again."""
+
+    reply: str | None
+    error: str | None
+    no_verdict: str | None  # why no verdict was read, with the reply's first words
+
+
 class JudgeCall(TypedDict):
-    """One model call of a select, rank or self-moa-seq step."""
+    """One model call of a select, rank or self-moa-seq step (a judge's: with its verdict)."""
 
     shown: list[str]  # the candidates in the order the model saw them
     reply: str | None  # what the model said (None when the call failed)
     error: str | None
     pick: str | None  # the candidate it chose (select, a pairwise judgment), if any
+    # a judge's final [[...]] as read ("[[2]]", "[[3, 1, 2]]"); None: no verdict
+    verdict: NotRequired[str | None]
+    # no verdict: why, with the reply's first words (None when a verdict was read)
+    no_verdict: NotRequired[str | None]
+    # the first reply when it had no verdict and the judge was asked once more
+    # (retry_no_verdict); ``reply``/``verdict`` are then the second answer's
+    retried: NotRequired[JudgeAttempt]
 
 
 class AggregationRecord(TypedDict, total=False):

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.providers import known_providers, provider_kind, requests_for
@@ -59,6 +68,26 @@ MAX_FILE_BYTES = 1024 * 1024
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _RetriesJudge(_Strict):
+    """A judge's setting ``retry_no_verdict``, left out of dumps while off: a topology written
+    before the setting existed dumps as it did, so its run folders, stored threads and cached
+    judgments still match."""
+
+    retry_no_verdict: bool = Field(
+        default=False,
+        description="select/rank: ask the judge once more when its reply ends in no verdict "
+        "(no valid [[...]] line); both replies are recorded. A topology judging an eval "
+        "(--judge-topology) is asked once more when its answer has no verdict.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_off(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not self.retry_no_verdict:
+            data.pop("retry_no_verdict", None)
+        return data
 
 
 class Retry(_Strict):
@@ -239,7 +268,7 @@ JoinMode = Literal["all", "vote", "select", "rank"]
 JUDGED_JOINS: tuple[str, ...] = ("select", "rank")
 
 
-class LayerJoin(_Strict):
+class LayerJoin(_RetriesJudge):
     """What a layer passes on to the next layer (or to the final steps, after the last layer).
 
     - ``all`` (default): every answer;
@@ -314,6 +343,7 @@ class LayerJoin(_Strict):
             "judge": ("rank",),
             "keep": ("rank",),
             "on_no_answer": ("select",),
+            "retry_no_verdict": JUDGED_JOINS,
         }
         for name, modes in owners.items():
             if name in changed and mode not in modes:
@@ -345,7 +375,7 @@ class LayerJoin(_Strict):
         return 1
 
 
-class Aggregator(Agent):
+class Aggregator(Agent, _RetriesJudge):
     """The final step: an agent, and the mode it combines the last layer's candidates in.
 
     - ``synthesize`` (default): the model writes one answer from all candidates;

@@ -128,7 +128,7 @@ async def test_vote_by_choice_letter_and_regex(fake: FakeOpenAI) -> None:
 async def test_select_answers_with_the_named_candidate_verbatim(fake: FakeOpenAI) -> None:
     answers = {"a": "Forty-one.", "b": "It is 42 because 6*7=42.", "c": "42!"}
     script(fake, answers)
-    fake.behave("judge", reply=scripted("Candidate 2 is the most consistent."))
+    fake.behave("judge", reply=scripted("Candidate 2 is the most consistent.\n[[2]]"))
     state = await ask(topo(answers, {"mode": "select", "model": "openai:judge"}))
     assert answer(state) == "It is 42 because 6*7=42."
     (request,) = fake.requests_for("judge")  # one call, not streamed, no synthesis after it
@@ -148,7 +148,10 @@ async def test_select_with_an_unreadable_reply_follows_the_rule(fake: FakeOpenAI
     rule = {"mode": "select", "model": "openai:judge", "on_no_answer": "first"}
     state = await ask(topo(answers, rule))
     assert answer(state) == "A." and state["degraded"] is True
-    assert "named no candidate; rule 'first'" in state["aggregation"]["reason"]
+    assert state["aggregation"]["reason"] == (
+        "the selector's reply gave no verdict (no [[...]] in the reply); the reply began: "
+        "\"They are all lovely.\"; rule 'first': L1/a"
+    )
 
 
 # --- rank ------------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ async def test_pairwise_rank_asks_both_orders_and_cancels_position_bias(fake: Fa
     answers = {"a": "weak answer", "b": "best answer", "c": "fine answer"}
     script(fake, answers)
     # this judge always prefers whatever is shown first: every pair splits, layer order stands
-    fake.behave("judge", reply=scripted("1"))
+    fake.behave("judge", reply=scripted("[[1]]"))
     state = await ask(topo(answers, {"mode": "rank", "model": "openai:judge", "judge": "pairwise"}))
     assert len(fake.requests_for("judge")) == 6  # 3 pairs, both orders
     record = state["aggregation"]
@@ -174,7 +177,7 @@ async def test_pairwise_rank_asks_both_orders_and_cancels_position_bias(fake: Fa
         assert one is not None
         rank = {"best answer": 3, "fine answer": 2, "weak answer": 1}
         two = text[one.end() :].split("\n")[0]
-        return "1" if rank[one.group(1)] > rank[two] else "2"
+        return "[[1]]" if rank[one.group(1)] > rank[two] else "[[2]]"
 
     fake.behave("judge", reply=by_content)
     state = await ask(topo(answers, {"mode": "rank", "model": "openai:judge", "judge": "pairwise"}))
@@ -193,7 +196,7 @@ async def test_pairwise_rank_asks_both_orders_and_cancels_position_bias(fake: Fa
 async def test_listwise_rank_fuses_the_top_k(fake: FakeOpenAI) -> None:
     answers = {"a": "first take", "b": "second take", "c": "third take"}
     script(fake, answers)
-    fake.behave("judge", reply=by_marker({"Rank all": "3 > 1 > 2"}, default=scripted("Fused.")))
+    fake.behave("judge", reply=by_marker({"Rank all": "[[3, 1, 2]]"}, default=scripted("Fused.")))
     aggregator = {"mode": "rank", "model": "openai:judge", "fuse": 2}
     state = await ask(topo(answers, aggregator))
     assert answer(state) == "Fused."
@@ -404,7 +407,7 @@ def test_cli_refuses_a_bad_mode_in_one_line(tmp_path: Path) -> None:
 async def test_chat_model_answers_with_the_selected_candidate(fake: FakeOpenAI) -> None:
     answers = {"a": "Forty-one.", "b": "It is 42."}
     script(fake, answers)
-    fake.behave("judge", reply=scripted("2"))
+    fake.behave("judge", reply=scripted("[[2]]"))
     chat = ChatMixtureOfAgents(
         topology=topo(answers, {"mode": "select", "model": "openai:judge"}), proposal_cache=False
     )
@@ -489,14 +492,16 @@ def shown_to(fake: FakeOpenAI, model: str) -> list[str]:
 
 
 def prefer_content(ranks: dict[str, int]) -> Any:
-    """A judge reply that reads the candidates: in a pair it names the better one wherever it
-    is shown; asked to rank them all, it lists them best first."""
+    """A judge reply that reads the candidates: asked to rank them all, it lists them best
+    first; otherwise (a pair, a selection) it names the best wherever it is shown; both in the
+    contract's final ``[[...]]``, after prose with stray numbers in it."""
 
     def reply(body: dict[str, Any], number: int, choice: int) -> str:
         text = body["messages"][-1]["content"]
         listed = re.findall(r"^(\d+)\. (.*)$", text, re.MULTILINE)
-        best_first = sorted(listed, key=lambda item: -ranks.get(item[1], 0))
-        return " > ".join(number for number, _ in best_first)
+        best_first = [k for k, _ in sorted(listed, key=lambda item: -ranks.get(item[1], 0))]
+        verdict = ", ".join(best_first) if "Rank all" in text else best_first[0]
+        return f"Candidate {len(listed)} has 2 flaws, as 1 reader notes.\n[[{verdict}]]"
 
     return reply
 
@@ -504,7 +509,7 @@ def prefer_content(ranks: dict[str, int]) -> Any:
 async def test_a_layer_select_join_passes_on_only_the_judged_answer(fake: FakeOpenAI) -> None:
     answers = {"a": "Forty-one.", "b": "It is 42, as 6*7=42.", "c": "42."}
     script(fake, answers)
-    fake.behave("judge", reply=scripted("Answer 2 agrees with the others most."))
+    fake.behave("judge", reply=scripted("Answer 2 agrees with the others most.\n[[2]]"))
     fake.behave("d", reply=scripted("Layer two says 42."))
     topology = layered(answers, {"mode": "select", "model": "openai:judge"}, ["d"])
     assert topology.calls_per_query() == 3 + 1 + 1 + 1
@@ -519,7 +524,8 @@ async def test_a_layer_select_join_passes_on_only_the_judged_answer(fake: FakeOp
     assert record["winner"] == "L1/b" and record["passed"] == ["L1/b"]
     assert record["calls"][0]["pick"] == "L1/b"
     assert record["calls"][0]["shown"] == ["L1/a", "L1/b", "L1/c"]
-    assert "named answer 2 of 3 as shown, which is L1/b" in record["reason"]
+    assert "named answer 2 of 3 as shown ([[2]]), which is L1/b" in record["reason"]
+    assert record["calls"][0]["verdict"] == "[[2]]" and record["calls"][0]["no_verdict"] is None
     assert state["usage"]["by_model"]["openai:judge"]["calls"] == 1
     assert state["degraded"] is False and shown_to(fake, "agg") == ["Layer two says 42."]
 
@@ -531,7 +537,13 @@ async def test_a_layer_select_join_that_names_nothing_follows_its_rule(fake: Fak
     state = await ask(layered(answers, {"mode": "select", "model": "openai:judge"}, ["d"]))
     assert shown_to(fake, "d") == ["first", "second"]  # rule 'all' (the default)
     assert state["joins"][0]["winner"] is None and state["degraded"] is True
-    assert "named no answer; rule 'all'" in state["joins"][0]["reason"]
+    assert (
+        "reply gave no verdict (no [[...]] in the reply); the reply began: "
+        in (state["joins"][0]["reason"])
+    )
+    assert state["joins"][0]["reason"].endswith(
+        "\"They are all fine.\"; rule 'all': every answer goes on"
+    )
 
     fake.reset()
     fake.behave("judge", always=500)  # a judge that fails: the rule applies the same way
@@ -550,7 +562,7 @@ async def test_a_layer_rank_join_judges_pairs_in_both_orders_and_keeps_the_top_k
     fake.behave("d", reply=scripted("refined"))
     join = {"mode": "rank", "model": "openai:judge", "judge": "pairwise", "keep": 2}
     # a judge that always names whatever it sees first: both orders of every pair split
-    fake.behave("judge", reply=scripted("1"))
+    fake.behave("judge", reply=scripted("[[1]]"))
     state = await ask(layered(answers, join, ["d"]))
     assert len(fake.requests_for("judge")) == 6  # 3 pairs, each shown both ways
     (record,) = state["joins"]
@@ -598,7 +610,7 @@ async def test_a_rank_join_then_early_stop_counts_every_call(fake: FakeOpenAI) -
     proposers, join and judge) at no cost; not stopping runs it on the top answers."""
     agree = {"a": "It is 42.", "b": "42", "c": "I get 41."}
     script(fake, agree)
-    fake.behave("judge", reply=scripted("2 > 1 > 3"))
+    fake.behave("judge", reply=scripted("[[2, 1, 3]]"))
     join = {"mode": "rank", "model": "openai:judge", "keep": 2}
     topology = topo(
         agree,
@@ -690,7 +702,7 @@ async def test_chat_model_runs_layer_joins_and_rank_fuse(fake: FakeOpenAI) -> No
     answers = {"a": "weak answer", "b": "best answer", "c": "fine answer"}
     script(fake, answers)
     fake.behave("d", reply=scripted("refined best"))
-    fake.behave("judge", reply=by_marker({"Rank all": "2 > 3 > 1"}, default=scripted("Fused.")))
+    fake.behave("judge", reply=by_marker({"Rank all": "[[2, 3, 1]]"}, default=scripted("Fused.")))
     topology = topo(
         answers,
         {"mode": "rank", "model": "openai:judge", "fuse": 1},

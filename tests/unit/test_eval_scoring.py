@@ -14,6 +14,8 @@ from langgraph_moa.evaluation.scoring import (
     normalise_number,
     parse_rating,
     parse_verdict,
+    read_rating,
+    read_verdict,
     score_pair,
 )
 
@@ -92,12 +94,42 @@ def test_verdicts_parse_with_spaces_and_take_the_last() -> None:
     assert parse_verdict("no verdict here, A>B") is None
 
 
+def test_only_the_last_brackets_count_and_must_be_a_verdict() -> None:
+    # a verdict earlier in the reply is not picked when the last [[...]] is something else
+    verdict, why = read_verdict("[[A>B]] at first sight; then I reconsidered: [[A is better]]")
+    assert verdict is None
+    assert why == (
+        "no verdict ([[A is better]] is not one of the five verdicts); the reply began: "
+        '"[[A>B]] at first sight; then I reconsidered: [[A is better]]"'
+    )
+    # prose that names a side, or stray digits, is no verdict
+    verdict, why = read_verdict("Assistant A is better: it has 2 fewer errors than B.\n" * 5)
+    assert verdict is None and why is not None
+    assert why.startswith('no verdict (no [[...]] in the reply); the reply began: "Assistant A')
+    assert why.endswith('\u2026"') and len(why.split('began: "')[1]) == 81  # 80 chars, quoted
+    assert read_verdict("Both have 2 errors.\n[[B>A]]") == ("B>A", None)
+
+
 def test_grades_parse_in_range_only() -> None:
     assert parse_rating("Good answer.\nRating: [[8]]") == 8.0
     assert parse_rating("[[7.5]]") == 7.5
-    assert parse_rating("Rating: 6") == 6.0
     assert parse_rating("[[11]]") is None
+    assert parse_rating("[[0]]") is None
     assert parse_rating("no grade") is None
+
+
+def test_a_grade_is_read_only_from_its_brackets() -> None:
+    # "Rating: 6" and numbers in the prose are not a grade
+    assert read_rating("Rating: 6")[0] is None
+    value, why = read_rating("The reply makes 2 mistakes in 3 steps; I'd say 4 out of 10.")
+    assert value is None
+    assert why == (
+        'no verdict (no [[...]] in the reply); the reply began: "The reply makes 2 mistakes in '
+        "3 steps; I'd say 4 out of 10.\""
+    )
+    assert read_rating("Step 2 is wrong, step 3 fine.\n[[ 4 ]]") == (4.0, None)
+    value, why = read_rating("[[7]] first, but in the end [[seven]]")
+    assert value is None and why is not None and "[[seven]] is not a grade" in why
 
 
 def test_a_swapped_pair_that_agrees_is_a_win() -> None:
@@ -131,4 +163,5 @@ def test_strong_verdicts_weigh_more() -> None:
 def test_a_game_without_verdict_is_left_out() -> None:
     pair = score_pair([Game(True, None), Game(False, "B>>A")])
     assert pair is not None and pair.games == 1 and pair.preference == 1.0
+    assert pair.consistent is None  # one order only: whether the orders agree is unknown
     assert score_pair([Game(True, None), Game(False, None)]) is None
