@@ -1,7 +1,9 @@
 """Per-query budgets: a worst-case estimate of what a topology costs, and the plan that fits.
 
-The estimate assumes every call writes its full ``max_tokens`` and that each layer passes all of
-its answers on (a ``select`` or ``rank`` join: the one or the ``keep`` it names); prompt sizes
+The estimate assumes every call writes its full ``max_tokens``, that each layer passes all of
+its answers on (a ``select`` or ``rank`` join: the one or the ``keep`` it names) and that a
+judge with ``retry_no_verdict`` is asked every question twice (its reply and the reminder added
+to the second prompt); prompt sizes
 are counted so as never to come out low (:mod:`langgraph_moa.nodes.token_bound`: the model's
 tokenizer where one is known, else the text's UTF-8 bytes), for each model with its own count;
 the conversation is counted once per estimate and per kind of count (:class:`PromptSizes`).
@@ -40,7 +42,9 @@ from langgraph_moa.nodes.names import (
 from langgraph_moa.nodes.prompts import (
     CRITIC_REQUEST_PROMPT,
     JUDGE_SYSTEM_PROMPT,
+    NO_VERDICT_PROMPT,
     RANK_REQUEST_PROMPT,
+    RANKING_FORM,
     SYNTHESIZE_PROMPT,
 )
 from langgraph_moa.nodes.token_bound import MESSAGE_OVERHEAD, counter_for
@@ -204,12 +208,30 @@ def _join_judge(
         agent, JUDGE_SYSTEM_PROMPT + RANK_REQUEST_PROMPT
     )
     node = layer_exit(topology, number)
+    retry = layer.join.retry_no_verdict
     if layer.join.mode == "rank" and layer.join.judge == "pairwise":
         for _ in range(layer.join.requests_for(size)):
-            out.add(node, agent, judging + 2 * refs // size, prices)
+            _judge_call(out, node, agent, judging + 2 * refs // size, prices, sizes, retry)
     elif layer.join.requests_for(size):
-        out.add(node, agent, judging + refs, prices)
+        _judge_call(out, node, agent, judging + refs, prices, sizes, retry)
     return refs * layer.passes_on // size
+
+
+def _judge_call(
+    out: Estimate,
+    node: str,
+    agent: Agent,
+    prompt: int,
+    prices: PriceTable,
+    sizes: PromptSizes,
+    retry: bool,
+) -> None:
+    """One judge call of ``prompt`` tokens; with ``retry``, the second asking too (the first
+    reply and the reminder added to its prompt)."""
+    out.add(node, agent, prompt, prices)
+    if retry:
+        again = agent.max_tokens + sizes.fixed_tokens(agent, NO_VERDICT_PROMPT + RANKING_FORM)
+        out.add(node, agent, prompt + again, prices)
 
 
 def _final_steps(
@@ -228,15 +250,16 @@ def _final_steps(
         if "synthesize" in (agg.on_tie, agg.on_no_answer):
             out.add(AGGREGATOR, agg, synthesis, prices)
     elif agg.mode == "select":
-        out.add(SELECT, agg, judging + refs, prices)
+        _judge_call(out, SELECT, agg, judging + refs, prices, sizes, agg.retry_no_verdict)
         if agg.on_no_answer == "synthesize":
             out.add(AGGREGATOR, agg, synthesis, prices)
     elif agg.mode == "rank":
+        retry = agg.retry_no_verdict
         if agg.judge == "pairwise":
             for _ in range(size * (size - 1)):
-                out.add(RANK, agg, judging + 2 * refs // size, prices)
+                _judge_call(out, RANK, agg, judging + 2 * refs // size, prices, sizes, retry)
         else:
-            out.add(RANK, agg, judging + refs, prices)
+            _judge_call(out, RANK, agg, judging + refs, prices, sizes, retry)
         if agg.fuse:
             out.add(AGGREGATOR, agg, synthesis, prices)
     else:  # self-moa-seq: every step sees a window of candidates and the running answer

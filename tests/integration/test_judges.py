@@ -458,3 +458,30 @@ def test_eval_topology_judge_retries_by_its_aggregator_setting(
     assert item["score"] == 0.5 and item["consistent"] is True
     assert "game 1 (candidate first) asked again after no verdict" in item["note"]
     assert 'the reply began: "The panel says 1 thing."' in item["note"]
+
+
+def test_the_budget_estimate_counts_a_retrying_judge_twice() -> None:
+    """The worst case of a judge that may be asked again: every question twice, the second
+    with its first reply and the reminder in the prompt."""
+    from langgraph_moa.nodes.budget import estimate
+    from langgraph_moa.spec.models import PriceTable
+
+    def worst(aggregator: dict[str, Any], **layer: Any) -> Any:
+        spec = topology(THREE, aggregator, **layer)
+        return estimate(spec, [HumanMessage("hi")], prices=PriceTable({}))
+
+    pairwise, listwise = PAIRWISE, {"mode": "rank", "model": "openai:judge"}
+    assert worst(pairwise | {"retry_no_verdict": True}).calls == 3 + 2 * 6
+    assert worst(pairwise).calls == 3 + 6
+    assert worst(listwise | {"retry_no_verdict": True}).calls == 3 + 2
+    off, on = worst(SELECT), worst(SELECT | {"retry_no_verdict": True})
+    assert on.calls == off.calls + 1
+    # the second asking's prompt holds the whole first request, its reply (max_tokens 512)
+    # and the reminder
+    assert on.prompt_tokens - off.prompt_tokens > 512 + 50
+    join = {"mode": "select", "model": "openai:judge", "retry_no_verdict": True}
+    synth = {"model": "openai:agg"}
+    assert (
+        worst(synth, join=join).calls
+        == worst(synth, join=join | {"retry_no_verdict": False}).calls + 1
+    )
