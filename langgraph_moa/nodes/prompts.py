@@ -67,9 +67,9 @@ Candidate replies to the user's last message:
 {candidates}
 
 Compare the candidates with each other and find the one whose final answer agrees with the \
-most other candidates (the majority view); among those, prefer the clearest. You may reason \
-briefly first. Then finish with a line holding nothing but that candidate's number in double \
-square brackets, for example:
+most other candidates (the majority view); among those, prefer the clearest. You may give \
+your reasons first, in a few sentences at most. Then finish with a line holding nothing but \
+that candidate's number in double square brackets, for example:
 [[2]]"""
 
 # rank mode, listwise: order every candidate in one call.
@@ -83,9 +83,9 @@ Candidate replies to the user's last message:
 {candidates}
 
 Rank all {count} candidates from the best to the worst reply to the user's last message. You \
-may explain briefly first. Then finish with a line holding nothing but all {count} candidate \
-numbers, each exactly once, best first, separated by commas, in double square brackets; for \
-three candidates, for example:
+may give your reasons first, in a few sentences at most. Then finish with a line holding \
+nothing but all {count} candidate numbers, each exactly once, best first, separated by commas, \
+in double square brackets; for three candidates, for example:
 [[3, 1, 2]]"""
 
 # rank mode, pairwise: one of two candidates, asked in both orders to cancel position bias.
@@ -98,9 +98,9 @@ Two candidate replies to the user's last message:
 
 {candidates}
 
-Which candidate is the better reply to the user's last message? You may explain briefly \
-first. Then finish with a line holding nothing but the better one's number in double square \
-brackets: [[1]] or [[2]]"""
+Which candidate is the better reply to the user's last message? You may give your \
+reasons first, in a few sentences at most. Then finish with a line holding nothing but the \
+better one's number in double square brackets: [[1]] or [[2]]"""
 
 # A judge asked again (retry_no_verdict) after a reply with no verdict in the form asked for;
 # {form} is PICK_FORM or RANKING_FORM.
