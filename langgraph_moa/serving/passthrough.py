@@ -51,6 +51,13 @@ PREFIX = "capture/"
 # Upstream response headers worth passing on: rate-limit and retry advice, request ids.
 _KEPT_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
 _KEPT_PREFIXES = ("x-ratelimit-",)
+# What sending raises when the upstream closed the connection before a byte of its answer.
+_CLOSED_BEFORE_ANSWER = (
+    httpx.RemoteProtocolError,
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class PassThrough:
         # the operator's word: --allow-provider, and the providers the aliases name
         self.allowed = allowed | {a.partition(":")[0] for a in self.aliases.values()}
         self._client: httpx.AsyncClient | None = None
+        self._fresh: httpx.AsyncClient | None = None  # for retries: a new connection each time
 
     # -- which models ------------------------------------------------------------------------
     def handles(self, model_id: str) -> bool:
@@ -168,10 +176,23 @@ class PassThrough:
             )
         return self._client
 
+    @property
+    def fresh_client(self) -> httpx.AsyncClient:
+        """A client that keeps no connection alive: each request on a connection of its own."""
+        if self._fresh is None:
+            self._fresh = httpx.AsyncClient(
+                timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=10.0),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=0),
+            )
+        return self._fresh
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._fresh is not None:
+            await self._fresh.aclose()
+            self._fresh = None
 
     async def complete(self, data: dict[str, Any], record: dict[str, Any]) -> Response:
         upstream = self.resolve(str(data["model"]))
@@ -239,12 +260,13 @@ class PassThrough:
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """The upstream's response, its body not yet read. Sent once more, on a new connection,
         when the first attempt failed before any byte of a response came back: a pooled
-        connection the upstream closed as it was reused (it never saw the request), or a
-        connection that could not be opened."""
+        connection the upstream closed as it was reused (it never saw the request: the send
+        fails, or the read finds the connection closed or reset), or a connection that could
+        not be opened. Not a timeout: the upstream may be working on it."""
         try:
             return await self.client.send(request, stream=True)
-        except (httpx.RemoteProtocolError, httpx.ConnectError):
-            return await self.client.send(request, stream=True)
+        except _CLOSED_BEFORE_ANSWER:
+            return await self.fresh_client.send(request, stream=True)
 
 
 def _kept(headers: httpx.Headers) -> dict[str, str]:

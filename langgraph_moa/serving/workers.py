@@ -70,6 +70,7 @@ def run_workers(
             for k, process in enumerate(processes):
                 if process.sentinel not in ended or stopping:
                     continue
+                process.join(1.0)  # reaped, so that its exit code is known
                 said = f"worker {process.pid} exited with code {process.exitcode}"
                 if not served.pop(process.sentinel).value:
                     log(f"{said} before it served; stopping")
