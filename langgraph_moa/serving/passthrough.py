@@ -122,20 +122,21 @@ class PassThrough:
             return True
         if provider not in BUILTIN_PROVIDERS:
             return True
-        default = spec.base_url or (OPENAI_DEFAULT_BASE_URL if provider == "openai" else None)
-        host = urlsplit(default).hostname if default else None
-        return bool(os.environ.get(spec.key_env)) and not (host and is_loopback_host(host))
+        return bool(os.environ.get(spec.key_env)) and not _local_default(provider)
 
     def refusal(self, upstream: Upstream) -> APIError | None:
         """A 403 for a provider the operator did not configure, saying how to allow it."""
         if self.configured(upstream.provider):
             return None
         spec = PROVIDERS[upstream.provider]
+        settings = spec.base_url_env
+        if not _local_default(upstream.provider):
+            settings = f"{spec.key_env} or {settings}"
         return APIError(
             403,
             f"the model {upstream.served_id!r} cannot be passed through: the provider "
             f"{upstream.provider!r} is not configured on this server (the operator can set "
-            f"{spec.base_url_env} or start it with --allow-provider {upstream.provider})",
+            f"{settings}, or start it with --allow-provider {upstream.provider})",
             type_="permission_error",
             param="model",
             code="provider_not_allowed",
@@ -267,6 +268,14 @@ class PassThrough:
             return await self.client.send(request, stream=True)
         except _CLOSED_BEFORE_ANSWER:
             return await self.fresh_client.send(request, stream=True)
+
+
+def _local_default(provider: str) -> bool:
+    """Whether the provider table's default URL for ``provider`` is on this machine."""
+    spec = PROVIDERS[provider]
+    default = spec.base_url or (OPENAI_DEFAULT_BASE_URL if provider == "openai" else None)
+    host = urlsplit(default).hostname if default else None
+    return bool(host and is_loopback_host(host))
 
 
 def _kept(headers: httpx.Headers) -> dict[str, str]:

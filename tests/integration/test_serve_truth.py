@@ -200,13 +200,14 @@ def test_an_allowed_provider_is_reached_at_its_default_url(
     listener: socket.socket, tmp_path: Path
 ) -> None:
     """The control for the test above: allowed, the same request does reach the listener (which
-    hangs up, hence a 502)."""
+    hangs up before answering, twice, hence a 502)."""
     client = TestClient(create_app(capture_dir=tmp_path / "cap", allow_providers=["vllm"]))
 
-    async def hang_up() -> None:
+    async def hang_up() -> None:  # twice: the request, and its one retry on a new connection
         loop = asyncio.get_running_loop()
-        conn, _ = await loop.sock_accept(listener)
-        conn.close()
+        for _ in range(2):
+            conn, _ = await loop.sock_accept(listener)
+            conn.close()
 
     async def both() -> Any:
         refusing = asyncio.ensure_future(hang_up())
@@ -335,3 +336,16 @@ def test_a_topology_file_shadowing_a_preset_is_refused(tmp_path: Path) -> None:
         run_moa("serve", "--port", "0", "--topologies", str(tmp_path)),
         "would shadow the preset 'vote': rename the file",
     )
+
+
+def test_an_allowed_provider_still_needs_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FIREWORKS_API_KEY", raising=False)
+    monkeypatch.delenv("FIREWORKS_BASE_URL", raising=False)
+    app = create_app(capture_dir=tmp_path / "cap", allow_providers=["fireworks"])
+    response = TestClient(app).post(
+        "/v1/chat/completions", json={"model": "capture/fireworks:x", "messages": HI}
+    )
+    assert response.status_code == 503, response.text
+    assert "FIREWORKS_API_KEY is not set" in response.json()["error"]["message"]
