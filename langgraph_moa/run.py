@@ -14,6 +14,9 @@ Events, in the order a run produces them:
   aggregator or the fallback model, when ``tokens=True``;
 - :class:`ReviewPause` if the run stopped for a person's review (LangGraph ``interrupt``);
 - :class:`RunFinished` last, with the final state and the wall time.
+
+A run whose ``deadline_s`` passes ends with :class:`DeadlinePassed` (a ``MoARunError``) carrying
+the state as it stood, so a door can still show what finished.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from langgraph_moa.nodes.names import AGGREGATOR, FALLBACK, PREPARE
 
 __all__ = [
     "AnswerToken",
+    "DeadlinePassed",
     "Event",
     "NodeFinished",
     "Progress",
@@ -86,6 +90,19 @@ class RunFinished:
     latency_s: float
 
 
+class DeadlinePassed(MoARunError):
+    """The run's ``deadline_s`` passed before it finished; ``state`` is what it had produced
+    (the last state LangGraph reported), ``latency_s`` the wall time."""
+
+    def __init__(
+        self, message: str, *, deadline_s: float, state: dict[str, Any], latency_s: float
+    ) -> None:
+        super().__init__(message)
+        self.deadline_s = deadline_s
+        self.state = state
+        self.latency_s = latency_s
+
+
 Event = Progress | NodeFinished | AnswerToken | ReviewPause | RunFinished
 
 
@@ -103,7 +120,8 @@ async def stream_run(
     ``tokens=False`` leaves the answer's tokens out (a door that prints only the final record).
     ``deadline_s`` (a topology's ``deadline_s``) bounds the whole run: when it passes, the run is
     cancelled with every request it started, and MoARunError says so (a checkpointed thread
-    keeps what finished and can be resumed).
+    keeps what finished and can be resumed); the error is a :class:`DeadlinePassed` holding the
+    state as it stood.
     """
     start = time.perf_counter()
     modes: list[StreamMode] = ["updates", "values", "custom"]
@@ -121,8 +139,12 @@ async def stream_run(
             break
         except TimeoutError:
             await stream.aclose()  # type: ignore[attr-defined]
-            raise MoARunError(
-                f"the run's deadline of {deadline_s:g}s passed; what had finished is kept"
+            assert deadline_s is not None
+            raise DeadlinePassed(
+                f"the run's deadline of {deadline_s:g}s passed; what had finished is kept",
+                deadline_s=deadline_s,
+                state=state,
+                latency_s=time.perf_counter() - start,
             ) from None
         mode, chunk = cast(tuple[str, Any], part)
         if mode == "values":

@@ -608,6 +608,13 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="Processes serving the port, each with its own limits.")
     ] = 1,
+    allow_provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Let capture/<provider:model> reach this provider though neither its key nor "
+            "its base URL is set (e.g. vllm at its default local URL). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the presets (and --topologies) as an OpenAI-compatible API: /v1/chat/completions
     and /v1/models, each topology under its own model id."""
@@ -635,6 +642,7 @@ def serve(
         capture_dir=capture,
         capture_config=capture_config,
         workers=workers,
+        allow_providers=allow_provider or (),
     )
 
 

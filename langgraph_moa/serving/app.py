@@ -1,7 +1,8 @@
 """The FastAPI app and its uvicorn runner: the catalog of served models, running one completion
-(whole or streamed) with a bounded number at once, on the runs loop (runs.py), cancelling the
-run of a client that leaves, handing pass-through models to passthrough.py, and the outer guard
-for keys, body size, body time and the access log.
+(whole or streamed) with a bounded number at once, on the runs loop (runs.py) through the one
+run loop (:func:`langgraph_moa.run.stream_run`, with the topology's ``deadline_s``), cancelling
+the run of a client that leaves, handing pass-through models to passthrough.py (under the same
+disconnect watcher), and the outer guard for keys, body size, body time and the access log.
 
 The guard is a hand-written pure ASGI middleware because what it enforces is outside what
 FastAPI and Starlette offer: the bytes really received (not only the declared Content-Length),
@@ -39,7 +40,7 @@ from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.result import result_of
-from langgraph_moa.run import AnswerToken, Progress, RunFinished, stream_run
+from langgraph_moa.run import AnswerToken, DeadlinePassed, Progress, RunFinished, stream_run
 from langgraph_moa.serving.access import (
     KEYS_ENV,
     KeyRing,
@@ -146,6 +147,11 @@ def _load_catalog(topologies_dir: str | Path | None) -> dict[str, _Served]:
                 f"two topology files give the model id {path.stem!r}: "
                 f"{files[path.stem].name} and {path.name}"
             )
+        if path.stem in catalog:
+            raise MoAInputError(
+                f"the topology file {str(path)!r} would shadow the preset {path.stem!r}: "
+                "rename the file (a preset keeps its name)"
+            )
         files[path.stem] = path
     for model_id, path in files.items():
         catalog[model_id] = _Served(model_id, load_topology(path), str(path))
@@ -230,15 +236,34 @@ class _ClientGone(Exception):
     pass
 
 
+async def _watch(receive: Receive) -> None:
+    """Ends when the client disconnects (the request's body has been read, so that is the only
+    message still to come)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves_here(work: Awaitable[_T], receive: Receive) -> _T:
+    """``work`` (on the serving loop: a pass-through); if the client disconnects first, it is
+    cancelled and awaited, then _ClientGone is raised."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_watch(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise _ClientGone
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+
 async def _unless_client_leaves(run: Run[_T], receive: Receive) -> _T:
     """The run's result; if the client disconnects first (the body is read), the run is
     cancelled and awaited, then _ClientGone is raised."""
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.ensure_future(_watch(receive))
     try:
         await asyncio.wait({run.ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if run.ended.done():
@@ -251,11 +276,33 @@ async def _unless_client_leaves(run: Run[_T], receive: Receive) -> _T:
             await asyncio.wait({run.ended})
 
 
-async def _stream_graph(graph: Any, inputs: dict[str, Any], run: Run[None]) -> None:
+async def _stream_graph(
+    graph: Any, inputs: dict[str, Any], deadline_s: float | None, run: Run[None]
+) -> None:
     """The run's events (see :mod:`langgraph_moa.run`), handed to the serving loop one by one
     (on the runs loop)."""
-    async for event in stream_run(graph, inputs):
+    async for event in stream_run(graph, inputs, deadline_s=deadline_s):
         run.emit(event)
+
+
+async def _run_graph(graph: Any, inputs: dict[str, Any], deadline_s: float | None) -> Any:
+    """The final state of a whole (not streamed) run: the same run loop, without tokens."""
+    async for event in stream_run(graph, inputs, tokens=False, deadline_s=deadline_s):
+        if isinstance(event, RunFinished):
+            return event.state
+    raise MoAError("the run ended without its final state")
+
+
+def _failure(e: BaseException, served: _Served, record: dict[str, Any]) -> APIError:
+    """The error answer for a failed run. A passed deadline keeps what had finished: the
+    record of the partial run (proposals, usage, cost) goes in the error body's ``moa`` field
+    and the access log."""
+    error = error_of_run(e)
+    if isinstance(e, DeadlinePassed):
+        result = result_of(e.state, latency_s=e.latency_s)  # type: ignore[arg-type]
+        note_usage(record, openai_usage(result) | {"cost_usd": result["usage"].get("cost_usd")})
+        error.extra = {"moa": moa_record(result, served.topology)}
+    return error
 
 
 class _Service:
@@ -398,7 +445,12 @@ class _Service:
         data = load_body(raw)
         record["model"] = model_id = requested_model(data)
         if model_id and self.passthrough is not None and self.passthrough.handles(model_id):
-            return await self.passthrough.complete(data, record)
+            try:
+                return await _unless_client_leaves_here(
+                    self.passthrough.complete(data, record), request.receive
+                )
+            except _ClientGone:
+                return Response(status_code=499)
         # Checking and converting up to max_messages messages takes CPU time (tens of ms): in a
         # worker thread, so that the serving loop answers other requests meanwhile.
         req = await asyncio.to_thread(parse_request, data, max_messages=self.max_messages)
@@ -420,10 +472,11 @@ class _Service:
         graph = await self.graph_for(served, req.seed)
         release = self.take_slot()  # held until the run has ended, however it ends
         ident = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
+        deadline_s = served.topology.deadline_s
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream_run: Run[None] = self._start(
-                lambda run: _stream_graph(graph, inputs, run), release
+                lambda run: _stream_graph(graph, inputs, deadline_s, run), release
             )
             events = self._stream(stream_run, served, ident, include_usage, record)
             return _RunResponse(
@@ -433,13 +486,13 @@ class _Service:
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
         start = time.perf_counter()
-        run: Run[Any] = self._start(lambda run: graph.ainvoke(inputs), release)
+        run: Run[Any] = self._start(lambda run: _run_graph(graph, inputs, deadline_s), release)
         try:
             state = await _unless_client_leaves(run, request.receive)
         except _ClientGone:
             return Response(status_code=499)
         except Exception as e:
-            raise error_of_run(e) from None
+            raise _failure(e, served, record) from None
         latency = time.perf_counter() - start
         try:
             answer = answer_text(state)
@@ -531,7 +584,7 @@ class _Service:
             answer = answer_text(state)
         except Exception as e:
             # 200 is already sent: the failure goes out as one error event, then [DONE].
-            yield sse_event(error_of_run(e).body())
+            yield sse_event(_failure(e, served, record).body())
             yield "data: [DONE]\n\n"
             return
         final, streamed = text_of(answer), "".join(sent)
@@ -697,6 +750,7 @@ def create_app(
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     capture_dir: str | Path | None = None,
     capture_config: str | Path | None = None,
+    allow_providers: Sequence[str] = (),
 ) -> FastAPI:
     """The OpenAI-compatible app. ``host``/``port`` are where it is served, so that topologies
     calling back into it can be refused; ``keys`` empty means no authentication; ``cache`` is
@@ -706,14 +760,19 @@ def create_app(
     take to arrive (408 after). ``capture_dir`` serves the pass-through models
     (``capture/<provider:model>`` and the aliases of ``capture_config``) and writes their
     exchanges there (capture.py); the app then owns a writer thread, closed by the service's
-    ``aclose``. Raises MoAInputError for a bad topologies folder or file, a limit below its
-    minimum, a bad capture configuration or a capture directory that cannot be written."""
+    ``aclose``. A pass-through reaches only the providers the operator configured (their base
+    URL or key in the environment, or named in ``allow_providers``; see
+    :meth:`PassThrough.configured`). Raises MoAInputError for a bad topologies folder or file (one
+    named as a preset included), a limit below its minimum, a bad capture configuration, an
+    unknown or non-OpenAI-compatible provider to allow, or a capture directory that cannot be
+    written."""
     _check_limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
         max_messages=max_messages,
         read_timeout_s=read_timeout_s,
     )
+    allowed = _allowed_providers(allow_providers, capture_dir)
     catalog = _load_catalog(topologies_dir)
     here = SelfAddress(host, port)
     for served in catalog.values():
@@ -724,7 +783,7 @@ def create_app(
         for alias in config.aliases:
             if alias in catalog:
                 raise MoAInputError(f"the capture alias {alias!r} is already a served model id")
-        passthrough = PassThrough(CaptureSink(capture_dir, config), here)
+        passthrough = PassThrough(CaptureSink(capture_dir, config), here, allowed)
         try:
             for alias in config.aliases:
                 passthrough.resolve(alias)
@@ -810,6 +869,21 @@ def create_app(
     return app
 
 
+def _allowed_providers(names: Sequence[str], capture_dir: str | Path | None) -> frozenset[str]:
+    """The providers ``--allow-provider`` names, checked: known, OpenAI-compatible, and only
+    with a capture directory (nothing else is passed through)."""
+    if names and capture_dir is None:
+        raise MoAInputError("--allow-provider is for pass-through models: give --capture too")
+    for name in names:
+        spec = PROVIDERS.get(name)
+        if spec is None or not spec.openai_compatible:
+            known = ", ".join(sorted(p for p, s in PROVIDERS.items() if s.openai_compatible))
+            raise MoAInputError(
+                f"--allow-provider: {name!r} is not an OpenAI-compatible provider; known: {known}"
+            )
+    return frozenset(names)
+
+
 def _check_limits(
     *,
     max_concurrency: int,
@@ -891,6 +965,7 @@ def run_server(
     capture_dir: str | Path | None = None,
     capture_config: str | Path | None = None,
     workers: int = 1,
+    allow_providers: Sequence[str] = (),
 ) -> None:
     """Serve until interrupted, in ``workers`` processes (see :mod:`.workers`). Keys come from
     ``keys_file`` and ``MOA_SERVE_KEYS``; without any,
@@ -938,6 +1013,7 @@ def run_server(
             read_timeout_s=read_timeout_s,
             capture_dir=capture_dir,
             capture_config=capture_config,
+            allow_providers=allow_providers,
         )
     except BaseException:
         sock.close()
@@ -968,16 +1044,23 @@ def run_server(
     )
     server = uvicorn.Server(config)
 
-    async def serve() -> None:
+    async def serve(ready: Callable[[], None]) -> None:
+        async def announce() -> None:  # tells the supervisor (workers.py) this one serves
+            while not server.started:
+                await asyncio.sleep(0.05)
+            ready()
+
+        announcing = asyncio.ensure_future(announce())
         try:
             await server.serve(sockets=[sock])
         finally:
+            announcing.cancel()
             await service.aclose()
 
-    def serve_here() -> None:
+    def serve_here(ready: Callable[[], None] = lambda: None) -> None:
         # as uvicorn's Server.run does, with the close of what the service owns on that loop
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(serve())
+            runner.run(serve(ready))
 
     try:
         if workers > 1:

@@ -1,11 +1,14 @@
 """Errors in OpenAI's shape (a status plus an ``{"error": {...}}`` body) and the status each
 kind of failure maps to."""
 
-# 400 a bad request or a model this server refuses; 401 a missing or wrong key; 404 an unknown
-# model or route; 408 a body that did not arrive in time; 413 a body over the limit; 429 every
-# concurrency slot taken; 502 the upstream models failed; 503 a key missing from the server's
-# environment (the operator's setup, not the caller's fault), or a run cut short by the server
-# stopping; 500 anything else, with a generic message and one line on stderr.
+# 400 a bad request or a model this server refuses; 401 a missing or wrong key; 403 a
+# pass-through provider the operator did not configure; 404 an unknown model or route; 408 a
+# body that did not arrive in time; 413 a body over the limit; 429 every concurrency slot taken;
+# 502 the upstream models failed; 503 a key missing from the server's environment (the
+# operator's setup, not the caller's fault), or a run cut short by the server stopping; 504 a
+# topology's deadline_s passed (the upstream models did not answer in time: a gateway timeout,
+# not to be retried, as ChatMixtureOfAgents does not retry it: the same deadline would pass
+# again, and be paid again); 500 anything else, with a generic message and one line on stderr.
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from langgraph_moa.errors import (
     MoARunError,
 )
 from langgraph_moa.llm.chat_models import redact
+from langgraph_moa.run import DeadlinePassed
 from langgraph_moa.serving.runs import RunCancelled
 
 
@@ -60,6 +64,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.extra: dict[str, Any] = {}  # beside "error" in the body (a partial run's record)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -68,7 +73,8 @@ class APIError(Exception):
                 "type": self.type,
                 "param": self.param,
                 "code": self.code,
-            }
+            },
+            **self.extra,
         }
 
     def response(self) -> JSONResponse:
@@ -113,6 +119,14 @@ def error_of_run(exc: BaseException) -> APIError:
             f"this server cannot run the model: {http_wording(str(exc))}",
             type_="server_error",
             code="model_unavailable",
+            headers=_no_retry(),
+        )
+    if isinstance(exc, DeadlinePassed):
+        return APIError(
+            504,
+            f"the model's deadline passed: {exc}",
+            type_="server_error",
+            code="deadline_exceeded",
             headers=_no_retry(),
         )
     if isinstance(exc, MoAInputError):

@@ -5,8 +5,18 @@ returned unchanged, each completed exchange handed to the capture directory (cap
 Only the ``model`` field is rewritten (to the upstream's model name) and the server's own key
 replaced by the provider's. The upstream's answer goes back byte for byte, streamed as it
 arrives; an upstream error status (4xx, 5xx) goes back as that status with the upstream's
-body, configured keys masked. No MoA, no retries here: the caller's own client retries as it
-would against the provider.
+body, configured keys masked. No MoA, and one retry only: a request whose pooled connection the
+upstream had closed before sending any byte of a response (the keep-alive race: the upstream
+never saw it) is sent once more on a new connection; anything else the caller's own client
+retries as it would against the provider.
+
+Only providers the operator configured are reached (see :meth:`PassThrough.configured`): a
+provider's default loopback URL (vLLM's, Ollama's) is never used on a client's say-so, since
+that would let any caller make this server talk to services on its own machine.
+
+A client that leaves is the caller's to notice (the app's disconnect watcher cancels
+:meth:`PassThrough.complete`, and Starlette cancels a relayed stream); a cancelled exchange is
+counted, never captured.
 
 Why httpx directly, not the openai client: the openai client checks and rebuilds the request
 and the answer; a pass-through must forward fields it does not know and return the bytes it
@@ -17,24 +27,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.responses import Response, StreamingResponse
 
 from langgraph_moa.llm.chat_models import redact
-from langgraph_moa.serving.access import OPENAI_DEFAULT_BASE_URL, SelfAddress
+from langgraph_moa.serving.access import (
+    OPENAI_DEFAULT_BASE_URL,
+    SelfAddress,
+    is_loopback_host,
+)
 from langgraph_moa.serving.capture import CaptureSink, capture_row
 from langgraph_moa.serving.errors import APIError
-from langgraph_moa.spec.providers import DEFAULT_TIMEOUT_S, PROVIDERS
+from langgraph_moa.spec.providers import BUILTIN_PROVIDERS, DEFAULT_TIMEOUT_S, PROVIDERS
 
 PREFIX = "capture/"
 # Upstream response headers worth passing on: rate-limit and retry advice, request ids.
 _KEPT_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
 _KEPT_PREFIXES = ("x-ratelimit-",)
+# What sending raises when the upstream closed the connection before a byte of its answer.
+_CLOSED_BEFORE_ANSWER = (
+    httpx.RemoteProtocolError,
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
 
 
 @dataclass(frozen=True)
@@ -55,11 +78,16 @@ class PassThrough:
     """The pass-through models of one app; owns the HTTP client to the upstreams (closed by
     ``aclose``)."""
 
-    def __init__(self, sink: CaptureSink, here: SelfAddress) -> None:
+    def __init__(
+        self, sink: CaptureSink, here: SelfAddress, allowed: frozenset[str] = frozenset()
+    ) -> None:
         self.sink = sink
         self.here = here
         self.aliases = dict(sink.config.aliases)
+        # the operator's word: --allow-provider, and the providers the aliases name
+        self.allowed = allowed | {a.partition(":")[0] for a in self.aliases.values()}
         self._client: httpx.AsyncClient | None = None
+        self._fresh: httpx.AsyncClient | None = None  # for retries: a new connection each time
 
     # -- which models ------------------------------------------------------------------------
     def handles(self, model_id: str) -> bool:
@@ -84,12 +112,44 @@ class PassThrough:
             )
         return Upstream(model_id, target, provider, name)
 
+    def configured(self, provider: str) -> bool:
+        """Whether the operator configured ``provider``: allowed on the command line (or named
+        by an alias), its base URL set in the environment, registered in code, or its key set
+        for a provider whose default URL is not on this machine. A default loopback URL
+        (vllm, ollama) is never reached on a client's say-so."""
+        spec = PROVIDERS[provider]
+        if provider in self.allowed or os.environ.get(spec.base_url_env):
+            return True
+        if provider not in BUILTIN_PROVIDERS:
+            return True
+        return bool(os.environ.get(spec.key_env)) and not _local_default(provider)
+
+    def refusal(self, upstream: Upstream) -> APIError | None:
+        """A 403 for a provider the operator did not configure, saying how to allow it."""
+        if self.configured(upstream.provider):
+            return None
+        spec = PROVIDERS[upstream.provider]
+        settings = spec.base_url_env
+        if not _local_default(upstream.provider):
+            settings = f"{spec.key_env} or {settings}"
+        return APIError(
+            403,
+            f"the model {upstream.served_id!r} cannot be passed through: the provider "
+            f"{upstream.provider!r} is not configured on this server (the operator can set "
+            f"{settings}, or start it with --allow-provider {upstream.provider})",
+            type_="permission_error",
+            param="model",
+            code="provider_not_allowed",
+        )
+
     def listed(self) -> list[str]:
         """The aliases, for /v1/models (``capture/...`` ids are open-ended)."""
         return list(self.aliases)
 
     def not_ready(self, upstream: Upstream) -> str | None:
         spec = PROVIDERS[upstream.provider]
+        if not self.configured(upstream.provider):
+            return f"{upstream.provider} is not configured (--allow-provider {upstream.provider})"
         if spec.key_required and not spec.resolve_key():
             return f"{spec.key_env} is not set"
         url = self._base_url(upstream)
@@ -117,13 +177,28 @@ class PassThrough:
             )
         return self._client
 
+    @property
+    def fresh_client(self) -> httpx.AsyncClient:
+        """A client that keeps no connection alive: each request on a connection of its own."""
+        if self._fresh is None:
+            self._fresh = httpx.AsyncClient(
+                timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=10.0),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=0),
+            )
+        return self._fresh
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._fresh is not None:
+            await self._fresh.aclose()
+            self._fresh = None
 
     async def complete(self, data: dict[str, Any], record: dict[str, Any]) -> Response:
         upstream = self.resolve(str(data["model"]))
+        if (refused := self.refusal(upstream)) is not None:
+            raise refused
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
             raise APIError(
@@ -153,7 +228,16 @@ class PassThrough:
         exchange = _Exchange(self.sink, upstream, data, keep, record)
         start = time.perf_counter()
         try:
-            reply = await self.client.send(request, stream=bool(data.get("stream")))
+            reply = await self._send(request)
+            if not data.get("stream") and reply.status_code == 200:
+                try:
+                    await reply.aread()
+                finally:
+                    await reply.aclose()
+        except asyncio.CancelledError:  # the client left: the upstream request goes with it
+            self.sink.stats.add(cancelled=1)
+            record["outcome"] = "cancelled"
+            raise
         except httpx.HTTPError as e:
             self.sink.stats.add(failed=1)
             record["outcome"] = "upstream_unreachable"
@@ -173,6 +257,25 @@ class PassThrough:
                 media_type=reply.headers.get("content-type", "text/event-stream"),
             )
         return exchange.whole(reply, start)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The upstream's response, its body not yet read. Sent once more, on a new connection,
+        when the first attempt failed before any byte of a response came back: a pooled
+        connection the upstream closed as it was reused (it never saw the request: the send
+        fails, or the read finds the connection closed or reset), or a connection that could
+        not be opened. Not a timeout: the upstream may be working on it."""
+        try:
+            return await self.client.send(request, stream=True)
+        except _CLOSED_BEFORE_ANSWER:
+            return await self.fresh_client.send(request, stream=True)
+
+
+def _local_default(provider: str) -> bool:
+    """Whether the provider table's default URL for ``provider`` is on this machine."""
+    spec = PROVIDERS[provider]
+    default = spec.base_url or (OPENAI_DEFAULT_BASE_URL if provider == "openai" else None)
+    host = urlsplit(default).hostname if default else None
+    return bool(host and is_loopback_host(host))
 
 
 def _kept(headers: httpx.Headers) -> dict[str, str]:

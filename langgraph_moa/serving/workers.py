@@ -6,11 +6,15 @@ input is still one line before anything starts), then forks N workers that each 
 kernel hands each new connection to one of them. Each worker has its own runs loop, clients and
 limits (``--max-concurrency`` and the connection cap apply per worker).
 
-The parent supervises: a worker that dies is replaced, and Ctrl-C or SIGTERM stops them all
-(each finishes gracefully, as a single ``moa serve`` does). Forking happens before any thread
-exists (the runs loop starts on first use, in each worker). uvicorn's own supervisor cannot be
-used: it starts workers with ``spawn`` and pickles the configuration, and the guarded HTTP
-protocol class of :mod:`langgraph_moa.serving.transport` is made per server, not importable.
+The parent supervises: a worker that dies is replaced, whenever it dies, once it had started
+serving (it says so through a shared flag when uvicorn is listening); one that dies before it
+ever served would only fail again, so then all stop, with one line saying so. Ctrl-C or SIGTERM
+stops them all (each finishes gracefully, as a single ``moa serve`` does).
+
+Forking happens before any thread exists (the runs loop starts on first use, in each worker).
+uvicorn's own supervisor cannot be used: it starts workers with ``spawn`` and pickles the
+configuration, and the guarded HTTP protocol class of :mod:`langgraph_moa.serving.transport`
+is made per server, not importable.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
@@ -27,25 +30,32 @@ from typing import Any
 __all__ = ["run_workers"]
 
 STOP_GRACE_S = 10.0
-# A worker that dies sooner than this after it started is not replaced: it would fail again.
-EARLY_EXIT_S = 5.0
 
 
-def run_workers(serve: Callable[[], None], workers: int, log: Callable[[str], None]) -> None:
-    """Run ``serve`` in ``workers`` forked processes until Ctrl-C or SIGTERM; replace any that
-    dies meanwhile (all stop if one dies right after starting). ``log`` says so, one line each."""
+def run_workers(
+    serve: Callable[[Callable[[], None]], None], workers: int, log: Callable[[str], None]
+) -> None:
+    """Run ``serve(ready)`` in ``workers`` forked processes until Ctrl-C or SIGTERM; ``serve``
+    calls ``ready()`` once it is serving. A worker that dies after that is replaced, whatever
+    its age; one that dies before stops them all (it would fail again). ``log`` says so, one
+    line each."""
     if not hasattr(os, "fork"):  # no fork on this platform: serve in this process
-        serve()
+        serve(lambda: None)
         return
     context = multiprocessing.get_context("fork")
     processes: list[Any] = []
-    started: dict[int, float] = {}
+    served: dict[int, Any] = {}  # a process's sentinel -> its "has served" flag
     stopping = False
 
     def start() -> Any:
-        process = context.Process(target=serve, daemon=False)
+        flag = context.Value("b", 0, lock=False)
+
+        def ready() -> None:
+            flag.value = 1
+
+        process = context.Process(target=serve, args=(ready,), daemon=False)
         process.start()
-        started[process.sentinel] = time.monotonic()
+        served[process.sentinel] = flag
         return process
 
     def stop(signum: int, frame: Any) -> None:
@@ -60,9 +70,10 @@ def run_workers(serve: Callable[[], None], workers: int, log: Callable[[str], No
             for k, process in enumerate(processes):
                 if process.sentinel not in ended or stopping:
                     continue
+                process.join(1.0)  # reaped, so that its exit code is known
                 said = f"worker {process.pid} exited with code {process.exitcode}"
-                if time.monotonic() - started.pop(process.sentinel) < EARLY_EXIT_S:
-                    log(f"{said} as it started; stopping")
+                if not served.pop(process.sentinel).value:
+                    log(f"{said} before it served; stopping")
                     stopping = True
                 else:
                     log(f"{said}; replacing it")

@@ -3,7 +3,9 @@
 It runs on 127.0.0.1 in a background thread, so the real client path (langchain-openai ->
 openai -> httpx -> HTTP) is exercised. Per model it can add latency, refuse ``n`` > 1 (as some
 providers do), and inject failures (HTTP errors with optional Retry-After, hangs, malformed JSON,
-empty completions). Every request is logged with its body, headers and timing.
+empty completions). Every request is logged with its body, headers and timing. ``keep_alive_s``
+sets how long an idle connection is kept open: a short one closes connections the client is
+about to reuse (the keep-alive race a real provider's load balancer causes).
 
 Needs the ``dev`` extra (starlette and uvicorn).
 """
@@ -131,7 +133,14 @@ def _words(text: str) -> int:
 class FakeOpenAI:
     """``with FakeOpenAI() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT/v1``."""
 
-    def __init__(self, behaviors: dict[str, Behavior] | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        behaviors: dict[str, Behavior] | None = None,
+        *,
+        seed: int = 0,
+        keep_alive_s: float = 30,
+    ) -> None:
+        self.keep_alive_s = keep_alive_s
         self.random = random.Random(seed)
         self.behaviors: dict[str, Behavior] = dict(behaviors or {})
         self.default = Behavior()
@@ -174,7 +183,12 @@ class FakeOpenAI:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         app = Starlette(routes=self.routes())
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            timeout_keep_alive=self.keep_alive_s,  # type: ignore[arg-type]  # a float works
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True

@@ -327,7 +327,8 @@ def test_captured_rows_are_relabel_input_end_to_end(
         ("capture/nosuch:gpt-x", 404, "unknown provider 'nosuch'"),
         ("capture/gpt-x", 404, "capture/<provider>:<model>"),
         ("capture/local:smollm2", 400, "not an OpenAI-compatible service"),
-        ("capture/fireworks:x", 503, "FIREWORKS_API_KEY is not set"),
+        # not configured (no key, no base URL): refused before anything else is checked
+        ("capture/fireworks:x", 403, "set FIREWORKS_API_KEY or FIREWORKS_BASE_URL, or start"),
     ],
 )
 def test_pass_through_models_that_cannot_be_served(
@@ -338,7 +339,7 @@ def test_pass_through_models_that_cannot_be_served(
         status,
         expected,
     )
-    assert error["param"] == "model" or status == 503
+    assert error["param"] == "model"
     assert fake.requests == []
 
 
