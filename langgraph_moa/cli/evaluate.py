@@ -8,7 +8,15 @@ answers, the judgments) to one set of limits, through the relabel runner's reque
 Everything a user can get wrong (unknown benchmark, missing data package, a judge without a key
 or a judge topology that cannot be read, a gold file without its gold field, ``--limit 0``,
 conflicting options, a malformed ``--rpm``) is checked before the first call and is one line on
-stderr with exit code 2 (``MoAInputError``, rendered by the ``moa`` entry point).
+stderr with exit code 2 (``MoAInputError``, rendered by the ``moa`` entry point). The judge
+options are checked on every benchmark: on one scored against gold answers a judge is refused
+too, as it would not be used. A folder made with other settings is refused the same way (see
+:mod:`langgraph_moa.evaluation.driver`).
+
+The printed summary counts, per side, the items judged, unjudged and failed, and shows "no data"
+for a metric over no item (never ``nan``); ``--json`` prints strict JSON. When no item of a side
+was judged the summary is still written and printed, and the command ends with one line saying
+so and exit code 1 (``MoAError``).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from langgraph_moa.errors import MoAInputError
+from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Topology, load_preset, load_topology
@@ -130,6 +138,53 @@ def _side(
     )
 
 
+def _estimate(e: dict[str, Any]) -> str:
+    """``61.2 (90% CI 55.0-67.1, n=80)``, or "no data (n=0)" for a metric over no item."""
+    if e.get("value") is None:
+        return f"no data (n={e.get('n', 0)})"
+    low, high = e.get("low"), e.get("high")
+    interval = "-" if low is None or high is None else f"{low:.1f}-{high:.1f}"
+    return f"{e['value']:.1f} (90% CI {interval}, n={e['n']})"
+
+
+def _scored_word(summary: dict[str, Any]) -> str:
+    return "scored" if summary.get("scoring") == "exact" else "judged"
+
+
+def _print_counts(summary: dict[str, Any]) -> None:
+    """Per side: items judged, unjudged (with the first one's reason) and failed."""
+    word = _scored_word(summary)
+    for side in summary["topologies"]:
+        c = side.get("counts")
+        if not c:
+            continue
+        line = (
+            f"  {side['role']:<9} items: {c['judged']} {word}, {c['unjudged']} un{word}, "
+            f"{c['failed']} failed"
+        )
+        example = c.get("unjudged_example")
+        if example:
+            line += f" (first un{word}: item {example['id']!r}, {example['why']})"
+        sys.stdout.write(line + "\n")
+
+
+def _check_judged(summary: dict[str, Any], folder: Path) -> None:
+    """Exit code 1, one line, when no item of a side was judged (the summary is written)."""
+    word = _scored_word(summary)
+    empty = []
+    for side in summary["topologies"]:
+        c = side.get("counts") or {}
+        if c.get("judged") == 0:
+            why = f"{c.get('unjudged', 0)} un{word}, {c.get('failed', 0)} failed"
+            example = c.get("unjudged_example")
+            if example:
+                why += f"; item {example['id']!r}: {example['why']}"
+            empty.append(f"no item of the {side['role']} ({side['name']}) was {word} ({why})")
+    if empty:
+        where = folder / "summary.json"
+        raise MoAError(f"{'; '.join(empty)}; the counts are in {str(where)!r}")
+
+
 def _print_summary(summary: dict[str, Any], folder: Path) -> None:
     scores = summary["scores"]
     metric = scores["metric"]
@@ -161,17 +216,17 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
             f"$ {'unpriced' if usd is None else f'{usd:.5f}'}, "
             f"s/judgment p50 {'-' if p50 is None else f'{p50:.2f}'}\n"
         )
-    out.write(
-        f"  {metric}: {lead['value']:.1f} (90% CI {lead['low']:.1f}-{lead['high']:.1f}, "
-        f"n={lead['n']})\n"
-    )
+    _print_counts(summary)
+    out.write(f"  {metric}: {_estimate(lead)}\n")
     paired = scores.get("paired")
     if paired:
         d, b = paired["difference"], paired["baseline"]
-        out.write(
-            f"  baseline {metric}: {b['value']:.1f} (90% CI {b['low']:.1f}-{b['high']:.1f}); "
-            f"difference {d['value']:+.1f} ({d['low']:+.1f} to {d['high']:+.1f})\n"
+        difference = (
+            "no data"
+            if None in (d.get("value"), d.get("low"), d.get("high"))
+            else f"{d['value']:+.1f} ({d['low']:+.1f} to {d['high']:+.1f})"
         )
+        out.write(f"  baseline {metric}: {_estimate(b)}; difference {difference}\n")
     out.write(f"  written to {folder}\n")
 
 
@@ -252,6 +307,7 @@ def eval_command(
 ) -> None:
     """Run a benchmark on a topology (or one model) and score it; rerun to resume."""
     from langgraph_moa.batch.limits import RateGate, parse_limits
+    from langgraph_moa.evaluation import strict_json
     from langgraph_moa.evaluation.datasets import Scoring, load_benchmark
     from langgraph_moa.evaluation.driver import CALLS_FILE, run_eval
     from langgraph_moa.evaluation.judge import Judge
@@ -268,12 +324,27 @@ def eval_command(
         benchmark, limit=limit, paired=other is not None, task_config=_json_object(task_config)
     )
     judged = bench.scoring is not Scoring.exact
-    if judged and not (judge or judge_preset or judge_topology):
+    judge_given = [
+        option
+        for option, value in (
+            ("--judge", judge),
+            ("--judge-preset", judge_preset),
+            ("--judge-topology", judge_topology),
+        )
+        if value
+    ]
+    if judged and not judge_given:
         raise MoAInputError(
             f"{bench.name} is scored by a judge: give --judge provider:model (e.g. "
             "openai:gpt-4.1), or --judge-preset/--judge-topology for a topology as the judge"
         )
-    the_judge_spec = _judge(judge, judge_preset, judge_topology) if judged else None
+    # checked on every benchmark: a bad judge option is an error even where none is used
+    the_judge_spec = _judge(judge, judge_preset, judge_topology) if judge_given else None
+    if not judged and judge_given:
+        raise MoAInputError(
+            f"{bench.name} is scored by exact match against its gold answers, not by a judge: "
+            f"drop {judge_given[0]}"
+        )
     for side in (chosen, other):
         if side is not None:
             _preflight(side)
@@ -307,9 +378,10 @@ def eval_command(
 
     summary = asyncio.run(evaluate())
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(strict_json.dumps(summary) + "\n")
     else:
         _print_summary(summary, folder)
+    _check_judged(summary, folder)
 
 
 def report_command(

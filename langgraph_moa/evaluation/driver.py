@@ -8,6 +8,17 @@ per item) and ``summary.json`` (what ``moa report`` reads). Running the same eva
 finished generations and judgments are read back, so only what is missing is paid for, and the
 scores are recomputed from them (rescoring costs nothing).
 
+A folder holds one eval, keyed by everything that changes its numbers: the benchmark and its
+version (a reasoning-gym task's settings and seed, a user file's hash), the scoring, the sides'
+topologies or models as resolved, the judge as resolved, and the number of items. A run with
+other settings is refused before any call, in one line naming the first difference (``--name``
+or ``--out`` gives it a folder of its own); a larger ``--limit`` resumes the eval and extends it
+(finished items are read back), a smaller one is refused, as it would replace the summary with
+fewer items. ``--resamples`` only re-summarises the same judgments and is recorded in the
+summary. Every JSON file written is strict (:mod:`langgraph_moa.evaluation.strict_json`), and
+the summary counts, per side, the items judged, unjudged and failed
+(:func:`langgraph_moa.evaluation.score.count_sides`).
+
 Multi-turn items (MT-Bench) are generated turn by turn in one conversation: the second request
 carries the first question, the side's own first answer, then the follow-up.
 
@@ -36,10 +47,11 @@ from langgraph.cache.base import BaseCache
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.runner import arelabel
 from langgraph_moa.errors import MoAInputError
+from langgraph_moa.evaluation import strict_json
 from langgraph_moa.evaluation.datasets import Benchmark, Item
 from langgraph_moa.evaluation.judge import Judge
 from langgraph_moa.evaluation.records import RecordStore
-from langgraph_moa.evaluation.score import score_items
+from langgraph_moa.evaluation.score import count_sides, score_items
 from langgraph_moa.evaluation.summary import Generation, cost_summary, summarise
 from langgraph_moa.nodes.cache import ProposalCache
 from langgraph_moa.nodes.calls import ModelPool, call_agent
@@ -212,26 +224,96 @@ async def generate_side(side: Side, items: Sequence[Item], folder: Path) -> dict
     return found
 
 
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """Where two JSON values first differ: ``path: X in the folder, Y now``; None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for k, (a, b) in enumerate(zip(old, new, strict=True)):
+            found = _first_difference(a, b, f"{path}[{k}]")
+            if found:
+                return found
+        return None
+    if old == new:
+        return None
+    where = f"{path}: " if path else ""
+    return f"{where}{_short(old)} in the folder, {_short(new)} now"
+
+
+def _who(spec: dict[str, Any] | None) -> str:
+    """A judge or a side as resolved, in a few words."""
+    if not spec:
+        return "none"
+    if "model" in spec:
+        return str(spec["model"])
+    topology = spec.get("topology") or {}
+    return f"topology {topology.get('name', '?')!r}"
+
+
+def _spec_difference(what: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
+    """How a judge or a side differs: who it is, or where two versions of a topology differ."""
+    who = _who(new)
+    if _who(old) != who:
+        return f"{what}: {_who(old)} in the folder, {who} now"
+    if old and new and "topology" in old and "topology" in new:
+        return f"{what} {who}: {_first_difference(old['topology'], new['topology'])}"
+    return f"{what} {who}: {_first_difference(old, new)}"
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting that changes the numbers in which the folder's eval and this one
+    differ, in words; None if it may be resumed."""
+    for key in ("benchmark", "version", "scoring", "baseline_answers"):
+        if key in old and old[key] != new[key]:
+            return f"{key}: {_short(old[key])} in the folder, {_short(new[key])} now"
+    was = old.get("judge")
+    if isinstance(was, str):  # written before the judge was recorded as resolved
+        was = {"model": was}
+    if was != new["judge"]:
+        return _spec_difference("judge", was, new["judge"])
+    for role in ("candidate", "baseline"):
+        mine = [s.get("spec") for s in old.get("sides") or [] if s.get("role") == role]
+        theirs = [s["spec"] for s in new["sides"] if s["role"] == role]
+        if mine != theirs:
+            return _spec_difference(role, (mine or [None])[0], (theirs or [None])[0])
+    items = old.get("items", 0)
+    if new["items"] < items:
+        return (
+            f"items: {items} in the folder, {new['items']} now (that would replace its "
+            f"summary with fewer items; --limit {items} or more resumes it)"
+        )
+    return None
+
+
 def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """A folder holds one eval: the same benchmark and sides may resume it; anything else is
-    refused (nothing written over)."""
+    """A folder holds one eval: the same settings (or a larger ``--limit``) resume it;
+    anything else is refused, naming the difference, and nothing is written over."""
     path = folder / MANIFEST_FILE
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, a huge int
             reason = " ".join(str(e).split())[:200]
             raise MoAInputError(f"{str(path)!r} is not an eval manifest: {reason}") from None
-        for key in ("benchmark", "version", "sides"):
-            if old.get(key) != manifest.get(key):
-                raise MoAInputError(
-                    f"{str(folder)!r} holds a different eval ({key} differs); "
-                    "choose another --out or --name"
-                )
-        if manifest["items"] < old.get("items", 0):
-            manifest["items"] = old["items"]  # a smaller --limit rescores a prefix
+        differs = _difference(old, manifest)
+        if differs:
+            raise MoAInputError(
+                f"{str(folder)!r} holds an eval made with other settings ({differs}); "
+                "give --name or --out for a folder of its own, or its settings to resume it"
+            )
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    strict_json.write(path, manifest)
 
 
 async def run_eval(
@@ -268,11 +350,12 @@ async def run_eval(
     )
     scores = summarise(bench.name, bench.scoring, results, resamples=resamples)
     scoring_cpu_s = time.process_time() - mark
+    counts = count_sides(bench.scoring, bench.items, results, generated)
     with (folder / "items.jsonl").open("w", encoding="utf-8") as f:
         for result in results:
             record = result.to_dict() | {"generation": generated[0][result.id].to_dict()}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary = {
+            f.write(strict_json.dumps(record, ensure_ascii=False) + "\n")
+    summary: dict[str, Any] = {
         "benchmark": bench.name,
         "version": bench.version,
         "scoring": bench.scoring.value,
@@ -289,5 +372,9 @@ async def run_eval(
         "scoring_cpu_s": round(scoring_cpu_s, 3),
         "wall_s": round(time.time() - started, 3),
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return summary
+    for side, side_counts in zip(summary["topologies"], counts, strict=True):
+        side["counts"] = side_counts  # judged / unjudged / failed items of this side
+    summary["resamples"] = resamples  # the intervals' bootstrap (a rescore may change it)
+    strict_json.write(folder / "summary.json", summary)
+    written: dict[str, Any] = strict_json.finite(summary)
+    return written

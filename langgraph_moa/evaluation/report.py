@@ -10,18 +10,25 @@ to the topology's $ per item. Per benchmark, two plots like the MoA paper's
 cost figure: quality against $ per item and quality against latency (p50 seconds per item), one
 point per topology, the Pareto front (no other point is both better and cheaper/faster) drawn as
 a line through its points. matplotlib runs on its Agg backend (no display).
+
+Unjudged is a number here too: per run and side, the items judged, unjudged and failed are
+listed under the table and in a footer of each plot; a side whose score has no item behind it
+shows "no data" (never ``nan``), and is drawn in the plots as a "no data" note, not left out or
+plotted as an empty axis. ``report.json`` is strict JSON (null for a missing number).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langgraph_moa.errors import MoAInputError
+from langgraph_moa.evaluation import strict_json
 from langgraph_moa.extras import require_extra
 
 __all__ = ["SUMMARY_FILE", "Row", "collect", "pareto_front", "write_report"]
@@ -45,6 +52,7 @@ class Row:
     judge: str | None
     paired: dict[str, Any] | None = None
     judge_usage: dict[str, Any] | None = None  # what judging the run took (on its first row)
+    counts: dict[str, Any] | None = None  # items judged / unjudged / failed (older runs: None)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -62,6 +70,8 @@ def _rows_of(summary: dict[str, Any], run: str) -> list[Row]:
         paired = None
         if role == "baseline":
             value = (scores.get("paired") or {}).get("baseline") or {}
+            if not value and summary.get("scoring") not in (None, "pairwise"):
+                value = {"n": 0}  # a scored side with no paired item: no data, not a reference
         elif scores.get("paired"):
             paired = scores["paired"]
         rows.append(
@@ -71,18 +81,26 @@ def _rows_of(summary: dict[str, Any], run: str) -> list[Row]:
                 topology=str(side.get("name", "?")),
                 role=role,
                 metric=metric if value else "reference",
-                score=value.get("value"),
-                low=value.get("low"),
-                high=value.get("high"),
+                score=_number(value.get("value")),
+                low=_number(value.get("low")),
+                high=_number(value.get("high")),
                 items=int(summary.get("items", 0)),
                 cost=side.get("cost") or {},
                 run=run,
                 judge=summary.get("judge"),
                 paired=paired,
                 judge_usage=None if rows else judging,
+                counts=side.get("counts"),
             )
         )
     return rows
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, or None (a summary written before null replaced NaN may hold NaN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def collect(folder: Path) -> list[Row]:
@@ -148,7 +166,7 @@ def markdown(rows: Sequence[Row], plots: Sequence[Path] = ()) -> str:
         ]
         for r in mine:
             score = (
-                "reference"
+                ("reference" if r.metric == "reference" else "no data")
                 if r.score is None
                 else f"{r.score:.1f} [{_fmt(r.low, 1)}, {_fmt(r.high, 1)}]"
             )
@@ -183,6 +201,7 @@ def markdown(rows: Sequence[Row], plots: Sequence[Path] = ()) -> str:
                 f"| {_fmt(tokens / n, 0)} | {_usd(None if usd is None else usd / n)} "
                 f"| {_fmt(u.get('latency_p50_s'))} | {_fmt(u.get('latency_p95_s'))} |"
             )
+        lines += _counts_lines(mine)
         for r in mine:
             if r.paired:
                 d = r.paired["difference"]
@@ -197,6 +216,88 @@ def markdown(rows: Sequence[Row], plots: Sequence[Path] = ()) -> str:
         lines += [f"![{p.stem}]({p.name})" for p in plots]
         lines.append("")
     return "\n".join(lines)
+
+
+def _counts_lines(rows: Sequence[Row]) -> list[str]:
+    """Per run and side: items judged, unjudged and failed (runs that recorded them)."""
+    counted = [r for r in rows if r.counts]
+    if not counted:
+        return []
+    lines = [
+        "",
+        "Items per side: judged (a verdict, a grade or a gold check), unjudged (an answer the "
+        "judge gave no verdict on), failed (no answer):",
+        "",
+        "| topology | run | judged | unjudged | failed | first unjudged |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in counted:
+        c = r.counts or {}
+        example = c.get("unjudged_example")
+        first = f"{example['id']}: {example['why']}" if example else "-"
+        first = first.replace("|", "\\|").replace("\n", " ")
+        judged = c.get("judged", 0)
+        lines.append(
+            f"| {r.topology} ({r.role}) | {r.run} | {judged}{' (no data)' if not judged else ''} "
+            f"| {c.get('unjudged', 0)} | {c.get('failed', 0)} | {first} |"
+        )
+    return lines
+
+
+def _no_data(rows: Sequence[Row], benchmark: str) -> list[Row]:
+    """The scored sides of ``benchmark`` with no score: no item judged."""
+    return [
+        r for r in rows if r.benchmark == benchmark and r.score is None and r.metric != "reference"
+    ]
+
+
+def _note_no_data(ax: Any, missing: Sequence[Row], *, alone: bool) -> None:
+    """Write "no data" for the sides with no judged item on the plot (centred when alone)."""
+    if not missing:
+        return
+    names = ", ".join(dict.fromkeys(f"{r.topology} ({r.role})" for r in missing))
+    if alone:
+        ax.text(
+            0.5,
+            0.5,
+            f"no data: no item judged\n{names}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=11,
+            wrap=True,
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    ax.text(
+        0.02,
+        0.98,
+        f"no data (no item judged): {names}",
+        ha="left",
+        va="top",
+        transform=ax.transAxes,
+        fontsize=8,
+        color="tab:gray",
+    )
+
+
+def _note_counts(fig: Any, rows: Sequence[Row], benchmark: str) -> None:
+    """A footer under the plot: per side, the items judged / unjudged / failed."""
+    counted = [r for r in rows if r.benchmark == benchmark and r.counts]
+    if not counted:
+        return
+    parts = []
+    for r in counted:
+        c = r.counts or {}
+        parts.append(
+            f"{r.topology} ({r.role}) {c.get('judged', 0)}/{c.get('unjudged', 0)}/"
+            f"{c.get('failed', 0)}"
+        )
+    text = textwrap.fill("items judged / unjudged / failed: " + "; ".join(parts), 100)
+    lines = text.count("\n") + 1
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.03 + 0.03 * lines)
+    fig.text(0.01, 0.01, text, ha="left", va="bottom", fontsize=7, color="dimgray")
 
 
 def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
@@ -215,9 +316,18 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
         for r in rows
         if r.benchmark == benchmark and r.score is not None and r.cost.get(key) is not None
     ]
-    if not points:
+    missing = _no_data(rows, benchmark)
+    if not points and not missing:
         return False
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    if not points:  # every side without data: say so, rather than an empty axis
+        _note_no_data(ax, missing, alone=True)
+        ax.set_title(f"{benchmark}: quality vs {axis}")
+        _note_counts(fig, rows, benchmark)
+        fig.savefig(path)
+        plt.close(fig)
+        return True
+    _note_no_data(ax, missing, alone=False)
     xy = [(x, y) for _, x, y in points]
     front = pareto_front(xy)
     for k, (r, x, y) in enumerate(points):
@@ -246,6 +356,7 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    _note_counts(fig, rows, benchmark)
     fig.savefig(path)
     plt.close(fig)
     return True
@@ -267,5 +378,5 @@ def write_report(folder: Path, output: Path) -> dict[str, Any]:
     output.write_text(markdown(rows, plots), encoding="utf-8")
     data = {"rows": [r.to_dict() for r in rows], "plots": [p.name for p in plots]}
     json_path = output.with_suffix(".json")
-    json_path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    strict_json.write(json_path, data)
     return {"markdown": str(output), "json": str(json_path), "plots": [str(p) for p in plots]}

@@ -7,6 +7,11 @@ item's grade is the mean of its graded turns; the report counts the failures bes
 Lengths for the length-controlled win rate are in characters, as upstream measures them.
 A judge reply without a verdict scores nothing: the item's note says which game or turn had
 none and why, with the reply's first words (and which were asked again).
+
+:func:`count_sides` says, per side, how many items were judged (a verdict or grade from the
+judge, or a check against the gold answer), unjudged (an answer the judge gave no verdict on,
+or a pair without the other side's answer) and failed (no answer): an eval whose judge never
+answered in the expected form shows ``judged 0``, not a score over nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from langgraph_moa.evaluation.judge import Judge
 from langgraph_moa.evaluation.scoring import Grade, exact_match, games_note, score_pair
 from langgraph_moa.evaluation.summary import Generation, ItemResult
 
-__all__ = ["score_items"]
+__all__ = ["FAILED", "count_sides", "score_items"]
 
 FAILED = "generation failed"
 
@@ -146,3 +151,56 @@ async def score_items(
             )
         )
     )
+
+
+def _no_score_reason(scoring: Scoring, result: ItemResult | None) -> str:
+    if result is not None and result.note and result.note != FAILED:
+        return result.note
+    return "the judge gave no grade" if scoring is Scoring.rating else "the judge gave no verdict"
+
+
+def count_sides(
+    scoring: Scoring,
+    items: Sequence[Item],
+    results: Sequence[ItemResult],
+    generated: Sequence[Mapping[str, Generation]],
+) -> list[dict[str, Any]]:
+    """Per side (``generated[0]`` the candidate's, ``generated[1]`` the baseline's), over every
+    item of the eval: ``judged``, ``unjudged`` and ``failed`` (they add up to ``items``; see
+    the module docstring), and the first unjudged item with why (``unjudged_example``)."""
+    by_id = {r.id: r for r in results}
+    counts: list[dict[str, Any]] = []
+    for k, generations in enumerate(generated):
+        judged = unjudged = failed = 0
+        example: dict[str, str] | None = None
+        for item in items:
+            gen, result = generations.get(item.id), by_id.get(item.id)
+            if gen is None or not gen.ok:
+                failed += 1
+                continue
+            why: str | None = _no_score_reason(scoring, result if k == 0 else None)
+            if result is None:
+                score = None
+            elif k == 0:
+                score = result.score
+            elif scoring is Scoring.pairwise:  # one judgment of the pair scores both sides
+                score = None if result.note == FAILED else result.score
+                why = "the other side's answer failed" if result.note == FAILED else result.note
+            else:
+                score = result.baseline_score
+            if score is not None:
+                judged += 1
+                continue
+            unjudged += 1
+            if example is None:
+                example = {"id": item.id, "why": why or _no_score_reason(scoring, None)}
+        counts.append(
+            {
+                "items": len(items),
+                "judged": judged,
+                "unjudged": unjudged,
+                "failed": failed,
+                "unjudged_example": example,
+            }
+        )
+    return counts

@@ -50,7 +50,8 @@ DEFAULT_LEVEL = 0.90
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point value with a two-sided bootstrap interval at ``level`` (percentile method)."""
+    """A point value with a two-sided bootstrap interval at ``level`` (percentile method).
+    Over no item (``n`` 0) the numbers are NaN here and null in :meth:`to_dict`: no number."""
 
     value: float
     low: float
@@ -62,14 +63,19 @@ class Estimate:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
+        """The estimate for JSON: a value that is not a number (no item: ``n`` 0) is None."""
         return {
-            "value": self.value,
-            "low": self.low,
-            "high": self.high,
+            "value": _number(self.value),
+            "low": _number(self.low),
+            "high": _number(self.high),
             "n": self.n,
             "level": self.level,
         }
+
+
+def _number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _rng(seed: int) -> np.random.Generator:
