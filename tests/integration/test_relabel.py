@@ -78,6 +78,17 @@ def ledger_rows(run: Path) -> list[tuple[str, str]]:
         return list(conn.execute("SELECT id, status FROM rows"))
 
 
+def rows_so_far(run: Path) -> int:
+    """Rows recorded by a run still going (0 before its ledger has its tables: the file
+    appears a moment before them)."""
+    if not (run / "ledger.sqlite").exists():
+        return 0
+    try:
+        return len(ledger_rows(run))
+    except sqlite3.OperationalError:
+        return 0
+
+
 def ok(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -220,7 +231,7 @@ def test_kill_9_mid_run_then_resume_pays_each_finished_call_once(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        if (run_dir / "ledger.sqlite").exists() and len(ledger_rows(run_dir)) >= 8:
+        if rows_so_far(run_dir) >= 8:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -38,6 +38,7 @@ from tests.integration.test_relabel import (
     ledger_rows,
     ok,
     rows,
+    rows_so_far,
     topology,
     upstream,
     write_jsonl,
@@ -340,7 +341,7 @@ def test_ray_address_joins_a_cluster_and_resumes_after_kill_9(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-        if (run_dir / "ledger.sqlite").exists() and len(ledger_rows(run_dir)) >= 8:
+        if rows_so_far(run_dir) >= 8:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
