@@ -186,6 +186,14 @@ def label(row: Row, among: Sequence[Row] = ()) -> str:
     return f"{row.topology} ({row.run})" if len(twins) > 1 else row.topology
 
 
+def _own_text(row: Row) -> str:
+    """The side's own $ per item in a sentence ("$ unknown" or "unpriced" when missing)."""
+    usd, unknown = row.cost.get("usd_per_item"), row.cost.get("unknown_cost_items") or 0
+    if usd is None:
+        return f"$ unknown for {unknown} items" if unknown else "unpriced"
+    return f"{_usd(usd)}/item"
+
+
 def _own_usd(row: Row) -> float | None:
     value = row.cost.get("usd_per_item")
     return None if value is None else float(value)
@@ -231,12 +239,12 @@ def _decision_lines(d: Decision) -> list[str]:
     mine = [*d.front, *d.unpriced]
     lines = ["", f"- **Objective** ({d.objective}): {OBJECTIVES[d.objective]}."]
     if d.front:
-        names = ", ".join(f"{label(r, mine)} ({_usd(_own_usd(r))}/item)" for r in d.front)
+        names = ", ".join(f"{label(r, mine)} ({_own_text(r)})" for r in d.front)
         lines.append(f"- **Pareto front** (own $ per item against score; cheapest first): {names}.")
     else:
         lines.append("- **Pareto front**: none (no scored side has a known own $ per item).")
     if d.unpriced:
-        names = ", ".join(label(r, mine) for r in d.unpriced)
+        names = ", ".join(f"{label(r, mine)} ({_own_text(r)})" for r in d.unpriced)
         lines.append(f"- Not placed on the front (own $ per item unknown or unpriced): {names}.")
     rec = d.recommended
     if rec is None:
@@ -245,12 +253,10 @@ def _decision_lines(d: Decision) -> list[str]:
     interval = f"[{_fmt(rec.low, 1)}, {_fmt(rec.high, 1)}]"
     lines.append(
         f"- **Recommended**: {label(rec, mine)}, {rec.metric.replace('_', ' ')} "
-        f"{_fmt(rec.score, 1)} {interval} (90% interval), {_usd(_own_usd(rec))} per item."
+        f"{_fmt(rec.score, 1)} {interval} (90% interval), {_own_text(rec)}."
     )
     if d.close:
-        names = ", ".join(
-            f"{label(r, mine)} ({_fmt(r.score, 1)}, {_usd(_own_usd(r))}/item)" for r in d.close
-        )
+        names = ", ".join(f"{label(r, mine)} ({_fmt(r.score, 1)}, {_own_text(r)})" for r in d.close)
         lines.append(
             f"- Inside its interval (not separated from it by these items): {names}; "
             "more items would be needed to tell them apart."
@@ -395,6 +401,7 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
     ]
     if not points:
         return False
+    left_out = [label(r, mine) for r in mine if r.score is not None and r.cost.get(key) is None]
     scale = 1.0
     if axis == "cost":
         # fractions of a cent read badly as ticks: small costs are shown per 1,000 items
@@ -473,6 +480,16 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
             fontsize=8,
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
         )
+    if left_out:
+        ax.annotate(
+            f"not drawn ({'own $ unknown or unpriced' if axis == 'cost' else 'no latency'}): "
+            + ", ".join(left_out),
+            (0.01, 0.98),
+            xycoords="axes fraction",
+            va="top",
+            fontsize=8,
+            color="dimgray",
+        )
     ax.set_xlim(0, x_top * 1.35)
     ax.set_ylim(0, y_top * 1.05)
     ax.set_xlabel(xlabel)
@@ -496,6 +513,8 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
 def write_report(folder: Path, output: Path, objective: str = "quality") -> dict[str, Any]:
     """Write ``output`` (Markdown), the same data as JSON beside it (with each benchmark's
     decision under ``objective``), and the PNG plots; return what was written."""
+    if objective not in OBJECTIVES:
+        raise MoAInputError(f"unknown objective {objective!r} (choose {', '.join(OBJECTIVES)})")
     rows = collect(folder)
     benchmarks = sorted({r.benchmark for r in rows})
     decisions = [decide(rows, b, objective) for b in benchmarks]

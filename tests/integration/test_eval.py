@@ -204,6 +204,9 @@ def test_bad_input_is_one_line(
         "TOGETHER_API_KEY is not set",
     )
     one_line_error(run("report", str(tmp_path / "none")), "is not a folder of eval runs")
+    one_line_error(
+        run("report", str(tmp_path), "--objective", "speed"), "unknown objective 'speed'"
+    )
     assert not fake.requests
 
 
@@ -590,6 +593,53 @@ def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
     assert f"**Recommended**: {recommended['topology']}, " in text
     for png in sorted(tmp_path.glob("report-*.png")):
         assert_readable_plot(png)
+
+
+def test_a_cached_call_of_unknown_usage_makes_the_own_cost_unknown(
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call cache written before entries kept their usage: a call it serves is not $0, the
+    side's own cost is unknown (and says so), what the run spent is still known."""
+    import sqlite3
+
+    from langgraph_moa.nodes.cache import SqliteCallCache
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "".join(
+            f"openai:{m}: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}\n"
+            for m in ("p1", "agg1", "agg2")
+        )
+    )
+    monkeypatch.setenv("MOA_PRICES", str(prices))
+    for model in ("p1", "agg1", "agg2"):
+        fake.behave(model)
+    for name, aggregator in (("one", "agg1"), ("two", "agg2")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nlayers:\n  - proposers: [{{model: 'openai:p1'}}]\n"
+            f"aggregator: {{model: 'openai:{aggregator}'}}\n"
+        )
+    shared = tmp_path / "shared.sqlite"
+    common = ("gsm8k", "--limit", "2", "--out", str(tmp_path / "runs"))
+    common += ("--calls-cache", str(shared))
+    _eval(*common, "--topology", str(tmp_path / "one.yaml"))
+    # make every entry look like an older cache's: no usage kept
+    keys = sqlite3.connect(shared).execute("SELECT ns, key FROM cache").fetchall()
+    cache = SqliteCallCache(str(shared))
+    full = [(tuple(ns.split(",")), key) for ns, key in keys]
+    found = cache.get(full)
+    assert found and all(v.get("usages") for v in found.values())
+    cache.set({k: ({**v, "usages": None}, None) for k, v in found.items()})
+    cache.close()
+    second = _eval(*common, "--topology", str(tmp_path / "two.yaml"))
+    assert len(fake.requests_for("p1")) == 2  # served from the cache the second time
+    cost = second["topologies"][0]["cost"]
+    assert cost["usd_per_item"] is None and cost["unknown_cost_items"] == 2
+    assert cost["spent_usd_per_item"] > 0  # the aggregator's calls
+    report = tmp_path / "report.md"
+    result = run("report", str(tmp_path / "runs"), "-o", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "| unknown (2 items) |" in report.read_text()
 
 
 def assert_readable_plot(path: Path) -> None:

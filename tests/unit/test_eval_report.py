@@ -128,9 +128,7 @@ def test_report_names_the_front_and_the_recommended_side(tmp_path: Path) -> None
     assert decision["recommended"]["topology"] == "moa"
     assert decision["recommended"]["low"] == 55.0 and decision["recommended"]["high"] == 65.0
     assert decision["within_interval"] == ["close"]
-    assert "**Recommended**: moa, accuracy 60.0 [55.0, 65.0] (90% interval), $0.010 per item" in (
-        text
-    )
+    assert "**Recommended**: moa, accuracy 60.0 [55.0, 65.0] (90% interval), $0.010/item" in (text)
     assert "cheap ($0.00100/item), twin ($0.00100/item), close" in text
     assert "wasteful" not in text.split("**Pareto front**")[1].split("\n")[0]
     by_cost = write_report(runs, tmp_path / "cost.md", "cost")["decisions"][0]
