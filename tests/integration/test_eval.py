@@ -620,8 +620,15 @@ def test_a_cached_call_of_unknown_usage_makes_the_own_cost_unknown(
             f"aggregator: {{model: 'openai:{aggregator}'}}\n"
         )
     shared = tmp_path / "shared.sqlite"
-    common = ("gsm8k", "--limit", "2", "--out", str(tmp_path / "runs"))
-    common += ("--calls-cache", str(shared))
+    common = (
+        "gsm8k",
+        "--limit",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--calls-cache",
+        str(shared),
+    )
     _eval(*common, "--topology", str(tmp_path / "one.yaml"))
     # make every entry look like an older cache's: no usage kept
     keys = sqlite3.connect(shared).execute("SELECT ns, key FROM cache").fetchall()
