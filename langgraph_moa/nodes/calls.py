@@ -1,5 +1,7 @@
 """Make one agent's LLM call(s) and turn the outcome into records: text or error, latency, usage,
-HTTP attempts, whether it came from the cache.
+HTTP attempts, whether it came from the cache (a cached call is paid $0 now; the usage its cache
+entry kept is carried beside it, so what the call costs when made stays known: see
+:func:`usage_update`).
 
 Failures are caught and returned as outcomes (the graph decides what a failure means); the error
 text is one line, shortened, with any configured API key masked. Retries happen inside the

@@ -1,6 +1,7 @@
 """The graph's state: the conversation plus the record of this turn (who proposed what, what
 failed and why, what it cost). Records are plain JSON-able dicts so every door (CLI, Python,
-server) shows the same thing and checkpoints stay portable.
+server) shows the same thing and checkpoints stay portable. Usage is what the turn paid; a
+model's ``cached_*`` fields add what its cache-served calls cost when they were made.
 
 Every record's reducer checks what is written against the record's own TypedDict (pydantic),
 because the state is also written from outside the graph: Studio's state editor and
