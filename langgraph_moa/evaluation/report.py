@@ -471,12 +471,13 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
     names = [label(r, [p[0] for p in points]) for r, _, _ in points]
     for group in _clusters(xy, (x_top, y_top)):
         x, y = xy[group[0]]
+        low = y < 0.08 * y_top
         ax.annotate(
             "\n".join(names[i] for i in group),
             (x, y),
             textcoords="offset points",
-            xytext=(8, 0),
-            va="center",
+            xytext=(8, 4 if low else 0),
+            va="bottom" if low else "center",  # clear of the tick labels under the axis
             fontsize=8,
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
         )
