@@ -196,11 +196,14 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
     )
     for side in summary["topologies"]:
         c = side["cost"]
-        usd = c.get("usd_per_item")
+        usd, spent = c.get("usd_per_item"), c.get("spent_usd_per_item")
+        unknown = c.get("unknown_cost_items") or 0
+        own = f"unknown ({unknown} items)" if usd is None and unknown else "unpriced"
         line = (
             f"  {side['role']:<9} {side['name']}: calls/item {c.get('calls_per_item', 0):.1f}, "
             f"s/item {c.get('seconds_per_item', 0):.2f}, "
-            f"$/item {'unpriced' if usd is None else f'{usd:.5f}'}, "
+            f"own $/item {own if usd is None else f'{usd:.5f}'} "
+            f"(spent {'unpriced' if spent is None else f'{spent:.5f}'}), "
             f"failed {100 * c.get('failed_rate', 0):.0f}%"
         )
         out.write(line + "\n")
@@ -389,11 +392,21 @@ def report_command(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The Markdown report (JSON and PNGs beside it).")
     ] = Path("report.md"),
+    objective: Annotated[
+        str,
+        typer.Option(
+            "--objective",
+            help="What the recommended side is chosen for: quality (the highest score, ties "
+            "broken by the lower own $ per item) or cost (the cheapest side whose score is "
+            "inside the best side's 90% interval).",
+        ),
+    ] = "quality",
 ) -> None:
-    """Put eval runs side by side: a Markdown table, JSON, and quality-vs-cost/latency plots."""
+    """Put eval runs side by side: a Markdown table naming the Pareto front and the recommended
+    side, JSON, and quality-vs-cost/latency plots."""
     from langgraph_moa.evaluation.report import write_report
 
-    written = write_report(runs, output)
+    written = write_report(runs, output, objective)
     sys.stdout.write(f"wrote {written['markdown']}, {written['json']}")
     for plot in written["plots"]:
         sys.stdout.write(f", {plot}")

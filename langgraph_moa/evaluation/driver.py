@@ -29,6 +29,11 @@ the call cache on disk, and keeps each finished answer as a record with what it 
 (:mod:`langgraph_moa.evaluation.records`), exactly as the judge does: a resumed or rescored eval
 reports the answers' calls, tokens, $ and latency as they were made, not as free cache hits (the
 relabel runner's ledger does the same for a topology).
+
+A side's cost is its own: a call the shared call cache served (made by the other side, or by an
+earlier eval sharing ``--calls-cache``) is counted and priced at the usage its cache entry kept,
+so a baseline whose proposer the candidate already ran costs what it costs on new data; what
+this eval paid is kept beside it as ``spent_usd`` (see :func:`generation_of`).
 """
 
 from __future__ import annotations
@@ -118,16 +123,21 @@ class DirectGenerator:
                     return Generation(**found)
                 outcomes, _ = await call_agent(pool, request, cache=cache)
             o = outcomes[0]
-            usage = o.usage
+            model = self.agent.model
+            paid = prices.cost(model, o.usage["prompt_tokens"], o.usage["completion_tokens"])
+            made = o.cached_usage if o.cached else o.usage
             gen = Generation(
                 answers=[o.text if o.ok else None],
                 calls=1,
-                tokens=usage["total_tokens"],
-                cost_usd=prices.cost(
-                    self.agent.model, usage["prompt_tokens"], usage["completion_tokens"]
-                ),
+                tokens=made["total_tokens"] if made else 0,
+                cost_usd=None
+                if made is None
+                else prices.cost(model, made["prompt_tokens"], made["completion_tokens"]),
                 latency_s=o.latency_s,
                 error=o.error,
+                spent_usd=paid,
+                cached_calls=int(o.cached),
+                cost_unknown=int(o.cached and made is None),
             )
             if gen.ok:
                 await records.put(key, gen.to_dict())
@@ -138,17 +148,36 @@ class DirectGenerator:
 
 
 def generation_of(record: RowRecord) -> Generation:
-    """A relabel record as one turn's generation."""
+    """A relabel record as one turn's generation: the record's figures are what the row paid
+    (``spent_usd``); its usage's ``cached_*`` fields add what the cached calls cost when made,
+    giving the topology's own calls, tokens and $. A failed row has no usage to read them from:
+    if the cache served any of its calls, its own cost is unknown."""
     result = record["result"] or {}
     answer = result.get("answer") if record["status"] == "done" else None
+    by_model = list(((result.get("usage") or {}).get("by_model") or {}).values())
+    cached = record["cached_calls"]
+    unknown = sum(int(m.get("cached_unknown", 0)) for m in by_model)
+    cost = record["cost_usd"]
+    if not by_model and cached:
+        unknown = max(unknown, cached)
+    extra = [m.get("cached_cost_usd") for m in by_model if "cached_cost_usd" in m]
+    if cost is not None or any(c is not None for c in extra):
+        cost = (cost or 0.0) + sum(c or 0.0 for c in extra)
+    made_tokens = sum(
+        int(m.get("cached_prompt_tokens", 0)) + int(m.get("cached_completion_tokens", 0))
+        for m in by_model
+    )
     return Generation(
         answers=[answer],
-        calls=record["calls"],
-        tokens=record["tokens"],
-        cost_usd=record["cost_usd"],
+        calls=record["calls"] + cached,
+        tokens=record["tokens"] + made_tokens,
+        cost_usd=None if unknown else cost,
         latency_s=record["latency_s"],
         degraded=record["degraded"],
         error=record["error"] or (None if answer is not None else "no answer"),
+        spent_usd=record["cost_usd"],
+        cached_calls=cached,
+        cost_unknown=unknown,
     )
 
 
@@ -193,6 +222,7 @@ def _follow_up(item: Item, answers: list[str | None], turn: int) -> list[dict[st
 
 def _merge(earlier: Generation, later: Generation) -> Generation:
     costs = (earlier.cost_usd, later.cost_usd)
+    spent = (earlier.spent_usd, later.spent_usd)
     return Generation(
         answers=[*earlier.answers, *later.answers],
         calls=earlier.calls + later.calls,
@@ -201,6 +231,9 @@ def _merge(earlier: Generation, later: Generation) -> Generation:
         latency_s=earlier.latency_s + later.latency_s,
         degraded=earlier.degraded or later.degraded,
         error=earlier.error or later.error,
+        spent_usd=None if None in spent else sum(c or 0.0 for c in spent),
+        cached_calls=earlier.cached_calls + later.cached_calls,
+        cost_unknown=earlier.cost_unknown + later.cost_unknown,
     )
 
 
@@ -364,7 +397,12 @@ async def run_eval(
         "judge": judge.model if judge else None,
         "judge_usage": judge.usage.to_dict() if judge else None,
         "topologies": [
-            {"name": s.name, "role": s.role, "cost": cost_summary(list(g.values()))}
+            {
+                "name": s.name,
+                "role": s.role,
+                "cost": cost_summary(list(g.values()))
+                | {"concurrency": getattr(s.generate, "concurrency", None)},
+            }
             for s, g in zip(sides, generated, strict=True)
         ],
         "scores": scores,

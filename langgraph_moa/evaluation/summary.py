@@ -1,6 +1,12 @@
 """From per-item results to an eval's summary: the score with its interval, the A-vs-B comparison,
 and what the answers cost (calls, tokens, $, latency p50/p95, degraded rate).
 
+A side's calls, tokens and $ are the topology's own: calls served from the call cache (another
+side's, an earlier eval's) are counted and priced as they were made, so a topology costs the same
+whatever ran before it; what this eval actually paid is kept beside it (``spent_usd``). A cached
+call whose cache entry did not keep its usage (a cache older than that) makes the item's own cost
+unknown (None, counted in ``unknown_cost_items``), never $0.
+
 Which score leads, per scoring:
 
 - exact: accuracy (%, share of items whose final answer equals the gold one);
@@ -33,7 +39,12 @@ __all__ = ["Generation", "ItemResult", "cost_summary", "percentile", "summarise"
 
 @dataclass
 class Generation:
-    """One topology's answer(s) to one item, one entry per turn, with what they cost."""
+    """One topology's answer(s) to one item, one entry per turn, with what they cost.
+
+    ``calls``, ``tokens`` and ``cost_usd`` are the topology's own (cached calls counted and
+    priced as made; ``cost_usd`` is None when a model has no price or a cached call's usage is
+    unknown, ``cost_unknown`` > 0); ``spent_usd`` is what generating it paid (cached calls
+    free), ``cached_calls`` how many calls the cache served."""
 
     answers: list[str | None]
     calls: int = 0
@@ -42,6 +53,9 @@ class Generation:
     latency_s: float = 0.0
     degraded: bool = False
     error: str | None = None
+    spent_usd: float | None = None
+    cached_calls: int = 0
+    cost_unknown: int = 0  # cached samples whose original usage the cache did not keep
 
     @property
     def ok(self) -> bool:
@@ -81,20 +95,29 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def cost_summary(generations: Sequence[Generation]) -> dict[str, Any]:
-    """Per item: calls, tokens and $ (None when a model has no price), latency p50/p95 over
-    items (every turn of an item summed), the degraded and failed shares."""
+    """Per item: the topology's own calls, tokens and $ (cached calls as made; $ None when a
+    model has no price or a cached call's usage is unknown), what this eval spent
+    (``spent_usd_per_item``), latency p50/p95 over items (every turn of an item summed, each
+    item's wall time while the others in flight ran too), the degraded and failed shares."""
     n = len(generations)
     if n == 0:
         return {"items": 0}
     costs = [g.cost_usd for g in generations]
     priced = all(c is not None for c in costs)
+    spent = [g.spent_usd for g in generations]
+    paid = all(c is not None for c in spent)
     latencies = [g.latency_s for g in generations]
     return {
         "items": n,
+        "cost_basis": "own: cached calls priced as made",
         "calls_per_item": sum(g.calls for g in generations) / n,
+        "cached_calls_per_item": sum(g.cached_calls for g in generations) / n,
         "tokens_per_item": sum(g.tokens for g in generations) / n,
         "usd_per_item": sum(c or 0.0 for c in costs) / n if priced else None,
         "usd_total": sum(c or 0.0 for c in costs) if priced else None,
+        "unknown_cost_items": sum(g.cost_unknown > 0 for g in generations),
+        "spent_usd_per_item": sum(c or 0.0 for c in spent) / n if paid else None,
+        "spent_usd_total": sum(c or 0.0 for c in spent) if paid else None,
         "latency_p50_s": percentile(latencies, 50),
         "latency_p95_s": percentile(latencies, 95),
         "seconds_per_item": sum(latencies) / n,

@@ -9,7 +9,10 @@ The key covers the model, every sampling parameter, the seed and the exact messa
 sampled at temperature > 0 without a seed are not cached unless the topology sets
 ``cache_sampled: true`` (each such call is meant to differ).
 Only complete successes are stored (and only Unicode text: a reply holding a lone surrogate
-would come back altered); hits are marked ``cached`` and cost nothing.
+would come back altered); hits are marked ``cached`` and cost nothing. Each entry keeps the
+usage its request reported (sample by sample), so a hit can say what the call cost when it was
+made (what a topology costs on new data, :func:`~langgraph_moa.nodes.calls.usage_update`); an
+entry written before that is read back with its usage unknown (None), never as zero.
 
 Inside :func:`row_scope` (the batch runner wraps each dataset row in one) every call is cached,
 the critic's and the aggregator's too, so a row killed mid-way never pays for a finished call
@@ -364,8 +367,9 @@ def _unicode(text: str) -> bool:
     return True
 
 
-CachedCall = tuple[list[str], list[AIMessage | None]]
-"""What one cached request gave: its samples' texts and messages (None where not kept)."""
+CachedCall = tuple[list[str], list[AIMessage | None], list[dict[str, Any] | None]]
+"""What one cached request gave: its samples' texts, messages (None where not kept) and the
+usage each sample was counted at when the request was made (None where the entry predates it)."""
 
 
 class ProposalCache:
@@ -442,7 +446,12 @@ class ProposalCache:
             return None
         kept = value.get("messages") or [None] * len(value["texts"])
         restored = [None if m is None else messages_from_dict([m])[0] for m in kept]
-        return list(value["texts"]), [m if isinstance(m, AIMessage) else None for m in restored]
+        usages = value.get("usages") or [None] * len(value["texts"])
+        return (
+            list(value["texts"]),
+            [m if isinstance(m, AIMessage) else None for m in restored],
+            [None if u is None else dict(u) for u in usages],
+        )
 
     async def put(
         self,
@@ -454,9 +463,14 @@ class ProposalCache:
         part: int = 0,
         extras: Any = None,
         replies: Sequence[AIMessage | None] = (),
+        usages: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         if self.applies(params) and all(_unicode(t) for t in texts):
             full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
             kept = [None if m is None else message_to_dict(m) for m in replies]
-            value = {"texts": texts, "messages": kept or None}
+            value = {
+                "texts": texts,
+                "messages": kept or None,
+                "usages": [dict(u) for u in usages] or None,
+            }
             await self.backend.aset({full_key: (value, None)})

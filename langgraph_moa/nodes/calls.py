@@ -1,5 +1,7 @@
 """Make one agent's LLM call(s) and turn the outcome into records: text or error, latency, usage,
-HTTP attempts, whether it came from the cache.
+HTTP attempts, whether it came from the cache (a cached call is paid $0 now; the usage its cache
+entry kept is carried beside it, so what the call costs when made stays known: see
+:func:`usage_update`).
 
 Failures are caught and returned as outcomes (the graph decides what a failure means); the error
 text is one line, shortened, with any configured API key masked. Retries happen inside the
@@ -146,6 +148,9 @@ class Outcome:
     attempts: int = 1
     cached: bool = False
     finish_reason: str | None = None
+    # a cached sample: the usage it was counted at when its request was made (None: the cache
+    # entry predates keeping it); ``usage`` stays zero, as nothing was paid now
+    cached_usage: TokenUsage | None = None
 
     @property
     def ok(self) -> bool:
@@ -621,8 +626,9 @@ async def call_agent(
                     finish_reason=message.response_metadata.get("finish_reason")
                     if message
                     else None,
+                    cached_usage=None if made is None else _token_usage(made),
                 )
-                for text, message in zip(*hit, strict=True)
+                for text, message, made in zip(*hit, strict=True)
             ]
 
     if cache is not None:
@@ -642,7 +648,14 @@ async def call_agent(
             texts = [o.text or "" for o in outcomes]
             replies = [o.message for o in outcomes]
             await cache.put(
-                pool.params, messages, texts, node=node, part=k, extras=key_extras, replies=replies
+                pool.params,
+                messages,
+                texts,
+                node=node,
+                part=k,
+                extras=key_extras,
+                replies=replies,
+                usages=[o.usage for o in outcomes],
             )
 
     # The requests are children of this call: if the node is cancelled (a client left, Ctrl-C,
@@ -668,11 +681,25 @@ async def call_agent(
     return outcomes, len(sent)
 
 
+def _token_usage(raw: dict[str, Any]) -> TokenUsage:
+    """A usage read back from a cache entry (counts that are not whole numbers >= 0 read 0)."""
+    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+    total = _count(raw.get("total_tokens")) or prompt + completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
 def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: PriceTable) -> Usage:
-    """The state's usage delta for these outcomes (a failed request counts, with 0 tokens)."""
+    """The state's usage delta for these outcomes (a failed request counts, with 0 tokens).
+
+    A call served from the cache counts 0 tokens and $0 (nothing was paid now); what it cost
+    when it was made is kept beside that, in the model's ``cached_*`` fields (see
+    :class:`~langgraph_moa.nodes.state.ModelUsage`), with ``cached_unknown`` counting cached
+    samples whose cache entry did not keep its usage."""
     prompt = sum(o.usage["prompt_tokens"] for o in outcomes)
     completion = sum(o.usage["completion_tokens"] for o in outcomes)
     total = sum(o.usage["total_tokens"] for o in outcomes)
+    cached = [o for o in outcomes if o.cached]
+    made = [o.cached_usage for o in cached if o.cached_usage is not None]
     delta: Usage = {
         "prompt_tokens": 0,
         "completion_tokens": 0,
@@ -690,6 +717,15 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
             }
         },
     }
+    if cached:
+        made_prompt = sum(u["prompt_tokens"] for u in made)
+        made_completion = sum(u["completion_tokens"] for u in made)
+        delta["by_model"][model] |= {
+            "cached_prompt_tokens": made_prompt,
+            "cached_completion_tokens": made_completion,
+            "cached_cost_usd": prices.cost(model, made_prompt, made_completion),
+            "cached_unknown": len(cached) - len(made),
+        }
     return add_usage(None, delta)
 
 

@@ -1,6 +1,7 @@
 """The graph's state: the conversation plus the record of this turn (who proposed what, what
 failed and why, what it cost). Records are plain JSON-able dicts so every door (CLI, Python,
-server) shows the same thing and checkpoints stay portable.
+server) shows the same thing and checkpoints stay portable. Usage is what the turn paid; a
+model's ``cached_*`` fields add what its cache-served calls cost when they were made.
 
 Every record's reducer checks what is written against the record's own TypedDict (pydantic),
 because the state is also written from outside the graph: Studio's state editor and
@@ -108,6 +109,16 @@ class ModelUsage(TypedDict):
     completion_tokens: int
     total_tokens: int
     cost_usd: float | None
+    # What the cached calls cost when they were made (their cache entries' usage), so a
+    # topology's own cost can price them as if made; only present once a call was cached.
+    # cached_unknown counts cached samples whose entry did not keep its usage (older caches).
+    cached_prompt_tokens: NotRequired[int]
+    cached_completion_tokens: NotRequired[int]
+    cached_cost_usd: NotRequired[float | None]
+    cached_unknown: NotRequired[int]
+
+
+_CACHED_COUNTS = ("cached_prompt_tokens", "cached_completion_tokens", "cached_unknown")
 
 
 class Usage(TypedDict):
@@ -184,6 +195,16 @@ def add_usage(current: Usage | None, update: Usage | None) -> Usage:
         for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "total_tokens"):
             mine[key] += u[key]
         mine["cost_usd"] = _add_cost(mine["cost_usd"], u["cost_usd"])
+        if "cached_cost_usd" in u or "cached_cost_usd" in mine:
+            counts: dict[str, Any] = dict(mine)
+            for key in _CACHED_COUNTS:
+                counts[key] = int(counts.get(key, 0)) + int(dict(u).get(key, 0))
+            mine["cached_prompt_tokens"] = counts["cached_prompt_tokens"]
+            mine["cached_completion_tokens"] = counts["cached_completion_tokens"]
+            mine["cached_unknown"] = counts["cached_unknown"]
+            mine["cached_cost_usd"] = _add_cost(
+                mine.get("cached_cost_usd", 0.0), u.get("cached_cost_usd", 0.0)
+            )
     total = empty_usage()
     total["by_model"] = by_model
     for model, u in by_model.items():

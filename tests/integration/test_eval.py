@@ -204,6 +204,9 @@ def test_bad_input_is_one_line(
         "TOGETHER_API_KEY is not set",
     )
     one_line_error(run("report", str(tmp_path / "none")), "is not a folder of eval runs")
+    one_line_error(
+        run("report", str(tmp_path), "--objective", "speed"), "unknown objective 'speed'"
+    )
     assert not fake.requests
 
 
@@ -518,10 +521,20 @@ def test_a_jury_votes_on_the_verdict_without_an_aggregator_call(
 
 
 def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
-    fake: FakeOpenAI, tmp_path: Path
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two topologies with the same proposers, evaluated with one --calls-cache: the second
-    eval sends only its own aggregator's calls; reasoning-gym items at a --task-config level."""
+    eval sends only its own aggregator's calls, but its cost is its own (the same as when run
+    alone), its spend lower; reasoning-gym items at a --task-config level. The report names
+    the front and the recommended side, and draws readable plots."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "".join(
+            f"openai:{m}: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}\n"
+            for m in ("p1", "p2", "agg1", "agg2")
+        )
+    )
+    monkeypatch.setenv("MOA_PRICES", str(prices))
     fake.behave("p1")
     fake.behave("p2")
     fake.behave("agg1")
@@ -532,8 +545,19 @@ def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
             f"name: {name}\n{proposers}aggregator: {{model: 'openai:{aggregator}'}}\n"
         )
     config = '{"max_terms": 2, "max_digits": 1, "allow_parentheses": false, "seed": 3}'
-    common: tuple[str, ...] = ("--limit", "3", "--task-config", config)
-    common += ("--out", str(tmp_path / "runs"))
+    base: tuple[str, ...] = ("--limit", "3", "--task-config", config)
+    alone = _eval(
+        "reasoning-gym",
+        "--topology",
+        str(tmp_path / "two.yaml"),
+        *base,
+        "--out",
+        str(tmp_path / "alone"),
+    )["topologies"][0]["cost"]
+    assert alone["calls_per_item"] == 3.0 and alone["usd_per_item"] > 0
+    assert alone["spent_usd_per_item"] == pytest.approx(alone["usd_per_item"])
+    fake.requests.clear()
+    common = (*base, "--out", str(tmp_path / "runs"))
     common += ("--calls-cache", str(tmp_path / "shared.sqlite"))
     first = _eval("reasoning-gym", "--topology", str(tmp_path / "one.yaml"), *common)
     assert len(fake.requests) == 3 * 3
@@ -543,9 +567,102 @@ def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
     second = _eval("reasoning-gym", "--topology", str(tmp_path / "two.yaml"), *common)
     assert len(fake.requests) == 3 * 3 + 3  # only agg2's calls are new
     assert len(fake.requests_for("agg2")) == 3
-    assert second["topologies"][0]["cost"]["calls_per_item"] == 1.0
+    cost = second["topologies"][0]["cost"]
+    # its own cost: the cached proposer calls counted and priced as made, as when run alone
+    assert cost["calls_per_item"] == 3.0 and cost["cached_calls_per_item"] == 2.0
+    assert cost["usd_per_item"] == pytest.approx(alone["usd_per_item"])
+    assert cost["tokens_per_item"] == alone["tokens_per_item"]
+    assert cost["unknown_cost_items"] == 0
+    # what this run paid: only the aggregator
+    assert 0 < cost["spent_usd_per_item"] < cost["usd_per_item"]
+    items = next((tmp_path / "runs").glob("*two*/items.jsonl"))
+    item = json.loads(items.open().readline())
+    assert item["generation"]["spent_usd"] < item["generation"]["cost_usd"]
     assert (tmp_path / "shared.sqlite").is_file()
     assert not (tmp_path / "runs" / "two" / "calls.sqlite").exists()
+
+    report = tmp_path / "report.md"
+    result = run("report", str(tmp_path / "runs"), "-o", str(report))
+    assert result.returncode == 0, result.stderr
+    text = report.read_text()
+    assert "**Pareto front**" in text and "**Recommended**: " in text
+    decision = json.loads(report.with_suffix(".json").read_text())["decisions"][0]
+    assert decision["objective"] == "quality" and decision["front"]
+    recommended = decision["recommended"]
+    assert recommended["topology"] in ("one", "two")
+    assert f"**Recommended**: {recommended['topology']}, " in text
+    for png in sorted(tmp_path.glob("report-*.png")):
+        assert_readable_plot(png)
+
+
+def test_a_cached_call_of_unknown_usage_makes_the_own_cost_unknown(
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call cache written before entries kept their usage: a call it serves is not $0, the
+    side's own cost is unknown (and says so), what the run spent is still known."""
+    import sqlite3
+
+    from langgraph_moa.nodes.cache import SqliteCallCache
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "".join(
+            f"openai:{m}: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}\n"
+            for m in ("p1", "agg1", "agg2")
+        )
+    )
+    monkeypatch.setenv("MOA_PRICES", str(prices))
+    for model in ("p1", "agg1", "agg2"):
+        fake.behave(model)
+    for name, aggregator in (("one", "agg1"), ("two", "agg2")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nlayers:\n  - proposers: [{{model: 'openai:p1'}}]\n"
+            f"aggregator: {{model: 'openai:{aggregator}'}}\n"
+        )
+    shared = tmp_path / "shared.sqlite"
+    common = (
+        "gsm8k",
+        "--limit",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--calls-cache",
+        str(shared),
+    )
+    _eval(*common, "--topology", str(tmp_path / "one.yaml"))
+    # make every entry look like an older cache's: no usage kept
+    keys = sqlite3.connect(shared).execute("SELECT ns, key FROM cache").fetchall()
+    cache = SqliteCallCache(str(shared))
+    full = [(tuple(ns.split(",")), key) for ns, key in keys]
+    found = cache.get(full)
+    assert found and all(v.get("usages") for v in found.values())
+    cache.set({k: ({**v, "usages": None}, None) for k, v in found.items()})
+    cache.close()
+    second = _eval(*common, "--topology", str(tmp_path / "two.yaml"))
+    assert len(fake.requests_for("p1")) == 2  # served from the cache the second time
+    cost = second["topologies"][0]["cost"]
+    assert cost["usd_per_item"] is None and cost["unknown_cost_items"] == 2
+    assert cost["spent_usd_per_item"] > 0  # the aggregator's calls
+    report = tmp_path / "report.md"
+    result = run("report", str(tmp_path / "runs"), "-o", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "| unknown (2 items) |" in report.read_text()
+
+
+def assert_readable_plot(path: Path) -> None:
+    """A PNG of a sensible size whose axes hold something: many pixels of more than the
+    background's colour, some of them the front's red or the dominated sides' gray."""
+    import matplotlib.image
+
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    image = matplotlib.image.imread(str(path))
+    height, width = image.shape[:2]
+    assert 300 <= height <= 1200 and 500 <= width <= 1600, (width, height)
+    rgb = image[:, :, :3]
+    ink = (rgb < 0.9).any(axis=2)  # not white
+    assert ink.mean() > 0.01, "the plot is blank"
+    red = (rgb[:, :, 0] > 0.7) & (rgb[:, :, 1] < 0.3) & (rgb[:, :, 2] < 0.3)
+    assert red.sum() > 20, "no point on the Pareto front is drawn"
 
 
 def test_bad_task_config_is_one_line(fake: FakeOpenAI, tmp_path: Path) -> None:

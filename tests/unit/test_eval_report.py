@@ -110,3 +110,56 @@ def test_report_writes_table_json_and_plots(tmp_path: Path) -> None:
         data = Path(plot).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
         assert Path(plot).name in text
+
+
+def test_report_names_the_front_and_the_recommended_side(tmp_path: Path) -> None:
+    """Two sides on the same point, a dominated one, a dearer better one: the front and the
+    recommendation under each objective, and plots whose axes hold the points."""
+    runs = tmp_path / "runs"
+    _run(runs, "cheap", 30.0, 0.001, 1.0)
+    _run(runs, "twin", 30.0, 0.001, 1.0)  # the same point as cheap
+    _run(runs, "moa", 60.0, 0.01, 5.0)
+    _run(runs, "close", 57.0, 0.004, 3.0)  # inside moa's interval, cheaper
+    _run(runs, "wasteful", 40.0, 0.02, 9.0)
+    written = write_report(runs, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    decision = written["decisions"][0]
+    assert decision["front"] == ["cheap", "twin", "close", "moa"]
+    assert decision["recommended"]["topology"] == "moa"
+    assert decision["recommended"]["low"] == 55.0 and decision["recommended"]["high"] == 65.0
+    assert decision["within_interval"] == ["close"]
+    assert "**Recommended**: moa, accuracy 60.0 [55.0, 65.0] (90% interval), $0.010/item" in (text)
+    assert "cheap ($0.00100/item), twin ($0.00100/item), close" in text
+    assert "wasteful" not in text.split("**Pareto front**")[1].split("\n")[0]
+    by_cost = write_report(runs, tmp_path / "cost.md", "cost")["decisions"][0]
+    assert by_cost["recommended"]["topology"] == "close"
+    for plot in written["plots"]:
+        assert_readable_plot(Path(plot))
+
+
+def test_own_cost_and_spend_are_summarised_apart() -> None:
+    """A side whose calls the cache served: its own $ is what they cost when made, its spend
+    lower; a cached call of unknown usage makes the own $ unknown, never $0."""
+    made = Generation(["x"], calls=3, cost_usd=0.003, spent_usd=0.001, cached_calls=2)
+    c = cost_summary([made, made])
+    assert c["usd_per_item"] == 0.003 and c["spent_usd_per_item"] == 0.001
+    assert c["calls_per_item"] == 3 and c["cached_calls_per_item"] == 2
+    old = Generation(["x"], calls=3, cost_usd=None, spent_usd=0.001, cached_calls=2, cost_unknown=2)
+    c = cost_summary([made, old])
+    assert c["usd_per_item"] is None and c["unknown_cost_items"] == 1
+    assert c["spent_usd_per_item"] == 0.001
+
+
+def assert_readable_plot(path: Path) -> None:
+    """A PNG of a sensible size whose axes hold something: not blank, and the front's red
+    points drawn."""
+    import matplotlib.image
+
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    image = matplotlib.image.imread(str(path))
+    height, width = image.shape[:2]
+    assert 300 <= height <= 1200 and 500 <= width <= 1600, (width, height)
+    rgb = image[:, :, :3]
+    assert (rgb < 0.9).any(axis=2).mean() > 0.01, "the plot is blank"
+    red = (rgb[:, :, 0] > 0.7) & (rgb[:, :, 1] < 0.3) & (rgb[:, :, 2] < 0.3)
+    assert red.sum() > 20, "no point on the Pareto front is drawn"
