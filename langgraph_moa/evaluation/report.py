@@ -452,8 +452,9 @@ def _note_no_data(ax: Any, missing: Sequence[Row], *, alone: bool) -> None:
     )
 
 
-def _note_counts(fig: Any, rows: Sequence[Row], benchmark: str) -> None:
-    """A footer under the plot: per side, the items judged / unjudged / failed."""
+def _note_counts(ax: Any, rows: Sequence[Row], benchmark: str) -> None:
+    """A footer under the plot, below its legend: per side, the items judged / unjudged /
+    failed (the figure is saved with a tight bounding box, which takes it in)."""
     counted = [r for r in rows if r.benchmark == benchmark and r.counts]
     if not counted:
         return
@@ -464,10 +465,10 @@ def _note_counts(fig: Any, rows: Sequence[Row], benchmark: str) -> None:
             f"{r.topology} ({r.role}) {c.get('judged', 0)}/{c.get('unjudged', 0)}/"
             f"{c.get('failed', 0)}"
         )
-    text = textwrap.fill("items judged / unjudged / failed: " + "; ".join(parts), 100)
-    lines = text.count("\n") + 1
-    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.03 + 0.03 * lines)
-    fig.text(0.01, 0.01, text, ha="left", va="bottom", fontsize=7, color="dimgray")
+    text = textwrap.fill("items judged / unjudged / failed: " + "; ".join(parts), 110)
+    ax.text(
+        0.0, -0.26, text, ha="left", va="top", transform=ax.transAxes, fontsize=7, color="dimgray"
+    )
 
 
 def _clusters(points: Sequence[tuple[float, float]], span: tuple[float, float]) -> list[list[int]]:
@@ -507,8 +508,8 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
         fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
         _note_no_data(ax, missing, alone=True)
         ax.set_title(f"{benchmark}: quality vs {'own cost' if axis == 'cost' else 'latency'}")
-        _note_counts(fig, rows, benchmark)
-        fig.savefig(path)
+        _note_counts(ax, rows, benchmark)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         return True
     left_out = [label(r, mine) for r in mine if r.score is not None and r.cost.get(key) is None]
@@ -617,7 +618,7 @@ def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
         fontsize=8,
         frameon=False,
     )
-    _note_counts(fig, rows, benchmark)
+    _note_counts(ax, rows, benchmark)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -76,7 +76,9 @@ def test_a_judge_without_verdicts_is_counted_and_ends_with_rc_1(
     summary = strict((folder / "summary.json").read_text())
     counts = summary["topologies"][0]["counts"]
     assert (counts["items"], counts["judged"], counts["unjudged"], counts["failed"]) == (3, 0, 3, 0)
-    assert counts["unjudged_example"]["why"] == "the judge gave no verdict"
+    why = counts["unjudged_example"]["why"]
+    assert why.startswith("the judge gave no verdict: game 1"), why
+    assert "the reply began:" in why  # the judge's own first words, to see what it said
     for name, metric in summary["scores"]["metrics"].items():
         assert metric["n"] == 0 and metric["value"] is None, name
         assert metric["low"] is None and metric["high"] is None, name
