@@ -35,6 +35,7 @@ from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.thread_list import threads_command
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
 from langgraph_moa.extras import require_extra
+from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.topology import (
     DEFAULT_PRESET,
     Topology,
@@ -171,17 +172,11 @@ SwitchOpt = Annotated[
 ]
 
 
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise MoAInputError(f"cannot read {path!r}: {e.strerror}") from None
-
-
 def _read_decision(path: Path) -> Any:
     from langgraph_moa.nodes.review import parse_decision
 
-    return parse_decision(read_data_file(path, what="decision file")).model_dump()
+    source = f"decision file {str(path)!r}"
+    return parse_decision(read_data_file(path, what="decision file"), source=source).model_dump()
 
 
 def _read_prompt(prompt: str) -> str:
@@ -773,7 +768,7 @@ def fork(
         ref, sep, path = item.partition("=")
         if not sep or not ref or not path:
             fail(f"--edit takes REF=FILE, got {item!r}")
-        edits[ref] = _read_text(path)
+        edits[ref] = read_text_file(path, what=f"the edit of {ref}")
 
     async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):

@@ -61,3 +61,67 @@ def test_a_postgres_store_that_cannot_connect_is_one_line_without_its_password()
         run("history", "--thread", "t", "--db", PG + "-no-such-database"),
         f"cannot use the PostgreSQL thread store '{PG}-no-such-database': ",
     )
+
+
+def test_files_read_whole_are_bounded(tmp_path: Path) -> None:
+    """/dev/zero where a small file is expected ends in one line naming it, never MemoryError."""
+    big = "is larger than 1024 KiB"
+    one_line_error(
+        run("fork", "--thread", "t", "--at", "L1/a", "--edit", "L1/a=/dev/zero"),
+        f"the edit of L1/a '/dev/zero' {big}",
+    )
+    one_line_error(run("serve", "--port", "0", "--keys-file", "/dev/zero"), big)
+    one_line_error(
+        run("serve", "--port", "0", "--capture", str(tmp_path), "--capture-config", "/dev/zero"),
+        f"the capture config '/dev/zero' {big}",
+    )
+    one_line_error(
+        run("resume", "--thread", "t", "--decision", "/dev/zero"),
+        f"decision file '/dev/zero' {big}",
+    )
+    env = dict(os.environ, MOA_PRICES="/dev/zero")
+    one_line_error(run("ask", "hi", "--estimate", env=env), f"MOA_PRICES file '/dev/zero' {big}")
+    one_line_error(
+        run("fork", "--thread", "t", "--at", "L1/a", "--edit", f"L1/a={tmp_path}"),
+        f"cannot read the edit of L1/a {str(tmp_path)!r}: it is a folder",
+    )
+
+
+def test_a_chat_history_that_cannot_be_read_whole_is_refused(tmp_path: Path) -> None:
+    from langgraph_moa.cli.line_input import MAX_HISTORY_BYTES, prepare_history
+    from langgraph_moa.errors import MoAInputError
+
+    with pytest.raises(MoAInputError, match="'/dev/zero' is not a regular file"):
+        prepare_history(Path("/dev/zero"))
+    prepare_history(Path(os.devnull))  # keeps no history: allowed
+    huge = tmp_path / "history"
+    with huge.open("wb") as f:
+        f.truncate(MAX_HISTORY_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(MoAInputError, match="is larger than 64 MiB"):
+        prepare_history(huge)
+    fresh = tmp_path / "sub" / "new_history"
+    prepare_history(fresh)
+    assert fresh.is_file() and (fresh.stat().st_mode & 0o777) == 0o600
+
+
+def test_price_and_decision_errors_name_their_own_source(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("[1, 2]\n")
+    env = dict(os.environ, MOA_PRICES=str(prices))
+    result = run("ask", "hi", "--estimate", env=env)
+    one_line_error(result, f"MOA_PRICES file {str(prices)!r}: Input should be a valid dictionary")
+    assert "topology" not in result.stderr
+    prices.write_text("'openai:x': {input_per_mtok: -1, output_per_mtok: 1}\n")
+    one_line_error(
+        run("ask", "hi", "--estimate", env=env),
+        f"MOA_PRICES file {str(prices)!r}: openai:x.input_per_mtok: ",
+    )
+    decision = tmp_path / "decision.yaml"
+    decision.write_text("- L1/a\n")
+    result = run("resume", "--thread", "t", "--decision", str(decision))
+    one_line_error(
+        result,
+        f"invalid review decision in decision file {str(decision)!r}: Input should be a valid "
+        "dictionary",
+    )
+    assert "topology" not in result.stderr
