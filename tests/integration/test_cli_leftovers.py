@@ -4,6 +4,8 @@ name their real source, the eval's missing extra, vote's progress, and ``--help`
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,43 @@ def test_price_and_decision_errors_name_their_own_source(tmp_path: Path) -> None
         "dictionary",
     )
     assert "topology" not in result.stderr
+
+
+RUN_WITHOUT = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None
+sys.argv = ["moa", *sys.argv[2:]]
+from langgraph_moa.cli.commands import main
+main()
+"""
+
+
+def moa_without(missing: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`moa` in a fresh interpreter where the named modules cannot be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", RUN_WITHOUT, missing, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+
+
+def test_eval_without_its_extra_is_the_missing_extra_line() -> None:
+    one_line_error(
+        moa_without("numpy", "eval", "gsm8k", "--preset", "moa", "--limit", "1"),
+        "moa eval needs the [eval] extra: pip install 'langgraph-moa[eval]'",
+    )
+
+
+def test_reasoning_gym_without_its_dependencies_names_the_real_install() -> None:
+    one_line_error(
+        moa_without("sympy", "eval", "reasoning-gym", "--model", "openai:x", "--limit", "1"),
+        "reasoning-gym cannot be imported ('sympy' is missing): it needs its dependencies: "
+        "pip install reasoning-gym==0.1.25",
+    )
+    one_line_error(
+        moa_without("reasoning_gym", "eval", "reasoning-gym", "--model", "openai:x"),
+        "the reasoning-gym benchmark needs its data package: pip install reasoning-gym==0.1.25",
+    )
