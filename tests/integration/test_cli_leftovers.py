@@ -3,13 +3,16 @@ name their real source, the eval's missing extra, vote's progress, and ``--help`
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from langgraph_moa.testing.fake_openai import FakeOpenAI, scripted
 from tests.conftest import one_line_error
 from tests.conftest import run_moa as run
 
@@ -167,3 +170,65 @@ def test_reasoning_gym_without_its_dependencies_names_the_real_install() -> None
         moa_without("reasoning_gym", "eval", "reasoning-gym", "--model", "openai:x"),
         "the reasoning-gym benchmark needs its data package: pip install reasoning-gym==0.1.25",
     )
+
+
+VOTE = """\
+layers:
+  - proposers: [{model: 'openai:a'}, {model: 'openai:b'}, {model: 'openai:c'}]
+aggregator: {mode: vote, extract: number, on_tie: first, on_no_answer: first}
+"""
+
+
+def test_vote_progress_says_what_the_vote_does(fake: FakeOpenAI, tmp_path: Path) -> None:
+    for model, text in {"a": "It is 41.", "b": "The answer is 42.", "c": "42, clearly."}.items():
+        fake.behave(model, reply=scripted(text))
+    path = tmp_path / "vote.yaml"
+    path.write_text(VOTE)
+    result = run("ask", "-t", str(path), "What is 6 * 7?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The answer is 42.\n"
+    assert "writing the final answer" not in result.stderr
+    assert (
+        "aggregator counting the votes: the majority candidate is the answer, as written "
+        "(no model call)" in result.stderr
+    )
+    path.write_text(VOTE.replace(", on_tie: first, on_no_answer: first", ""))
+    result = run("ask", "-t", str(path), "What is 6 * 7?")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "the majority candidate is the answer, as written (a tie or no readable answer is "
+        "synthesized by a model)" in result.stderr
+    )
+
+
+def test_each_sample_of_a_proposer_finishes_once_with_its_index(fake: FakeOpenAI) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa import Topology, build_graph
+    from langgraph_moa.run import Progress, stream_run
+
+    fake.behave("a", reply=scripted("first", "second", "third"))
+    topology = Topology.model_validate(
+        {
+            "layers": [{"proposers": [{"model": "openai:a", "n": 3}, {"model": "openai:b"}]}],
+            "aggregator": {"model": "openai:agg"},
+        }
+    )
+
+    async def progress() -> list[dict[str, Any]]:
+        graph = build_graph(topology, cache=False)
+        events = stream_run(graph, {"messages": [HumanMessage("q")]}, tokens=False)
+        return [e.payload async for e in events if isinstance(e, Progress)]
+
+    payloads = asyncio.run(progress())
+    started = {p["node"]: p for p in payloads if p["event"] == "proposer_started"}
+    assert {node: p["samples"] for node, p in started.items()} == {"L1/a": 3, "L1/b": 1}
+    finished = [
+        (p["node"], p["sample"], p["ok"]) for p in payloads if p["event"] == "proposer_finished"
+    ]
+    assert sorted(finished) == [
+        ("L1/a", 0, True),
+        ("L1/a", 1, True),
+        ("L1/a", 2, True),
+        ("L1/b", 0, True),
+    ]
