@@ -30,6 +30,7 @@ from rich.markup import escape
 
 from langgraph_moa.cli import collector
 from langgraph_moa.cli.evaluate import eval_command, report_command
+from langgraph_moa.cli.help import MoAGroup, MoATyper
 from langgraph_moa.cli.logs import setup_logging
 from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.thread_list import threads_command
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
 
     from langgraph_moa.cli.console import Run
 
-app = typer.Typer(
+app = MoATyper(
     name="moa",
+    cls=MoAGroup,
     help="Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -590,11 +592,17 @@ def serve(
         int | None,
         typer.Option(help="Connections held at once; the longest idle is closed beyond (1024)."),
     ] = None,
-    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(help="uvicorn's log level: critical, error, warning, info, debug or trace."),
+    ] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     capture: Annotated[
         Path | None,
-        typer.Option(help="Serve pass-through models capture/<provider:model>; write here."),
+        typer.Option(
+            help="Serve pass-through models (capture/ then provider:model) and record their "
+            "exchanges in this folder."
+        ),
     ] = None,
     capture_config: Annotated[
         Path | None,

@@ -232,3 +232,33 @@ def test_each_sample_of_a_proposer_finishes_once_with_its_index(fake: FakeOpenAI
         ("L1/a", 2, True),
         ("L1/b", 0, True),
     ]
+
+
+COMMANDS = [
+    "ask", "chat", "serve", "resume", "history", "threads", "fork", "graph", "presets",
+    "relabel", "export", "eval", "report",
+]  # fmt: skip
+
+
+def test_help_reads_well_at_80_columns() -> None:
+    env = dict(os.environ, COLUMNS="80", NO_COLOR="1", TERM="dumb")
+    pages = {}
+    for command in ["", *COMMANDS]:
+        result = run(*([command] if command else []), "--help", env=env)
+        assert result.returncode == 0, result.stderr
+        pages[command or "moa"] = result.stdout
+    for name, page in pages.items():
+        assert "<bool>" not in page and "list[" not in page, name
+        assert "{" not in page.partition("Usage:")[2].splitlines()[0], name  # not {prompt}
+        assert "…" not in page, name  # nothing cut off
+        assert all(len(line) <= 80 for line in page.splitlines()), name
+    assert "Usage: moa ask [OPTIONS] PROMPT" in pages["ask"]
+    assert "Usage: moa export [OPTIONS] RUN" in pages["export"]
+    # docstrings flow as paragraphs, not broken where their source lines ended
+    assert "/v1/chat/completions and /v1/models" in pages["moa"]
+    assert "/v1/chat/completions and /v1/models" in pages["serve"]
+    assert "/exit, Ctrl-D or Ctrl-C" in pages["chat"]
+    assert (
+        "--log-level                               <CHOICE>  uvicorn's log level:"
+        in (pages["serve"])
+    )
