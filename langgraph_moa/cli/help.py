@@ -65,6 +65,9 @@ class MoACommand(TyperCommand):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.help = unwrap(self.help)  # the parent's command list shows it too
+        for param in self.params:  # errors name an argument as the usage line writes it
+            if isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper()
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _tidy(self, ctx)
