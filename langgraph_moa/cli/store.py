@@ -4,6 +4,8 @@ lets one run at a time write a thread.
 The store is ``--db`` if given, else ``$MOA_DB``, else ``$XDG_DATA_HOME/langgraph-moa/
 threads.sqlite`` (``~/.local/share/langgraph-moa/threads.sqlite``). A ``postgresql://`` URL uses
 langgraph-checkpoint-postgres (tables are created on first use); anything else is a SQLite path.
+A store that cannot be opened (a folder, a path under a file, a read-only place, a PostgreSQL
+server that refuses) is one ``MoAInputError`` line naming it, a URL without its password.
 
 Two runs on one thread at once would each start from the same checkpoint and the later write
 would hide the earlier turn. :func:`thread_lock` serializes them across processes: an advisory
