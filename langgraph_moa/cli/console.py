@@ -47,6 +47,7 @@ from langgraph_moa.spec.topology import Topology
 
 __all__ = [
     "Run",
+    "aggregator_step",
     "ask_review",
     "describe",
     "display_for",
@@ -143,7 +144,33 @@ class LogDisplay(Display):
         if node == last and self.topology.critic is not None:
             err.print("[bold]critic[/bold] reviewing the candidates")
         if node == _stage_before_aggregator(self.topology):
-            err.print("[bold]aggregator[/bold] writing the final answer")
+            err.print(f"[bold]aggregator[/bold] {escape(aggregator_step(self.topology))}")
+
+
+def aggregator_step(topology: Topology) -> str:
+    """What the aggregator does next, in the mode it runs in: only synthesizing modes have a
+    model write the answer; vote, select and rank (without fuse) pass a candidate on as written."""
+    agg = topology.aggregator
+    synthesizes = [
+        what
+        for what, rule in (("a tie", agg.on_tie), ("no readable answer", agg.on_no_answer))
+        if rule == "synthesize"
+    ]
+    if agg.mode == "vote":
+        step = "counting the votes: the majority candidate is the answer, as written"
+        if synthesizes:
+            return step + f" ({' or '.join(synthesizes)} is synthesized by a model)"
+        return step + " (no model call)"
+    if agg.mode == "select":
+        step = "taking the selected candidate as the answer, as written"
+        if agg.on_no_answer == "synthesize":
+            return step + " (if none was named, a model synthesizes them all)"
+        return step
+    if agg.mode == "rank" and agg.fuse is None:
+        return "taking the best-ranked candidate as the answer, as written"
+    if agg.mode == "rank":
+        return f"writing the final answer from the top {agg.fuse} candidates"
+    return "writing the final answer"
 
 
 def _say_notes(node: str, update: dict[str, Any], said: list[str]) -> None:

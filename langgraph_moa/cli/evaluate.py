@@ -309,6 +309,7 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run a benchmark on a topology (or one model) and score it; rerun to resume."""
+    require_extra("eval", "moa eval")  # before the imports below: they import numpy
     from langgraph_moa.batch.limits import RateGate, parse_limits
     from langgraph_moa.evaluation import strict_json
     from langgraph_moa.evaluation.datasets import Scoring, load_benchmark
@@ -317,7 +318,6 @@ def eval_command(
     from langgraph_moa.llm.openai_client import gate_requests
     from langgraph_moa.nodes.cache import open_cache
 
-    require_extra("eval", "moa eval")
     limits = parse_limits(rpm, tpm)
     chosen = _topology(preset, topology, model, "")
     if chosen is None:

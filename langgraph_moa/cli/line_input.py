@@ -6,8 +6,9 @@ Up/Down and Ctrl-R through earlier prompts. Without it, the standard library's `
 gives ``input()`` the same basics. Either way the history is one file: ``--history``, else
 ``$MOA_CHAT_HISTORY``, else ``chat_history`` in moa's data folder (see
 :func:`langgraph_moa.cli.store.data_dir`); it is created readable by its owner only, since
-prompts can be private. Input that is not a terminal is read line by line without blocking the
-event loop, and keeps no history.
+prompts can be private. It is read whole when the chat starts, so a history that is not a
+regular file, or is over 64 MiB, is refused with one line (``/dev/null`` keeps none). Input that
+is not a terminal is read line by line without blocking the event loop, and keeps no history.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,16 @@ from langgraph_moa.cli.store import data_dir
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import has_extra
 
-__all__ = ["LineReader", "history_path", "read_piped_line"]
+__all__ = [
+    "MAX_HISTORY_BYTES",
+    "LineReader",
+    "history_path",
+    "prepare_history",
+    "read_piped_line",
+]
 
 PROMPT = "you> "
+MAX_HISTORY_BYTES = 64 << 20
 
 
 def history_path(given: Path | None = None) -> Path:
@@ -38,15 +47,32 @@ def history_path(given: Path | None = None) -> Path:
     return data_dir() / "chat_history"
 
 
-def _private_file(path: Path) -> None:
-    """Create the history file (and its folder) if missing, readable by its owner only."""
+def prepare_history(path: Path) -> None:
+    """Create the history file (and its folder) if missing, readable by its owner only.
+
+    The history is read whole when the chat starts, so it must be a regular file of at most
+    :data:`MAX_HISTORY_BYTES` (``/dev/zero`` would never end); ``/dev/null`` keeps none.
+    """
+    if str(path) == os.devnull:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))
+        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY | os.O_NONBLOCK, 0o600)
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise MoAInputError(
             f"cannot keep the chat history in {str(path)!r}: {e.strerror}"
         ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise MoAInputError(f"the chat history {str(path)!r} is not a regular file")
+    if info.st_size > MAX_HISTORY_BYTES:
+        raise MoAInputError(
+            f"the chat history {str(path)!r} is larger than {MAX_HISTORY_BYTES >> 20} MiB: "
+            "trim it or give another --history"
+        )
 
 
 async def read_piped_line() -> str:
@@ -82,7 +108,7 @@ class LineReader:
         self.readline: Any = None
         if self.path is None:
             return
-        _private_file(self.path)
+        prepare_history(self.path)
         if has_extra("chat"):
             from prompt_toolkit import PromptSession
             from prompt_toolkit.history import FileHistory

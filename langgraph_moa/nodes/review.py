@@ -35,13 +35,16 @@ class ReviewDecision(BaseModel):
     drop: list[str] = Field(default_factory=list, description="proposals to leave out")
 
 
-def parse_decision(value: Any) -> ReviewDecision:
+def parse_decision(value: Any, *, source: str | None = None) -> ReviewDecision:
+    """A validated decision; MoAInputError naming ``source`` (e.g. the decision file) if any."""
     if isinstance(value, ReviewDecision):
         return value
     try:
         return ReviewDecision.model_validate(value if value is not None else {})
     except ValidationError as err:
-        raise MoAInputError(f"invalid review decision: {describe_validation_error(err)}") from None
+        where = f" in {source}" if source else ""
+        detail = describe_validation_error(err)
+        raise MoAInputError(f"invalid review decision{where}: {detail}") from None
 
 
 def apply_edits(

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.nodes.budget import check_priced
+from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import PROVIDERS
 from langgraph_moa.spec.topology import Topology
@@ -40,12 +41,7 @@ def load_keys(keys_file: str | Path | None = None, *, env_value: str | None = No
     keys: list[str] = []
     if keys_file is not None:
         path = Path(keys_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise MoAInputError(f"cannot read the keys file {str(path)!r}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise MoAInputError(f"the keys file {str(path)!r} is not UTF-8 text") from None
+        text = read_text_file(path, what="the keys file")  # bounded: /dev/zero is one line
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):

@@ -44,6 +44,7 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.chat_models import redact
 from langgraph_moa.serving.errors import log_line
 from langgraph_moa.serving.protocol import AGGREGATOR_FIELDS, ALL_CALLS_FIELDS
+from langgraph_moa.spec.files import read_text_file
 
 SALT_ENV = "MOA_CAPTURE_SALT"
 _FILE = re.compile(r"^capture-(\d{8})-(\d{4})\.jsonl$")
@@ -97,11 +98,10 @@ def load_capture_config(path: str | Path | None) -> CaptureConfig:
     if path is None:
         return CaptureConfig()
     where = str(path)
+    text = read_text_file(path, what="the capture config")  # bounded: /dev/zero is one line
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MoAInputError(f"cannot read the capture config {where!r}: {e.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
         reason = " ".join(str(e).split())  # one line
         raise MoAInputError(f"the capture config {where!r} is not YAML: {reason}") from None
     try:

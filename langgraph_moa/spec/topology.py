@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from langgraph_moa.errors import MoAInputError
+from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.providers import known_providers, provider_kind, requests_for
 
 __all__ = [
@@ -63,7 +64,6 @@ RESERVED_NAMES = frozenset({"join", "select", "rank"})
 # small file cannot expand (YAML aliases) into a graph that takes minutes and gigabytes to build.
 MAX_LAYERS = 16
 MAX_PROPOSERS_PER_LAYER = 64
-MAX_FILE_BYTES = 1024 * 1024
 
 
 class _Strict(BaseModel):
@@ -694,9 +694,9 @@ def describe_validation_error(err: ValidationError) -> str:
     """Flatten a pydantic error into one line that names each offending field."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "topology"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # the whole value: the caller names it
     return "; ".join(parts)
 
 
@@ -742,17 +742,7 @@ def read_data_file(path: str | Path, *, what: str) -> Any:
     """Read a YAML (or ``.json``) file; MoAInputError naming ``what`` and where it is broken."""
     p = Path(path)
     kind = "JSON" if p.suffix == ".json" else "YAML"
-    try:
-        with p.open("rb") as f:  # at most the limit: /dev/zero or a huge file must not hang
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as err:
-        raise MoAInputError(f"cannot read {what} {str(p)!r}: {err.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise MoAInputError(f"{what} {str(p)!r} is larger than {MAX_FILE_BYTES // 1024} KiB")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise MoAInputError(f"{what} {str(p)!r} is not UTF-8 text (byte {err.start})") from None
+    text = read_text_file(p, what=what)
     try:
         return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:

@@ -223,7 +223,8 @@ def test_review_approve_and_bad_decisions(fake: FakeOpenAI, reviewed: Path, tmp_
     bad.write_text('{"delete": ["L1/a"]}')
     one_line_error(
         moa("resume", "--thread", "rv2", "--decision", str(bad)),
-        "invalid review decision: delete: Extra inputs are not permitted",
+        f"invalid review decision in decision file {str(bad)!r}: delete: Extra inputs are not "
+        "permitted",
     )
     one_line_error(moa("resume", "--thread", "rv2"), "is paused for review: give --decision")
     approve = tmp_path / "approve.json"
