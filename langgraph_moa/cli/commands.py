@@ -16,11 +16,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
@@ -31,6 +28,7 @@ from rich.markup import escape
 from langgraph_moa.cli import collector
 from langgraph_moa.cli.evaluate import eval_command, report_command
 from langgraph_moa.cli.help import MoAGroup, MoATyper
+from langgraph_moa.cli.interrupt import Interrupted, ctrl_c_cancels
 from langgraph_moa.cli.logs import setup_logging
 from langgraph_moa.cli.relabel import export_command, relabel_command
 from langgraph_moa.cli.thread_list import threads_command
@@ -60,10 +58,6 @@ app = MoATyper(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class Interrupted(Exception):
-    """The person at the terminal pressed Ctrl-C during a run."""
 
 
 def _version() -> str:
@@ -219,32 +213,6 @@ async def _thread_topology(
         f"thread {thread!r} runs topology {stored.name!r}, not {chosen.name!r}: leave out "
         "--preset/--topology to continue it, or add --switch-topology"
     )
-
-
-@asynccontextmanager
-async def _ctrl_c_cancels() -> AsyncIterator[None]:
-    """Ctrl-C cancels the current task (the run and every call it started) and raises
-    Interrupted, so the caller can say what was kept instead of dying mid-write."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    pressed = False
-
-    def on_sigint() -> None:
-        nonlocal pressed
-        pressed = True
-        task.cancel()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not pressed:
-            raise
-        task.uncancel()
-        raise Interrupted from None
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _preflight(topology: Topology) -> None:
@@ -447,7 +415,7 @@ def ask(
             graph = build_graph(topo, checkpointer=saver, cache=backend)
             config = run_config(thread_id, topo)
             try:
-                async with _ctrl_c_cancels(), _lock(db, thread_id):
+                async with ctrl_c_cancels(), _lock(db, thread_id):
                     run = await _run_to_end(
                         graph,
                         topo,
@@ -509,7 +477,7 @@ def chat(
     async def turn(graph: Any, topo: Topology, saver: Any, config: Any, text: str) -> None:
         before = None
         try:
-            async with _ctrl_c_cancels(), _lock(db, thread_id):
+            async with ctrl_c_cancels(), _lock(db, thread_id):
                 before = await graph.aget_state(config)
                 run = await _run_to_end(
                     graph,

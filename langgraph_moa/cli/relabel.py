@@ -30,6 +30,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from langgraph_moa.cli.interrupt import Interrupted, ctrl_c_cancels
 from langgraph_moa.errors import MoAInputError
 
 if TYPE_CHECKING:
@@ -280,29 +281,32 @@ def relabel_command(
         return
     limits = parse_limits(rpm, tpm)
     display = _Display(quiet)
+
+    async def until_ctrl_c() -> RelabelRun:
+        async with ctrl_c_cancels():
+            return await arelabel(
+                source,
+                topology=topo,
+                out=out,
+                name=name,
+                concurrency=concurrency,
+                limit=limit,
+                max_usd=max_usd,
+                rate_limits=limits,
+                retry_failed=retry_failed,
+                engine=engine.value,
+                ray_address=ray_address,
+                ray_workers=ray_workers,
+                cache=cache,
+                turns=turns.value,
+                turn_context=turn_context.value,
+                on_progress=display,
+            )
+
     try:
         with display:
-            run = asyncio.run(
-                arelabel(
-                    source,
-                    topology=topo,
-                    out=out,
-                    name=name,
-                    concurrency=concurrency,
-                    limit=limit,
-                    max_usd=max_usd,
-                    rate_limits=limits,
-                    retry_failed=retry_failed,
-                    engine=engine.value,
-                    ray_address=ray_address,
-                    ray_workers=ray_workers,
-                    cache=cache,
-                    turns=turns.value,
-                    turn_context=turn_context.value,
-                    on_progress=display,
-                )
-            )
-    except KeyboardInterrupt:
+            run = asyncio.run(until_ctrl_c())
+    except (Interrupted, KeyboardInterrupt):
         _interrupted(run_folder(source, topo, out, name), display.tally)
         raise SystemExit(130) from None
     _report(run, as_json=as_json, quiet=quiet)
