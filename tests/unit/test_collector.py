@@ -37,7 +37,9 @@ def test_pause_then_settle_freezes_what_exists_and_turns_collection_back_on() ->
     assert gc.get_freeze_count() >= len(loaded)
     frozen = gc.get_freeze_count()
     collector.settle()  # a second settle (a chat's next turn) freezes nothing more
-    assert gc.get_freeze_count() == frozen
+    # (frozen objects that die meanwhile, say in another test's leftover thread, leave the
+    # frozen generation: the count can only go down)
+    assert gc.get_freeze_count() <= frozen
 
 
 def test_resume_turns_collection_back_on_without_freezing() -> None:
