@@ -811,10 +811,12 @@ def test_keys_from_file_and_environment(tmp_path: Path) -> None:
 
 
 class _BrokenGraph:
-    async def ainvoke(self, inputs: Any) -> Any:
+    """A graph that fails as it starts, whichever way the run loop calls it."""
+
+    async def ainvoke(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom at /secret/path")
 
-    async def astream(self, inputs: Any, **kwargs: Any) -> Any:
+    async def astream(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom at /secret/path")
         yield  # pragma: no cover
 
