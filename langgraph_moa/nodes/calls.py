@@ -573,7 +573,9 @@ def _past_the_limit(
 ) -> str | None:
     """Why a whole reply ran past ``max_tokens`` (its reported completion tokens, or its text
     by :data:`CUT_CHARS_PER_TOKEN`), or None."""
-    if usage["completion_tokens"] > allowed:
+    # one token over is an end-of-text token some servers count (llama.cpp does), not a reply
+    # that ran on
+    if usage["completion_tokens"] > allowed + 1:
         return (
             f"{IGNORED}: it reported {usage['completion_tokens']} completion tokens for a limit "
             f"of {allowed}; counted at the limit"
