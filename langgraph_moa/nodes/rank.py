@@ -50,16 +50,16 @@ class Ranked:
 async def rank_candidates(
     step: JudgeNode,
     state: MoAState,
-    shown: Candidates,
+    candidates: Candidates,
     *,
     judge_mode: str,
     retry_no_verdict: bool = False,
 ) -> Ranked:
-    """Rank the candidates ``shown`` with the node's model, listwise or pairwise: the
+    """Rank ``candidates`` with the node's model, listwise or pairwise: the
     aggregator's rank mode and a layer's rank join both do this. One candidate ranks first with
     no call."""
     pool, agent, arranger = step.pool, step.agent, step.arranger
-    kept, refs = shown.kept, shown.refs
+    kept, refs = candidates.kept, candidates.refs
     if len(kept) < 2:
         return Ranked(list(range(len(kept))), None, [])
     if judge_mode != "pairwise":
