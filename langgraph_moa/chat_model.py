@@ -47,7 +47,8 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langgraph_moa.child_runs import child_config, iterate_as_child
 from langgraph_moa.errors import MoARunError
-from langgraph_moa.graphs.builder import AGGREGATOR, FALLBACK, build_graph
+from langgraph_moa.graphs.builder import build_graph
+from langgraph_moa.graphs.names import AGGREGATOR, FALLBACK
 from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.run import AnswerToken, Event, RunFinished, stream_run
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset

@@ -3,8 +3,8 @@ loop that feeds rows to it within the concurrency and the budget, writing each r
 ledger as its row finishes.
 
 :func:`relabel_row` runs a row through :func:`langgraph_moa.run.stream_run`, the run loop
-every door shares, inside a :func:`~langgraph_moa.nodes.cache.row_scope` (each call is cached as
-it finishes) and a :func:`~langgraph_moa.nodes.calls.meter_calls` meter (each request is counted
+every door shares, inside a :func:`~langgraph_moa.llm.call_cache.row_scope` (each call is cached as
+it finishes) and a :func:`~langgraph_moa.llm.usage.meter_calls` meter (each request is counted
 as it ends), so a row that fails after paid calls is recorded with what it spent. A done row's
 figures come from the state's usage (the two agree). The record names why a degraded row is
 degraded (``degraded_reasons``: ``truncated``, ``proposer_failed``, ``critic_failed``,
@@ -59,11 +59,12 @@ from langchain_core.messages import AIMessage, convert_to_messages, convert_to_o
 from langgraph_moa.batch.ledger import Ledger, RowRecord, TurnRecord
 from langgraph_moa.batch.rows import InvalidRow, Row
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
+from langgraph_moa.graphs import Estimate, estimate
 from langgraph_moa.graphs.builder import MoAGraph
+from langgraph_moa.llm.call import error_text
+from langgraph_moa.llm.call_cache import row_scope
 from langgraph_moa.llm.text import text_of
-from langgraph_moa.nodes.budget import Estimate, estimate
-from langgraph_moa.nodes.cache import row_scope
-from langgraph_moa.nodes.calls import error_text, meter_calls
+from langgraph_moa.llm.usage import meter_calls
 from langgraph_moa.result import result_of
 from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable

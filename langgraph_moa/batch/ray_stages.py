@@ -56,8 +56,8 @@ from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateGate, RateLimits
 from langgraph_moa.batch.rows import InvalidRow, Row, read_rows
 from langgraph_moa.graphs.builder import build_graph
+from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.openai_client import gate_requests
-from langgraph_moa.nodes.cache import open_cache
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
 

@@ -2,7 +2,7 @@
 the call, with bounded concurrency, rate limits and a budget.
 
 Each row runs through :func:`langgraph_moa.run.stream_run`, the run loop every door shares, in a
-:func:`~langgraph_moa.nodes.cache.row_scope` so each of its calls is cached as it finishes
+:func:`~langgraph_moa.llm.call_cache.row_scope` so each of its calls is cached as it finishes
 (``<out>/calls.sqlite``), and is recorded in the run's ledger in one transaction when it ends.
 Kill the process at any moment and rerun the same command: rows already recorded are skipped,
 a row cut short runs again with its finished calls served from the cache.
@@ -80,10 +80,10 @@ from langgraph_moa.batch.rundir import (
 )
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs.builder import build_graph
+from langgraph_moa.llm.call import error_text
+from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
-from langgraph_moa.nodes.cache import open_cache
-from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset, load_topology
 from langgraph_moa.sync_loop import run_sync

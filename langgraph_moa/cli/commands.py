@@ -169,7 +169,7 @@ SwitchOpt = Annotated[
 
 
 def _read_decision(path: Path) -> Any:
-    from langgraph_moa.nodes.review import parse_decision
+    from langgraph_moa.graphs import parse_decision
 
     source = f"decision file {str(path)!r}"
     return parse_decision(read_data_file(path, what="decision file"), source=source).model_dump()
@@ -219,8 +219,8 @@ async def _preflight(topology: Topology) -> None:
     """Before anything runs: extras, keys, the local model's build, prices for a USD budget;
     then the model stack is loaded, so that the run's first requests do not wait for it."""
     from langgraph_moa.llm.chat_models import check_ready, warm_up
-    from langgraph_moa.nodes.budget import check_priced
-    from langgraph_moa.nodes.calls import make_models
+    from langgraph_moa.llm.model_pool import make_models
+    from langgraph_moa.llm.usage import check_priced
     from langgraph_moa.spec.models import PriceTable
 
     check_ready(topology, probe_local=True)
@@ -248,8 +248,8 @@ def _resume_command(thread: str, db: str | None) -> str:
 
 
 def _cache_backend(cache: Path | None) -> Any:
-    from langgraph_moa.nodes.cache import open_cache
-    from langgraph_moa.nodes.calls import error_text
+    from langgraph_moa.llm.call import error_text
+    from langgraph_moa.llm.call_cache import open_cache
 
     if cache is None:
         return True
@@ -273,7 +273,7 @@ async def _run_to_end(
     from langgraph.types import Command
 
     from langgraph_moa.cli.console import ask_review, drive
-    from langgraph_moa.nodes.review import parse_decision
+    from langgraph_moa.graphs import parse_decision
 
     mode = cast("Durability", getattr(durability, "value", durability))
     collector.settle()  # the engine is loaded and the graph built: the run starts now
@@ -639,8 +639,8 @@ def resume(
     from langgraph_moa.cli.console import ask_review, err
     from langgraph_moa.cli.store import open_checkpointer
     from langgraph_moa.cli.threads import run_config, topology_of_thread
+    from langgraph_moa.graphs import apply_edits, parse_decision
     from langgraph_moa.graphs.builder import build_graph
-    from langgraph_moa.nodes.review import apply_edits, parse_decision
 
     resume_value = _read_decision(decision) if decision else None
 
@@ -865,7 +865,7 @@ def main(argv: list[str] | None = None) -> None:
     except MoAError as e:
         fail(str(e), 1)
     except Exception as e:  # never a traceback for the user
-        from langgraph_moa.nodes.calls import error_text
+        from langgraph_moa.llm.call import error_text
 
         fail(error_text(e), 1)
     finally:

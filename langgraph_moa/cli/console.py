@@ -21,8 +21,8 @@ from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 
-from langgraph_moa.nodes.budget import check_priced, estimate
-from langgraph_moa.nodes.names import (
+from langgraph_moa.graphs import estimate
+from langgraph_moa.graphs.names import (
     AGGREGATOR,
     CRITIC,
     FALLBACK,
@@ -34,6 +34,7 @@ from langgraph_moa.nodes.names import (
     layer_of,
     proposer_node,
 )
+from langgraph_moa.llm.usage import check_priced
 from langgraph_moa.run import (
     AnswerToken,
     NodeFinished,

@@ -16,15 +16,18 @@ from typing import Protocol
 from langchain_core.runnables.graph import Graph
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.graphs.builder import (
+from langgraph_moa.graphs.names import (
     AGGREGATOR,
     CRITIC,
     FALLBACK,
     PREPARE,
+    RANK,
+    SELECT,
+    WINDOW,
     join_node,
+    layer_exit,
     proposer_node,
 )
-from langgraph_moa.nodes.names import RANK, SELECT, WINDOW, layer_exit
 from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, LayerJoin, Topology
 
 __all__ = ["SUPPORTED_SUFFIXES", "to_html", "to_svg", "write_drawing"]

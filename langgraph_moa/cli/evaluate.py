@@ -92,7 +92,7 @@ def _judge(model: str | None, preset: str | None, topology: Path | None) -> Agen
 def _preflight(chosen: Topology | Agent) -> None:
     from langgraph_moa.evaluation.judge import single_topology
     from langgraph_moa.llm.chat_models import check_ready
-    from langgraph_moa.nodes.budget import check_priced
+    from langgraph_moa.llm.usage import check_priced
 
     if isinstance(chosen, Agent):
         chosen = single_topology(chosen)
@@ -315,8 +315,8 @@ def eval_command(
     from langgraph_moa.evaluation.datasets import Scoring, load_benchmark
     from langgraph_moa.evaluation.driver import CALLS_FILE, run_eval
     from langgraph_moa.evaluation.judge import Judge
+    from langgraph_moa.llm.call_cache import open_cache
     from langgraph_moa.llm.openai_client import gate_requests
-    from langgraph_moa.nodes.cache import open_cache
 
     limits = parse_limits(rpm, tpm)
     chosen = _topology(preset, topology, model, "")

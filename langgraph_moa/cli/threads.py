@@ -20,7 +20,8 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.nodes.names import (
+from langgraph_moa.graphs import apply_edits
+from langgraph_moa.graphs.names import (
     CRITIC,
     PREPARE,
     REVIEW,
@@ -29,7 +30,6 @@ from langgraph_moa.nodes.names import (
     layer_of,
     proposer_node,
 )
-from langgraph_moa.nodes.review import apply_edits
 from langgraph_moa.spec.topology import Topology, parse_topology
 
 __all__ = [

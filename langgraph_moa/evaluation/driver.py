@@ -58,8 +58,9 @@ from langgraph_moa.evaluation.judge import Judge
 from langgraph_moa.evaluation.records import RecordStore
 from langgraph_moa.evaluation.score import count_sides, score_items
 from langgraph_moa.evaluation.summary import Generation, cost_summary, summarise
-from langgraph_moa.nodes.cache import ProposalCache
-from langgraph_moa.nodes.calls import ModelPool, call_agent
+from langgraph_moa.llm.call import call_agent
+from langgraph_moa.llm.call_cache import ProposalCache
+from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Topology
 

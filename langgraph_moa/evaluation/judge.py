@@ -2,7 +2,7 @@
 writes the verdict), and its judgments kept on disk so that none is paid for twice.
 
 A model judge is called at temperature 0 through the project's own call path
-(:func:`langgraph_moa.nodes.calls.call_agent`: retries, timeouts, usage and prices). A topology
+(:func:`langgraph_moa.llm.call.call_agent`: retries, timeouts, usage and prices). A topology
 judge runs the judge's request as one row of the batch runner
 (:func:`langgraph_moa.batch.core.relabel_row`: the shared run loop, the run's usage and cost),
 in a row scope over the judgments' cache, so every call of the panel is cached as it finishes
@@ -54,10 +54,11 @@ from langgraph_moa.evaluation.records import RecordStore
 from langgraph_moa.evaluation.scoring import Game, Grade, read_rating, read_verdict
 from langgraph_moa.evaluation.summary import percentile
 from langgraph_moa.graphs.builder import build_graph
+from langgraph_moa.llm.call import call_agent
+from langgraph_moa.llm.call_cache import ProposalCache
 from langgraph_moa.llm.chat_models import check_ready
-from langgraph_moa.nodes.budget import check_priced
-from langgraph_moa.nodes.cache import ProposalCache
-from langgraph_moa.nodes.calls import ModelPool, call_agent
+from langgraph_moa.llm.model_pool import ModelPool
+from langgraph_moa.llm.usage import check_priced
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
 

@@ -1,7 +1,7 @@
 """Finished requests of an eval kept as records (reply, calls, tokens, $, latency), keyed by who
 answered and the exact request, in one of the eval's LangGraph cache files.
 
-The call cache (:mod:`langgraph_moa.nodes.cache`) already makes a rerun send no request again,
+The call cache (:mod:`langgraph_moa.llm.call_cache`) already makes a rerun send no request again,
 but a hit there is reported as free and instant, as it should be for a run; an eval's report must
 say what the answers and the judgments cost when they were made, however many times the eval is
 rescored. So the eval's own generations by a single model and its judgments are stored whole,

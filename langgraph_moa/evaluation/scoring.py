@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from langgraph_moa.nodes.judging import last_brackets, no_verdict
+from langgraph_moa.llm.verdicts import last_brackets, no_verdict
 
 __all__ = [
     "STRONG_WEIGHT",

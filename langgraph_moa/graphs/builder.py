@@ -25,8 +25,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
+from langgraph_moa.llm.call_cache import DEFAULT_CACHE, ProposalCache
 from langgraph_moa.nodes.aggregate import make_aggregator, make_fallback, route_after_aggregator
-from langgraph_moa.nodes.cache import DEFAULT_CACHE, ProposalCache
 from langgraph_moa.nodes.critique import make_critic
 from langgraph_moa.nodes.early_stop import route_after_check, with_early_stop
 from langgraph_moa.nodes.join import make_join

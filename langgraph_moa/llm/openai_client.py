@@ -22,7 +22,7 @@ A whole (unstreamed) reply is read only up to the size set with :func:`limit_rep
 the request: past it, reading stops, the connection is dropped and :class:`ReplyPastLimit`
 (an ``openai.OpenAIError``, which the client neither retries nor wraps) says so; an upstream
 that ignores ``max_tokens`` cannot make the process read, or keep, an unbounded body. Streamed
-replies are cut by the caller as their tokens arrive (see :mod:`langgraph_moa.nodes.calls`).
+replies are cut by the caller as their tokens arrive (see :mod:`langgraph_moa.llm.reply_guard`).
 
 Each agent has a client of its own, but they share one TLS context: httpx builds one per
 transport by reading the system's CA bundle, tens of milliseconds each, which a topology of

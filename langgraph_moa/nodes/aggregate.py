@@ -16,20 +16,15 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 
 from langgraph_moa.errors import MoARunError
+from langgraph_moa.llm.call import Outcome, call_agent
+from langgraph_moa.llm.call_cache import ProposalCache
 from langgraph_moa.llm.chat_models import call_options
-from langgraph_moa.nodes.cache import ProposalCache
-from langgraph_moa.nodes.calls import (
-    CallExtras,
-    ModelPool,
-    Outcome,
-    call_agent,
-    call_record,
-    usage_update,
-)
+from langgraph_moa.llm.model_pool import CallExtras, ModelPool
 from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, candidates, refs_of
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
+from langgraph_moa.nodes.records import call_record, usage_update
 from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState, Truncation
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import provider_kind

@@ -4,7 +4,7 @@ The estimate assumes every call writes its full ``max_tokens``, that each layer 
 its answers on (a ``select`` or ``rank`` join: the one or the ``keep`` it names) and that a
 judge with ``retry_no_verdict`` is asked every question twice (its reply and the reminder added
 to the second prompt); prompt sizes
-are counted so as never to come out low (:mod:`langgraph_moa.nodes.token_bound`: the model's
+are counted so as never to come out low (:mod:`langgraph_moa.llm.token_bound`: the model's
 tokenizer where one is known, else the text's UTF-8 bytes), for each model with its own count;
 the conversation is counted once per estimate and per kind of count (:class:`PromptSizes`).
 Prices come from the price table; a budget in USD refuses models without a known price.
@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from langchain_core.messages import BaseMessage
 from typing_extensions import TypedDict
 
-from langgraph_moa.errors import MoAInputError, MoARunError
+from langgraph_moa.errors import MoARunError
+from langgraph_moa.llm.token_bound import MESSAGE_OVERHEAD, counter_for
+from langgraph_moa.llm.usage import check_priced
 from langgraph_moa.nodes.names import (
     AGGREGATOR,
     CRITIC,
@@ -47,17 +49,15 @@ from langgraph_moa.nodes.prompts import (
     RANKING_FORM,
     SYNTHESIZE_PROMPT,
 )
-from langgraph_moa.nodes.token_bound import MESSAGE_OVERHEAD, counter_for
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import requests_for
 from langgraph_moa.spec.topology import Agent, Topology
 
 __all__ = [
+    "BudgetAccount",
     "BudgetError",
     "Estimate",
-    "Ledger",
     "PromptSizes",
-    "check_priced",
     "estimate",
     "plan",
 ]
@@ -69,8 +69,9 @@ class BudgetError(MoARunError):
     """The budget cannot cover even the smallest plan."""
 
 
-class Ledger(TypedDict):
-    """The budget's account of a turn, kept in state."""
+class BudgetAccount(TypedDict):
+    """The budget's account of a turn, kept in state (its ``ledger`` key): the limits, what
+    was spent, what the plan reckons the rest may cost, and what it left out."""
 
     max_usd: float | None
     max_tokens: int | None
@@ -278,22 +279,6 @@ def _over(topology: Topology, spent_usd: float, spent_tokens: int, est: Estimate
     return budget.max_usd is not None and spent_usd + (est.cost_usd or 0.0) > budget.max_usd
 
 
-def check_priced(topology: Topology, prices: PriceTable) -> None:
-    """A budget in USD needs a price for every model it may call: a configuration error (one
-    line, before any call), never a run that fails half-way."""
-    budget = topology.budget
-    if budget is None or budget.max_usd is None:
-        return
-    unpriced = list(
-        dict.fromkeys(a.model for a in topology.agents() if prices.price(a.model) is None)
-    )
-    if unpriced:
-        raise MoAInputError(
-            f"budget.max_usd needs a price for {', '.join(unpriced)} "
-            "(add it under prices: in the topology or in MOA_PRICES)"
-        )
-
-
 def plan(
     topology: Topology,
     conversation: Sequence[BaseMessage],
@@ -305,8 +290,8 @@ def plan(
     already_skipped: Sequence[str] = (),
     previous_refs_tokens: int | None = None,
     pending_join: bool = False,
-) -> Ledger:
-    """The ledger for the stages still to run: what to skip so the worst case fits."""
+) -> BudgetAccount:
+    """The account for the stages still to run: what to skip so the worst case fits."""
     budget = topology.budget
     skipped = [s for s in already_skipped if (layer_of(s) or from_layer) < from_layer]
     actions: list[str] = []

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.nodes.cache import ProposalCache
-from langgraph_moa.nodes.calls import (
-    ModelPool,
-    call_agent,
-    call_record,
-    skipped_record,
-    usage_update,
-)
+from langgraph_moa.llm.call import call_agent
+from langgraph_moa.llm.call_cache import ProposalCache
+from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.nodes.hygiene import answer_layer, candidates
 from langgraph_moa.nodes.messages import fitted_critic_messages
 from langgraph_moa.nodes.propose import Node, is_skipped
+from langgraph_moa.nodes.records import call_record, skipped_record, usage_update
 from langgraph_moa.nodes.state import MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph_moa.errors import MoARunError
-from langgraph_moa.nodes.budget import Ledger, plan
+from langgraph_moa.nodes.budget import BudgetAccount, plan
 from langgraph_moa.nodes.context_window import estimate_tokens
 from langgraph_moa.nodes.propose import Node, ok_texts
 from langgraph_moa.nodes.state import MoAState, empty_usage
@@ -30,7 +30,7 @@ def make_join(layer: int, topology: Topology, *, prices: PriceTable) -> Node:
                 f"layer {layer} got {answered} of {len(proposals)} proposals, below its quorum "
                 f"of {quorum} ({reasons})"
             )
-        old: Ledger | None = state.get("ledger")
+        old: BudgetAccount | None = state.get("ledger")
         if old is None:
             return {}
         usage = state.get("usage") or empty_usage()

@@ -1,34 +1,24 @@
 """One judge call over some candidates (select and rank modes, a layer's select or rank join):
-build the messages, call the judge's model, read its verdict by contract, and record the call.
+build the messages, call the judge's model, read its verdict by contract
+(:mod:`langgraph_moa.llm.verdicts`: only the last ``[[...]]`` of the reply, checked against
+what was asked), and record the call.
 
-The contract: the judge ends its reply with its verdict in double square brackets, and only the
-last ``[[...]]`` of the reply is read, then checked against what was asked:
-
-- select, and one pairwise game of rank: one candidate's number, ``[[2]]`` (from 1 to the
-  number of candidates shown);
-- listwise rank: every candidate's number exactly once, best first, ``[[3, 1, 2]]`` (commas or
-  ``>`` between them).
-
-Anything else (no brackets, a number that names no candidate, a ranking that leaves one out or
-names one twice) is *no verdict*: the call's record says so, with the reply's first words, and
-the caller degrades the run. Numbers in the prose ("candidate 1 has 2 errors") are never read.
-A judge whose settings say ``retry_no_verdict`` is asked once more, with its reply and a
-reminder of the form added to the conversation; the record keeps both replies.
-
-The reading is hand-written (a regular expression and a check) because a judge may be any
-provider's model: structured output is not available from all of them, and a bracketed final
-line is what judges are commonly trained and prompted to give.
+A reply without a verdict makes the call's record say so, with the reply's first words, and the
+caller degrades the run. A judge whose settings say ``retry_no_verdict`` is asked once more,
+with its reply and a reminder of the form added to the conversation; the record keeps both
+replies.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from langgraph_moa.nodes.calls import ModelPool, Outcome, call_agent
+from langgraph_moa.llm.call import Outcome, call_agent
+from langgraph_moa.llm.model_pool import ModelPool
+from langgraph_moa.llm.verdicts import Reading, read_verdict
 from langgraph_moa.nodes.messages import fitted_judge_messages
 from langgraph_moa.nodes.prompts import NO_VERDICT_PROMPT, PICK_FORM, RANKING_FORM
 from langgraph_moa.nodes.state import JudgeAttempt, JudgeCall, MoAState, Proposal
@@ -39,46 +29,8 @@ __all__ = [
     "RANKING",
     "Contract",
     "Judged",
-    "Reading",
-    "first_words",
     "judge",
-    "last_brackets",
-    "no_verdict",
 ]
-
-# the content of one [[...]] on a single line; long contents are not a verdict of any kind
-_BRACKETS = re.compile(r"\[\[([^\[\]\n]{0,200})\]\]")
-_NUMBER = re.compile(r"\s*(\d{1,4})\s*")
-_SEPARATOR = re.compile(r"\s*[,>]\s*")
-FIRST_WORDS = 80
-
-
-def first_words(text: str | None, limit: int = FIRST_WORDS) -> str:
-    """The start of ``text`` on one line (whitespace runs made one space), at most ``limit``
-    characters, an ellipsis marking a cut."""
-    line = " ".join((text or "").split())
-    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
-
-
-def last_brackets(reply: str | None) -> str | None:
-    """The content of the last ``[[...]]`` in ``reply`` (spaces kept), or None."""
-    found = _BRACKETS.findall(reply or "")
-    return found[-1] if found else None
-
-
-def no_verdict(reply: str | None, why: str) -> str:
-    """The record's words for a reply without a verdict: why, and how the reply began."""
-    return f'no verdict ({why}); the reply began: "{first_words(reply)}"'
-
-
-@dataclass(frozen=True)
-class Reading:
-    """A judge reply as read: the 0-based positions it names (one for a choice, all of them
-    best first for a ranking) and the bracketed verdict, or, with no verdict, why not."""
-
-    picks: list[int]
-    verdict: str | None = None  # e.g. "[[2]]"
-    problem: str | None = None  # no verdict: why, with the reply's first words
 
 
 @dataclass(frozen=True)
@@ -89,22 +41,9 @@ class Contract:
     ranking: bool
 
     def read(self, reply: str | None, count: int) -> Reading:
-        """The verdict of ``reply`` about ``count`` candidates (see the module docstring)."""
-        inner = last_brackets(reply)
-        if inner is None:
-            return Reading([], problem=no_verdict(reply, "no [[...]] in the reply"))
-        shown = f"[[{inner.strip()}]]"
-        parts = _SEPARATOR.split(inner.strip()) if self.ranking else [inner]
-        numbers = [int(m.group(1)) for p in parts if (m := _NUMBER.fullmatch(p))]
-        if self.ranking:
-            if len(numbers) != len(parts) or sorted(numbers) != list(range(1, count + 1)):
-                why = f"{shown} is not an order of all {count} candidates"
-                return Reading([], problem=no_verdict(reply, why))
-        elif len(numbers) != 1 or not 1 <= numbers[0] <= count:
-            why = f"{shown} names no candidate from 1 to {count}"
-            return Reading([], problem=no_verdict(reply, why))
-        verdict = "[[" + ", ".join(str(k) for k in numbers) + "]]"
-        return Reading([k - 1 for k in numbers], verdict=verdict)
+        """The verdict of ``reply`` about ``count`` candidates (see
+        :mod:`langgraph_moa.llm.verdicts`)."""
+        return read_verdict(reply, count, ranking=self.ranking)
 
     def reminder(self, count: int) -> str:
         """What the judge is told when asked again after a reply without a verdict."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.nodes.calls import ModelPool, Outcome, usage_update
+from langgraph_moa.llm.call import Outcome
 from langgraph_moa.nodes.extract import tally
-from langgraph_moa.nodes.hygiene import Arranger, candidates, refs_of
-from langgraph_moa.nodes.judging import CHOICE, judge
-from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
+from langgraph_moa.nodes.hygiene import candidates, refs_of
+from langgraph_moa.nodes.judge_node import JudgeNode
+from langgraph_moa.nodes.judging import Judged
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.rank import describe_ranking, rank_candidates
 from langgraph_moa.nodes.state import JoinRecord, MoAState
@@ -57,32 +57,28 @@ def make_layer_judge(
     agent: Agent, *, layer: int, setting: LayerJoin, node: str, prices: PriceTable
 ) -> Node:
     """The ``L<i>/select`` or ``L<i>/rank`` node of a layer whose join asks a model."""
-    pool = ModelPool(agent.model_copy(update={"n": 1}))
-    arranger = Arranger(setting.references, node)
+    step = JudgeNode(agent, setting.references, node=node, prices=prices)
 
     async def layer_judge(state: MoAState) -> dict[str, Any]:
-        kept, references = arranger.keep(state, layer)
-        refs = refs_of(state, layer, kept)
+        shown = step.candidates(state, layer)
+        kept, refs = shown.kept, shown.refs
         record = JoinRecord(
-            layer=layer, mode=setting.mode, passed=[], votes={}, reason="", references=references
+            layer=layer,
+            mode=setting.mode,
+            passed=[],
+            votes={},
+            reason="",
+            references=shown.references,
         )
         degraded = False
+        calls: list[Judged]
         if setting.mode == "select":
             if len(kept) < 2:
                 record["passed"], record["winner"], record["calls"] = refs, None, []
                 record["reason"] = f"{len(kept)} answer(s): nothing to select from, all go on"
                 return {"joins": [record]}
-            order = arranger.order(len(kept))
-            names = [refs[k] for k in order]
-            judged = await judge(
-                pool,
-                agent,
-                state,
-                [kept[k] for k in order],
-                names,
-                SELECT_REQUEST_PROMPT,
-                CHOICE,
-                retry_no_verdict=setting.retry_no_verdict,
+            judged, names = await step.select(
+                state, shown, retry_no_verdict=setting.retry_no_verdict
             )
             calls = [judged]
             record["calls"] = [judged.call]
@@ -107,13 +103,10 @@ def make_layer_judge(
                     record["reason"] = f"{what}; rule 'all': every answer goes on"
         else:
             ranked = await rank_candidates(
-                pool,
-                agent,
+                step,
                 state,
-                kept,
-                refs,
+                shown,
                 judge_mode=setting.judge,
-                arranger=arranger,
                 retry_no_verdict=setting.retry_no_verdict,
             )
             calls = ranked.calls
@@ -126,13 +119,8 @@ def make_layer_judge(
             how = describe_ranking(ranked, agent, setting.judge)
             record["reason"] = f"{how}: {' > '.join(ranking)}; the top {keep} go on"
             degraded = ranked.unread > 0
-        update: dict[str, Any] = {"joins": [record]}
         outcomes: list[Outcome] = [o for c in calls for o in c.outcomes]
         requests = sum(c.requests for c in calls)
-        if requests:
-            update["usage"] = usage_update(agent.model, outcomes, requests, prices)
-        if degraded:
-            update["degraded"] = True
-        return update
+        return step.finish({"joins": [record]}, outcomes, requests, degraded=degraded)
 
     return layer_judge

@@ -12,16 +12,12 @@ from typing import Any
 
 from langgraph.config import get_stream_writer
 
-from langgraph_moa.nodes.cache import ProposalCache
-from langgraph_moa.nodes.calls import (
-    ModelPool,
-    call_agent,
-    call_record,
-    skipped_record,
-    usage_update,
-)
+from langgraph_moa.llm.call import call_agent
+from langgraph_moa.llm.call_cache import ProposalCache
+from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.nodes.hygiene import Arranger
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
+from langgraph_moa.nodes.records import call_record, skipped_record, usage_update
 from langgraph_moa.nodes.state import CallRecord, MoAState, Proposal
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, References

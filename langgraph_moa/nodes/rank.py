@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from langgraph_moa.nodes.calls import ModelPool, Outcome, usage_update
-from langgraph_moa.nodes.hygiene import Arranger, answer_layer, refs_of
+from langgraph_moa.llm.call import Outcome
+from langgraph_moa.nodes.hygiene import answer_layer
+from langgraph_moa.nodes.judge_node import Candidates, JudgeNode
 from langgraph_moa.nodes.judging import CHOICE, RANKING, Judged, judge
 from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, RANK_REQUEST_PROMPT
 from langgraph_moa.nodes.propose import Node
-from langgraph_moa.nodes.state import AggregationRecord, MoAState, Proposal
+from langgraph_moa.nodes.state import AggregationRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Aggregator
 
@@ -47,18 +48,18 @@ class Ranked:
 
 
 async def rank_candidates(
-    pool: ModelPool,
-    agent: Agent,
+    step: JudgeNode,
     state: MoAState,
-    kept: list[Proposal],
-    refs: list[str],
+    candidates: Candidates,
     *,
     judge_mode: str,
-    arranger: Arranger,
     retry_no_verdict: bool = False,
 ) -> Ranked:
-    """Rank ``kept`` (named ``refs``) with ``agent``, listwise or pairwise: the aggregator's rank
-    mode and a layer's rank join both do this. One candidate ranks first with no call."""
+    """Rank ``candidates`` with the node's model, listwise or pairwise: the
+    aggregator's rank mode and a layer's rank join both do this. One candidate ranks first with
+    no call."""
+    pool, agent, arranger = step.pool, step.agent, step.arranger
+    kept, refs = candidates.kept, candidates.refs
     if len(kept) < 2:
         return Ranked(list(range(len(kept))), None, [])
     if judge_mode != "pairwise":
@@ -124,32 +125,22 @@ def describe_ranking(ranked: Ranked, agent: Agent, judge_mode: str) -> str:
 
 
 def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
-    pool = ModelPool(agg.model_copy(update={"n": 1}))
-    arranger = Arranger(agg.references, node)
+    step = JudgeNode(agg, agg.references, node=node, prices=prices)
 
     async def rank(state: MoAState) -> dict[str, Any]:
-        layer = answer_layer(state, last_layer)
-        kept, references = arranger.keep(state, layer)
-        refs = refs_of(state, layer, kept)
+        shown = step.candidates(state, answer_layer(state, last_layer))
         ranked = await rank_candidates(
-            pool,
-            agg,
-            state,
-            kept,
-            refs,
-            judge_mode=agg.judge,
-            arranger=arranger,
-            retry_no_verdict=agg.retry_no_verdict,
+            step, state, shown, judge_mode=agg.judge, retry_no_verdict=agg.retry_no_verdict
         )
         calls = ranked.calls
         outcomes: list[Outcome] = [o for c in calls for o in c.outcomes]
         requests = sum(c.requests for c in calls)
-        ranking = [refs[k] for k in ranked.order]
+        ranking = [shown.refs[k] for k in ranked.order]
         record = AggregationRecord(
             mode="rank",
             ranking=ranking,
             calls=[c.call for c in calls],
-            references=references,
+            references=shown.references,
         )
         if ranked.scores is not None:
             record["scores"] = ranked.scores
@@ -162,10 +153,6 @@ def make_ranker(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
             record["winner"] = ranking[0]
             record["reason"] = f"{how}: {' > '.join(ranking)}; the best is the answer"
         update: dict[str, Any] = {"aggregation": record}
-        if calls:
-            update["usage"] = usage_update(agg.model, outcomes, requests, prices)
-        if ranked.unread:
-            update["degraded"] = True
-        return update
+        return step.finish(update, outcomes, requests, degraded=ranked.unread > 0)
 
     return rank

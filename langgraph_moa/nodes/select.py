@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.nodes.calls import ModelPool, usage_update
-from langgraph_moa.nodes.hygiene import Arranger, answer_layer, refs_of
-from langgraph_moa.nodes.judging import CHOICE, judge
-from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
+from langgraph_moa.nodes.hygiene import answer_layer
+from langgraph_moa.nodes.judge_node import JudgeNode
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
@@ -21,14 +19,12 @@ __all__ = ["make_selector"]
 
 
 def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
-    pool = ModelPool(agg.model_copy(update={"n": 1}))
-    arranger = Arranger(agg.references, node)
+    step = JudgeNode(agg, agg.references, node=node, prices=prices)
 
     async def select(state: MoAState) -> dict[str, Any]:
-        layer = answer_layer(state, last_layer)
-        kept, references = arranger.keep(state, layer)
-        refs = refs_of(state, layer, kept)
-        if len(kept) == 1:  # a sole candidate is the most consistent one: nothing to ask
+        shown = step.candidates(state, answer_layer(state, last_layer))
+        refs, references = shown.refs, shown.references
+        if len(shown.kept) == 1:  # a sole candidate is the most consistent one: nothing to ask
             record = AggregationRecord(
                 mode="select",
                 calls=[],
@@ -37,23 +33,9 @@ def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceT
                 reason=f"one candidate, {refs[0]}: no selection needed",
             )
             return {"aggregation": record}
-        order = arranger.order(len(kept))
-        names = [refs[k] for k in order]
-        judged = await judge(
-            pool,
-            agg,
-            state,
-            [kept[k] for k in order],
-            names,
-            SELECT_REQUEST_PROMPT,
-            CHOICE,
-            retry_no_verdict=agg.retry_no_verdict,
-        )
+        judged, names = await step.select(state, shown, retry_no_verdict=agg.retry_no_verdict)
         record = AggregationRecord(mode="select", calls=[judged.call], references=references)
-        update: dict[str, Any] = {
-            "usage": usage_update(agg.model, judged.outcomes, judged.requests, prices),
-            "aggregation": record,
-        }
+        update: dict[str, Any] = {"aggregation": record}
         if judged.picks:
             chosen = names[judged.picks[0]]
             record["winner"] = chosen
@@ -62,9 +44,8 @@ def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceT
                 f"{len(names)} as shown ({judged.call.get('verdict')}"
                 f"{', when asked again' if judged.asked_again else ''}), which is {chosen}"
             )
-            return update
+            return step.finish(update, judged.outcomes, judged.requests, degraded=False)
         what = judged.failure("the selector")
-        update["degraded"] = True
         if agg.on_no_answer == "first":
             record["winner"] = refs[0]
             record["reason"] = f"{what}; rule 'first': {refs[0]}"
@@ -72,6 +53,6 @@ def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceT
             record["winner"] = None
             record["used"] = refs
             record["reason"] = f"{what}; rule 'synthesize': the model writes from all candidates"
-        return update
+        return step.finish(update, judged.outcomes, judged.requests, degraded=True)
 
     return select

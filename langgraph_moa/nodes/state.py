@@ -22,7 +22,8 @@ from langgraph.graph.message import add_messages
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from langgraph_moa.nodes.budget import Ledger
+from langgraph_moa.llm.usage import TokenUsage
+from langgraph_moa.nodes.budget import BudgetAccount
 from langgraph_moa.nodes.context_window import Trim
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "ReferencesRecord",
     "ReviewRecord",
     "StateUpdateError",
-    "TokenUsage",
     "Truncation",
     "Usage",
     "add_conversation",
@@ -52,12 +52,6 @@ __all__ = [
     "merge_layers",
     "replaced_by",
 ]
-
-
-class TokenUsage(TypedDict):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class ReferencesRecord(TypedDict):
@@ -447,7 +441,9 @@ class MoAState(TypedDict):
     usage: Annotated[Usage, add_usage]
     degraded: Annotated[bool, either]
     # the budget's account, when the topology has a budget
-    ledger: NotRequired[Annotated[Ledger | None, replaced_by("ledger", Ledger | None)]]
+    ledger: NotRequired[
+        Annotated[BudgetAccount | None, replaced_by("ledger", BudgetAccount | None)]
+    ]
     fallback: NotRequired[
         Annotated[FallbackRecord | None, replaced_by("fallback", FallbackRecord | None)]
     ]

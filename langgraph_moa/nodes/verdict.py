@@ -15,8 +15,9 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
+from langgraph_moa.llm.model_pool import ModelPool
+from langgraph_moa.llm.usage import zero_usage
 from langgraph_moa.nodes.aggregate import answer_update, write_answer
-from langgraph_moa.nodes.calls import ModelPool, zero_usage
 from langgraph_moa.nodes.hygiene import Arranger, answer_layer, candidates, refs_of
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import (

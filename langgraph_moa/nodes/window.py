@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.nodes.calls import ModelPool, Outcome, call_agent, usage_update
-from langgraph_moa.nodes.hygiene import Arranger, answer_layer, refs_of
+from langgraph_moa.llm.call import Outcome, call_agent
+from langgraph_moa.nodes.hygiene import answer_layer
+from langgraph_moa.nodes.judge_node import JudgeNode
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, JudgeCall, MoAState
@@ -36,14 +37,12 @@ def windows(count: int, size: int) -> list[list[int]]:
 
 
 def make_window(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
-    pool = ModelPool(agg.model_copy(update={"n": 1}))
-    arranger = Arranger(agg.references, node)
+    site = JudgeNode(agg, agg.references, node=node, prices=prices)
 
     async def window(state: MoAState) -> dict[str, Any]:
-        layer = answer_layer(state, last_layer)
-        kept, references = arranger.keep(state, layer)
-        refs = refs_of(state, layer, kept)
-        order = arranger.order(len(kept))
+        shown = site.candidates(state, answer_layer(state, last_layer))
+        kept, refs, references = shown.kept, shown.refs, shown.references
+        order = site.arranger.order(len(kept))
         steps = windows(len(order), agg.window)
         carry: str | None = None
         calls: list[JudgeCall] = []
@@ -53,7 +52,7 @@ def make_window(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
             members = [order[k] for k in step]
             texts = ([carry] if carry else []) + [kept[k]["text"] or "" for k in members]
             messages, _ = fitted_synthesis_messages(agg, state["messages"], texts)
-            got, sent = await call_agent(pool, messages)
+            got, sent = await call_agent(site.pool, messages)
             outcomes += got
             requests += sent
             names = ([CARRY] if carry else []) + [refs[k] for k in members]
@@ -78,11 +77,6 @@ def make_window(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
             reason=reason,
             references=references,
         )
-        update: dict[str, Any] = {"aggregation": record}
-        if requests:
-            update["usage"] = usage_update(agg.model, outcomes, requests, prices)
-        if failed:
-            update["degraded"] = True
-        return update
+        return site.finish({"aggregation": record}, outcomes, requests, degraded=bool(failed))
 
     return window

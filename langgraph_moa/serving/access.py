@@ -14,7 +14,7 @@ from typing import TypeAlias
 from urllib.parse import urlsplit
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.nodes.budget import check_priced
+from langgraph_moa.llm.usage import check_priced
 from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import PROVIDERS

@@ -602,7 +602,7 @@ def test_a_cached_call_of_unknown_usage_makes_the_own_cost_unknown(
     side's own cost is unknown (and says so), what the run spent is still known."""
     import sqlite3
 
-    from langgraph_moa.nodes.cache import SqliteCallCache
+    from langgraph_moa.llm.call_cache import SqliteCallCache
 
     prices = tmp_path / "prices.yaml"
     prices.write_text(

@@ -12,7 +12,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa import MoAInputError, Topology, build_graph
-from langgraph_moa.nodes.cache import BoundedMemoryCache
+from langgraph_moa.llm.call_cache import BoundedMemoryCache
 from langgraph_moa.spec.topology import load_topology
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import MOA, one_line_error

@@ -19,7 +19,7 @@ from langgraph_moa.evaluation.datasets import Item, Scoring
 from langgraph_moa.evaluation.judge import Judge, judge_agent
 from langgraph_moa.evaluation.score import score_items
 from langgraph_moa.evaluation.summary import Generation
-from langgraph_moa.nodes.cache import open_cache
+from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.testing.fake_openai import FakeOpenAI, scripted
 from tests.conftest import run_moa
 

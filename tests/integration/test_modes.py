@@ -12,7 +12,7 @@ from langchain_core.messages import HumanMessage
 
 from langgraph_moa import Topology, build_graph
 from langgraph_moa.chat_model import ChatMixtureOfAgents
-from langgraph_moa.nodes.cache import BoundedMemoryCache
+from langgraph_moa.llm.call_cache import BoundedMemoryCache
 from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, SYNTHESIZE_PROMPT
 from langgraph_moa.testing.fake_openai import FakeOpenAI, by_marker, scripted
 from tests.conftest import one_line_error, run_moa

@@ -17,7 +17,7 @@ from langgraph_moa.batch import RelabelRun, relabel
 from langgraph_moa.batch.core import row_worst_case_usd
 from langgraph_moa.batch.rows import Row, rows_of
 from langgraph_moa.graphs.builder import build_graph
-from langgraph_moa.nodes.calls import meter_calls
+from langgraph_moa.llm.usage import meter_calls
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology, load_topology
 from langgraph_moa.testing.fake_openai import FakeOpenAI

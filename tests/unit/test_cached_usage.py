@@ -3,8 +3,10 @@ usage its cache entry kept (or a count of samples whose usage the entry did not 
 
 from __future__ import annotations
 
-from langgraph_moa.nodes.calls import Outcome, usage_update
-from langgraph_moa.nodes.state import TokenUsage, add_usage
+from langgraph_moa.llm.call import Outcome
+from langgraph_moa.llm.usage import TokenUsage
+from langgraph_moa.nodes.records import usage_update
+from langgraph_moa.nodes.state import add_usage
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Price
 

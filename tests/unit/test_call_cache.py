@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from langgraph.cache.sqlite import SqliteCache
 
-from langgraph_moa.nodes.cache import SqliteCallCache
+from langgraph_moa.llm.call_cache import SqliteCallCache
 
 NS = ("langgraph-moa", "proposals", "v2")
 

@@ -6,8 +6,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from langgraph_moa import MissingCredentialsError, Topology, load_preset
+from langgraph_moa.llm.call import error_text
 from langgraph_moa.llm.chat_models import check_credentials, make_chat_model
-from langgraph_moa.nodes.calls import error_text
 from langgraph_moa.spec.providers import PROVIDERS
 
 

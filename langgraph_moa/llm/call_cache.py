@@ -11,7 +11,7 @@ sampled at temperature > 0 without a seed are not cached unless the topology set
 Only complete successes are stored (and only Unicode text: a reply holding a lone surrogate
 would come back altered); hits are marked ``cached`` and cost nothing. Each entry keeps the
 usage its request reported (sample by sample), so a hit can say what the call cost when it was
-made (what a topology costs on new data, :func:`~langgraph_moa.nodes.calls.usage_update`); an
+made (what a topology costs on new data, :func:`~langgraph_moa.nodes.records.usage_update`); an
 entry written before that is read back with its usage unknown (None), never as zero.
 
 Inside :func:`row_scope` (the batch runner wraps each dataset row in one) every call is cached,
