@@ -248,37 +248,29 @@ def _check_fields(data: dict[str, Any]) -> None:
         )
 
 
+def _invalid(param: str, message: str) -> APIError:
+    """A 400 for the value of ``param``."""
+    return APIError(400, message, param=param, code="invalid_value")
+
+
 def _check_request(req: _ChatRequest) -> None:
     """Checks across fields, with OpenAI's wording where it has one."""
     if req.n not in (None, 1):
-        raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
+        raise _invalid("n", "only n=1 is supported")
     if req.parallel_tool_calls is not None and not req.tools:
-        raise APIError(
-            400,
-            "parallel_tool_calls is only allowed when tools are given",
-            param="parallel_tool_calls",
-            code="invalid_value",
+        raise _invalid(
+            "parallel_tool_calls", "parallel_tool_calls is only allowed when tools are given"
         )
     if req.stream_options is not None and not req.stream:
-        raise APIError(
-            400,
-            "stream_options is only allowed when stream is true",
-            param="stream_options",
-            code="invalid_value",
-        )
+        raise _invalid("stream_options", "stream_options is only allowed when stream is true")
     names = [t.function.name for t in req.tools or []]
     if len(set(names)) != len(names):
-        raise APIError(400, "tool names must be unique", param="tools", code="invalid_value")
+        raise _invalid("tools", "tool names must be unique")
     choice = req.tool_choice
     if choice is None:
         return
     if not req.tools:
-        raise APIError(
-            400,
-            "tool_choice is only allowed when tools are given",
-            param="tool_choice",
-            code="invalid_value",
-        )
+        raise _invalid("tool_choice", "tool_choice is only allowed when tools are given")
     if choice in ("none", "auto", "required"):
         return
     named = choice.get("function") if isinstance(choice, dict) else None
@@ -288,19 +280,14 @@ def _check_request(req: _ChatRequest) -> None:
         and isinstance(named, dict)
         and isinstance(named.get("name"), str)
     ):
-        raise APIError(
-            400,
+        raise _invalid(
+            "tool_choice",
             "tool_choice must be 'none', 'auto', 'required' or "
             '{"type": "function", "function": {"name": ...}}',
-            param="tool_choice",
-            code="invalid_value",
         )
     if named["name"] not in names:
-        raise APIError(
-            400,
-            f"tool_choice names {named['name']!r}, which is not among the tools",
-            param="tool_choice",
-            code="invalid_value",
+        raise _invalid(
+            "tool_choice", f"tool_choice names {named['name']!r}, which is not among the tools"
         )
 
 
@@ -448,32 +435,24 @@ def _conversation(messages: Sequence[_Message]) -> list[BaseMessage]:
         else:
             call_id = m.tool_call_id or ""
             if call_id not in calls:
-                raise APIError(
-                    400,
+                raise _invalid(
+                    f"messages[{k}].tool_call_id",
                     f"messages[{k}]: a tool message must answer a tool call of an earlier "
                     f"assistant message (no call has id {call_id!r})",
-                    param=f"messages[{k}].tool_call_id",
-                    code="invalid_value",
                 )
             out.append(ToolMessage(content, tool_call_id=call_id, name=calls[call_id]))
     last = messages[-1]
     if last.role not in ("user", "tool"):
-        raise APIError(
-            400,
-            "the conversation must end with a user message (or tool results)",
-            param="messages",
-            code="invalid_value",
+        raise _invalid(
+            "messages", "the conversation must end with a user message (or tool results)"
         )
     if last.role == "user":
         has_image = isinstance(last.content, list) and any(
             p.get("type") == "image_url" for p in last.content
         )
         if not _joined_text(last.content).strip() and not has_image:
-            raise APIError(
-                400,
-                "the last user message is empty",
-                param=f"messages[{len(messages) - 1}].content",
-                code="invalid_value",
+            raise _invalid(
+                f"messages[{len(messages) - 1}].content", "the last user message is empty"
             )
     return out
 
