@@ -125,15 +125,9 @@ def _apply(node: Any, parts: list[str], action: str, salt: str) -> None:
     if not parts:
         return
     head, rest = parts[0], parts[1:]
+    keys: list[Any]
     if isinstance(node, dict):
         keys = list(node) if head == "*" else [head] if head in node else []
-        for key in keys:
-            if rest:
-                _apply(node[key], rest, action, salt)
-            elif action == "drop":
-                del node[key]
-            else:
-                node[key] = _digest(node[key], salt)
     elif isinstance(node, list):
         if head == "*":
             indices = range(len(node))
@@ -141,13 +135,16 @@ def _apply(node: Any, parts: list[str], action: str, salt: str) -> None:
             indices = range(int(head), int(head) + 1)
         else:
             indices = range(0)
-        for k in reversed(indices):
-            if rest:
-                _apply(node[k], rest, action, salt)
-            elif action == "drop":
-                del node[k]
-            else:
-                node[k] = _digest(node[k], salt)
+        keys = list(reversed(indices))  # from the end: a drop leaves the earlier ones in place
+    else:
+        return
+    for key in keys:
+        if rest:
+            _apply(node[key], rest, action, salt)
+        elif action == "drop":
+            del node[key]
+        else:
+            node[key] = _digest(node[key], salt)
 
 
 def capture_row(

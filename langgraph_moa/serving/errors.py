@@ -96,6 +96,11 @@ def internal_error() -> APIError:
     )
 
 
+def _final(status: int, message: str, type_: str, code: str) -> APIError:
+    """An error a retry would only repeat (and pay for again)."""
+    return APIError(status, message, type_=type_, code=code, headers=_no_retry())
+
+
 def error_of_run(exc: BaseException) -> APIError:
     """Map what a graph run raised to the status a caller should see."""
     if isinstance(exc, RunCancelled):
@@ -106,39 +111,20 @@ def error_of_run(exc: BaseException) -> APIError:
             code="run_cancelled",
         )
     if isinstance(exc, MissingCredentialsError):
-        return APIError(
-            503,
-            f"this server is not configured for the model: {http_wording(str(exc))}",
-            type_="server_error",
-            code="missing_api_key",
-            headers=_no_retry(),
-        )
+        message = f"this server is not configured for the model: {http_wording(str(exc))}"
+        return _final(503, message, "server_error", "missing_api_key")
     if isinstance(exc, MissingExtraError | LocalModelUnusableError):
-        return APIError(
-            503,
-            f"this server cannot run the model: {http_wording(str(exc))}",
-            type_="server_error",
-            code="model_unavailable",
-            headers=_no_retry(),
-        )
+        message = f"this server cannot run the model: {http_wording(str(exc))}"
+        return _final(503, message, "server_error", "model_unavailable")
     if isinstance(exc, DeadlinePassed):
-        return APIError(
-            504,
-            f"the model's deadline passed: {exc}",
-            type_="server_error",
-            code="deadline_exceeded",
-            headers=_no_retry(),
+        return _final(
+            504, f"the model's deadline passed: {exc}", "server_error", "deadline_exceeded"
         )
     if isinstance(exc, MoAInputError):
         return APIError(400, http_wording(str(exc)), code="invalid_request")
     if isinstance(exc, MoARunError):
-        return APIError(
-            502,
-            f"the upstream models failed: {exc}",
-            type_="upstream_error",
-            code="upstream_failed",
-            headers=_no_retry(),
-        )
+        message = f"the upstream models failed: {exc}"
+        return _final(502, message, "upstream_error", "upstream_failed")
     if isinstance(exc, MoAError):
         return APIError(500, str(exc), type_="server_error", code="internal_error")
     log_line(f"internal error: {type(exc).__name__}: {exc}")

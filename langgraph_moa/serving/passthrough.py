@@ -14,7 +14,7 @@ Only providers the operator configured are reached (see :meth:`PassThrough.confi
 provider's default loopback URL (vLLM's, Ollama's) is never used on a client's say-so, since
 that would let any caller make this server talk to services on its own machine.
 
-A client that leaves is the caller's to notice (the app's disconnect watcher cancels
+A client that leaves is the caller's to notice (the disconnect watcher of routes.py cancels
 :meth:`PassThrough.complete`, and Starlette cancels a relayed stream); a cancelled exchange is
 counted, never captured.
 

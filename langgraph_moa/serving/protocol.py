@@ -1,10 +1,17 @@
-"""The OpenAI chat-completions wire format: checking a request, turning its messages into
-LangChain ones, and shaping the reply (message, stream chunks, usage, the extra ``moa`` record)."""
+"""The OpenAI chat-completions wire format, all of it: checking a request, turning its messages
+into LangChain ones, and shaping every reply body (the whole completion, the stream's chunks,
+progress comments and ``[DONE]``, usage, the extra ``moa`` record).
+
+Why one module past 500 lines: the request half is OpenAI's schema written out (pydantic models
+and the cross-field checks, with OpenAI's wording) and the reply half mirrors it; they change
+together when the API does, and the routes (routes.py) render run events through this module
+only, so no other module writes a byte of the format."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -26,6 +33,7 @@ from pydantic import (
 )
 
 from langgraph_moa.errors import MoAError
+from langgraph_moa.llm.text import text_of
 from langgraph_moa.serving.errors import APIError, validation_error
 from langgraph_moa.spec.topology import Topology
 
@@ -206,7 +214,7 @@ class _ChatRequest(_Strict):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
+        stops = _stop_list(value)
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         if any(not s for s in stops):
@@ -215,9 +223,12 @@ class _ChatRequest(_Strict):
 
     @property
     def stops(self) -> list[str] | None:
-        if self.stop is None:
-            return None
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return None if self.stop is None else _stop_list(self.stop)
+
+
+def _stop_list(value: str | list[str] | None) -> list[str]:
+    """``stop`` as a list: one string is one stop sequence."""
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def _check_fields(data: dict[str, Any]) -> None:
@@ -237,37 +248,29 @@ def _check_fields(data: dict[str, Any]) -> None:
         )
 
 
+def _invalid(param: str, message: str) -> APIError:
+    """A 400 for the value of ``param``."""
+    return APIError(400, message, param=param, code="invalid_value")
+
+
 def _check_request(req: _ChatRequest) -> None:
     """Checks across fields, with OpenAI's wording where it has one."""
     if req.n not in (None, 1):
-        raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
+        raise _invalid("n", "only n=1 is supported")
     if req.parallel_tool_calls is not None and not req.tools:
-        raise APIError(
-            400,
-            "parallel_tool_calls is only allowed when tools are given",
-            param="parallel_tool_calls",
-            code="invalid_value",
+        raise _invalid(
+            "parallel_tool_calls", "parallel_tool_calls is only allowed when tools are given"
         )
     if req.stream_options is not None and not req.stream:
-        raise APIError(
-            400,
-            "stream_options is only allowed when stream is true",
-            param="stream_options",
-            code="invalid_value",
-        )
+        raise _invalid("stream_options", "stream_options is only allowed when stream is true")
     names = [t.function.name for t in req.tools or []]
     if len(set(names)) != len(names):
-        raise APIError(400, "tool names must be unique", param="tools", code="invalid_value")
+        raise _invalid("tools", "tool names must be unique")
     choice = req.tool_choice
     if choice is None:
         return
     if not req.tools:
-        raise APIError(
-            400,
-            "tool_choice is only allowed when tools are given",
-            param="tool_choice",
-            code="invalid_value",
-        )
+        raise _invalid("tool_choice", "tool_choice is only allowed when tools are given")
     if choice in ("none", "auto", "required"):
         return
     named = choice.get("function") if isinstance(choice, dict) else None
@@ -277,19 +280,14 @@ def _check_request(req: _ChatRequest) -> None:
         and isinstance(named, dict)
         and isinstance(named.get("name"), str)
     ):
-        raise APIError(
-            400,
+        raise _invalid(
+            "tool_choice",
             "tool_choice must be 'none', 'auto', 'required' or "
             '{"type": "function", "function": {"name": ...}}',
-            param="tool_choice",
-            code="invalid_value",
         )
     if named["name"] not in names:
-        raise APIError(
-            400,
-            f"tool_choice names {named['name']!r}, which is not among the tools",
-            param="tool_choice",
-            code="invalid_value",
+        raise _invalid(
+            "tool_choice", f"tool_choice names {named['name']!r}, which is not among the tools"
         )
 
 
@@ -437,32 +435,24 @@ def _conversation(messages: Sequence[_Message]) -> list[BaseMessage]:
         else:
             call_id = m.tool_call_id or ""
             if call_id not in calls:
-                raise APIError(
-                    400,
+                raise _invalid(
+                    f"messages[{k}].tool_call_id",
                     f"messages[{k}]: a tool message must answer a tool call of an earlier "
                     f"assistant message (no call has id {call_id!r})",
-                    param=f"messages[{k}].tool_call_id",
-                    code="invalid_value",
                 )
             out.append(ToolMessage(content, tool_call_id=call_id, name=calls[call_id]))
     last = messages[-1]
     if last.role not in ("user", "tool"):
-        raise APIError(
-            400,
-            "the conversation must end with a user message (or tool results)",
-            param="messages",
-            code="invalid_value",
+        raise _invalid(
+            "messages", "the conversation must end with a user message (or tool results)"
         )
     if last.role == "user":
         has_image = isinstance(last.content, list) and any(
             p.get("type") == "image_url" for p in last.content
         )
         if not _joined_text(last.content).strip() and not has_image:
-            raise APIError(
-                400,
-                "the last user message is empty",
-                param=f"messages[{len(messages) - 1}].content",
-                code="invalid_value",
+            raise _invalid(
+                f"messages[{len(messages) - 1}].content", "the last user message is empty"
             )
     return out
 
@@ -566,3 +556,110 @@ def tool_call_delta(chunk: Any) -> dict[str, Any]:
         delta["id"] = chunk["id"]
         delta["type"] = "function"
     return delta
+
+
+# --- the reply bodies -------------------------------------------------------------------------
+
+DONE = "data: [DONE]\n\n"
+
+
+def completion_id() -> str:
+    return f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
+
+
+def progress_comment(payload: Any) -> str:
+    """A run's progress as an SSE comment line: SSE parsers (the openai client's too) skip it."""
+    return f": moa {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
+
+
+def assistant_message(answer: AIMessage) -> dict[str, Any]:
+    text = text_of(answer)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text if (text or not answer.tool_calls) else None,
+        "refusal": None,
+    }
+    if answer.tool_calls:
+        message["tool_calls"] = openai_tool_calls(answer)
+    return message
+
+
+def completion_body(
+    ident: str, model_id: str, answer: AIMessage, result: dict[str, Any], topology: Topology
+) -> dict[str, Any]:
+    """The body of a whole (not streamed) completion."""
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [
+            {
+                "index": 0,
+                "message": assistant_message(answer),
+                "logprobs": None,
+                "finish_reason": finish_reason_of(answer),
+            }
+        ],
+        "usage": openai_usage(result),
+        "moa": moa_record(result, topology),
+    }
+
+
+def token_delta(text: str, tool_call_chunks: Sequence[Any]) -> dict[str, Any]:
+    """The delta of a streamed answer token (empty if the token carries nothing to send)."""
+    delta: dict[str, Any] = {}
+    if text:
+        delta["content"] = text
+    if tool_call_chunks:
+        delta["tool_calls"] = [tool_call_delta(c) for c in tool_call_chunks]
+    return delta
+
+
+class Chunks:
+    """The SSE events of one streamed completion: one id, one creation time, one model id."""
+
+    def __init__(self, ident: str, model_id: str) -> None:
+        self.ident = ident
+        self.model_id = model_id
+        self.created = int(time.time())
+
+    def _body(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        return sse_event(
+            {
+                "id": self.ident,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model_id,
+                "choices": choices,
+                **extra,
+            }
+        )
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return self._body([choice], **extra)
+
+    def first(self) -> str:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def rest(self, answer: AIMessage, streamed: str, sent_tool_calls: bool) -> list[str]:
+        """What the tokens did not carry of the final ``answer``: text the stream did not
+        reach (e.g. the fallback answered with a proposal, which is not streamed token by
+        token) and tool calls not streamed."""
+        out = []
+        final = text_of(answer)
+        if final != streamed and final.startswith(streamed):
+            out.append(self.chunk({"content": final[len(streamed) :]}))
+        if answer.tool_calls and not sent_tool_calls:
+            calls = openai_tool_calls(answer)
+            out.append(self.chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}))
+        return out
+
+    def last(self, answer: AIMessage, result: dict[str, Any], topology: Topology) -> str:
+        """The closing chunk: the finish reason and the ``moa`` record."""
+        return self.chunk({}, finish_reason_of(answer), moa=moa_record(result, topology))
+
+    def usage(self, result: dict[str, Any]) -> str:
+        """The usage chunk ``stream_options.include_usage`` asks for."""
+        return self._body([], usage=openai_usage(result))

@@ -14,7 +14,7 @@ of uvicorn's own HTTP protocol class (h11 or httptools, whichever uvicorn picks)
   sending a request (a slow or idle one) is closed to make room, and the newcomer is refused
   only when every other connection is busy with a request.
 
-The body has its own deadline, enforced where it is read (the ASGI guard in app.py), so that its
+The body has its own deadline, enforced where it is read (the ASGI guard, guard.py), so that its
 expiry can be answered with a 408.
 """
 
