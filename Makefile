@@ -40,7 +40,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy langgraph_moa tests
 	$(BIN)/lint-imports
-	$(BIN)/mkdocs build --strict --quiet  # the docs site, into site/
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet  # the site, into site/
 
 docs: install  ## the documentation site on http://127.0.0.1:8000 (mkdocs-material)
 	$(BIN)/mkdocs serve

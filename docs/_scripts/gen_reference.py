@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import mkdocs_gen_files
+import typer
 import typer.main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,37 +27,31 @@ def cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ").strip()
 
 
-def option_rows(command: click.Command, ctx: click.Context) -> list[str]:
+def option_rows(command: Any, ctx: typer.Context) -> list[str]:
+    """One row per argument and option, as `--help` words it (flags, metavar, help, default)."""
     rows = []
     for param in command.get_params(ctx):
-        if getattr(param, "hidden", False):
+        record = param.get_help_record(ctx)
+        if record is None:  # hidden
             continue
-        if isinstance(param, click.Argument):
-            name = f"`{param.human_readable_name}`"
-        else:
-            flags = [*param.opts, *param.secondary_opts]
-            name = ", ".join(f"`{flag}`" for flag in flags)
-        kind = param.type.name if not getattr(param, "is_flag", False) else "flag"
-        default = param.default
-        shown = "" if default in (None, (), [], False) or callable(default) else f"`{default}`"
-        help_text = getattr(param, "help", None) or ""
-        rows.append(f"| {name} | {cell(kind)} | {shown} | {cell(help_text)} |")
+        flags, help_text = record
+        rows.append(f"| `{cell(flags)}` | {cell(help_text)} |")
     return rows
 
 
-def command_section(command: click.Command, path: list[str], parent: click.Context | None) -> str:
-    ctx = click.Context(command, info_name=path[-1], parent=parent)
-    level = "#" * min(len(path) + 1, 4)
+def command_section(command: Any, path: list[str], parent: typer.Context | None) -> str:
+    ctx = typer.Context(command, info_name=path[-1], parent=parent)
+    level = "#" * min(len(path), 3)
     title = " ".join(path)
     out = [f"{level} `{title}`", ""]
     if command.help:
-        out += [click.unstyle(command.help).strip(), ""]
+        out += [command.help.strip(), ""]
     usage = " ".join(command.collect_usage_pieces(ctx))
     out += ["```text", f"{title} {usage}".rstrip(), "```", ""]
     rows = option_rows(command, ctx)
     if rows:
-        out += ["| option | type | default | help |", "|---|---|---|---|", *rows, ""]
-    if isinstance(command, click.Group):
+        out += ["| option | help |", "|---|---|", *rows, ""]
+    if hasattr(command, "list_commands"):
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             if sub is not None and not sub.hidden:
@@ -72,7 +66,7 @@ def cli_page() -> str:
         "every command, argument and option, with its default. `moa COMMAND --help` prints the "
         "same at a terminal.\n\n"
     )
-    return head + command_section(root, ["moa"], None)
+    return head + command_section(root, ["moa"], None).replace("# `moa`", "# `moa`", 1)
 
 
 def type_of(spec: dict[str, Any]) -> str:
