@@ -124,10 +124,12 @@ def page_env(fake: FakeOpenAI, claude: FakeAnthropic, folder: Path) -> dict[str,
     return env
 
 
-def run(block: Block, env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[str]:
-    command = ["bash", "-euo", "pipefail", "-c"] if block.language == "bash" else [sys.executable, "-c"]
+def run(
+    block: Block, code: str, env: dict[str, str], folder: Path
+) -> subprocess.CompletedProcess[str]:
+    shell = ["bash", "-euo", "pipefail", "-c"]
     return subprocess.run(
-        [*command, block.code],
+        [*(shell if block.language == "bash" else [sys.executable, "-c"]), code],
         capture_output=True,
         text=True,
         timeout=300,
@@ -137,8 +139,11 @@ def run(block: Block, env: dict[str, str], folder: Path) -> subprocess.Completed
     )
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if any(b.runnable for b in BLOCKS[p])],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "page",
+    [p for p in PAGES if any(b.runnable for b in BLOCKS[p])],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_the_page_runs_as_pasted(
     page: Path, fake: FakeOpenAI, anthropic: FakeAnthropic, tmp_path: Path
 ) -> None:
@@ -149,14 +154,14 @@ def test_the_page_runs_as_pasted(
             (tmp_path / name).write_text(block.code, encoding="utf-8")
         if not block.runnable:
             continue
-        server = None
+        server, code = None, block.code
         if "with" in block.marks:
             assert block.marks["with"] == ["moa serve"], block.where
             port = free_port()
             server = start([], env, port, tmp_path / "serve.log", None)
-            block.code = block.code.replace("8080", str(port))
+            code = code.replace("8080", str(port))
         try:
-            done = run(block, env, tmp_path)
+            done = run(block, code, env, tmp_path)
         finally:
             if server is not None:
                 stop(server)
