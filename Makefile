@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Why is the sky blue?
 
-.PHONY: install demo dev test lint format bench bench-local clean
+.PHONY: install demo dev test lint docs format bench bench-local clean
 
 $(STAMP): pyproject.toml scripts/local-model-wheel.sh
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy langgraph_moa tests
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet  # the site, into site/
+
+docs: install  ## the documentation site on http://127.0.0.1:8000 (mkdocs-material)
+	$(BIN)/mkdocs serve
 
 format: install
 	$(BIN)/ruff format .
@@ -57,4 +61,4 @@ bench-local: install  ## tokens/s of the embedded model under this build
 	$(BIN)/python bench/bench_local_model.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site

@@ -39,7 +39,7 @@ from tests.conftest import one_line_error, run_moa
 
 ANTHROPIC_KEY = "sk-ant-test-not-a-real-key-98765"
 FAST_RETRY = {"attempts": 3, "initial_s": 0.05, "max_s": 0.2}
-README = Path(__file__).resolve().parents[2] / "README.md"
+PYTHON_PAGE = Path(__file__).resolve().parents[2] / "docs" / "jobs" / "python.md"
 same_loop = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -305,8 +305,8 @@ def test_the_cli_says_in_one_line_what_to_install_or_which_providers_exist(
     assert fake.requests == []
 
 
-def test_the_readme_example_runs_as_pasted(claude: FakeAnthropic, fake: FakeOpenAI) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+def test_the_docs_example_runs_as_pasted(claude: FakeAnthropic, fake: FakeOpenAI) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", PYTHON_PAGE.read_text(encoding="utf-8"), re.S)
     (code,) = [b for b in blocks if "register_model" in b]
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ
