@@ -266,6 +266,3 @@ def describe_input(files: list[Path] | None, source: str) -> dict[str, Any]:
         "sha256": hash_files(files),
     }
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
