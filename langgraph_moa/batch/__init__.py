@@ -20,8 +20,8 @@ from langgraph_moa.batch.ledger import RowRecord, Totals
 from langgraph_moa.batch.limits import RateLimits, parse_limits
 from langgraph_moa.batch.rows import InvalidRow, Row, check_row, read_rows
 from langgraph_moa.batch.runner import (
-    WorstCaseEstimate,
     RelabelRun,
+    WorstCaseEstimate,
     arelabel,
     estimate_relabel,
     relabel,
@@ -30,7 +30,6 @@ from langgraph_moa.batch.runner import (
 )
 
 __all__ = [
-    "WorstCaseEstimate",
     "ExportFormat",
     "ExportResult",
     "InvalidRow",
@@ -40,6 +39,7 @@ __all__ = [
     "RowRecord",
     "SessionProgress",
     "Totals",
+    "WorstCaseEstimate",
     "arelabel",
     "check_row",
     "estimate_relabel",

@@ -91,10 +91,10 @@ from langgraph_moa.sync_loop import run_sync
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "BatchBudget",
-    "WorstCaseEstimate",
     "Plan",
     "RelabelRun",
     "SessionProgress",
+    "WorstCaseEstimate",
     "arelabel",
     "drive_rows",
     "estimate_relabel",

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from langgraph_moa.batch import WorstCaseEstimate, SessionProgress
+from langgraph_moa.batch import SessionProgress, WorstCaseEstimate
 from langgraph_moa.batch.core import round_usd
 from langgraph_moa.cli.relabel import _line, fit_line
 
