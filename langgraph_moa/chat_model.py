@@ -15,7 +15,9 @@ LangChain hands the run's manager to ``_generate``/``_agenerate`` only (``stream
 and an ``invoke`` that streams for a handler call ``_stream``/``_astream`` without it). So
 ``stream``/``astream`` set up the run's callbacks and id first and pass the children's config
 on, and an ``invoke`` with a streaming handler answers through ``_generate``/``_agenerate``,
-which stream the tokens to the run themselves, as LangChain's own integrations do.
+which stream the tokens to the run themselves, as LangChain's own integrations do. The sync
+entry points run the async ones on the process's shared loop
+(:class:`~langgraph_moa.llm.async_chat_model.AsyncChatModel`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,8 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import (
-    LangSmithParams,
-    agenerate_from_stream,
-    generate_from_stream,
-)
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -49,10 +47,10 @@ from langgraph_moa.child_runs import child_config, iterate_as_child
 from langgraph_moa.errors import MoARunError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.graphs.names import AGGREGATOR, FALLBACK
+from langgraph_moa.llm.async_chat_model import AsyncChatModel
 from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.run import AnswerToken, Event, RunFinished, stream_run
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset
-from langgraph_moa.sync_loop import iterate_sync, run_sync
 
 __all__ = ["INNER_TAG", "ChatMixtureOfAgents"]
 
@@ -85,7 +83,7 @@ def _record(state: dict[str, Any]) -> dict[str, Any]:
     return record | {"model_name": "mixture-of-agents", "cost_usd": record["usage"]["cost_usd"]}
 
 
-class ChatMixtureOfAgents(BaseChatModel):
+class ChatMixtureOfAgents(AsyncChatModel):
     """A Mixture-of-Agents topology behaving as a single chat model."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -152,8 +150,8 @@ class ChatMixtureOfAgents(BaseChatModel):
             "aggregator_options": options or None,
         }
 
-    @staticmethod
-    def _children(
+    def _run_context(
+        self,
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         kwargs: dict[str, Any],
     ) -> RunnableConfig | None:
@@ -201,7 +199,7 @@ class ChatMixtureOfAgents(BaseChatModel):
             return False
         return super()._should_stream(async_api=async_api, **kwargs)
 
-    def _streams_to(
+    def _answers_by_streaming(
         self,
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         kwargs: dict[str, Any],
@@ -231,10 +229,11 @@ class ChatMixtureOfAgents(BaseChatModel):
     async def _answer(
         self,
         messages: list[BaseMessage],
-        kwargs: dict[str, Any],
-        children: RunnableConfig | None,
         stop: list[str] | None,
+        context: Any,
+        kwargs: dict[str, Any],
     ) -> ChatResult:
+        children: RunnableConfig | None = context
         state: dict[str, Any] = {}
         async for event in self._events(messages, kwargs, children, stop, tokens=False):
             if isinstance(event, RunFinished):
@@ -251,13 +250,14 @@ class ChatMixtureOfAgents(BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    async def _chunks(
+    async def _answer_chunks(
         self,
         messages: list[BaseMessage],
-        kwargs: dict[str, Any],
-        children: RunnableConfig | None,
         stop: list[str] | None,
+        context: Any,
+        kwargs: dict[str, Any],
     ) -> AsyncIterator[ChatGenerationChunk]:
+        children: RunnableConfig | None = context
         final: dict[str, Any] = {}
         sent: list[str] = []
         async for event in self._events(messages, kwargs, children, stop, tokens=True):
@@ -309,54 +309,3 @@ class ChatMixtureOfAgents(BaseChatModel):
         config, children = self._pin(config, CallbackManager)
         kwargs[_CHILDREN] = children
         yield from super().stream(input, config, stop=stop, **kwargs)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        if self._streams_to(run_manager, kwargs):
-            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        return await self._answer(messages, kwargs, self._children(run_manager, kwargs), stop)
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        children = self._children(run_manager, kwargs)
-        async for chunk in self._chunks(messages, kwargs, children, stop):
-            if run_manager is not None:  # given the run: the tokens are ours to report
-                await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
-            yield chunk
-
-    # The sync API runs the async one on the process's shared sync loop (see sync_loop), so it
-    # also works when called from code that already has a loop running.
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        if self._streams_to(run_manager, kwargs):
-            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        children = self._children(run_manager, kwargs)
-        return run_sync(lambda: self._answer(messages, kwargs, children, stop))
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        children = self._children(run_manager, kwargs)
-        for chunk in iterate_sync(lambda: self._chunks(messages, kwargs, children, stop)):
-            if run_manager is not None:  # given the run: the tokens are ours to report
-                run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
-            yield chunk

@@ -14,14 +14,14 @@ them), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray Dat
 side, and what runs on the cluster), ``exports``.
 """
 
-from langgraph_moa.batch.core import Tally, relabel_row
+from langgraph_moa.batch.core import SessionProgress, relabel_row
 from langgraph_moa.batch.exports import ExportFormat, ExportResult
 from langgraph_moa.batch.ledger import RowRecord, Totals
 from langgraph_moa.batch.limits import RateLimits, parse_limits
 from langgraph_moa.batch.rows import InvalidRow, Row, check_row, read_rows
 from langgraph_moa.batch.runner import (
-    Estimate,
     RelabelRun,
+    WorstCaseEstimate,
     arelabel,
     estimate_relabel,
     relabel,
@@ -30,7 +30,6 @@ from langgraph_moa.batch.runner import (
 )
 
 __all__ = [
-    "Estimate",
     "ExportFormat",
     "ExportResult",
     "InvalidRow",
@@ -38,8 +37,9 @@ __all__ = [
     "RelabelRun",
     "Row",
     "RowRecord",
-    "Tally",
+    "SessionProgress",
     "Totals",
+    "WorstCaseEstimate",
     "arelabel",
     "check_row",
     "estimate_relabel",

@@ -11,12 +11,12 @@ degraded (``degraded_reasons``: ``truncated``, ``proposer_failed``, ``critic_fai
 ``judge_failed``, ``fallback``, ``budget_trimmed``; ``other`` when none of these).
 
 :func:`drive_rows` is the same whether a row runs in this process or on a Ray actor: only
-``run_one`` differs. The budget (:class:`Budget`) reserves each running row's worst case
+``run_one`` differs. The budget (:class:`BatchBudget`) reserves each running row's worst case
 (:func:`row_worst_case_usd`, computed once per row); when the next row does not fit, the loop
 waits for rows in flight to settle (their real cost replaces their reservation) and tries
 again; it stops only when nothing is in flight and the row still does not fit, and says why
-(:func:`budget_stop_reason`, in ``Tally.stop_reason``). The Ray engine's budget actor follows
-the same rule.
+(:func:`budget_stop_reason`, in ``SessionProgress.stop_reason``). The Ray engine's budget
+actor follows the same rule.
 
 Turns: by default (``turns="last"``) a row is one graph run, for the answer after its prompt.
 With ``turns="all"`` every assistant turn of a multi-turn row is relabeled (:func:`turn_points`
@@ -74,9 +74,9 @@ __all__ = [
     "CHUNK",
     "TURNS",
     "TURN_CONTEXTS",
-    "Budget",
+    "BatchBudget",
     "Plan",
-    "Tally",
+    "SessionProgress",
     "TurnContext",
     "Turns",
     "budget_stop_reason",
@@ -139,7 +139,7 @@ def steady_gc() -> Iterator[None]:
 
 
 @dataclass
-class Tally:
+class SessionProgress:
     """This session's progress, as the runner reports it after every row."""
 
     total: int | None = None  # rows in the input, when known (for the ETA)
@@ -534,7 +534,7 @@ def budget_stop_reason(spent: float, max_usd: float, where: str, worst: float) -
     )
 
 
-class Budget:
+class BatchBudget:
     """The run's budget: a row starts while what is spent, plus the worst cases reserved for
     the rows running, plus its own worst case stay within ``max_usd``; a finished row's real
     cost replaces its reservation."""
@@ -605,7 +605,7 @@ class Plan:
 
     ledger: Ledger
     retry_failed: bool
-    tally: Tally
+    tally: SessionProgress
     in_flight: set[str] = field(default_factory=set)
 
     async def runnable(self, rows: Iterator[Row | InvalidRow]) -> AsyncGenerator[Row, None]:
@@ -649,9 +649,9 @@ async def drive_rows(
     rows: Iterator[Row | InvalidRow],
     *,
     concurrency: int,
-    budget: Budget,
+    budget: BatchBudget,
     on_record: Callable[[RowRecord], None] | None,
-    on_progress: Callable[[Tally], None] | None,
+    on_progress: Callable[[SessionProgress], None] | None,
 ) -> None:
     """Run the plan's rows with ``run_one`` (in this process, or on Ray), ``concurrency`` at
     once, within the budget (see the module docstring); each record is written to the ledger

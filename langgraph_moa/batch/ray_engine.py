@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from langgraph_moa.batch.core import Budget, Plan, Tally
+from langgraph_moa.batch.core import BatchBudget, Plan, SessionProgress
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateLimits
 from langgraph_moa.batch.rows import InvalidRow, Row
@@ -134,14 +134,14 @@ async def run_on_ray(
     *,
     source: Path | None,
     limit: int | None,
-    budget: Budget,
+    budget: BatchBudget,
     concurrency: int,
     cache_path: Path,
     limits: RateLimits,
     address: str | None,
     workers: int | None,
     on_record: Callable[[RowRecord], None] | None,
-    on_progress: Callable[[Tally], None] | None,
+    on_progress: Callable[[SessionProgress], None] | None,
 ) -> None:
     """Run the plan on Ray: ``source`` is the input file or folder (read by Ray Data), or None
     for rows fed from Python (``rows``, already limited), which are spooled to a file first."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import platform
 import re
@@ -265,7 +264,3 @@ def describe_input(files: list[Path] | None, source: str) -> dict[str, Any]:
         "bytes": sum(f.stat().st_size for f in files),
         "sha256": hash_files(files),
     }
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

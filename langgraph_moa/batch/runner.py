@@ -53,9 +53,9 @@ from langgraph_moa.batch.core import (
     CHUNK,
     TURN_CONTEXTS,
     TURNS,
-    Budget,
+    BatchBudget,
     Plan,
-    Tally,
+    SessionProgress,
     TurnContext,
     Turns,
     drive_rows,
@@ -90,11 +90,11 @@ from langgraph_moa.sync_loop import run_sync
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
-    "Budget",
-    "Estimate",
+    "BatchBudget",
     "Plan",
     "RelabelRun",
-    "Tally",
+    "SessionProgress",
+    "WorstCaseEstimate",
     "arelabel",
     "drive_rows",
     "estimate_relabel",
@@ -133,7 +133,7 @@ class RelabelRun:
 
     path: Path
     manifest: Manifest
-    session: Tally
+    session: SessionProgress
     totals: Totals
     cache_path: Path | None = None
 
@@ -164,7 +164,7 @@ class RelabelRun:
             totals = ledger.totals()
         finally:
             ledger.close()
-        return cls(run.path, run.manifest, Tally(), totals)
+        return cls(run.path, run.manifest, SessionProgress(), totals)
 
     def records(self, status: str | None = None) -> Iterator[RowRecord]:
         """The recorded rows (``status``: "done" or "failed" only), streamed from the ledger."""
@@ -199,7 +199,7 @@ class RelabelRun:
 
 
 @dataclass
-class Estimate:
+class WorstCaseEstimate:
     """Worst case of the rows a session would run (nothing is called)."""
 
     rows: int = 0
@@ -263,7 +263,7 @@ def estimate_relabel(
     retry_failed: bool = False,
     turns: Turns = "last",
     turn_context: TurnContext = "relabeled",
-) -> Estimate:
+) -> WorstCaseEstimate:
     """The worst case (every call writes its max_tokens) of what a relabel session would run:
     rows, calls, tokens and $. No call is made and nothing is written."""
     topo = resolve_topology(topology)
@@ -274,7 +274,7 @@ def estimate_relabel(
         Ledger(path / "ledger.sqlite", create=False) if (path / "ledger.sqlite").is_file() else None
     )
     prices = PriceTable(topo.prices)
-    found = Estimate()
+    found = WorstCaseEstimate()
     try:
         while chunk := list(itertools.islice(rows, CHUNK)):
             valid = [r for r in chunk if isinstance(r, Row)]
@@ -323,7 +323,7 @@ async def arelabel(
     turns: Turns = "last",
     turn_context: TurnContext = "relabeled",
     on_record: Callable[[RowRecord], None] | None = None,
-    on_progress: Callable[[Tally], None] | None = None,
+    on_progress: Callable[[SessionProgress], None] | None = None,
 ) -> RelabelRun:
     """Relabel ``source`` (a JSONL/Parquet file, a folder of them, or an iterable of rows in the
     input format) with ``topology`` into ``out/name``; see the module docstring for the
@@ -375,12 +375,12 @@ async def arelabel(
         engine=engine,
     ) as (run, session):
         ledger = Ledger(run.ledger_path)
-        tally = Tally(total=count_rows(Path(str(source))) if files else None)
+        tally = SessionProgress(total=count_rows(Path(str(source))) if files else None)
         if limit and tally.total is not None:
             tally.total = min(tally.total, limit)
         try:
             before = ledger.totals()
-            budget = Budget(
+            budget = BatchBudget(
                 max_usd, before["cost_usd"], topo, turns=turns, turn_context=turn_context
             )
             plan = Plan(ledger, retry_failed, tally)

@@ -13,7 +13,7 @@ long-lived processes (``gc.freeze``):
   resume, fork) imports and sets up the engine;
 - :func:`settle` (when that is done, just before the run): move every object made so far to the
   permanent generation, where no collection looks at it, and turn collection back on, so the
-  run's own collections only look at the run's objects (:func:`resume` turns it back on without
+  run's own collections only look at the run's objects (:func:`unpause` turns it back on without
   freezing, for a command that stopped before);
 - :func:`at_exit` (registered once): the same freeze when the process ends, so the interpreter's
   last collection skips the loaded stack. Nothing is lost by it: every file, SQLite connection,
@@ -29,7 +29,7 @@ from __future__ import annotations
 import atexit
 import gc
 
-__all__ = ["at_exit", "pause", "resume", "settle"]
+__all__ = ["at_exit", "pause", "settle", "unpause"]
 
 _state = {"paused": False, "exit_registered": False}
 
@@ -50,7 +50,7 @@ def settle() -> None:
         gc.enable()
 
 
-def resume() -> None:
+def unpause() -> None:
     """Collection back on if :func:`pause` turned it off and nothing settled it (a command that
     failed while loading), freezing nothing: the state an in-process caller had."""
     if _state["paused"]:

@@ -48,7 +48,7 @@ from langgraph_moa.spec.topology import (
 if TYPE_CHECKING:
     from langgraph.types import Durability
 
-    from langgraph_moa.cli.console import Run
+    from langgraph_moa.cli.console import TurnResult
 
 app = MoATyper(
     name="moa",
@@ -268,7 +268,7 @@ async def _run_to_end(
     as_json: bool,
     quiet: bool,
     durability: DurabilityChoice | str,
-) -> Run:
+) -> TurnResult:
     """Drive the run; at a review pause ask the person at the terminal, if there is one."""
     from langgraph.types import Command
 
@@ -321,7 +321,7 @@ def _say_if_truncated(state: dict[str, Any], topology: Topology | None) -> None:
 
 
 def _finish(
-    run: Run, thread: str, *, as_json: bool, quiet: bool, topology: Topology | None = None
+    run: TurnResult, thread: str, *, as_json: bool, quiet: bool, topology: Topology | None = None
 ) -> None:
     """Print the outcome: the answer (if not streamed), a summary line, or the review pause."""
     from langgraph_moa.cli.console import err, show_review
@@ -406,7 +406,7 @@ def ask(
     backend = _cache_backend(cache)
     thread_id = thread or uuid.uuid4().hex[:12]
 
-    async def go() -> tuple[Run | None, Topology]:
+    async def go() -> tuple[TurnResult | None, Topology]:
         async with open_checkpointer(db) as saver:
             topo = await _thread_topology(saver, thread, preset, topology, switch=switch_topology)
             await _preflight(topo)
@@ -644,7 +644,7 @@ def resume(
 
     resume_value = _read_decision(decision) if decision else None
 
-    async def go() -> tuple[Run, Topology]:
+    async def go() -> tuple[TurnResult, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
             await _preflight(topo)
@@ -754,7 +754,7 @@ def fork(
             fail(f"--edit takes REF=FILE, got {item!r}")
         edits[ref] = read_text_file(path, what=f"the edit of {ref}")
 
-    async def go() -> tuple[Run, Topology]:
+    async def go() -> tuple[TurnResult, Topology]:
         async with open_checkpointer(db) as saver, _lock(db, thread):
             topo = await topology_of_thread(saver, thread)
             if aggregator:
@@ -869,7 +869,7 @@ def main(argv: list[str] | None = None) -> None:
 
         fail(error_text(e), 1)
     finally:
-        collector.resume()
+        collector.unpause()
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

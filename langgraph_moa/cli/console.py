@@ -47,7 +47,7 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
 __all__ = [
-    "Run",
+    "TurnResult",
     "aggregator_step",
     "ask_review",
     "describe",
@@ -72,7 +72,7 @@ def describe(topology: Topology) -> str:
 
 
 @dataclass
-class Run:
+class TurnResult:
     """What a drive produced: the final state, its wall time, and a pending review, if any."""
 
     state: dict[str, Any]
@@ -356,12 +356,12 @@ async def drive(
     durability: Durability = "sync",
     said: list[str] | None = None,
     state: dict[str, Any] | None = None,
-) -> Run:
+) -> TurnResult:
     """Run (or resume) the graph, showing progress and streaming the aggregator's tokens.
 
     ``state`` is what the thread already holds, for a display that resumes a run.
     """
-    run = Run(state={}, latency_s=0.0, said=said if said is not None else [])
+    run = TurnResult(state={}, latency_s=0.0, said=said if said is not None else [])
     display = display_for(topology, quiet=quiet, said=run.said, state=state)
     try:
         async for event in stream_run(

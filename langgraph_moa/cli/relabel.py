@@ -36,7 +36,7 @@ from langgraph_moa.errors import MoAInputError
 if TYPE_CHECKING:
     from langgraph_moa.batch import (
         RelabelRun,
-        Tally,
+        SessionProgress,
     )
 
 __all__ = ["export_command", "relabel_command"]
@@ -77,7 +77,7 @@ def _clock(seconds: float | None) -> str:
     return "-" if seconds is None else time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
-def _parts(tally: Tally) -> dict[str, str]:
+def _parts(tally: SessionProgress) -> dict[str, str]:
     """The pieces of a progress line, by name."""
     total = None if tally.total is None else max(tally.total, tally.finished)
     return {
@@ -104,14 +104,14 @@ _GROUPS = (("counts",), ("cost",), ("calls", "tokens"), ("running", "rate", "eta
 _BAR_MIN, _BAR_MAX = 10, 40
 
 
-def _line(tally: Tally, kept: tuple[str, ...] = _OPTIONAL) -> str:
+def _line(tally: SessionProgress, kept: tuple[str, ...] = _OPTIONAL) -> str:
     """The progress line's text (the counts, and the ``kept`` optional parts)."""
     parts = _parts(tally)
     groups = [", ".join(parts[k] for k in g if k == "counts" or k in kept) for g in _GROUPS]
     return f"{parts['rows']} | " + " | ".join(g for g in groups if g)
 
 
-def fit_line(tally: Tally, width: int) -> Text:
+def fit_line(tally: SessionProgress, width: int) -> Text:
     """The live line for a terminal ``width`` columns wide: ``relabel``, the finished rows of
     the total and the counts by status (always whole: a terminal too narrow wraps them), then
     what else fits, most important first, a bar among them when the total is known."""
@@ -146,7 +146,7 @@ class _Display:
         self.quiet = quiet
         self.live = not quiet and err.is_terminal
         self.last = 0.0
-        self.tally: Tally | None = None
+        self.tally: SessionProgress | None = None
         self.view = Live(self, console=err, transient=True, refresh_per_second=4)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -164,7 +164,7 @@ class _Display:
         if self.live:
             self.view.stop()
 
-    def __call__(self, tally: Tally) -> None:
+    def __call__(self, tally: SessionProgress) -> None:
         """Called as rows start and finish; the live line reads ``tally`` at each refresh."""
         from langgraph_moa.cli.console import err
 
@@ -174,7 +174,7 @@ class _Display:
             err.print(f"[dim]relabel: {escape(_line(tally))}[/dim]")
 
 
-def _interrupted(path: Path, tally: Tally | None) -> None:
+def _interrupted(path: Path, tally: SessionProgress | None) -> None:
     """The one line Ctrl-C leaves: what is kept, and how to go on."""
     from langgraph_moa.batch import RelabelRun
     from langgraph_moa.cli.console import err

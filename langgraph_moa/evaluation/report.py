@@ -48,7 +48,7 @@ __all__ = [
     "OBJECTIVES",
     "SUMMARY_FILE",
     "Decision",
-    "Row",
+    "ScoreRow",
     "collect",
     "decide",
     "pareto_front",
@@ -64,7 +64,7 @@ OBJECTIVES = {
 
 
 @dataclass(frozen=True)
-class Row:
+class ScoreRow:
     benchmark: str
     version: str
     topology: str
@@ -85,11 +85,11 @@ class Row:
         return dict(self.__dict__)
 
 
-def _rows_of(summary: dict[str, Any], run: str) -> list[Row]:
+def _rows_of(summary: dict[str, Any], run: str) -> list[ScoreRow]:
     scores = summary.get("scores") or {}
     metric = scores.get("metric", "")
     leading = (scores.get("metrics") or {}).get(metric) or {}
-    rows: list[Row] = []
+    rows: list[ScoreRow] = []
     judging = summary.get("judge_usage")
     for side in summary.get("topologies") or []:
         role = side.get("role", "candidate")
@@ -102,7 +102,7 @@ def _rows_of(summary: dict[str, Any], run: str) -> list[Row]:
         elif scores.get("paired"):
             paired = scores["paired"]
         rows.append(
-            Row(
+            ScoreRow(
                 benchmark=str(summary.get("benchmark", "?")),
                 version=str(summary.get("version", "")),
                 topology=str(side.get("name", "?")),
@@ -130,12 +130,12 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def collect(folder: Path) -> list[Row]:
+def collect(folder: Path) -> list[ScoreRow]:
     """Rows of every run found under ``folder`` (a run folder itself, or a folder of them)."""
     if not folder.is_dir():
         raise MoAInputError(f"{str(folder)!r} is not a folder of eval runs")
     found = sorted({*folder.glob(SUMMARY_FILE), *folder.glob(f"*/{SUMMARY_FILE}")})
-    rows: list[Row] = []
+    rows: list[ScoreRow] = []
     for path in found:
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
@@ -169,10 +169,10 @@ class Decision:
 
     benchmark: str
     objective: str
-    front: list[Row]  # on the Pareto front over (own $ per item, score), by cost
-    unpriced: list[Row]  # scored, but with no own $ per item: not placed on the front
-    recommended: Row | None  # None when no side has a score
-    close: list[Row]  # other sides whose score lies inside the recommended side's interval
+    front: list[ScoreRow]  # on the Pareto front over (own $ per item, score), by cost
+    unpriced: list[ScoreRow]  # scored, but with no own $ per item: not placed on the front
+    recommended: ScoreRow | None  # None when no side has a score
+    close: list[ScoreRow]  # other sides whose score lies inside the recommended side's interval
 
     def to_dict(self) -> dict[str, Any]:
         rec = self.recommended
@@ -198,13 +198,13 @@ class Decision:
         }
 
 
-def label(row: Row, among: Sequence[Row] = ()) -> str:
+def label(row: ScoreRow, among: Sequence[ScoreRow] = ()) -> str:
     """The side's name, with its run when another side of ``among`` has the same name."""
     twins = [r for r in among if r.topology == row.topology]
     return f"{row.topology} ({row.run})" if len(twins) > 1 else row.topology
 
 
-def _own_text(row: Row) -> str:
+def _own_text(row: ScoreRow) -> str:
     """The side's own $ per item in a sentence ("$ unknown" or "unpriced" when missing)."""
     usd, unknown = row.cost.get("usd_per_item"), row.cost.get("unknown_cost_items") or 0
     if usd is None:
@@ -212,12 +212,12 @@ def _own_text(row: Row) -> str:
     return f"{_usd(usd)}/item"
 
 
-def _own_usd(row: Row) -> float | None:
+def _own_usd(row: ScoreRow) -> float | None:
     value = row.cost.get("usd_per_item")
     return None if value is None else float(value)
 
 
-def decide(rows: Sequence[Row], benchmark: str, objective: str = "quality") -> Decision:
+def decide(rows: Sequence[ScoreRow], benchmark: str, objective: str = "quality") -> Decision:
     """The Pareto front and the recommended side of ``benchmark`` under ``objective`` (a key of
     :data:`OBJECTIVES`)."""
     if objective not in OBJECTIVES:
@@ -231,7 +231,7 @@ def decide(rows: Sequence[Row], benchmark: str, objective: str = "quality") -> D
     if not scored:
         return Decision(benchmark, objective, front, unpriced, None, [])
 
-    def cheap_first(r: Row) -> tuple[float, float]:
+    def cheap_first(r: ScoreRow) -> tuple[float, float]:
         usd = _own_usd(r)
         return (math.inf if usd is None else usd, -(r.score or 0.0))
 
@@ -296,7 +296,7 @@ def _usd(value: Any, unknown: int = 0) -> str:
     return f"${value:.5f}" if value < 0.01 else f"${value:.3f}"
 
 
-def _in_flight(rows: Sequence[Row]) -> str:
+def _in_flight(rows: Sequence[ScoreRow]) -> str:
     """How many items ran at once in these rows' runs, as words."""
     found = sorted({int(n) for r in rows if (n := r.cost.get("concurrency"))})
     if not found:
@@ -305,7 +305,7 @@ def _in_flight(rows: Sequence[Row]) -> str:
 
 
 def markdown(
-    rows: Sequence[Row], plots: Sequence[Path] = (), decisions: Sequence[Decision] = ()
+    rows: Sequence[ScoreRow], plots: Sequence[Path] = (), decisions: Sequence[Decision] = ()
 ) -> str:
     lines = ["# Evaluation report", ""]
     lines += [
@@ -388,7 +388,7 @@ def markdown(
     return "\n".join(lines)
 
 
-def _counts_lines(rows: Sequence[Row]) -> list[str]:
+def _counts_lines(rows: Sequence[ScoreRow]) -> list[str]:
     """Per run and side: items judged, unjudged and failed (runs that recorded them)."""
     counted = [r for r in rows if r.counts]
     if not counted:
@@ -414,14 +414,14 @@ def _counts_lines(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-def _no_data(rows: Sequence[Row], benchmark: str) -> list[Row]:
+def _no_data(rows: Sequence[ScoreRow], benchmark: str) -> list[ScoreRow]:
     """The scored sides of ``benchmark`` with no score: no item judged."""
     return [
         r for r in rows if r.benchmark == benchmark and r.score is None and r.metric != "reference"
     ]
 
 
-def _note_no_data(ax: Any, missing: Sequence[Row], *, alone: bool) -> None:
+def _note_no_data(ax: Any, missing: Sequence[ScoreRow], *, alone: bool) -> None:
     """Write "no data" for the sides with no judged item on the plot (centred when alone)."""
     if not missing:
         return
@@ -452,7 +452,7 @@ def _note_no_data(ax: Any, missing: Sequence[Row], *, alone: bool) -> None:
     )
 
 
-def _note_counts(ax: Any, rows: Sequence[Row], benchmark: str) -> None:
+def _note_counts(ax: Any, rows: Sequence[ScoreRow], benchmark: str) -> None:
     """A footer under the plot, below its legend: per side, the items judged / unjudged /
     failed (the figure is saved with a tight bounding box, which takes it in)."""
     counted = [r for r in rows if r.benchmark == benchmark and r.counts]
@@ -486,7 +486,7 @@ def _clusters(points: Sequence[tuple[float, float]], span: tuple[float, float]) 
     return groups
 
 
-def _plot(rows: Sequence[Row], benchmark: str, axis: str, path: Path) -> bool:
+def _plot(rows: Sequence[ScoreRow], benchmark: str, axis: str, path: Path) -> bool:
     """Quality against ``axis`` (cost or latency) for one benchmark; False if nothing to plot."""
     import matplotlib
 

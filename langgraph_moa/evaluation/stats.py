@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "Estimate",
+    "IntervalEstimate",
     "LengthControlledFit",
     "bootstrap",
     "fit_length_controlled",
@@ -49,7 +49,7 @@ DEFAULT_LEVEL = 0.90
 
 
 @dataclass(frozen=True)
-class Estimate:
+class IntervalEstimate:
     """A point value with a two-sided bootstrap interval at ``level`` (percentile method).
     Over no item (``n`` 0) the numbers are NaN here and null in :meth:`to_dict`: no number."""
 
@@ -89,27 +89,27 @@ def bootstrap(
     resamples: int = DEFAULT_RESAMPLES,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
-) -> Estimate:
+) -> IntervalEstimate:
     """``statistic(indices)`` on all ``n`` items, with a percentile interval from ``resamples``
     resamples of the items (drawn with replacement, seeded: the same data give the same
     interval)."""
     if n == 0:
         nan = float("nan")
-        return Estimate(nan, nan, nan, 0, level)
+        return IntervalEstimate(nan, nan, nan, 0, level)
     value = statistic(np.arange(n))
     rng = _rng(seed)
     draws = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)])
     draws = draws[np.isfinite(draws)]
     tail = (1 - level) / 2 * 100
     if draws.size == 0:
-        return Estimate(value, value, value, n, level)
+        return IntervalEstimate(value, value, value, n, level)
     low, high = np.percentile(draws, [tail, 100 - tail])
-    return Estimate(float(value), float(low), float(high), n, level)
+    return IntervalEstimate(float(value), float(low), float(high), n, level)
 
 
 def mean_estimate(
     values: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
-) -> Estimate:
+) -> IntervalEstimate:
     """The mean of ``values`` with its bootstrap interval."""
     data = np.asarray(values, dtype=float)
     return bootstrap(lambda idx: float(data[idx].mean()), len(data), resamples=resamples, seed=seed)
@@ -121,7 +121,7 @@ def weighted_rate(
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
-) -> Estimate:
+) -> IntervalEstimate:
     """``sum(w * s) / sum(w)`` over items, resampling items (Arena-Hard's strong verdicts weigh
     more: each item brings its games' weights)."""
     s = np.asarray(scores, dtype=float)
@@ -136,7 +136,7 @@ def weighted_rate(
 
 def paired_bootstrap(
     a: Sequence[float], b: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
-) -> tuple[Estimate, float]:
+) -> tuple[IntervalEstimate, float]:
     """Mean of ``a - b`` over the same items, its interval, and the share of resamples in which
     the difference is not above zero (a one-sided bootstrap p-value for "A beats B")."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -201,7 +201,7 @@ def length_controlled_win_rate(
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
-) -> Estimate:
+) -> IntervalEstimate:
     """The length-controlled win rate (0-100) with a bootstrap interval (the model is refitted
     on every resample)."""
     p = np.asarray(preferences, dtype=float)

@@ -27,7 +27,7 @@ from typing import Any
 
 from langgraph_moa.evaluation.datasets import Scoring
 from langgraph_moa.evaluation.stats import (
-    Estimate,
+    IntervalEstimate,
     length_controlled_win_rate,
     mean_estimate,
     paired_bootstrap,
@@ -142,7 +142,7 @@ def summarise(
     topology was scored on the same items."""
     scored = [(r, r.score) for r in results if r.score is not None]
     out: dict[str, Any] = {"scored": len(scored), "unscored": len(results) - len(scored)}
-    metrics: dict[str, Estimate] = {}
+    metrics: dict[str, IntervalEstimate] = {}
     if scoring is Scoring.exact:
         metrics["accuracy"] = mean_estimate([100 * s for _, s in scored], resamples=resamples)
         out["metric"] = "accuracy"

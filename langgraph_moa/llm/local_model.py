@@ -6,8 +6,10 @@ Each file is loaded once per process, and calls to one loaded model are serializ
 (llama.cpp is not safe for concurrent use of one instance). The process owns the loaded models
 and frees them at exit, while llama.cpp's module is still whole: left to ``Llama.__del__`` during
 the interpreter's teardown, freeing one prints a traceback from a half-torn-down module. Token
-usage is reported like any provider's: from llama.cpp for whole completions, by tokenizing prompt
-and reply when streaming.
+usage is reported by tokenizing prompt and reply. Every call streams llama.cpp's completion in a
+worker thread, which stops at the next token when its caller is cancelled (or interrupted, for a
+sync call: the sync entry points run the async ones, see
+:class:`~langgraph_moa.llm.async_chat_model.AsyncChatModel`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForLLMRun,
-    CallbackManagerForLLMRun,
-)
-from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
@@ -37,6 +34,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
+from langgraph_moa.llm.async_chat_model import AsyncChatModel
 from langgraph_moa.llm.local_runtime import check_local_runtime
 from langgraph_moa.llm.text import text_of
 
@@ -157,7 +155,7 @@ def _to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return converted
 
 
-class ChatLocalLlama(BaseChatModel):
+class ChatLocalLlama(AsyncChatModel):
     """A GGUF chat model run in-process by llama.cpp (no network, no key)."""
 
     model_path: str = DEFAULT_LOCAL_MODEL
@@ -199,44 +197,7 @@ class ChatLocalLlama(BaseChatModel):
         params["seed"] = seed if seed is not None else random.randrange(2**31)
         return params
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        engine = self._engine()
-        with engine.turn(None):
-            response = engine.llama.create_chat_completion(
-                messages=_to_llama_messages(messages), **self._params(stop, kwargs)
-            )
-        choice = response["choices"][0]
-        usage = response.get("usage") or {}
-        message = AIMessage(
-            content=choice["message"].get("content") or "",
-            usage_metadata=UsageMetadata(
-                input_tokens=usage.get("prompt_tokens", 0),
-                output_tokens=usage.get("completion_tokens", 0),
-                total_tokens=usage.get("total_tokens", 0),
-            ),
-            response_metadata={
-                "model_name": f"local:{self.model_path}",
-                "finish_reason": choice.get("finish_reason"),
-            },
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        return self._chunks(messages, stop, kwargs, None)
-
-    def _chunks(
+    def _llama_chunks(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
@@ -278,12 +239,12 @@ class ChatLocalLlama(BaseChatModel):
             )
         )
 
-    async def _agenerate(
+    async def _answer(
         self,
         messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
+        stop: list[str] | None,
+        context: Any,
+        kwargs: dict[str, Any],
     ) -> ChatResult:
         """The blocking call in a worker thread; if this coroutine is cancelled, the thread
         stops at its next token and is awaited, so no computation outlives the call."""
@@ -291,7 +252,7 @@ class ChatLocalLlama(BaseChatModel):
 
         def complete() -> ChatResult:  # the streamed tokens, merged: cancellable between them
             merged: ChatGenerationChunk | None = None
-            for chunk in self._chunks(messages, stop, kwargs, cancel):
+            for chunk in self._llama_chunks(messages, stop, kwargs, cancel):
                 merged = chunk if merged is None else merged + chunk
             assert merged is not None  # the last chunk always carries usage
             message = cast(AIMessageChunk, merged.message)
@@ -316,12 +277,12 @@ class ChatLocalLlama(BaseChatModel):
                 await worker
             raise
 
-    async def _astream(
+    async def _answer_chunks(
         self,
         messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
+        stop: list[str] | None,
+        context: Any,
+        kwargs: dict[str, Any],
     ) -> AsyncIterator[ChatGenerationChunk]:
         """Run the blocking generator in one worker thread and hand chunks over a queue; if the
         consumer stops early or is cancelled, the thread stops at its next token."""
@@ -331,7 +292,7 @@ class ChatLocalLlama(BaseChatModel):
 
         def produce() -> None:
             try:
-                for chunk in self._chunks(messages, stop, kwargs, cancel):
+                for chunk in self._llama_chunks(messages, stop, kwargs, cancel):
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
             except _Stopped:
                 pass

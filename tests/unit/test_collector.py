@@ -18,7 +18,7 @@ from langgraph_moa.cli.commands import main
 def restore_collector() -> Iterator[None]:
     was_enabled = gc.isenabled()
     yield
-    collector.resume()
+    collector.unpause()
     gc.unfreeze()
     if was_enabled:
         gc.enable()
@@ -42,11 +42,11 @@ def test_pause_then_settle_freezes_what_exists_and_turns_collection_back_on() ->
     assert gc.get_freeze_count() <= frozen
 
 
-def test_resume_turns_collection_back_on_without_freezing() -> None:
+def test_unpause_turns_collection_back_on_without_freezing() -> None:
     gc.enable()
     gc.unfreeze()
     collector.pause()
-    collector.resume()
+    collector.unpause()
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
 

@@ -7,15 +7,15 @@ import time
 
 import pytest
 
-from langgraph_moa.batch import Estimate, Tally
+from langgraph_moa.batch import SessionProgress, WorstCaseEstimate
 from langgraph_moa.batch.core import round_usd
 from langgraph_moa.cli.relabel import _line, fit_line
 
 COUNTS = "183 done, 2 failed, 5 invalid, 10 skipped"
 
 
-def tally(total: int | None = 298) -> Tally:
-    return Tally(
+def tally(total: int | None = 298) -> SessionProgress:
+    return SessionProgress(
         total=total,
         seen=203,
         done=183,
@@ -59,7 +59,7 @@ def test_unknown_total_and_the_start() -> None:
     line = fit_line(tally(total=None), 120).plain
     assert line.startswith("relabel 200 rows | ") and "None" not in line
     assert "━" not in line  # no bar without a total
-    start = fit_line(Tally(total=40), 80).plain
+    start = fit_line(SessionProgress(total=40), 80).plain
     assert start.startswith("relabel 0/40 | 0 done, 0 failed, 0 invalid, 0 skipped")
 
 
@@ -67,4 +67,4 @@ def test_costs_are_rounded_where_they_are_shown_and_written() -> None:
     assert round_usd(0.07126249999999999) == 0.071262 and round_usd(None) is None
     assert tally().as_dict()["cost_usd"] == 0.071262
     assert "$0.0713 " in _line(tally()) + " "
-    assert Estimate(cost_usd=0.30000000000000004).as_dict()["cost_usd"] == 0.3
+    assert WorstCaseEstimate(cost_usd=0.30000000000000004).as_dict()["cost_usd"] == 0.3

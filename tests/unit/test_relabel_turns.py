@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from langgraph_moa.batch.core import Budget, row_estimates, row_worst_case_usd, turn_points
+from langgraph_moa.batch.core import BatchBudget, row_estimates, row_worst_case_usd, turn_points
 from langgraph_moa.batch.rows import Row, check_row
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
@@ -99,6 +99,6 @@ def test_the_budget_reserves_every_turn() -> None:
     last = row_worst_case_usd(TOPOLOGY, chat, PRICES)
     assert every > 2 * last * 0.99
     between = (last + every) / 2
-    assert Budget(between, 0.0, TOPOLOGY).admit(chat)
-    assert not Budget(between, 0.0, TOPOLOGY, turns="all").admit(chat)
-    assert Budget(every * 1.001, 0.0, TOPOLOGY, turns="all").admit(chat)
+    assert BatchBudget(between, 0.0, TOPOLOGY).admit(chat)
+    assert not BatchBudget(between, 0.0, TOPOLOGY, turns="all").admit(chat)
+    assert BatchBudget(every * 1.001, 0.0, TOPOLOGY, turns="all").admit(chat)
