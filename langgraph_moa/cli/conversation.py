@@ -142,9 +142,7 @@ def ask(
             err.print(f"[bold]moa[/bold] {escape(describe(topo))}, thread {thread_id}")
 
     async def go() -> tuple[Run, Topology]:
-        async with open_session(
-            db, thread_id, chosen, cache=backend, announce=announce
-        ) as session:
+        async with open_session(db, thread_id, chosen, cache=backend, announce=announce) as session:
             try:
                 async with ctrl_c_cancels(), session.lock():
                     run = await session.run(

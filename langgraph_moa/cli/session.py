@@ -139,7 +139,9 @@ class Session:
             as_json=as_json,
             quiet=quiet,
             durability=mode,
-            state=None if isinstance(inputs, dict) else dict((await graph.aget_state(config)).values),
+            state=None
+            if isinstance(inputs, dict)
+            else dict((await graph.aget_state(config)).values),
         )
         total = run.latency_s
         while run.review is not None and sys.stdin.isatty() and not as_json:
