@@ -25,7 +25,6 @@ from langgraph_moa.batch.runner import (
     arelabel,
     estimate_relabel,
     relabel,
-    resolve_topology,
     run_folder,
 )
 
@@ -47,6 +46,5 @@ __all__ = [
     "read_rows",
     "relabel",
     "relabel_row",
-    "resolve_topology",
     "run_folder",
 ]

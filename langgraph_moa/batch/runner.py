@@ -85,7 +85,7 @@ from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset, load_topology
+from langgraph_moa.spec.topology import Topology, resolve_topology
 from langgraph_moa.sync_loop import run_sync
 
 __all__ = [
@@ -100,7 +100,6 @@ __all__ = [
     "estimate_relabel",
     "relabel",
     "relabel_row",
-    "resolve_topology",
     "run_folder",
 ]
 
@@ -109,16 +108,15 @@ DEFAULT_CONCURRENCY = 16
 Input = str | Path | Iterable[Mapping[str, Any] | Row | InvalidRow]
 
 
-def resolve_topology(topology: Topology | str | Path | None) -> Topology:
-    """A Topology, a preset's name, or a topology file's path."""
+def _unattended(topology: Topology | str | Path | None) -> Topology:
+    """The topology a relabel runs: a Topology, a preset's name or a topology file's path (see
+    :func:`~langgraph_moa.spec.topology.resolve_topology`); one that needs no person's review."""
     if isinstance(topology, Topology):
         found = topology
-    elif topology is None:
-        found = load_preset(DEFAULT_PRESET)
     elif isinstance(topology, Path) or Path(str(topology)).suffix in (".yaml", ".yml", ".json"):
-        found = load_topology(topology)
+        found = resolve_topology(path=topology)
     else:
-        found = load_preset(str(topology))
+        found = resolve_topology(preset=topology)
     if found.review != "none":
         raise MoAInputError(
             f"topology {found.name!r} pauses for a person's review; relabeling needs one that "
@@ -266,7 +264,7 @@ def estimate_relabel(
 ) -> WorstCaseEstimate:
     """The worst case (every call writes its max_tokens) of what a relabel session would run:
     rows, calls, tokens and $. No call is made and nothing is written."""
-    topo = resolve_topology(topology)
+    topo = _unattended(topology)
     _check_turns(turns, turn_context)
     rows, _, _ = _open_input(source, limit)
     path = run_folder(source, topo, out, name)
@@ -332,7 +330,7 @@ async def arelabel(
         raise MoAInputError("--concurrency must be at least 1")
     if max_usd is not None and not max_usd > 0:
         raise MoAInputError("--max-usd must be more than 0")
-    topo = resolve_topology(topology)
+    topo = _unattended(topology)
     _check_turns(turns, turn_context)
     if name is not None:
         check_name(name)  # before anything is read or written

@@ -1,5 +1,5 @@
 """``python -m langgraph_moa.cli``: the ``moa`` command."""
 
-from langgraph_moa.cli.commands import main
+from langgraph_moa.cli.app import main
 
 main()

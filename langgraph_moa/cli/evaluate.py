@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Topology, load_preset, load_topology
+from langgraph_moa.spec.topology import Agent, Topology, resolve_topology
 
 if TYPE_CHECKING:
     from langgraph.cache.base import BaseCache
@@ -70,10 +70,8 @@ def _topology(preset: str | None, topology: Path | None, model: str | None, what
         raise MoAInputError(f"give one of --{what}preset, --{what}topology or --{what}model")
     if model:
         return _single_model(model, f"--{what}model")
-    if topology:
-        return load_topology(topology)
-    if preset:
-        return load_preset(preset)
+    if preset or topology:
+        return resolve_topology(preset=preset, path=topology)
     return None
 
 
@@ -85,8 +83,7 @@ def _judge(model: str | None, preset: str | None, topology: Path | None) -> Agen
         raise MoAInputError("give one of --judge, --judge-preset or --judge-topology")
     if model:
         return judge_agent(model)
-    chosen = load_topology(topology) if topology else load_preset(preset or "")
-    return judge_topology(chosen)
+    return judge_topology(resolve_topology(preset=preset, path=topology))
 
 
 def _preflight(chosen: Topology | Agent) -> None:

@@ -3,7 +3,7 @@
 Parsing and rendering only; the work is :mod:`langgraph_moa.batch`. Progress goes to stderr (a
 live line on a terminal, a line every few seconds otherwise, nothing with ``--quiet``); ``--json``
 prints one summary object on stdout at the end. Bad input is one ``moa: error:`` line, exit 2,
-with nothing written (see ``main`` in :mod:`langgraph_moa.cli.commands`). Ctrl-C stops the run
+with nothing written (see ``main`` in :mod:`langgraph_moa.cli.app`). Ctrl-C stops the run
 (the rows finished are kept) and says in one line how many rows are done and that the same
 command goes on (exit 130).
 
@@ -22,7 +22,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from langgraph_moa.cli.interrupt import Interrupted, ctrl_c_cancels
-from langgraph_moa.errors import MoAInputError
+from langgraph_moa.spec.topology import resolve_topology
 
 if TYPE_CHECKING:
     from langgraph_moa.batch import (
@@ -63,14 +63,6 @@ class Turns(enum.StrEnum):
 class TurnContext(enum.StrEnum):
     relabeled = "relabeled"
     original = "original"
-
-
-def _topology(preset: str | None, topology: Path | None) -> Any:
-    from langgraph_moa.batch import resolve_topology
-
-    if preset and topology:
-        raise MoAInputError("give either --preset or --topology, not both")
-    return resolve_topology(topology or preset)
 
 
 def _clock(seconds: float | None) -> str:
@@ -257,7 +249,7 @@ def relabel_command(
     it stopped (finished rows and calls are never paid for twice)."""
     from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits, run_folder
 
-    topo = _topology(preset, topology)
+    topo = resolve_topology(preset=preset, path=topology)
     if estimate:
         found = estimate_relabel(
             source,

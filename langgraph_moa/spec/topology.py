@@ -49,6 +49,7 @@ __all__ = [
     "load_preset",
     "load_topology",
     "read_data_file",
+    "resolve_topology",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -781,3 +782,14 @@ def load_preset(name: str) -> Topology:
         known = ", ".join(sorted(_preset_files()))
         raise MoAInputError(f"unknown preset {name!r}; known presets: {known}")
     return _load_preset_cached(name)
+
+
+def resolve_topology(*, preset: str | None = None, path: str | Path | None = None) -> Topology:
+    """The topology a user named: a shipped preset or a topology file (never both), else
+    :data:`DEFAULT_PRESET`. The one place every door turns its ``--preset``/``--topology``
+    options (or a Python caller's name or path) into a :class:`Topology`."""
+    if preset and path:
+        raise MoAInputError("give either --preset or --topology, not both")
+    if path:
+        return load_topology(path)
+    return load_preset(preset or DEFAULT_PRESET)

@@ -137,7 +137,7 @@ import sys
 for name in sys.argv[1].split(","):
     sys.modules[name] = None
 sys.argv = ["moa", *sys.argv[2:]]
-from langgraph_moa.cli.commands import main
+from langgraph_moa.cli.app import main
 main()
 """
 

@@ -24,7 +24,7 @@ ENGINE = ("langgraph", "langchain_core")
 # the optional modules it imported.
 PROBE = """
 import contextlib, io, json, sys
-from langgraph_moa.cli.commands import main
+from langgraph_moa.cli.app import main
 
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     try:
@@ -52,7 +52,7 @@ def _has(modules: set[str], name: str) -> bool:
 @pytest.mark.parametrize("args", [["--help"], ["presets"], ["ask", "--help"]])
 def test_help_and_presets_load_neither_engine_nor_model_stack(args: list[str]) -> None:
     modules = loaded(*args)
-    assert "langgraph_moa.cli.commands" in modules  # the probe did run the command line
+    assert "langgraph_moa.cli.conversation" in modules  # the probe did run the command line
     for name in (*ENGINE, *MODEL_STACK, *HTTP, *OPTIONAL):
         assert not _has(modules, name), f"`moa {' '.join(args)}` imported {name}"
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from langgraph_moa.cli import collector
-from langgraph_moa.cli.commands import main
+from langgraph_moa.cli.app import main
 
 
 @pytest.fixture(autouse=True)

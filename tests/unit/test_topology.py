@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from langgraph_moa import MoAInputError, Topology, list_presets, load_preset, load_topology
-from langgraph_moa.spec.topology import parse_topology
+from langgraph_moa.spec.topology import DEFAULT_PRESET, parse_topology, resolve_topology
 
 
 def spec(**overrides: object) -> dict:
@@ -137,6 +137,19 @@ def test_paper_shapes() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(MoAInputError, match="unknown preset 'nope'; known presets: local, moa"):
         load_preset("nope")
+
+
+def test_resolve_topology_takes_a_preset_or_a_file(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(spec(name="mine")))
+    assert resolve_topology(path=mine).name == "mine"
+    assert resolve_topology(path=str(mine)).name == "mine"
+    assert resolve_topology(preset="moa") == load_preset("moa")
+    assert resolve_topology() == load_preset(DEFAULT_PRESET)
+    with pytest.raises(MoAInputError, match=r"^give either --preset or --topology, not both$"):
+        resolve_topology(preset="moa", path=mine)
+    with pytest.raises(MoAInputError, match="unknown preset 'nope'"):
+        resolve_topology(preset="nope")
 
 
 def test_files(tmp_path: Path) -> None:
