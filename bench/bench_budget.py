@@ -16,19 +16,19 @@ shared cores: rows/s moves with the load, the ratio does not).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_relabel import Upstream  # this folder's (run as a script)
+
 from langgraph_moa.batch import relabel
 from langgraph_moa.batch.core import row_worst_case_usd
 from langgraph_moa.batch.rows import Row, rows_of
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import load_topology
-from langgraph_moa.testing.fake_openai import Behavior, FakeOpenAI
 
 FACTORS = (4.0, 6.0, 10.0, 20.0, 40.0)  # budgets, in worst cases of one row
 TOPOLOGY = (
@@ -46,33 +46,6 @@ TOPOLOGY = (
 
 def reply(body: dict[str, Any], number: int, choice: int) -> str:
     return " ".join(f"w{k}" for k in range(35))
-
-
-def serve(latency: float, urls: Any, stop: Any) -> None:
-    with FakeOpenAI() as server:
-        server.default = Behavior(latency_s=latency, reply=reply)
-        urls.put(server.base_url)
-        stop.wait()
-
-
-class Upstream:
-    """The fake server in a child process."""
-
-    def __init__(self, latency: float) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.urls, self.stop = ctx.Queue(), ctx.Event()
-        self.proc = ctx.Process(target=serve, args=(latency, self.urls, self.stop), daemon=True)
-
-    def __enter__(self) -> str:
-        self.proc.start()
-        url = str(self.urls.get(timeout=60))
-        os.environ["OPENAI_BASE_URL"] = url
-        os.environ["OPENAI_API_KEY"] = "sk-bench"
-        return url
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.proc.join(10)
 
 
 def rows(n: int) -> list[dict[str, Any]]:
@@ -101,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     items = rows(args.rows)
     print(f"load average before: {load()}")
-    with tempfile.TemporaryDirectory() as tmp, Upstream(args.latency):
+    with tempfile.TemporaryDirectory() as tmp, Upstream(args.latency, reply):
         topo_path = Path(tmp) / "priced.yaml"
         topo_path.write_text(TOPOLOGY)
         topo = load_topology(topo_path)

@@ -41,20 +41,22 @@ from langgraph_moa.testing.fake_openai import Behavior, FakeOpenAI
 LAYERS, WIDTH = 3, 6
 
 
-def serve(latency: float, urls: Any, stop: Any) -> None:
+def serve(latency: float, reply: Any, urls: Any, stop: Any) -> None:
     with FakeOpenAI() as server:
-        server.default = Behavior(latency_s=latency)
+        server.default = Behavior(latency_s=latency, **({"reply": reply} if reply else {}))
         urls.put(server.base_url)
         stop.wait()
 
 
 class Upstream:
-    """The fake server in a child process."""
+    """The fake server in a child process. ``reply`` (a module-level function, so that the
+    spawned child can import it) writes the answers; by default the fake server's own."""
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, reply: Any = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.urls, self.stop = ctx.Queue(), ctx.Event()
-        self.proc = ctx.Process(target=serve, args=(latency, self.urls, self.stop), daemon=True)
+        args = (latency, reply, self.urls, self.stop)
+        self.proc = ctx.Process(target=serve, args=args, daemon=True)
 
     def __enter__(self) -> str:
         self.proc.start()
