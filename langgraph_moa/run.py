@@ -38,17 +38,6 @@ from langgraph_moa.errors import MoARunError
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.names import AGGREGATOR, FALLBACK, PREPARE
 
-__all__ = [
-    "AnswerToken",
-    "DeadlinePassed",
-    "Event",
-    "NodeFinished",
-    "Progress",
-    "ReviewPause",
-    "RunFinished",
-    "stream_run",
-]
-
 ANSWERING = frozenset({AGGREGATOR, FALLBACK})
 
 

@@ -38,8 +38,6 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "iterate_sync", "run_sync"]
-
 T = TypeVar("T")
 
 SHUTDOWN_GRACE_S = 5.0

@@ -70,26 +70,6 @@ from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = [
-    "CHUNK",
-    "TURNS",
-    "TURN_CONTEXTS",
-    "BatchBudget",
-    "Plan",
-    "SessionProgress",
-    "TurnContext",
-    "Turns",
-    "budget_stop_reason",
-    "degraded_reasons",
-    "drive_rows",
-    "relabel_row",
-    "round_usd",
-    "row_estimates",
-    "row_worst_case_usd",
-    "steady_gc",
-    "turn_points",
-]
-
 Turns = Literal["last", "all"]
 TurnContext = Literal["relabeled", "original"]
 TURNS: tuple[Turns, ...] = ("last", "all")

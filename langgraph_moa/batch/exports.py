@@ -57,22 +57,6 @@ from langgraph_moa.spec.models import PriceTable
 if TYPE_CHECKING:
     from langgraph_moa.batch.runner import RelabelRun
 
-__all__ = [
-    "FORMATS",
-    "LEFT_OUT",
-    "ExportFormat",
-    "ExportResult",
-    "Turn",
-    "call_rows",
-    "dpo_pair",
-    "export_run",
-    "left_out_reason",
-    "openai_dpo_row",
-    "prompt_completion_rows",
-    "sft_rows",
-    "turns_of",
-]
-
 ExportFormat = Literal["sft", "prompt-completion", "dpo", "openai-dpo", "traces"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 LEFT_OUT = ("failed", "degraded", "truncated", "invalid", "rejected", "no_pair")

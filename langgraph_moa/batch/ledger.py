@@ -36,8 +36,6 @@ from typing_extensions import TypedDict
 from langgraph_moa.batch.rows import InvalidRow
 from langgraph_moa.errors import MoAInputError, MoAStorageError, storage_error
 
-__all__ = ["Ledger", "RowRecord", "Totals", "TurnRecord", "ledger_error"]
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
     id TEXT PRIMARY KEY,

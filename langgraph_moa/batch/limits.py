@@ -33,8 +33,6 @@ from aiolimiter import AsyncLimiter
 
 from langgraph_moa.errors import MoAInputError
 
-__all__ = ["RateGate", "RateLimits", "parse_limits"]
-
 TOKEN_BURST = 20  # a token bucket holds 1/20 of a minute's allowance
 
 

@@ -65,8 +65,6 @@ from langgraph_moa.errors import MoAError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import Topology
 
-__all__ = ["require_ray", "run_on_ray"]
-
 MAX_CHUNK = 16  # rows per block, at most
 SPOOL = "ray-input.pickle"
 

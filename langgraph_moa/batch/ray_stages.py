@@ -61,17 +61,6 @@ from langgraph_moa.llm.openai_client import gate_requests
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
 
-__all__ = [
-    "BudgetKeeper",
-    "Chunk",
-    "RowWorker",
-    "RowsDatasource",
-    "Source",
-    "pack",
-    "spool",
-    "unpack",
-]
-
 COLUMN = "chunk"
 READ_AT_ONCE = 256  # rows read and checked against the ledger at once
 BOOKKEEPING = 1024  # skipped and invalid rows carried by one chunk without rows to run

@@ -61,22 +61,6 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import describe_validation_error
 
-__all__ = [
-    "FORMATS",
-    "MAX_LINE",
-    "InvalidRow",
-    "Row",
-    "check_row",
-    "count_rows",
-    "decode_line",
-    "input_files",
-    "lone_surrogate",
-    "parse_line",
-    "read_lines",
-    "read_rows",
-    "rows_of",
-]
-
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 KNOWN = {"id", "messages", "tools", "tool_choice", "completion", "metadata"}

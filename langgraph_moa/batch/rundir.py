@@ -38,17 +38,6 @@ from pydantic import BaseModel, Field
 from langgraph_moa.errors import MoAError, MoAInputError, storage_error
 from langgraph_moa.spec.topology import Topology, parse_topology
 
-__all__ = [
-    "MANIFEST",
-    "Manifest",
-    "RunDir",
-    "Session",
-    "check_name",
-    "hash_files",
-    "open_run_dir",
-    "run_name",
-]
-
 MANIFEST = "manifest.json"
 LEDGER = "ledger.sqlite"
 CACHE = "calls.sqlite"

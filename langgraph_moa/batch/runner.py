@@ -88,21 +88,6 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology, resolve_topology
 from langgraph_moa.sync_loop import run_sync
 
-__all__ = [
-    "DEFAULT_CONCURRENCY",
-    "BatchBudget",
-    "Plan",
-    "RelabelRun",
-    "SessionProgress",
-    "WorstCaseEstimate",
-    "arelabel",
-    "drive_rows",
-    "estimate_relabel",
-    "relabel",
-    "relabel_row",
-    "run_folder",
-]
-
 DEFAULT_CONCURRENCY = 16
 
 Input = str | Path | Iterable[Mapping[str, Any] | Row | InvalidRow]

@@ -33,8 +33,6 @@ from langgraph_moa.cli.serve_cmd import serve
 from langgraph_moa.cli.thread_list import threads_command
 from langgraph_moa.errors import MoAError, MoAInputError
 
-__all__ = ["app", "main"]
-
 app = MoATyper(
     name="moa",
     cls=MoAGroup,

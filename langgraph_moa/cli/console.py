@@ -46,18 +46,6 @@ from langgraph_moa.run import (
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = [
-    "TurnResult",
-    "aggregator_step",
-    "ask_review",
-    "describe",
-    "display_for",
-    "drive",
-    "err",
-    "print_estimate",
-    "show_review",
-]
-
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

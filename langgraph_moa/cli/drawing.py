@@ -30,8 +30,6 @@ from langgraph_moa.graphs.names import (
 )
 from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, LayerJoin, Topology
 
-__all__ = ["SUPPORTED_SUFFIXES", "to_html", "to_svg", "write_drawing"]
-
 SUPPORTED_SUFFIXES = (".svg", ".html", ".htm")
 
 _START = "__start__"

@@ -45,8 +45,6 @@ if TYPE_CHECKING:
         Side,
     )
 
-__all__ = ["eval_command", "report_command"]
-
 JUDGMENTS_FILE = "judgments.sqlite"
 
 

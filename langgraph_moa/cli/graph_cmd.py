@@ -13,8 +13,6 @@ from langgraph_moa.cli.options import PresetOpt, TopologyOpt, fail
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import list_presets, resolve_topology
 
-__all__ = ["graph", "presets"]
-
 
 class GraphFormat(enum.StrEnum):
     mermaid = "mermaid"

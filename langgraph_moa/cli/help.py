@@ -18,8 +18,6 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-__all__ = ["MoACommand", "MoAGroup", "MoATyper", "unwrap"]
-
 _LONGEST_CHOICES = 22  # wider choice lists crowd the type column at 80 columns
 
 

@@ -26,14 +26,6 @@ from langgraph_moa.cli.store import data_dir
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import has_extra
 
-__all__ = [
-    "MAX_HISTORY_BYTES",
-    "LineReader",
-    "history_path",
-    "prepare_history",
-    "read_piped_line",
-]
-
 PROMPT = "you> "
 MAX_HISTORY_BYTES = 64 << 20
 

@@ -23,8 +23,6 @@ import sys
 
 from langgraph_moa.errors import MoAInputError
 
-__all__ = ["LIBRARY_LOGGERS", "PACKAGE_LOGGER", "level_for", "setup_logging"]
-
 PACKAGE_LOGGER = "langgraph_moa"
 LIBRARY_LOGGERS = ("openai", "httpx", "httpcore", "langgraph", "langchain_core")
 _NAMES = {

@@ -39,8 +39,6 @@ if TYPE_CHECKING:
         SessionProgress,
     )
 
-__all__ = ["export_command", "relabel_command"]
-
 
 class Engine(enum.StrEnum):
     local = "local"

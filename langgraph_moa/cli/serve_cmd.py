@@ -14,8 +14,6 @@ import typer
 
 from langgraph_moa.extras import require_extra
 
-__all__ = ["serve"]
-
 
 class LogLevel(enum.StrEnum):
     critical = "critical"

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
 
-__all__ = ["ThreadSummary", "list_threads", "thread_ids", "threads_command"]
-
 _LATEST = (
     "SELECT thread_id, MAX(checkpoint_id) AS latest FROM checkpoints "
     "WHERE checkpoint_ns = '' GROUP BY thread_id ORDER BY latest DESC LIMIT {}"

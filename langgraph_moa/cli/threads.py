@@ -32,15 +32,6 @@ from langgraph_moa.graphs.names import (
 )
 from langgraph_moa.spec.topology import Topology, parse_topology
 
-__all__ = [
-    "HistoryEntry",
-    "fork_config",
-    "history",
-    "run_config",
-    "stored_topology",
-    "topology_of_thread",
-]
-
 TOPOLOGY_KEY = "moa_topology"
 
 

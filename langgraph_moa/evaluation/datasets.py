@@ -36,16 +36,6 @@ from typing import Any
 from langgraph_moa.batch.rows import MAX_LINE, decode_line, lone_surrogate, read_lines
 from langgraph_moa.errors import MoAInputError
 
-__all__ = [
-    "BENCHMARKS",
-    "Benchmark",
-    "DataPackage",
-    "Item",
-    "Scoring",
-    "load_benchmark",
-    "package_root",
-]
-
 
 class Scoring(StrEnum):
     exact = "exact"  # gold answer, exact match

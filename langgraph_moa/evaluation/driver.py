@@ -64,17 +64,6 @@ from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Topology
 
-__all__ = [
-    "CALLS_FILE",
-    "MANIFEST_FILE",
-    "DirectGenerator",
-    "Generator",
-    "Request",
-    "Side",
-    "TopologyGenerator",
-    "run_eval",
-]
-
 MANIFEST_FILE = "manifest.json"
 CALLS_FILE = "calls.sqlite"  # every generated call of the eval, cached
 Request = tuple[str, list[dict[str, Any]]]

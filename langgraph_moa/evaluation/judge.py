@@ -62,15 +62,6 @@ from langgraph_moa.llm.usage import check_priced
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
 
-__all__ = [
-    "Judge",
-    "JudgeUsage",
-    "Judgment",
-    "judge_agent",
-    "judge_topology",
-    "single_topology",
-]
-
 JUDGE_MAX_TOKENS = 1024
 T = TypeVar("T")
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-__all__ = ["GRADE_FORM", "VERDICT_FORM", "again_messages", "pairwise_messages", "rating_messages"]
-
 PAIRWISE_SYSTEM = """\
 You judge which of two AI assistants answered a user's request better.
 

@@ -44,17 +44,6 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation import strict_json
 from langgraph_moa.extras import require_extra
 
-__all__ = [
-    "OBJECTIVES",
-    "SUMMARY_FILE",
-    "Decision",
-    "ScoreRow",
-    "collect",
-    "decide",
-    "pareto_front",
-    "write_report",
-]
-
 SUMMARY_FILE = "summary.json"
 OBJECTIVES = {
     "quality": "the highest score, ties broken by the lower own $ per item",

@@ -32,17 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = [
-    "IntervalEstimate",
-    "LengthControlledFit",
-    "bootstrap",
-    "fit_length_controlled",
-    "length_controlled_win_rate",
-    "mean_estimate",
-    "paired_bootstrap",
-    "weighted_rate",
-]
-
 Floats = NDArray[np.float64]
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.90

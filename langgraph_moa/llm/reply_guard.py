@@ -29,17 +29,6 @@ from langgraph_moa.llm.token_bound import counter_for
 from langgraph_moa.llm.usage import TokenUsage
 from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "CUT_CHARS_PER_TOKEN",
-    "IGNORED",
-    "ReplyTooLong",
-    "StopLongReplies",
-    "body_limit",
-    "capped",
-    "past_the_limit",
-    "reply_limit",
-]
-
 MIN_REPLY_LIMIT = 100_000
 CUT_CHARS_PER_TOKEN = 6  # a reply past this many characters a token of max_tokens is cut
 # a whole reply's body: up to 6 bytes a character (JSON's \uXXXX escapes), plus its envelope

@@ -26,8 +26,6 @@ from langchain_core.messages import BaseMessage
 
 from langgraph_moa.llm.text import text_of
 
-__all__ = ["MESSAGE_OVERHEAD", "TokenCounter", "counter_for"]
-
 SHIPPED = ("cl100k_base", "o200k_base")  # the encodings whose data is inside the wheel
 MESSAGE_OVERHEAD = 8  # tokens a chat message costs beyond its text (role, separators), at most
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Reading", "first_words", "last_brackets", "no_verdict", "read_verdict"]
-
 # the content of one [[...]] on a single line; long contents are not a verdict of any kind
 _BRACKETS = re.compile(r"\[\[([^\[\]\n]{0,200})\]\]")
 _NUMBER = re.compile(r"\s*(\d{1,4})\s*")

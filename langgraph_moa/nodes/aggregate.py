@@ -30,15 +30,6 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import provider_kind
 from langgraph_moa.spec.topology import Agent, References
 
-__all__ = [
-    "answer_update",
-    "make_aggregator",
-    "make_fallback",
-    "route_after_aggregator",
-    "truncation",
-    "write_answer",
-]
-
 
 def _critique_text(state: MoAState) -> str | None:
     critique = state.get("critique")

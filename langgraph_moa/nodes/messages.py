@@ -26,16 +26,6 @@ from langgraph_moa.nodes.prompts import (
 from langgraph_moa.spec.models import context_window_for
 from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "critic_messages",
-    "fitted_critic_messages",
-    "fitted_judge_messages",
-    "fitted_synthesis_messages",
-    "numbered",
-    "synthesis_messages",
-    "tool_digest",
-]
-
 
 def numbered(texts: Sequence[str]) -> str:
     """``1. first\\n2. second``: the paper's layout for references."""

@@ -20,8 +20,6 @@ from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import MoAState, Proposal
 from langgraph_moa.spec.topology import describe_validation_error
 
-__all__ = ["ReviewDecision", "apply_edits", "make_review", "parse_decision", "proposal_ref"]
-
 DROPPED = "dropped by the reviewer"
 
 

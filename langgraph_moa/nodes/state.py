@@ -26,33 +26,6 @@ from langgraph_moa.llm.usage import TokenUsage
 from langgraph_moa.nodes.budget import BudgetAccount
 from langgraph_moa.nodes.context_window import Trim
 
-__all__ = [
-    "AggregationRecord",
-    "AggregatorOptions",
-    "CallRecord",
-    "EarlyStopRecord",
-    "FallbackRecord",
-    "JoinRecord",
-    "JudgeAttempt",
-    "JudgeCall",
-    "LayersUpdateError",
-    "MoAInput",
-    "MoAState",
-    "ModelUsage",
-    "Proposal",
-    "ReferencesRecord",
-    "ReviewRecord",
-    "StateUpdateError",
-    "Truncation",
-    "Usage",
-    "add_conversation",
-    "add_usage",
-    "either",
-    "empty_usage",
-    "merge_layers",
-    "replaced_by",
-]
-
 
 class ReferencesRecord(TypedDict):
     """How earlier answers were shown to one call (with a ``references`` setting)."""

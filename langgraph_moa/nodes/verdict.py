@@ -31,8 +31,6 @@ from langgraph_moa.nodes.vote import Verdict, decide_vote
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["make_verdict", "verbatim_record", "verbatim_truncation"]
-
 
 def verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:
     """The aggregator's record when it answers with a candidate: no call, the candidate's model

@@ -21,8 +21,6 @@ from langgraph_moa.nodes.state import AggregationRecord, JudgeCall, MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["make_window", "windows"]
-
 CARRY = "running answer"  # how the carried synthesis is named in a step's record
 
 

@@ -23,16 +23,6 @@ from pydantic import TypeAdapter, ValidationError
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.topology import Price, describe_validation_error, read_data_file
 
-__all__ = [
-    "BUILTIN_PRICES",
-    "KNOWN_CONTEXT_WINDOWS",
-    "MODEL_FACTS",
-    "ModelFacts",
-    "PriceTable",
-    "context_window_for",
-    "lookup",
-]
-
 
 @dataclass(frozen=True)
 class ModelFacts:

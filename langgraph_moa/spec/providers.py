@@ -38,28 +38,6 @@ if TYPE_CHECKING:
 
     from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "DEFAULT_TIMEOUT_S",
-    "LANGCHAIN_PROVIDERS",
-    "MAX_RETRY_AFTER_S",
-    "PROVIDERS",
-    "ChatModelFactory",
-    "LangChainProvider",
-    "ProviderKind",
-    "ProviderSpec",
-    "factory_of",
-    "known_providers",
-    "langchain_provider",
-    "provider_kind",
-    "register_model",
-    "register_provider",
-    "registered_model",
-    "registered_models",
-    "requests_for",
-    "supports_n",
-    "unregister",
-]
-
 DEFAULT_TIMEOUT_S = 120.0
 # Longest Retry-After a retry waits for, whatever the provider; beyond it the failure is reported.
 MAX_RETRY_AFTER_S = 120.0

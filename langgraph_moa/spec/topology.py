@@ -30,28 +30,6 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.providers import known_providers, provider_kind, requests_for
 
-__all__ = [
-    "DEFAULT_PRESET",
-    "JUDGED_JOINS",
-    "MAX_LAYERS",
-    "MAX_PROPOSERS_PER_LAYER",
-    "Agent",
-    "Aggregator",
-    "Budget",
-    "EarlyStop",
-    "Layer",
-    "LayerJoin",
-    "Price",
-    "References",
-    "Retry",
-    "Topology",
-    "list_presets",
-    "load_preset",
-    "load_topology",
-    "read_data_file",
-    "resolve_topology",
-]
-
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
 
