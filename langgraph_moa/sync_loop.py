@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SHUTDOWN_GRACE_S = 5.0
+_SHUTDOWN_GRACE_S = 5.0
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
@@ -134,7 +134,7 @@ class LoopThread:
         loop.call_soon_threadsafe(start, context=context)
         return outcome, cancel
 
-    def close(self, timeout_s: float = SHUTDOWN_GRACE_S) -> None:
+    def close(self, timeout_s: float = _SHUTDOWN_GRACE_S) -> None:
         """Cancel what still runs, wait up to ``timeout_s`` for it to end, stop the loop."""
         with self._lock:
             loop, thread = self._loop, self._thread

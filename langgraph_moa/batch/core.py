@@ -76,7 +76,7 @@ TURNS: tuple[Turns, ...] = ("last", "all")
 TURN_CONTEXTS: tuple[TurnContext, ...] = ("relabeled", "original")
 
 CHUNK = 256  # rows read and checked against the ledger at once
-GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
+_GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
 
 _gc_lock = threading.Lock()
 _gc_users = 0
@@ -107,7 +107,7 @@ def steady_gc() -> Iterator[None]:
         if _gc_users == 1:
             _gc_before = gc.get_threshold()
             gc.freeze()
-            gc.set_threshold(GC_THRESHOLD, *_gc_before[1:])
+            gc.set_threshold(_GC_THRESHOLD, *_gc_before[1:])
     try:
         yield
     finally:
@@ -291,7 +291,7 @@ async def relabel_row(
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on
-        if (storage := storage_failure(err)) is not None:  # the run's, not the row's
+        if (storage := _storage_failure(err)) is not None:  # the run's, not the row's
             raise storage from None
         record["error"] = str(err) if isinstance(err, MoAError) else error_text(err)
         if meter is not None:  # what its calls were counted at before it failed
@@ -301,7 +301,7 @@ async def relabel_row(
     return record
 
 
-def storage_failure(err: BaseException) -> MoAStorageError | None:
+def _storage_failure(err: BaseException) -> MoAStorageError | None:
     """The disk or database failure behind ``err`` (itself, in a group, or its cause), if any."""
     seen: set[int] = set()
     todo: list[BaseException] = [err]
@@ -320,7 +320,7 @@ def storage_failure(err: BaseException) -> MoAStorageError | None:
 
 def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     """What stopped a task group, as one error: a storage failure first, else the first one."""
-    storage = storage_failure(group)
+    storage = _storage_failure(group)
     if storage is not None:
         return storage
     first: BaseException = group

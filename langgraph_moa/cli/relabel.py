@@ -40,12 +40,12 @@ if TYPE_CHECKING:
     )
 
 
-class Engine(enum.StrEnum):
+class _Engine(enum.StrEnum):
     local = "local"
     ray = "ray"
 
 
-class Format(enum.StrEnum):
+class _Format(enum.StrEnum):
     sft = "sft"
     prompt_completion = "prompt-completion"
     dpo = "dpo"
@@ -216,7 +216,7 @@ def relabel_command(
     estimate: Annotated[
         bool, typer.Option("--estimate", help="Worst-case $ and calls; call nothing.")
     ] = False,
-    engine: Annotated[Engine, typer.Option(help="local (asyncio) or ray.")] = Engine.local,
+    engine: Annotated[_Engine, typer.Option(help="local (asyncio) or ray.")] = _Engine.local,
     ray_address: Annotated[
         str | None, typer.Option(help="Join this Ray cluster (HOST:PORT); default: a local one.")
     ] = None,
@@ -324,7 +324,7 @@ def _report(run: RelabelRun, *, as_json: bool, quiet: bool) -> None:
 def export_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder (<out>/<name>).")],
     fmt: Annotated[
-        Format,
+        _Format,
         typer.Option("--format", "-f", help="sft, prompt-completion, dpo, openai-dpo or traces."),
     ],
     output: Annotated[

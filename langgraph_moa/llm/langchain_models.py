@@ -149,7 +149,7 @@ def is_transient(err: BaseException) -> bool:
     return any(part in cls.__name__ for cls in type(err).__mro__ for part in _TRANSIENT_NAMES)
 
 
-def retry_after_of(err: BaseException | None) -> float | None:
+def _retry_after_of(err: BaseException | None) -> float | None:
     """Seconds a server asked to wait (its ``Retry-After`` header, in seconds), or None."""
     headers = getattr(getattr(err, "response", None), "headers", None)
     try:
@@ -165,7 +165,7 @@ def _wait(backoff: Retry) -> Callable[[RetryCallState], float]:
 
     def wait(state: RetryCallState) -> float:
         err = state.outcome.exception() if state.outcome else None
-        if (after := retry_after_of(err)) is not None:
+        if (after := _retry_after_of(err)) is not None:
             return min(after, MAX_RETRY_AFTER_S)
         delay = min(backoff.initial_s * 2.0 ** (state.attempt_number - 1), backoff.max_s)
         return delay * (1 - 0.25 * random.random())
