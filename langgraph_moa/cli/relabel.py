@@ -245,7 +245,8 @@ def relabel_command(
 ) -> None:
     """Relabel a dataset with a MoA topology into --out; rerun the same command to go on where
     it stopped (finished rows and calls are never paid for twice)."""
-    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits, run_folder
+    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits
+    from langgraph_moa.batch.runner import run_folder
 
     topo = resolve_topology(preset=preset, path=topology)
     if estimate:
