@@ -84,12 +84,10 @@ def _packages() -> list[str]:
 
 def _declared_all(path: Path) -> list[str] | None:
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign):
-            targets, value = [node.target], node.value
-        else:
+        if not isinstance(node, ast.Assign | ast.AnnAssign):
             continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        value = node.value
         if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
             assert isinstance(value, ast.List | ast.Tuple), f"{path}: __all__ is not a literal list"
             return [ast.literal_eval(element) for element in value.elts]
