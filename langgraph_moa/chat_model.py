@@ -52,8 +52,6 @@ from langgraph_moa.result import answer_of, result_of
 from langgraph_moa.run import AnswerToken, Event, RunFinished, stream_run
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset
 
-__all__ = ["INNER_TAG", "ChatMixtureOfAgents"]
-
 _ANSWERING = (AGGREGATOR, FALLBACK)
 
 INNER_TAG = "moa:inner"

@@ -36,8 +36,6 @@ from langchain_core.runnables import RunnableConfig, ensure_config, patch_config
 from langchain_core.runnables.config import set_config_context
 from langchain_core.tracers import BaseTracer
 
-__all__ = ["child_config", "iterate_as_child"]
-
 T = TypeVar("T")
 
 _NO_TOKENS = {BaseCallbackHandler.on_llm_new_token, AsyncCallbackHandler.on_llm_new_token}

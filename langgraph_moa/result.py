@@ -9,8 +9,6 @@ from langchain_core.messages import AIMessage
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.state import MoAState, empty_usage
 
-__all__ = ["answer_of", "result_of"]
-
 
 def answer_of(state: MoAState) -> str:
     """The final answer of the latest turn (the last AI message), or "" if there is none."""

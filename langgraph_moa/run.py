@@ -38,18 +38,7 @@ from langgraph_moa.errors import MoARunError
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.nodes.names import AGGREGATOR, FALLBACK, PREPARE
 
-__all__ = [
-    "AnswerToken",
-    "DeadlinePassed",
-    "Event",
-    "NodeFinished",
-    "Progress",
-    "ReviewPause",
-    "RunFinished",
-    "stream_run",
-]
-
-ANSWERING = frozenset({AGGREGATOR, FALLBACK})
+_ANSWERING = frozenset({AGGREGATOR, FALLBACK})
 
 
 @dataclass(frozen=True)
@@ -168,7 +157,7 @@ async def stream_run(
         else:
             message, meta = chunk
             node = meta.get("langgraph_node")
-            answering = node in ANSWERING and isinstance(message, AIMessageChunk)
+            answering = node in _ANSWERING and isinstance(message, AIMessageChunk)
             if answering and (message.content or message.tool_call_chunks):
                 yield AnswerToken(message, node)
     yield RunFinished(state, time.perf_counter() - start)

@@ -38,11 +38,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "iterate_sync", "run_sync"]
-
 T = TypeVar("T")
 
-SHUTDOWN_GRACE_S = 5.0
+_SHUTDOWN_GRACE_S = 5.0
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
@@ -136,7 +134,7 @@ class LoopThread:
         loop.call_soon_threadsafe(start, context=context)
         return outcome, cancel
 
-    def close(self, timeout_s: float = SHUTDOWN_GRACE_S) -> None:
+    def close(self, timeout_s: float = _SHUTDOWN_GRACE_S) -> None:
         """Cancel what still runs, wait up to ``timeout_s`` for it to end, stop the loop."""
         with self._lock:
             loop, thread = self._loop, self._thread

@@ -14,37 +14,30 @@ them), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray Dat
 side, and what runs on the cluster), ``exports``.
 """
 
-from langgraph_moa.batch.core import SessionProgress, relabel_row
+from langgraph_moa.batch.core import SessionProgress
 from langgraph_moa.batch.exports import ExportFormat, ExportResult
-from langgraph_moa.batch.ledger import RowRecord, Totals
+from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateLimits, parse_limits
-from langgraph_moa.batch.rows import InvalidRow, Row, check_row, read_rows
 from langgraph_moa.batch.runner import (
     RelabelRun,
     WorstCaseEstimate,
     arelabel,
     estimate_relabel,
     relabel,
-    run_folder,
 )
 
+# What a user imports: the run and its estimate, the options' types, what the callbacks receive
+# (on_record, on_progress) and what an export returns. The rest is the package's own.
 __all__ = [
     "ExportFormat",
     "ExportResult",
-    "InvalidRow",
     "RateLimits",
     "RelabelRun",
-    "Row",
     "RowRecord",
     "SessionProgress",
-    "Totals",
     "WorstCaseEstimate",
     "arelabel",
-    "check_row",
     "estimate_relabel",
     "parse_limits",
-    "read_rows",
     "relabel",
-    "relabel_row",
-    "run_folder",
 ]

@@ -70,33 +70,13 @@ from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = [
-    "CHUNK",
-    "TURNS",
-    "TURN_CONTEXTS",
-    "BatchBudget",
-    "Plan",
-    "SessionProgress",
-    "TurnContext",
-    "Turns",
-    "budget_stop_reason",
-    "degraded_reasons",
-    "drive_rows",
-    "relabel_row",
-    "round_usd",
-    "row_estimates",
-    "row_worst_case_usd",
-    "steady_gc",
-    "turn_points",
-]
-
 Turns = Literal["last", "all"]
 TurnContext = Literal["relabeled", "original"]
 TURNS: tuple[Turns, ...] = ("last", "all")
 TURN_CONTEXTS: tuple[TurnContext, ...] = ("relabeled", "original")
 
 CHUNK = 256  # rows read and checked against the ledger at once
-GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
+_GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
 
 _gc_lock = threading.Lock()
 _gc_users = 0
@@ -127,7 +107,7 @@ def steady_gc() -> Iterator[None]:
         if _gc_users == 1:
             _gc_before = gc.get_threshold()
             gc.freeze()
-            gc.set_threshold(GC_THRESHOLD, *_gc_before[1:])
+            gc.set_threshold(_GC_THRESHOLD, *_gc_before[1:])
     try:
         yield
     finally:
@@ -311,7 +291,7 @@ async def relabel_row(
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on
-        if (storage := storage_failure(err)) is not None:  # the run's, not the row's
+        if (storage := _storage_failure(err)) is not None:  # the run's, not the row's
             raise storage from None
         record["error"] = str(err) if isinstance(err, MoAError) else error_text(err)
         if meter is not None:  # what its calls were counted at before it failed
@@ -321,7 +301,7 @@ async def relabel_row(
     return record
 
 
-def storage_failure(err: BaseException) -> MoAStorageError | None:
+def _storage_failure(err: BaseException) -> MoAStorageError | None:
     """The disk or database failure behind ``err`` (itself, in a group, or its cause), if any."""
     seen: set[int] = set()
     todo: list[BaseException] = [err]
@@ -340,7 +320,7 @@ def storage_failure(err: BaseException) -> MoAStorageError | None:
 
 def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     """What stopped a task group, as one error: a storage failure first, else the first one."""
-    storage = storage_failure(group)
+    storage = _storage_failure(group)
     if storage is not None:
         return storage
     first: BaseException = group

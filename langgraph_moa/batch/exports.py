@@ -57,22 +57,6 @@ from langgraph_moa.spec.models import PriceTable
 if TYPE_CHECKING:
     from langgraph_moa.batch.runner import RelabelRun
 
-__all__ = [
-    "FORMATS",
-    "LEFT_OUT",
-    "ExportFormat",
-    "ExportResult",
-    "Turn",
-    "call_rows",
-    "dpo_pair",
-    "export_run",
-    "left_out_reason",
-    "openai_dpo_row",
-    "prompt_completion_rows",
-    "sft_rows",
-    "turns_of",
-]
-
 ExportFormat = Literal["sft", "prompt-completion", "dpo", "openai-dpo", "traces"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 LEFT_OUT = ("failed", "degraded", "truncated", "invalid", "rejected", "no_pair")
@@ -136,7 +120,7 @@ def _conversation(record: RowRecord) -> list[dict[str, Any]]:
     return [*record["prompt"], *([completion] if completion is not None else [])]
 
 
-def turns_of(record: RowRecord) -> list[Turn]:
+def _turns_of(record: RowRecord) -> list[Turn]:
     """The relabeled answers of a done row, in order (one, unless it has ``turns``)."""
     turns = record.get("turns")
     if not turns:
@@ -173,7 +157,7 @@ def _truncated(record: RowRecord) -> bool:
     )
 
 
-def left_out_reason(record: RowRecord, include_degraded: bool) -> str | None:
+def _left_out_reason(record: RowRecord, include_degraded: bool) -> str | None:
     """Why an export leaves ``record`` out (a key of :data:`LEFT_OUT`), or None."""
     if record["status"] != "done":
         return "failed"
@@ -194,9 +178,9 @@ def _with_tools(line: dict[str, Any], record: RowRecord) -> dict[str, Any]:
     return line
 
 
-def sft_rows(record: RowRecord) -> Iterator[dict[str, Any]]:
+def _sft_rows(record: RowRecord) -> Iterator[dict[str, Any]]:
     """The OpenAI chat lines of a done row: only the MoA's answers at weight 1."""
-    turns = turns_of(record)
+    turns = _turns_of(record)
     if record.get("turns") and record.get("turn_context", "relabeled") == "relabeled":
         answers = {t.index: t.answer for t in turns}
         last = turns[-1].index
@@ -212,9 +196,9 @@ def sft_rows(record: RowRecord) -> Iterator[dict[str, Any]]:
         yield _with_tools({"messages": messages}, record)
 
 
-def prompt_completion_rows(record: RowRecord) -> Iterator[dict[str, Any]]:
+def _prompt_completion_rows(record: RowRecord) -> Iterator[dict[str, Any]]:
     """TRL's conversational prompt-completion lines of a done row, one per turn."""
-    for turn in turns_of(record):
+    for turn in _turns_of(record):
         line: dict[str, Any] = {"id": record["id"]}
         if turn.number is not None:
             line["turn"] = turn.number
@@ -278,7 +262,7 @@ def dpo_pair(record: RowRecord, turn: Turn) -> dict[str, Any] | None:
     return _with_tools(line, record)
 
 
-def openai_dpo_row(record: RowRecord, turn: Turn) -> dict[str, Any] | None:
+def _openai_dpo_row(record: RowRecord, turn: Turn) -> dict[str, Any] | None:
     """The same pair as :func:`dpo_pair`, in OpenAI's preference fine-tuning form."""
     pair = dpo_pair(record, turn)
     if pair is None:
@@ -293,7 +277,7 @@ def openai_dpo_row(record: RowRecord, turn: Turn) -> dict[str, Any] | None:
     }
 
 
-def call_rows(record: RowRecord, prices: PriceTable) -> Iterator[dict[str, Any]]:
+def _call_rows(record: RowRecord, prices: PriceTable) -> Iterator[dict[str, Any]]:
     """One trace row per call the row made (proposals, critic, aggregator), every turn's."""
     turns = record.get("turns")
     results = (
@@ -365,7 +349,7 @@ def _write_traces(run: RelabelRun, target: Path, left_out: dict[str, int]) -> in
     with pq.ParquetWriter(target, schema) as writer:
         batch: list[dict[str, Any]] = []
         for record in run.records():
-            calls = list(call_rows(record, prices))
+            calls = list(_call_rows(record, prices))
             if not calls and record["status"] != "done":
                 left_out["failed"] += 1  # a failed row with no call recorded
             batch.extend(calls)
@@ -381,12 +365,12 @@ def _write_traces(run: RelabelRun, target: Path, left_out: dict[str, int]) -> in
 def _lines(fmt: ExportFormat, record: RowRecord, left_out: dict[str, int]) -> Iterator[Any]:
     """The lines of one usable row in ``fmt``, counting its turns without a pair."""
     if fmt == "sft":
-        yield from sft_rows(record)
+        yield from _sft_rows(record)
     elif fmt == "prompt-completion":
-        yield from prompt_completion_rows(record)
+        yield from _prompt_completion_rows(record)
     else:
-        make = dpo_pair if fmt == "dpo" else openai_dpo_row
-        for turn in turns_of(record):
+        make = dpo_pair if fmt == "dpo" else _openai_dpo_row
+        for turn in _turns_of(record):
             line = make(record, turn)
             if line is None:
                 left_out["no_pair"] += 1
@@ -420,7 +404,7 @@ def export_run(
             count = 0
             with tmp.open("w", encoding="utf-8") as f:
                 for record in run.records():
-                    reason = left_out_reason(record, include_degraded)
+                    reason = _left_out_reason(record, include_degraded)
                     if reason is not None:
                         left_out[reason] += 1
                         continue

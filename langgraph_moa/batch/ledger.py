@@ -36,9 +36,7 @@ from typing_extensions import TypedDict
 from langgraph_moa.batch.rows import InvalidRow
 from langgraph_moa.errors import MoAInputError, MoAStorageError, storage_error
 
-__all__ = ["Ledger", "RowRecord", "Totals", "TurnRecord", "ledger_error"]
-
-SCHEMA = """
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
     id TEXT PRIMARY KEY,
     row_where TEXT NOT NULL,
@@ -78,18 +76,18 @@ COLUMNS = {
 }
 # SQLite's primary result codes that say the file itself is not a sound database
 _DAMAGED = {11, 24, 26}  # SQLITE_CORRUPT, SQLITE_FORMAT, SQLITE_NOTADB
-SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ: the file ends before its pages do (truncated)
+_SHORT_READ = 522  # SQLITE_IOERR_SHORT_READ: the file ends before its pages do (truncated)
 # ... and those that are about one value written, not the disk
 _ONE_ROW = {18, 20, 25}  # SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE
 
 
-def ledger_error(
+def _ledger_error(
     path: Path, err: Exception, doing: str = "write"
 ) -> MoAInputError | MoAStorageError:
     """The one-line error for a failure of the ledger at ``path``: a damaged file
     (MoAInputError), or a disk or database failure (MoAStorageError)."""
     code = getattr(err, "sqlite_errorcode", 0)
-    if code & 0xFF in _DAMAGED or code == SHORT_READ or isinstance(err, json.JSONDecodeError):
+    if code & 0xFF in _DAMAGED or code == _SHORT_READ or isinstance(err, json.JSONDecodeError):
         text = " ".join(str(err).split())[:200]
         return MoAInputError(f"the ledger {str(path)!r} is damaged: {text}")
     return storage_error(path, err, doing)
@@ -234,7 +232,7 @@ def _values(record: RowRecord, blob: str, now: float) -> tuple[Any, ...]:
     )
 
 
-UPSERT = (
+_UPSERT = (
     "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
     "row_where=excluded.row_where, status=excluded.status, error=excluded.error, "
     "cost_usd=excluded.cost_usd, calls=excluded.calls, "
@@ -259,18 +257,18 @@ class Ledger:
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
         except sqlite3.Error as err:
-            raise ledger_error(path, err, "open") from None
+            raise _ledger_error(path, err, "open") from None
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-            tables = check_tables(self._conn, path, create=create)
+            tables = _check_tables(self._conn, path, create=create)
             if not tables:
-                self._conn.executescript(SCHEMA)
+                self._conn.executescript(_SCHEMA)
                 self._conn.commit()
         except BaseException as err:
             self._conn.close()
             if isinstance(err, sqlite3.Error):
-                raise ledger_error(path, err, "open") from None
+                raise _ledger_error(path, err, "open") from None
             raise
 
     def close(self) -> None:
@@ -283,7 +281,7 @@ class Ledger:
             try:
                 (verdict,) = self._conn.execute("PRAGMA quick_check(1)").fetchone()
             except sqlite3.Error as err:
-                raise ledger_error(self.path, err, "read") from None
+                raise _ledger_error(self.path, err, "read") from None
         if verdict != "ok":
             text = " ".join(str(verdict).split())[:200]
             raise MoAInputError(f"the ledger {str(self.path)!r} is damaged: {text}")
@@ -300,7 +298,7 @@ class Ledger:
                     for row_id, status, where in self._conn.execute(query, part):
                         found[row_id] = (status, where)
             except sqlite3.Error as err:
-                raise ledger_error(self.path, err, "read") from None
+                raise _ledger_error(self.path, err, "read") from None
         return found
 
     def write(self, records: Sequence[RowRecord]) -> list[RowRecord]:
@@ -314,7 +312,7 @@ class Ledger:
             self._upsert([_values(r, blob, now) for r, blob in encoded])
         except sqlite3.Error as err:
             if not _one_row(err):
-                raise ledger_error(self.path, err) from None
+                raise _ledger_error(self.path, err) from None
             if len(encoded) > 1:  # find the row: each on its own
                 return [kept for r, _ in encoded for kept in self.write([r])]
             record, _ = encoded[0]
@@ -323,13 +321,13 @@ class Ledger:
             try:
                 self._upsert([_values(small, json.dumps(small, ensure_ascii=False), now)])
             except sqlite3.Error as again:
-                raise ledger_error(self.path, again) from None
+                raise _ledger_error(self.path, again) from None
             return [small]
         return [r for r, _ in encoded]
 
     def _upsert(self, values: list[tuple[Any, ...]]) -> None:
         with self._lock, self._conn:
-            self._conn.executemany(UPSERT, values)
+            self._conn.executemany(_UPSERT, values)
 
     def write_invalid(self, rows: Sequence[InvalidRow]) -> int:
         """Record invalid input rows (once each); returns how many were new."""
@@ -342,7 +340,7 @@ class Ledger:
                 self._conn.executemany("INSERT OR IGNORE INTO invalid VALUES (?,?,?)", values)
                 return self._conn.total_changes - before
         except sqlite3.Error as err:
-            raise ledger_error(self.path, err) from None
+            raise _ledger_error(self.path, err) from None
 
     def totals(self) -> Totals:
         with self._lock:
@@ -355,7 +353,7 @@ class Ledger:
                 ).fetchone()
                 invalid = self._conn.execute("SELECT COUNT(*) FROM invalid").fetchone()[0]
             except sqlite3.Error as err:
-                raise ledger_error(self.path, err, "read") from None
+                raise _ledger_error(self.path, err, "read") from None
         done, failed, degraded, calls, cached, tokens, cost = row
         return Totals(
             done=done,
@@ -382,7 +380,7 @@ class Ledger:
             for (blob,) in conn.execute(query, params):
                 yield json.loads(blob)
         except (sqlite3.Error, json.JSONDecodeError) as err:
-            raise ledger_error(self.path, err, "read") from None
+            raise _ledger_error(self.path, err, "read") from None
         finally:
             conn.close()
 
@@ -392,12 +390,12 @@ class Ledger:
             for where, row_id, reason in conn.execute("SELECT row_where, id, reason FROM invalid"):
                 yield InvalidRow(where, reason, row_id)
         except sqlite3.Error as err:
-            raise ledger_error(self.path, err, "read") from None
+            raise _ledger_error(self.path, err, "read") from None
         finally:
             conn.close()
 
 
-def check_tables(conn: sqlite3.Connection, path: Path, *, create: bool) -> set[str]:
+def _check_tables(conn: sqlite3.Connection, path: Path, *, create: bool) -> set[str]:
     """The ledger's tables found in ``conn``; MoAInputError if one is missing (when any is, or
     unless ``create``) or has other columns."""
     tables = {

@@ -33,9 +33,7 @@ from aiolimiter import AsyncLimiter
 
 from langgraph_moa.errors import MoAInputError
 
-__all__ = ["RateGate", "RateLimits", "parse_limits"]
-
-TOKEN_BURST = 20  # a token bucket holds 1/20 of a minute's allowance
+_TOKEN_BURST = 20  # a token bucket holds 1/20 of a minute's allowance
 
 
 @dataclass
@@ -108,7 +106,7 @@ class RateGate:
             scope: _Bucket(n, max(n / 120, 1.0)) for scope, n in limits.rpm.items()
         }
         self.tokens: dict[str, _Bucket] = {
-            scope: _Bucket(n, max(n / TOKEN_BURST, 1.0)) for scope, n in limits.tpm.items()
+            scope: _Bucket(n, max(n / _TOKEN_BURST, 1.0)) for scope, n in limits.tpm.items()
         }
         self.sent = 0
         self.refused = 0  # 429s seen

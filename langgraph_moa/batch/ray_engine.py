@@ -65,10 +65,8 @@ from langgraph_moa.errors import MoAError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import Topology
 
-__all__ = ["require_ray", "run_on_ray"]
-
-MAX_CHUNK = 16  # rows per block, at most
-SPOOL = "ray-input.pickle"
+_MAX_CHUNK = 16  # rows per block, at most
+_SPOOL = "ray-input.pickle"
 
 
 def require_ray() -> None:
@@ -161,14 +159,14 @@ async def run_on_ray(
             log_to_driver=False,
             configure_logging=False,
         )
-    spooled = plan.ledger.path.parent / SPOOL
+    spooled = plan.ledger.path.parent / _SPOOL
     stop = threading.Event()
     keeper: Any = None
     try:
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         count = max(1, min(count, concurrency))
         slots = math.ceil(concurrency / count)
-        chunk_rows = max(1, min(MAX_CHUNK, math.ceil(slots / 4)))
+        chunk_rows = max(1, min(_MAX_CHUNK, math.ceil(slots / 4)))
         if budget.max_usd is not None:
             keeper_class: Any = ray.remote(num_cpus=0)(ray_stages.BudgetKeeper)
             keeper = keeper_class.remote(budget.max_usd, budget.spent)

@@ -61,20 +61,9 @@ from langgraph_moa.llm.openai_client import gate_requests
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
 
-__all__ = [
-    "BudgetKeeper",
-    "Chunk",
-    "RowWorker",
-    "RowsDatasource",
-    "Source",
-    "pack",
-    "spool",
-    "unpack",
-]
-
-COLUMN = "chunk"
-READ_AT_ONCE = 256  # rows read and checked against the ledger at once
-BOOKKEEPING = 1024  # skipped and invalid rows carried by one chunk without rows to run
+_COLUMN = "chunk"
+_READ_AT_ONCE = 256  # rows read and checked against the ledger at once
+_BOOKKEEPING = 1024  # skipped and invalid rows carried by one chunk without rows to run
 
 
 @dataclass
@@ -90,11 +79,11 @@ class Chunk:
 
 
 def pack(chunk: Chunk) -> pa.Table:
-    return pa.table({COLUMN: pa.array([pickle.dumps(chunk)], pa.large_binary())})
+    return pa.table({_COLUMN: pa.array([pickle.dumps(chunk)], pa.large_binary())})
 
 
 def unpack(block: pa.Table) -> Chunk:
-    found: Chunk = pickle.loads(block.column(COLUMN)[0].as_py())
+    found: Chunk = pickle.loads(block.column(_COLUMN)[0].as_py())
     return found
 
 
@@ -174,13 +163,13 @@ class _Sorter:
         return runnable, invalid, skipped
 
 
-def read_chunks(source: Source) -> Iterator[pa.Table]:
+def _read_chunks(source: Source) -> Iterator[pa.Table]:
     """The read task: the input as blocks of one chunk each."""
     sorter = _Sorter(source)
     items = _items(source)
     pending = Chunk()
     try:
-        while batch := list(itertools.islice(items, READ_AT_ONCE)):
+        while batch := list(itertools.islice(items, _READ_AT_ONCE)):
             runnable, invalid, skipped = sorter.sort(batch)
             pending.invalid += invalid
             pending.skipped += skipped
@@ -191,7 +180,7 @@ def read_chunks(source: Source) -> Iterator[pa.Table]:
                     pending = Chunk()
                     if source.keeper is not None and ray.get(source.keeper.closed.remote()):
                         return  # the budget is spent: no row starts any more
-            if not pending.rows and len(pending.invalid) + pending.skipped >= BOOKKEEPING:
+            if not pending.rows and len(pending.invalid) + pending.skipped >= _BOOKKEEPING:
                 yield pack(pending)
                 pending = Chunk()
         if pending.rows or pending.invalid or pending.skipped:
@@ -215,7 +204,7 @@ class RowsDatasource(Datasource):
     ) -> list[ReadTask]:
         source = self.source
         metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-        return [ReadTask(lambda: read_chunks(source), metadata)]
+        return [ReadTask(lambda: _read_chunks(source), metadata)]
 
     def get_name(self) -> str:
         return "RelabelRows"

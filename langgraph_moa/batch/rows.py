@@ -61,27 +61,11 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import describe_validation_error
 
-__all__ = [
-    "FORMATS",
-    "MAX_LINE",
-    "InvalidRow",
-    "Row",
-    "check_row",
-    "count_rows",
-    "decode_line",
-    "input_files",
-    "lone_surrogate",
-    "parse_line",
-    "read_lines",
-    "read_rows",
-    "rows_of",
-]
-
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-ROLES = ("system", "developer", "user", "assistant", "tool")
-KNOWN = {"id", "messages", "tools", "tool_choice", "completion", "metadata"}
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+_KNOWN = {"id", "messages", "tools", "tool_choice", "completion", "metadata"}
 # A value replaced by capture's ``hash`` setting (serving/capture.py, ``_digest``).
-HASHED = re.compile(r"sha256:[0-9a-f]{64}")
+_HASHED = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_LINE = 64 * 1024 * 1024  # bytes in one JSONL line, at most
 BOM = b"\xef\xbb\xbf"
 
@@ -218,7 +202,7 @@ def _drop_nones(value: Any) -> Any:
     return value
 
 
-def stable_id(data: Mapping[str, Any]) -> str:
+def _stable_id(data: Mapping[str, Any]) -> str:
     """A row's id when it has none: a hash of its content (the same row gets the same id)."""
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -263,7 +247,7 @@ def _check_row(data: Any, where: str) -> Row | InvalidRow:
     data = _drop_nones(data)
     # Parquet files often keep nested fields as JSON text
     for key in ("messages", "tools", "response_format"):
-        if isinstance(data.get(key), str) and not HASHED.fullmatch(data[key]):
+        if isinstance(data.get(key), str) and not _HASHED.fullmatch(data[key]):
             try:
                 data[key] = decode_line(data[key].encode("utf-8"))
             except ValueError as err:  # the same reasons as a line of JSONL
@@ -309,7 +293,7 @@ def _check_row(data: Any, where: str) -> Row | InvalidRow:
     except Exception as err:  # LangChain's own check of the OpenAI format
         return InvalidRow(where, f"messages: {' '.join(str(err).split())[:200]}", row_id)
     if row_id is None:
-        row_id = stable_id({k: v for k, v in data.items() if k != "id"})
+        row_id = _stable_id({k: v for k, v in data.items() if k != "id"})
     return Row(
         id=row_id,
         where=where,
@@ -328,15 +312,15 @@ def _hashed(messages: Any) -> str | None:
 
     def holds_hash(value: Any) -> bool:
         if isinstance(value, str):
-            return bool(HASHED.fullmatch(value))
+            return bool(_HASHED.fullmatch(value))
         if isinstance(value, list):
             return any(holds_hash(v) for v in value)
         return isinstance(value, dict) and any(holds_hash(v) for v in value.values())
 
     if isinstance(messages, str):
-        return "messages" if HASHED.fullmatch(messages) else None
+        return "messages" if _HASHED.fullmatch(messages) else None
     for k, message in enumerate(messages if isinstance(messages, list) else []):
-        if isinstance(message, str) and HASHED.fullmatch(message):
+        if isinstance(message, str) and _HASHED.fullmatch(message):
             return f"messages.{k}"
         if isinstance(message, dict) and holds_hash(message.get("content")):
             return f"messages.{k}.content"

@@ -38,19 +38,8 @@ from pydantic import BaseModel, Field
 from langgraph_moa.errors import MoAError, MoAInputError, storage_error
 from langgraph_moa.spec.topology import Topology, parse_topology
 
-__all__ = [
-    "MANIFEST",
-    "Manifest",
-    "RunDir",
-    "Session",
-    "check_name",
-    "hash_files",
-    "open_run_dir",
-    "run_name",
-]
-
-MANIFEST = "manifest.json"
-LEDGER = "ledger.sqlite"
+_MANIFEST = "manifest.json"
+_LEDGER = "ledger.sqlite"
 CACHE = "calls.sqlite"
 
 
@@ -76,7 +65,7 @@ class Manifest(BaseModel):
     cost_usd: float = 0.0
 
     def resolved_topology(self) -> Topology:
-        return parse_topology(self.topology, source=f"{self.name}/{MANIFEST}")
+        return parse_topology(self.topology, source=f"{self.name}/{_MANIFEST}")
 
 
 def now() -> str:
@@ -116,7 +105,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def hash_files(files: list[Path]) -> str:
+def _hash_files(files: list[Path]) -> str:
     digest = hashlib.sha256()
     for file in files:
         with file.open("rb") as f:
@@ -134,15 +123,15 @@ class RunDir:
 
     @property
     def ledger_path(self) -> Path:
-        return self.path / LEDGER
+        return self.path / _LEDGER
 
     @property
     def manifest_path(self) -> Path:
-        return self.path / MANIFEST
+        return self.path / _MANIFEST
 
     def save(self) -> None:
         """Write the manifest atomically (a temporary file renamed over the old one)."""
-        tmp = self.path / f".{MANIFEST}.tmp"
+        tmp = self.path / f".{_MANIFEST}.tmp"
         try:
             tmp.write_text(self.manifest.model_dump_json(indent=2), encoding="utf-8")
             with tmp.open("rb") as f:
@@ -156,11 +145,11 @@ class RunDir:
     @staticmethod
     def load(path: Path) -> RunDir:
         """An existing run; MoAInputError if ``path`` is not one."""
-        manifest = path / MANIFEST
+        manifest = path / _MANIFEST
         if not path.is_dir():
             raise MoAInputError(f"{str(path)!r} is not a relabel run (no such folder)")
-        if not manifest.is_file() or not (path / LEDGER).is_file():
-            raise MoAInputError(f"{str(path)!r} is not a relabel run (no {MANIFEST} and ledger)")
+        if not manifest.is_file() or not (path / _LEDGER).is_file():
+            raise MoAInputError(f"{str(path)!r} is not a relabel run (no {_MANIFEST} and ledger)")
         try:
             return RunDir(path, Manifest.model_validate_json(manifest.read_bytes()))
         except (ValueError, OSError) as err:
@@ -262,5 +251,5 @@ def describe_input(files: list[Path] | None, source: str) -> dict[str, Any]:
         "source": source,
         "files": [str(f) for f in files],
         "bytes": sum(f.stat().st_size for f in files),
-        "sha256": hash_files(files),
+        "sha256": _hash_files(files),
     }

@@ -88,22 +88,7 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology, resolve_topology
 from langgraph_moa.sync_loop import run_sync
 
-__all__ = [
-    "DEFAULT_CONCURRENCY",
-    "BatchBudget",
-    "Plan",
-    "RelabelRun",
-    "SessionProgress",
-    "WorstCaseEstimate",
-    "arelabel",
-    "drive_rows",
-    "estimate_relabel",
-    "relabel",
-    "relabel_row",
-    "run_folder",
-]
-
-DEFAULT_CONCURRENCY = 16
+_DEFAULT_CONCURRENCY = 16
 
 Input = str | Path | Iterable[Mapping[str, Any] | Row | InvalidRow]
 
@@ -309,7 +294,7 @@ async def arelabel(
     topology: Topology | str | Path | None = None,
     out: str | Path = "runs",
     name: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int = _DEFAULT_CONCURRENCY,
     limit: int | None = None,
     max_usd: float | None = None,
     rate_limits: RateLimits | None = None,

@@ -33,8 +33,6 @@ from langgraph_moa.cli.serve_cmd import serve
 from langgraph_moa.cli.thread_list import threads_command
 from langgraph_moa.errors import MoAError, MoAInputError
 
-__all__ = ["app", "main"]
-
 app = MoATyper(
     name="moa",
     cls=MoAGroup,
@@ -60,7 +58,7 @@ def _show_version(value: bool) -> None:
 
 # The commands that load the engine and run a graph: the collector stays off while they load it
 # (see langgraph_moa.cli.collector); every other command gets it back at once.
-RUN_COMMANDS = frozenset({"ask", "chat", "resume", "fork"})
+_RUN_COMMANDS = frozenset({"ask", "chat", "resume", "fork"})
 
 
 @app.callback()
@@ -85,7 +83,7 @@ def _root(
 ) -> None:
     """Mixture-of-Agents on LangGraph: layered proposers, critique and aggregation."""
     setup_logging(verbose)
-    if ctx.invoked_subcommand not in RUN_COMMANDS:
+    if ctx.invoked_subcommand not in _RUN_COMMANDS:
         collector.settle()
 
 

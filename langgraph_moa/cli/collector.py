@@ -29,8 +29,6 @@ from __future__ import annotations
 import atexit
 import gc
 
-__all__ = ["at_exit", "pause", "settle", "unpause"]
-
 _state = {"paused": False, "exit_registered": False}
 
 

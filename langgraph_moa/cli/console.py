@@ -46,18 +46,6 @@ from langgraph_moa.run import (
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = [
-    "TurnResult",
-    "aggregator_step",
-    "ask_review",
-    "describe",
-    "display_for",
-    "drive",
-    "err",
-    "print_estimate",
-    "show_review",
-]
-
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -94,7 +82,7 @@ def _stage_before_aggregator(topology: Topology) -> str:
     return [s for s in stages if s][-1]
 
 
-class Display:
+class _Display:
     """What the terminal shows while a run goes: nothing (``--quiet``), the base class."""
 
     def started(self, node: str) -> None:
@@ -110,7 +98,7 @@ class Display:
         """The run ended, paused or was interrupted: leave the terminal clean."""
 
 
-class LogDisplay(Display):
+class _LogDisplay(_Display):
     """Plain lines on stderr, one per finished call and stage: for logs, pipes and CI."""
 
     def __init__(self, topology: Topology, said: list[str]) -> None:
@@ -145,10 +133,10 @@ class LogDisplay(Display):
         if node == last and self.topology.critic is not None:
             err.print("[bold]critic[/bold] reviewing the candidates")
         if node == _stage_before_aggregator(self.topology):
-            err.print(f"[bold]aggregator[/bold] {escape(aggregator_step(self.topology))}")
+            err.print(f"[bold]aggregator[/bold] {escape(_aggregator_step(self.topology))}")
 
 
-def aggregator_step(topology: Topology) -> str:
+def _aggregator_step(topology: Topology) -> str:
     """What the aggregator does next, in the mode it runs in: only synthesizing modes have a
     model write the answer; vote, select and rank (without fuse) pass a candidate on as written."""
     agg = topology.aggregator
@@ -218,7 +206,7 @@ _ICONS = {
 }
 
 
-class LiveDisplay(Display):
+class _LiveDisplay(_Display):
     """A live table on a terminal's stderr: a row per proposer (spinner and elapsed time while
     it runs, then done or failed with seconds and tokens), the critic and the aggregator.
 
@@ -334,15 +322,15 @@ class LiveDisplay(Display):
             self.live.stop()
 
 
-def display_for(
+def _display_for(
     topology: Topology, *, quiet: bool, said: list[str], state: dict[str, Any] | None = None
-) -> Display:
+) -> _Display:
     """The display for a run: none with --quiet, live on a terminal, plain lines elsewhere."""
     if quiet:
-        return Display()
+        return _Display()
     if err.is_terminal and not err.is_dumb_terminal:
-        return LiveDisplay(topology, said, state or {})
-    return LogDisplay(topology, said)
+        return _LiveDisplay(topology, said, state or {})
+    return _LogDisplay(topology, said)
 
 
 async def drive(
@@ -362,7 +350,7 @@ async def drive(
     ``state`` is what the thread already holds, for a display that resumes a run.
     """
     run = TurnResult(state={}, latency_s=0.0, said=said if said is not None else [])
-    display = display_for(topology, quiet=quiet, said=run.said, state=state)
+    display = _display_for(topology, quiet=quiet, said=run.said, state=state)
     try:
         async for event in stream_run(
             graph,

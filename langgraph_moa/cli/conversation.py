@@ -55,8 +55,6 @@ from langgraph_moa.spec.topology import (
 if TYPE_CHECKING:
     from langgraph_moa.cli.console import TurnResult
 
-__all__ = ["ask", "chat", "fork", "history_cmd", "resume"]
-
 
 def _read_decision(path: Path) -> Any:
     from langgraph_moa.graphs import parse_decision

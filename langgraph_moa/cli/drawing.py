@@ -30,9 +30,7 @@ from langgraph_moa.graphs.names import (
 )
 from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, LayerJoin, Topology
 
-__all__ = ["SUPPORTED_SUFFIXES", "to_html", "to_svg", "write_drawing"]
-
-SUPPORTED_SUFFIXES = (".svg", ".html", ".htm")
+_SUPPORTED_SUFFIXES = (".svg", ".html", ".htm")
 
 _START = "__start__"
 _END = "__end__"
@@ -561,7 +559,7 @@ def write_drawing(graph: _Drawable | Graph, topology: Topology, path: str | Path
     elif suffix in (".html", ".htm"):
         text = to_html(graph, topology)
     else:
-        supported = ", ".join(SUPPORTED_SUFFIXES)
+        supported = ", ".join(_SUPPORTED_SUFFIXES)
         raise MoAInputError(
             f"cannot draw to {str(target)!r}: unsupported suffix {suffix or '(none)'!r}; "
             f"use one of {supported}"

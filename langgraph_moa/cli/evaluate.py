@@ -45,9 +45,7 @@ if TYPE_CHECKING:
         Side,
     )
 
-__all__ = ["eval_command", "report_command"]
-
-JUDGMENTS_FILE = "judgments.sqlite"
+_JUDGMENTS_FILE = "judgments.sqlite"
 
 
 def _safe(name: str) -> str:
@@ -360,7 +358,7 @@ def eval_command(
     if other is not None:
         sides.append(_side(other, "baseline", calls, concurrency, calls_file))
     the_judge = (
-        Judge(the_judge_spec, open_cache(str(folder / JUDGMENTS_FILE)), concurrency=concurrency)
+        Judge(the_judge_spec, open_cache(str(folder / _JUDGMENTS_FILE)), concurrency=concurrency)
         if the_judge_spec is not None
         else None
     )

@@ -13,10 +13,8 @@ from langgraph_moa.cli.options import PresetOpt, TopologyOpt, fail
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import list_presets, resolve_topology
 
-__all__ = ["graph", "presets"]
 
-
-class GraphFormat(enum.StrEnum):
+class _GraphFormat(enum.StrEnum):
     mermaid = "mermaid"
     ascii = "ascii"
     svg = "svg"
@@ -27,7 +25,7 @@ def graph(
     preset: PresetOpt = None,
     topology: TopologyOpt = None,
     fmt: Annotated[
-        GraphFormat | None,
+        _GraphFormat | None,
         typer.Option("--format", "-f", help="mermaid (default), ascii, svg or html."),
     ] = None,
     output: Annotated[

@@ -18,12 +18,10 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-__all__ = ["MoACommand", "MoAGroup", "MoATyper", "unwrap"]
-
 _LONGEST_CHOICES = 22  # wider choice lists crowd the type column at 80 columns
 
 
-def unwrap(text: str | None) -> str | None:
+def _unwrap(text: str | None) -> str | None:
     """Each paragraph of ``text`` on one line (paragraphs stay apart)."""
     if text is None:
         return None
@@ -32,7 +30,7 @@ def unwrap(text: str | None) -> str | None:
 
 
 def _tidy(command: Any, ctx: Any) -> None:
-    command.help = unwrap(command.help)
+    command.help = _unwrap(command.help)
     for param in command.get_params(ctx):  # --help included
         if isinstance(param, TyperArgument) and param.metavar is None and param.name:
             param.metavar = param.name.upper()  # as the usage line and docstrings write it
@@ -64,7 +62,7 @@ class MoACommand(TyperCommand):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.help = unwrap(self.help)  # the parent's command list shows it too
+        self.help = _unwrap(self.help)  # the parent's command list shows it too
         for param in self.params:  # errors name an argument as the usage line writes it
             if isinstance(param, TyperArgument) and param.metavar is None and param.name:
                 param.metavar = param.name.upper()

@@ -14,8 +14,6 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-__all__ = ["Interrupted", "ctrl_c_cancels"]
-
 
 class Interrupted(Exception):
     """The person at the terminal pressed Ctrl-C during a run."""

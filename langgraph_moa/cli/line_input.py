@@ -26,19 +26,11 @@ from langgraph_moa.cli.store import data_dir
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import has_extra
 
-__all__ = [
-    "MAX_HISTORY_BYTES",
-    "LineReader",
-    "history_path",
-    "prepare_history",
-    "read_piped_line",
-]
-
 PROMPT = "you> "
 MAX_HISTORY_BYTES = 64 << 20
 
 
-def history_path(given: Path | None = None) -> Path:
+def _history_path(given: Path | None = None) -> Path:
     """Where the chat history is kept: ``given``, ``$MOA_CHAT_HISTORY`` or the data folder."""
     if given is not None:
         return given.expanduser()
@@ -75,7 +67,7 @@ def prepare_history(path: Path) -> None:
         )
 
 
-async def read_piped_line() -> str:
+async def _read_piped_line() -> str:
     """One line of standard input without blocking the event loop ("" at end of input).
 
     A terminal or pipe is watched by the loop (so Ctrl-C at the prompt is not stuck behind a
@@ -103,7 +95,7 @@ class LineReader:
 
     def __init__(self, history: Path | None = None) -> None:
         self.terminal = sys.stdin.isatty() and sys.stdout.isatty()
-        self.path = history_path(history) if self.terminal else None
+        self.path = _history_path(history) if self.terminal else None
         self.session: Any = None
         self.readline: Any = None
         if self.path is None:
@@ -138,7 +130,7 @@ class LineReader:
             return text
         if not self.terminal:
             err.print(f"[bold]{PROMPT.strip()}[/bold] ", end="")
-            line = await read_piped_line()
+            line = await _read_piped_line()
             return line or None
         try:
             # readline edits input() only; nothing else runs on the loop while the user types

@@ -23,10 +23,8 @@ import sys
 
 from langgraph_moa.errors import MoAInputError
 
-__all__ = ["LIBRARY_LOGGERS", "PACKAGE_LOGGER", "level_for", "setup_logging"]
-
-PACKAGE_LOGGER = "langgraph_moa"
-LIBRARY_LOGGERS = ("openai", "httpx", "httpcore", "langgraph", "langchain_core")
+_PACKAGE_LOGGER = "langgraph_moa"
+_LIBRARY_LOGGERS = ("openai", "httpx", "httpcore", "langgraph", "langchain_core")
 _NAMES = {
     "critical": logging.CRITICAL,
     "error": logging.ERROR,
@@ -59,7 +57,7 @@ class _Stderr(logging.Handler):
             self.handleError(record)
 
 
-def level_for(verbosity: int, env: str | None) -> int:
+def _level_for(verbosity: int, env: str | None) -> int:
     """The package's level: from ``-v`` counted, else ``$MOA_LOG_LEVEL``, else WARNING."""
     if verbosity > 0:
         return logging.INFO if verbosity == 1 else logging.DEBUG
@@ -73,11 +71,11 @@ def level_for(verbosity: int, env: str | None) -> int:
 
 def setup_logging(verbosity: int = 0) -> None:
     """Send the package's records (and, with ``-vvv``, the libraries') to stderr."""
-    level = level_for(verbosity, os.environ.get("MOA_LOG_LEVEL"))
+    level = _level_for(verbosity, os.environ.get("MOA_LOG_LEVEL"))
     handler = _Stderr()
     handler.setFormatter(logging.Formatter("moa: %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_Masked())
-    names = [PACKAGE_LOGGER, *(LIBRARY_LOGGERS if verbosity >= 3 else ())]
+    names = [_PACKAGE_LOGGER, *(_LIBRARY_LOGGERS if verbosity >= 3 else ())]
     for name in names:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _Stderr)]:

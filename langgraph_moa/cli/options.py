@@ -15,19 +15,6 @@ from rich.markup import escape
 
 from langgraph_moa.spec.topology import DEFAULT_PRESET
 
-__all__ = [
-    "DbOpt",
-    "DurabilityChoice",
-    "DurabilityOpt",
-    "JsonOpt",
-    "PresetOpt",
-    "QuietOpt",
-    "SwitchOpt",
-    "ThreadOpt",
-    "TopologyOpt",
-    "fail",
-]
-
 
 class DurabilityChoice(enum.StrEnum):
     sync = "sync"

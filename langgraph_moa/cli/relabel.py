@@ -39,15 +39,13 @@ if TYPE_CHECKING:
         SessionProgress,
     )
 
-__all__ = ["export_command", "relabel_command"]
 
-
-class Engine(enum.StrEnum):
+class _Engine(enum.StrEnum):
     local = "local"
     ray = "ray"
 
 
-class Format(enum.StrEnum):
+class _Format(enum.StrEnum):
     sft = "sft"
     prompt_completion = "prompt-completion"
     dpo = "dpo"
@@ -218,7 +216,7 @@ def relabel_command(
     estimate: Annotated[
         bool, typer.Option("--estimate", help="Worst-case $ and calls; call nothing.")
     ] = False,
-    engine: Annotated[Engine, typer.Option(help="local (asyncio) or ray.")] = Engine.local,
+    engine: Annotated[_Engine, typer.Option(help="local (asyncio) or ray.")] = _Engine.local,
     ray_address: Annotated[
         str | None, typer.Option(help="Join this Ray cluster (HOST:PORT); default: a local one.")
     ] = None,
@@ -247,7 +245,8 @@ def relabel_command(
 ) -> None:
     """Relabel a dataset with a MoA topology into --out; rerun the same command to go on where
     it stopped (finished rows and calls are never paid for twice)."""
-    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits, run_folder
+    from langgraph_moa.batch import arelabel, estimate_relabel, parse_limits
+    from langgraph_moa.batch.runner import run_folder
 
     topo = resolve_topology(preset=preset, path=topology)
     if estimate:
@@ -326,7 +325,7 @@ def _report(run: RelabelRun, *, as_json: bool, quiet: bool) -> None:
 def export_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder (<out>/<name>).")],
     fmt: Annotated[
-        Format,
+        _Format,
         typer.Option("--format", "-f", help="sft, prompt-completion, dpo, openai-dpo or traces."),
     ],
     output: Annotated[

@@ -14,10 +14,8 @@ import typer
 
 from langgraph_moa.extras import require_extra
 
-__all__ = ["serve"]
 
-
-class LogLevel(enum.StrEnum):
+class _LogLevel(enum.StrEnum):
     critical = "critical"
     error = "error"
     warning = "warning"
@@ -55,9 +53,9 @@ def serve(
         typer.Option(help="Connections held at once; the longest idle is closed beyond (1024)."),
     ] = None,
     log_level: Annotated[
-        LogLevel,
+        _LogLevel,
         typer.Option(help="uvicorn's log level: critical, error, warning, info, debug or trace."),
-    ] = LogLevel.info,
+    ] = _LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     capture: Annotated[
         Path | None,

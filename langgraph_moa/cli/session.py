@@ -34,16 +34,6 @@ if TYPE_CHECKING:
 
     from langgraph_moa.cli.console import TurnResult
 
-__all__ = [
-    "Session",
-    "finish",
-    "open_session",
-    "preflight",
-    "resume_command",
-    "run_and_finish",
-    "thread_topology",
-]
-
 
 async def thread_topology(
     saver: Any,

@@ -33,8 +33,6 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
 
-__all__ = ["data_dir", "default_db", "open_checkpointer", "thread_lock"]
-
 _LOCK_POLL_S = 0.1
 
 

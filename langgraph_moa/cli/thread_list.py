@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
 
-__all__ = ["ThreadSummary", "list_threads", "thread_ids", "threads_command"]
-
 _LATEST = (
     "SELECT thread_id, MAX(checkpoint_id) AS latest FROM checkpoints "
     "WHERE checkpoint_ns = '' GROUP BY thread_id ORDER BY latest DESC LIMIT {}"
@@ -50,7 +48,7 @@ class ThreadSummary:
     edits: int  # update_state checkpoints: forks and Studio edits
 
 
-async def thread_ids(saver: BaseCheckpointSaver[Any], limit: int) -> list[str]:
+async def _thread_ids(saver: BaseCheckpointSaver[Any], limit: int) -> list[str]:
     """The ids of the ``limit`` most recently active threads, most recent first."""
     conn: Any = getattr(saver, "conn", None)
     lock: Any = getattr(saver, "lock", None)
@@ -132,10 +130,10 @@ async def _summary(
     )
 
 
-async def list_threads(saver: BaseCheckpointSaver[Any], limit: int = 20) -> list[ThreadSummary]:
+async def _list_threads(saver: BaseCheckpointSaver[Any], limit: int = 20) -> list[ThreadSummary]:
     """Summaries of the ``limit`` most recently active threads of the store."""
     graphs: dict[str, Any] = {}
-    found = [await _summary(saver, t, graphs) for t in await thread_ids(saver, limit)]
+    found = [await _summary(saver, t, graphs) for t in await _thread_ids(saver, limit)]
     return [s for s in found if s is not None]
 
 
@@ -175,7 +173,7 @@ def threads_command(
 
     async def summaries() -> list[ThreadSummary]:
         async with open_checkpointer(db) as saver:
-            return await list_threads(saver, limit)
+            return await _list_threads(saver, limit)
 
     rows = asyncio.run(summaries())
     if as_json:

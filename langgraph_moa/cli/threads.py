@@ -32,23 +32,14 @@ from langgraph_moa.graphs.names import (
 )
 from langgraph_moa.spec.topology import Topology, parse_topology
 
-__all__ = [
-    "HistoryEntry",
-    "fork_config",
-    "history",
-    "run_config",
-    "stored_topology",
-    "topology_of_thread",
-]
-
-TOPOLOGY_KEY = "moa_topology"
+_TOPOLOGY_KEY = "moa_topology"
 
 
 def run_config(thread_id: str, topology: Topology, **extra: Any) -> RunnableConfig:
     """The config to run ``topology`` on ``thread_id``; its checkpoints remember the topology."""
     config: dict[str, Any] = {
         "configurable": {"thread_id": thread_id},
-        "metadata": {TOPOLOGY_KEY: topology.model_dump_json()},
+        "metadata": {_TOPOLOGY_KEY: topology.model_dump_json()},
         **extra,
     }
     return cast(RunnableConfig, config)
@@ -61,7 +52,7 @@ async def stored_topology(
     found = await checkpointer.aget_tuple({"configurable": {"thread_id": thread_id}})
     if found is None:
         return None
-    spec = (found.metadata or {}).get(TOPOLOGY_KEY)
+    spec = (found.metadata or {}).get(_TOPOLOGY_KEY)
     if not isinstance(spec, str):
         raise MoAInputError(f"thread {thread_id!r} was not made by moa (no topology recorded)")
     return parse_topology(json.loads(spec), source=f"topology of thread {thread_id!r}")

@@ -12,4 +12,56 @@ side (``moa report``).
 - :mod:`.strict_json`: every JSON file an eval writes, with null for a number it lacks.
 
 numpy and matplotlib come with the ``[eval]`` extra.
+
+What a program imports to do what ``moa eval`` and ``moa report`` do: :func:`load_benchmark`,
+the sides (:class:`Side` with a :class:`TopologyGenerator` or a :class:`DirectGenerator`), a
+:class:`Judge` (of :func:`judge_agent` or :func:`judge_topology`), :func:`run_eval` and
+:func:`write_report`. They are imported on first use (PEP 562, as at the package root), so
+``from langgraph_moa.evaluation import strict_json`` does not load the benchmarks, the judge or
+numpy.
 """
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langgraph_moa.evaluation.datasets import load_benchmark
+    from langgraph_moa.evaluation.driver import DirectGenerator, Side, TopologyGenerator, run_eval
+    from langgraph_moa.evaluation.judge import Judge, judge_agent, judge_topology
+    from langgraph_moa.evaluation.report import write_report
+
+__all__ = [
+    "DirectGenerator",
+    "Judge",
+    "Side",
+    "TopologyGenerator",
+    "judge_agent",
+    "judge_topology",
+    "load_benchmark",
+    "run_eval",
+    "write_report",
+]
+
+# public name -> the module that defines it
+_HOME = {
+    "load_benchmark": "langgraph_moa.evaluation.datasets",
+    **dict.fromkeys(
+        ["DirectGenerator", "Side", "TopologyGenerator", "run_eval"],
+        "langgraph_moa.evaluation.driver",
+    ),
+    **dict.fromkeys(["Judge", "judge_agent", "judge_topology"], "langgraph_moa.evaluation.judge"),
+    "write_report": "langgraph_moa.evaluation.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

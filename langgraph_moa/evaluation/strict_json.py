@@ -14,8 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dumps", "finite", "write"]
-
 
 def finite(value: Any) -> Any:
     """``value`` with every float that is NaN or infinite (in dicts, lists, tuples) as None."""

@@ -34,8 +34,6 @@ from langgraph_moa.evaluation.stats import (
     weighted_rate,
 )
 
-__all__ = ["Generation", "ItemResult", "cost_summary", "percentile", "summarise"]
-
 
 @dataclass
 class Generation:

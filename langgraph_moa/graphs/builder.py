@@ -56,22 +56,6 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator, Topology
 from langgraph_moa.sync_loop import run_sync
 
-__all__ = [
-    "AGGREGATOR",
-    "CRITIC",
-    "FALLBACK",
-    "PREPARE",
-    "RANK",
-    "REVIEW",
-    "SELECT",
-    "WINDOW",
-    "MoAGraph",
-    "build_graph",
-    "build_state_graph",
-    "join_node",
-    "proposer_node",
-]
-
 
 class NodeRunnable(Runnable[MoAState, dict[str, Any]]):
     """An async node that also runs under the sync API (``invoke``/``stream``)."""

@@ -18,8 +18,6 @@ from langchain_core.runnables import RunnableConfig
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.topology import DEFAULT_PRESET, Topology, load_preset, parse_topology
 
-__all__ = ["DEFAULT_PRESET", "Context", "topology_from_config"]
-
 
 @dataclass(kw_only=True)
 class Context:

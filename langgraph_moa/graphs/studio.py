@@ -17,19 +17,6 @@ from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.graphs.context import Context, topology_from_config
 from langgraph_moa.spec.topology import load_preset
 
-__all__ = [
-    "configurable",
-    "local",
-    "moa",
-    "moa_gpt4o",
-    "moa_lite",
-    "openpipe",
-    "rank_fuse",
-    "self_moa",
-    "usc",
-    "vote",
-]
-
 local = build_graph(load_preset("local"))
 moa = build_graph(load_preset("moa"))
 moa_lite = build_graph(load_preset("moa-lite"))

@@ -38,9 +38,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langgraph_moa.sync_loop import iterate_sync, run_sync
 
-__all__ = ["AsyncChatModel"]
-
-RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun
+_RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun
 
 
 class AsyncChatModel(BaseChatModel):
@@ -67,12 +65,14 @@ class AsyncChatModel(BaseChatModel):
         """The reply as it comes (``context``: what :meth:`_run_context` returned)."""
         raise NotImplementedError
 
-    def _run_context(self, run_manager: RunManager | None, kwargs: dict[str, Any]) -> Any:
+    def _run_context(self, run_manager: _RunManager | None, kwargs: dict[str, Any]) -> Any:
         """What the core needs from the run, taken in the caller's thread (it may take its own
         plumbing out of ``kwargs``). None unless a subclass needs more."""
         return None
 
-    def _answers_by_streaming(self, run_manager: RunManager | None, kwargs: dict[str, Any]) -> bool:
+    def _answers_by_streaming(
+        self, run_manager: _RunManager | None, kwargs: dict[str, Any]
+    ) -> bool:
         """Whether a whole-reply call streams instead, to report its tokens to the run."""
         return False
 

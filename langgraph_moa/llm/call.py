@@ -56,14 +56,6 @@ from langgraph_moa.llm.usage import TokenUsage, current_meter, token_usage, usag
 from langgraph_moa.spec.providers import requests_for
 from langgraph_moa.spec.topology import Retry
 
-__all__ = [
-    "Outcome",
-    "call_agent",
-    "describe_error",
-    "error_text",
-    "send_request",
-]
-
 log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 300
 

@@ -46,17 +46,7 @@ from langgraph.cache.base import BaseCache, FullKey, Namespace
 from langgraph_moa.errors import storage_error
 from langgraph_moa.llm.text import text_of
 
-__all__ = [
-    "DEFAULT_CACHE",
-    "BoundedMemoryCache",
-    "CachedCall",
-    "ProposalCache",
-    "SqliteCallCache",
-    "open_cache",
-    "row_scope",
-]
-
-NAMESPACE = ("langgraph-moa", "proposals", "v2")
+_NAMESPACE = ("langgraph-moa", "proposals", "v2")
 
 _row: ContextVar[str | None] = ContextVar("moa_cache_row", default=None)
 
@@ -367,7 +357,7 @@ def _unicode(text: str) -> bool:
     return True
 
 
-CachedCall = tuple[list[str], list[AIMessage | None], list[dict[str, Any] | None]]
+_CachedCall = tuple[list[str], list[AIMessage | None], list[dict[str, Any] | None]]
 """What one cached request gave: its samples' texts, messages (None where not kept) and the
 usage each sample was counted at when the request was made (None where the entry predates it)."""
 
@@ -436,10 +426,10 @@ class ProposalCache:
         node: str = "",
         part: int = 0,
         extras: Any = None,
-    ) -> CachedCall | None:
+    ) -> _CachedCall | None:
         if not self.applies(params):
             return None
-        full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
+        full_key = (_NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
         found = await self.backend.aget([full_key])
         value = found.get(full_key)
         if not value:
@@ -466,7 +456,7 @@ class ProposalCache:
         usages: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         if self.applies(params) and all(_unicode(t) for t in texts):
-            full_key = (NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
+            full_key = (_NAMESPACE, self.key(params, messages, node=node, part=part, extras=extras))
             kept = [None if m is None else message_to_dict(m) for m in replies]
             value = {
                 "texts": texts,

@@ -46,15 +46,6 @@ from langgraph_moa.spec.topology import Retry
 if TYPE_CHECKING:
     from langgraph_moa.spec.topology import Agent, Topology
 
-__all__ = [
-    "call_options",
-    "check_credentials",
-    "check_ready",
-    "make_chat_model",
-    "redact",
-    "warm_up",
-]
-
 
 def _max_tokens_option(spec: ProviderSpec, max_tokens: int) -> dict[str, Any]:
     """How a reply's length limit is sent. langchain-openai sends OpenAI's newer

@@ -38,16 +38,6 @@ from langgraph_moa.spec.providers import (
 )
 from langgraph_moa.spec.topology import Agent, Retry
 
-__all__ = [
-    "call_with_retries",
-    "check_langchain_ready",
-    "is_transient",
-    "make_langchain_model",
-    "missing_key_envs",
-    "retry_after_of",
-    "status_of",
-]
-
 T = TypeVar("T")
 _TRANSIENT_NAMES = ("Timeout", "Connection", "ConnectError", "NetworkError")
 
@@ -159,7 +149,7 @@ def is_transient(err: BaseException) -> bool:
     return any(part in cls.__name__ for cls in type(err).__mro__ for part in _TRANSIENT_NAMES)
 
 
-def retry_after_of(err: BaseException | None) -> float | None:
+def _retry_after_of(err: BaseException | None) -> float | None:
     """Seconds a server asked to wait (its ``Retry-After`` header, in seconds), or None."""
     headers = getattr(getattr(err, "response", None), "headers", None)
     try:
@@ -175,7 +165,7 @@ def _wait(backoff: Retry) -> Callable[[RetryCallState], float]:
 
     def wait(state: RetryCallState) -> float:
         err = state.outcome.exception() if state.outcome else None
-        if (after := retry_after_of(err)) is not None:
+        if (after := _retry_after_of(err)) is not None:
             return min(after, MAX_RETRY_AFTER_S)
         delay = min(backoff.initial_s * 2.0 ** (state.attempt_number - 1), backoff.max_s)
         return delay * (1 - 0.25 * random.random())

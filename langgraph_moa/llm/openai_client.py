@@ -48,16 +48,6 @@ import openai
 from langgraph_moa.spec.providers import MAX_RETRY_AFTER_S
 from langgraph_moa.spec.topology import Retry
 
-__all__ = [
-    "ReplyPastLimit",
-    "RequestGate",
-    "RetryingAsyncOpenAI",
-    "WholeRequestTimeout",
-    "count_attempts",
-    "gate_requests",
-    "limit_reply_bytes",
-]
-
 log = logging.getLogger(__name__)
 
 _attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(

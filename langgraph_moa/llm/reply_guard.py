@@ -29,34 +29,23 @@ from langgraph_moa.llm.token_bound import counter_for
 from langgraph_moa.llm.usage import TokenUsage
 from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "CUT_CHARS_PER_TOKEN",
-    "IGNORED",
-    "ReplyTooLong",
-    "StopLongReplies",
-    "body_limit",
-    "capped",
-    "past_the_limit",
-    "reply_limit",
-]
-
-MIN_REPLY_LIMIT = 100_000
+_MIN_REPLY_LIMIT = 100_000
 CUT_CHARS_PER_TOKEN = 6  # a reply past this many characters a token of max_tokens is cut
 # a whole reply's body: up to 6 bytes a character (JSON's \uXXXX escapes), plus its envelope
-BODY_BYTES_PER_TOKEN = CUT_CHARS_PER_TOKEN * 6
-BODY_ENVELOPE_BYTES = 4096
+_BODY_BYTES_PER_TOKEN = CUT_CHARS_PER_TOKEN * 6
+_BODY_ENVELOPE_BYTES = 4096
 IGNORED = "the upstream ignored max_tokens"
 
 
 def reply_limit(agent: Agent) -> int:
     """The most characters kept from one reply: far above what ``max_tokens`` allows (a token
     is about 4 characters), so only a broken or hostile upstream reaches it."""
-    return max(MIN_REPLY_LIMIT, agent.max_tokens * 16)
+    return max(_MIN_REPLY_LIMIT, agent.max_tokens * 16)
 
 
 def body_limit(max_tokens: int, n: int) -> int:
     """The most bytes read of a whole reply of ``n`` samples of ``max_tokens`` each."""
-    return max_tokens * n * BODY_BYTES_PER_TOKEN + BODY_ENVELOPE_BYTES
+    return max_tokens * n * _BODY_BYTES_PER_TOKEN + _BODY_ENVELOPE_BYTES
 
 
 class ReplyTooLong(Exception):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from langchain_core.messages import BaseMessage
 
-__all__ = ["text_of"]
-
 
 def text_of(message: BaseMessage) -> str:
     text = message.text

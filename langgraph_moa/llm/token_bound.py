@@ -26,13 +26,11 @@ from langchain_core.messages import BaseMessage
 
 from langgraph_moa.llm.text import text_of
 
-__all__ = ["MESSAGE_OVERHEAD", "TokenCounter", "counter_for"]
-
-SHIPPED = ("cl100k_base", "o200k_base")  # the encodings whose data is inside the wheel
+_SHIPPED = ("cl100k_base", "o200k_base")  # the encodings whose data is inside the wheel
 MESSAGE_OVERHEAD = 8  # tokens a chat message costs beyond its text (role, separators), at most
 
 
-class TokenCounter:
+class _TokenCounter:
     """Counts text for one model: with its tokenizer (``name`` is the encoding), or by bytes
     (``name`` is ``"utf-8 bytes"``)."""
 
@@ -54,7 +52,7 @@ class TokenCounter:
         return sum(self.text(text_of(m)) + MESSAGE_OVERHEAD for m in messages)
 
 
-BYTES = TokenCounter("utf-8 bytes")
+_BYTES = _TokenCounter("utf-8 bytes")
 
 
 @cache
@@ -82,17 +80,17 @@ def _encoding_name(model_name: str) -> str | None:
             name = str(bpe_openai.encoding_name_for_model(max(matches, key=len)))
         except Exception:  # not installed, or its data cannot be read: bytes bound it
             return None
-    return name if name in SHIPPED else None  # older encodings would be downloaded
+    return name if name in _SHIPPED else None  # older encodings would be downloaded
 
 
 @cache
-def counter_for(model: str) -> TokenCounter:
+def counter_for(model: str) -> _TokenCounter:
     """The counter of ``model`` (``provider:model``): its tokenizer when known, else bytes."""
     name = _encoding_name(model.split(":", 1)[-1])
     if name is None:
-        return BYTES
+        return _BYTES
     try:
         encoding = _encoding(name)
     except Exception:  # the package is there but cannot load its data: stay safe
-        return BYTES
-    return TokenCounter(name, lambda text: len(encoding.encode_ordinary(text)))
+        return _BYTES
+    return _TokenCounter(name, lambda text: len(encoding.encode_ordinary(text)))

@@ -23,17 +23,6 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = [
-    "Meter",
-    "TokenUsage",
-    "check_priced",
-    "current_meter",
-    "meter_calls",
-    "token_usage",
-    "usage_of",
-    "zero_usage",
-]
-
 
 class TokenUsage(TypedDict):
     prompt_tokens: int

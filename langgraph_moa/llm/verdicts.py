@@ -23,16 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Reading", "first_words", "last_brackets", "no_verdict", "read_verdict"]
-
 # the content of one [[...]] on a single line; long contents are not a verdict of any kind
 _BRACKETS = re.compile(r"\[\[([^\[\]\n]{0,200})\]\]")
 _NUMBER = re.compile(r"\s*(\d{1,4})\s*")
 _SEPARATOR = re.compile(r"\s*[,>]\s*")
-FIRST_WORDS = 80
+_FIRST_WORDS = 80
 
 
-def first_words(text: str | None, limit: int = FIRST_WORDS) -> str:
+def _first_words(text: str | None, limit: int = _FIRST_WORDS) -> str:
     """The start of ``text`` on one line (whitespace runs made one space), at most ``limit``
     characters, an ellipsis marking a cut."""
     line = " ".join((text or "").split())
@@ -47,7 +45,7 @@ def last_brackets(reply: str | None) -> str | None:
 
 def no_verdict(reply: str | None, why: str) -> str:
     """The record's words for a reply without a verdict: why, and how the reply began."""
-    return f'no verdict ({why}); the reply began: "{first_words(reply)}"'
+    return f'no verdict ({why}); the reply began: "{_first_words(reply)}"'
 
 
 @dataclass(frozen=True)

@@ -30,22 +30,13 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import provider_kind
 from langgraph_moa.spec.topology import Agent, References
 
-__all__ = [
-    "answer_update",
-    "make_aggregator",
-    "make_fallback",
-    "route_after_aggregator",
-    "truncation",
-    "write_answer",
-]
-
 
 def _critique_text(state: MoAState) -> str | None:
     critique = state.get("critique")
     return critique["text"] if critique and critique["ok"] else None
 
 
-def call_extras(agent: Agent, state: MoAState) -> CallExtras:
+def _call_extras(agent: Agent, state: MoAState) -> CallExtras:
     """The request's tools and sampling overrides, which go to the final answer's writer only."""
     options = state.get("aggregator_options") or {}
     # the length limit and temperature go as the provider wants them; the rest under
@@ -72,7 +63,7 @@ def call_extras(agent: Agent, state: MoAState) -> CallExtras:
     )
 
 
-def truncation(agent: Agent, state: MoAState, outcome: Outcome) -> Truncation | None:
+def _truncation(agent: Agent, state: MoAState, outcome: Outcome) -> Truncation | None:
     """The answer stopped at its length limit: the limit it was written with; else None."""
     if not outcome.ok or outcome.finish_reason != "length":
         return None
@@ -91,7 +82,7 @@ async def write_answer(
     """One synthesis call over ``references`` (and the critique), with the request's tools and
     options: what the aggregator, a fallback model and the modes that fuse all do."""
     agent = pool.agent
-    extras = call_extras(agent, state)
+    extras = _call_extras(agent, state)
     messages, trim = fitted_synthesis_messages(
         agent,
         state["messages"],
@@ -123,7 +114,7 @@ def answer_update(
     }
     if outcome.ok and outcome.message is not None:
         update["messages"] = [outcome.message]
-        if (cut := truncation(agent, state, outcome)) is not None:
+        if (cut := _truncation(agent, state, outcome)) is not None:
             update["aggregator"]["truncated"] = cut
             update["degraded"] = True
     elif can_fall_back:
@@ -223,7 +214,7 @@ def make_fallback(
             "fallback": record,
             "usage": usage_update(agent.model, outcomes, requests, prices),
         }
-        if (cut := truncation(agent, state, outcome)) is not None:
+        if (cut := _truncation(agent, state, outcome)) is not None:
             record["truncated"] = cut
             update["degraded"] = True
         return update

@@ -53,15 +53,6 @@ from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import requests_for
 from langgraph_moa.spec.topology import Agent, Topology
 
-__all__ = [
-    "BudgetAccount",
-    "BudgetError",
-    "Estimate",
-    "PromptSizes",
-    "estimate",
-    "plan",
-]
-
 log = logging.getLogger(__name__)
 
 

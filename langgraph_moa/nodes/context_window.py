@@ -18,14 +18,6 @@ from typing_extensions import TypedDict
 
 from langgraph_moa.llm.text import text_of
 
-__all__ = [
-    "MIN_REFERENCE_TOKENS",
-    "Trim",
-    "estimate_tokens",
-    "fit_to_window",
-    "message_tokens",
-]
-
 # A reference gets at least this many tokens, or it is not sent at all.
 MIN_REFERENCE_TOKENS = 32
 

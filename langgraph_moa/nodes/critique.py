@@ -19,8 +19,6 @@ from langgraph_moa.nodes.state import MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent
 
-__all__ = ["make_critic"]
-
 
 def make_critic(
     agent: Agent,

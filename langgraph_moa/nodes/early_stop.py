@@ -17,8 +17,6 @@ from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import EarlyStopRecord, MoAState
 from langgraph_moa.spec.topology import EarlyStop, Topology
 
-__all__ = ["route_after_check", "with_early_stop"]
-
 
 def _measure(setting: EarlyStop, texts: list[str]) -> tuple[str, float, float, str, bool]:
     """(measure, value, threshold, what was seen, whether it is enough to stop)."""

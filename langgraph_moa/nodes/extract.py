@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["Tally", "extract", "tally"]
-
 # A sign belongs to the number only when it does not follow a digit, letter or closing bracket:
 # in "10-2" and "(10 - 2)" the minus is an operator, and the number read is 2, not -2.
 _NUMBER = r"(?:(?<![\w)\]])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"

@@ -21,18 +21,6 @@ from itertools import combinations
 from langgraph_moa.nodes.state import MoAState, Proposal, ReferencesRecord
 from langgraph_moa.spec.topology import References
 
-__all__ = [
-    "Arrangement",
-    "Arranger",
-    "answer_layer",
-    "candidates",
-    "mean_similarity",
-    "outliers",
-    "proposal_ref",
-    "refs_of",
-    "similarity",
-]
-
 _WORD_RE = re.compile(r"\w+")
 
 

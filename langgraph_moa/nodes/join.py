@@ -13,8 +13,6 @@ from langgraph_moa.nodes.state import MoAState, empty_usage
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = ["make_join"]
-
 
 def make_join(layer: int, topology: Topology, *, prices: PriceTable) -> Node:
     quorum = topology.layers[layer - 1].min_proposals

@@ -25,8 +25,6 @@ from langgraph_moa.nodes.state import MoAState, Proposal, ReferencesRecord
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, References
 
-__all__ = ["Candidates", "JudgeNode"]
-
 
 @dataclass
 class Candidates:

@@ -24,14 +24,6 @@ from langgraph_moa.nodes.prompts import NO_VERDICT_PROMPT, PICK_FORM, RANKING_FO
 from langgraph_moa.nodes.state import JudgeAttempt, JudgeCall, MoAState, Proposal
 from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "CHOICE",
-    "RANKING",
-    "Contract",
-    "Judged",
-    "judge",
-]
-
 
 @dataclass(frozen=True)
 class Contract:

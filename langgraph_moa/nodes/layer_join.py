@@ -26,8 +26,6 @@ from langgraph_moa.nodes.state import JoinRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, LayerJoin
 
-__all__ = ["make_layer_judge", "with_layer_vote"]
-
 
 def with_layer_vote(join: Node, *, layer: int, setting: LayerJoin) -> Node:
     """``join`` followed by the layer's vote on what to pass on."""

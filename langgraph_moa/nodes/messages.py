@@ -26,16 +26,6 @@ from langgraph_moa.nodes.prompts import (
 from langgraph_moa.spec.models import context_window_for
 from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "critic_messages",
-    "fitted_critic_messages",
-    "fitted_judge_messages",
-    "fitted_synthesis_messages",
-    "numbered",
-    "synthesis_messages",
-    "tool_digest",
-]
-
 
 def numbered(texts: Sequence[str]) -> str:
     """``1. first\\n2. second``: the paper's layout for references."""
@@ -45,7 +35,7 @@ def numbered(texts: Sequence[str]) -> str:
 _DIGEST_CHARS = 400
 
 
-def tool_digest(conversation: Sequence[BaseMessage]) -> list[BaseMessage]:
+def _tool_digest(conversation: Sequence[BaseMessage]) -> list[BaseMessage]:
     """The conversation with tool traffic folded into plain assistant text.
 
     Proposers and the critic get no tool schemas, and providers refuse tool messages without
@@ -150,7 +140,7 @@ def fitted_synthesis_messages(
     turns) trimmed to fit its context window; the trim, if any, is returned for the record.
     Tool traffic is folded into text unless ``keep_tool_messages`` (an agent with tools)."""
     if not keep_tool_messages:
-        conversation = tool_digest(conversation)
+        conversation = _tool_digest(conversation)
     system_parts, _ = _split_system(conversation)
     fixed = [agent.system_prompt or "", *system_parts, SYNTHESIZE_PROMPT, critique or ""]
     conv, refs, trim = fit_to_window(
@@ -169,7 +159,7 @@ def fitted_critic_messages(
     agent: Agent, conversation: Sequence[BaseMessage], candidates: Sequence[str]
 ) -> tuple[list[BaseMessage], Trim | None]:
     """:func:`critic_messages` with the candidates fitted to the critic's context window."""
-    conversation = tool_digest(conversation)
+    conversation = _tool_digest(conversation)
     fixed = "\n\n".join([agent.system_prompt or "", CRITIC_SYSTEM_PROMPT, CRITIC_REQUEST_PROMPT])
     conv, kept, trim = fit_to_window(
         conversation,
@@ -189,7 +179,7 @@ def fitted_judge_messages(
     """Messages for a model judging numbered ``candidates`` (select and rank modes): the judge's
     instructions, then ``request`` (a template with ``{conversation}``, ``{candidates}`` and
     ``{count}``) fitted to its context window. A trim cuts earlier turns before candidates."""
-    conversation = tool_digest(conversation)
+    conversation = _tool_digest(conversation)
     system = "\n\n".join(p for p in (agent.system_prompt, JUDGE_SYSTEM_PROMPT) if p)
     conv, kept, trim = fit_to_window(
         conversation,

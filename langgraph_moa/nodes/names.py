@@ -6,22 +6,6 @@ import re
 
 from langgraph_moa.spec.topology import JUDGED_JOINS, Topology
 
-__all__ = [
-    "AGGREGATOR",
-    "CRITIC",
-    "FALLBACK",
-    "PREPARE",
-    "RANK",
-    "REVIEW",
-    "SELECT",
-    "WINDOW",
-    "join_judge_node",
-    "join_node",
-    "layer_exit",
-    "layer_of",
-    "proposer_node",
-]
-
 PREPARE = "prepare"
 CRITIC = "critic"
 REVIEW = "review"

@@ -16,8 +16,6 @@ from langgraph_moa.nodes.state import MoAState, empty_usage
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
-__all__ = ["make_prepare"]
-
 
 def make_prepare(topology: Topology, *, prices: PriceTable) -> Node:
     async def prepare(state: MoAState) -> dict[str, Any]:

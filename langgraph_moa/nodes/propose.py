@@ -22,8 +22,6 @@ from langgraph_moa.nodes.state import CallRecord, MoAState, Proposal
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, References
 
-__all__ = ["Node", "is_skipped", "make_proposer", "ok_texts"]
-
 Node = Callable[[MoAState], Coroutine[Any, Any, dict[str, Any]]]
 
 

@@ -29,8 +29,6 @@ from langgraph_moa.nodes.state import AggregationRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent, Aggregator
 
-__all__ = ["Ranked", "describe_ranking", "make_ranker", "rank_candidates"]
-
 
 @dataclass
 class Ranked:

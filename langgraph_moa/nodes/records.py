@@ -13,8 +13,6 @@ from langgraph_moa.nodes.state import CallRecord, Usage, add_usage
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Agent
 
-__all__ = ["call_record", "skipped_record", "usage_update"]
-
 
 def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: PriceTable) -> Usage:
     """The state's usage delta for these outcomes (a failed request counts, with 0 tokens).

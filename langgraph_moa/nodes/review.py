@@ -20,12 +20,10 @@ from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import MoAState, Proposal
 from langgraph_moa.spec.topology import describe_validation_error
 
-__all__ = ["ReviewDecision", "apply_edits", "make_review", "parse_decision", "proposal_ref"]
-
-DROPPED = "dropped by the reviewer"
+_DROPPED = "dropped by the reviewer"
 
 
-class ReviewDecision(BaseModel):
+class _ReviewDecision(BaseModel):
     """What the reviewer decided; an empty decision approves every candidate as it is."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,12 +33,12 @@ class ReviewDecision(BaseModel):
     drop: list[str] = Field(default_factory=list, description="proposals to leave out")
 
 
-def parse_decision(value: Any, *, source: str | None = None) -> ReviewDecision:
+def parse_decision(value: Any, *, source: str | None = None) -> _ReviewDecision:
     """A validated decision; MoAInputError naming ``source`` (e.g. the decision file) if any."""
-    if isinstance(value, ReviewDecision):
+    if isinstance(value, _ReviewDecision):
         return value
     try:
-        return ReviewDecision.model_validate(value if value is not None else {})
+        return _ReviewDecision.model_validate(value if value is not None else {})
     except ValidationError as err:
         where = f" in {source}" if source else ""
         detail = describe_validation_error(err)
@@ -65,7 +63,7 @@ def apply_edits(
             raise MoAInputError(f"the edit of {ref} is empty (drop it instead)")
         changed.append(Proposal(**{**refs[ref], "text": text, "ok": True, "error": None}))
     for ref in drop:
-        changed.append(Proposal(**{**refs[ref], "ok": False, "error": DROPPED}))
+        changed.append(Proposal(**{**refs[ref], "ok": False, "error": _DROPPED}))
     return changed
 
 

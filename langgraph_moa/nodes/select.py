@@ -15,8 +15,6 @@ from langgraph_moa.nodes.state import AggregationRecord, MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["make_selector"]
-
 
 def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:
     step = JudgeNode(agg, agg.references, node=node, prices=prices)

@@ -26,33 +26,6 @@ from langgraph_moa.llm.usage import TokenUsage
 from langgraph_moa.nodes.budget import BudgetAccount
 from langgraph_moa.nodes.context_window import Trim
 
-__all__ = [
-    "AggregationRecord",
-    "AggregatorOptions",
-    "CallRecord",
-    "EarlyStopRecord",
-    "FallbackRecord",
-    "JoinRecord",
-    "JudgeAttempt",
-    "JudgeCall",
-    "LayersUpdateError",
-    "MoAInput",
-    "MoAState",
-    "ModelUsage",
-    "Proposal",
-    "ReferencesRecord",
-    "ReviewRecord",
-    "StateUpdateError",
-    "Truncation",
-    "Usage",
-    "add_conversation",
-    "add_usage",
-    "either",
-    "empty_usage",
-    "merge_layers",
-    "replaced_by",
-]
-
 
 class ReferencesRecord(TypedDict):
     """How earlier answers were shown to one call (with a ``references`` setting)."""
@@ -283,7 +256,7 @@ def merge_layers(current: list[list[Proposal]] | None, update: Any) -> list[list
     return layers
 
 
-def add_conversation(current: list[AnyMessage] | None, update: Any) -> list[AnyMessage]:
+def _add_conversation(current: list[AnyMessage] | None, update: Any) -> list[AnyMessage]:
     """Reducer of ``messages``: LangGraph's ``add_messages`` (append, or replace by id), with an
     update that is not messages refused as a :class:`StateUpdateError` naming the key."""
     left: list[Any] = list(current or [])
@@ -301,7 +274,7 @@ def either(current: bool | None, update: Any) -> bool:
     return bool(current) or update
 
 
-def replaced_by(key: str, schema: Any) -> Callable[[Any, Any], Any]:
+def _replaced_by(key: str, schema: Any) -> Callable[[Any, Any], Any]:
     """Reducer of a record kept whole (the last write wins, as without a reducer), checked
     against ``schema`` so a malformed write is refused naming ``key``."""
     adapter: TypeAdapter[Any] = TypeAdapter(schema)
@@ -419,7 +392,7 @@ class MoAInput(TypedDict):
     """What a run takes: the conversation, ending with the user's new message, and optionally
     tools (OpenAI format) for the aggregator and overrides of its sampling."""
 
-    messages: Annotated[list[AnyMessage], add_conversation]
+    messages: Annotated[list[AnyMessage], _add_conversation]
     tools: NotRequired[list[dict[str, Any]] | None]
     tool_choice: NotRequired[str | dict[str, Any] | None]
     aggregator_options: NotRequired[AggregatorOptions | None]
@@ -432,23 +405,23 @@ class MoAState(TypedDict):
     update (from Studio, say) is refused naming the key instead of breaking a later read.
     """
 
-    messages: Annotated[list[AnyMessage], add_conversation]
+    messages: Annotated[list[AnyMessage], _add_conversation]
     layers: Annotated[list[list[Proposal]], merge_layers]
-    critique: NotRequired[Annotated[CallRecord | None, replaced_by("critique", CallRecord | None)]]
+    critique: NotRequired[Annotated[CallRecord | None, _replaced_by("critique", CallRecord | None)]]
     aggregator: NotRequired[
-        Annotated[CallRecord | None, replaced_by("aggregator", CallRecord | None)]
+        Annotated[CallRecord | None, _replaced_by("aggregator", CallRecord | None)]
     ]
     usage: Annotated[Usage, add_usage]
     degraded: Annotated[bool, either]
     # the budget's account, when the topology has a budget
     ledger: NotRequired[
-        Annotated[BudgetAccount | None, replaced_by("ledger", BudgetAccount | None)]
+        Annotated[BudgetAccount | None, _replaced_by("ledger", BudgetAccount | None)]
     ]
     fallback: NotRequired[
-        Annotated[FallbackRecord | None, replaced_by("fallback", FallbackRecord | None)]
+        Annotated[FallbackRecord | None, _replaced_by("fallback", FallbackRecord | None)]
     ]
     # what a human reviewer changed, with review on
-    review: NotRequired[Annotated[ReviewRecord | None, replaced_by("review", ReviewRecord | None)]]
+    review: NotRequired[Annotated[ReviewRecord | None, _replaced_by("review", ReviewRecord | None)]]
     tools: NotRequired[list[dict[str, Any]] | None]  # the aggregator's tools (OpenAI format)
     tool_choice: NotRequired[str | dict[str, Any] | None]
     aggregator_options: NotRequired[AggregatorOptions | None]

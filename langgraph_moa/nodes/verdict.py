@@ -31,10 +31,8 @@ from langgraph_moa.nodes.vote import Verdict, decide_vote
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["make_verdict", "verbatim_record", "verbatim_truncation"]
 
-
-def verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:
+def _verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:
     """The aggregator's record when it answers with a candidate: no call, the candidate's model
     (the text's author), its text and finish reason."""
     return CallRecord(
@@ -53,7 +51,7 @@ def verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:
     )
 
 
-def verbatim_truncation(proposal: Proposal, limits: dict[str, int]) -> Truncation | None:
+def _verbatim_truncation(proposal: Proposal, limits: dict[str, int]) -> Truncation | None:
     """A proposal that stopped at its length limit: that limit (from ``limits``, node ->
     max_tokens); else None."""
     limit = limits.get(proposal["node"])
@@ -106,11 +104,11 @@ def make_verdict(
                 [],
             )
             update: dict[str, Any] = {
-                "aggregator": verbatim_record(node, agg.name or node, proposal),
+                "aggregator": _verbatim_record(node, agg.name or node, proposal),
                 "messages": [AIMessage(proposal["text"] or "")],
                 "aggregation": record,
             }
-            if (cut := verbatim_truncation(proposal, limits)) is not None:
+            if (cut := _verbatim_truncation(proposal, limits)) is not None:
                 update["aggregator"]["truncated"] = cut
                 update["degraded"] = True
             return update

@@ -15,8 +15,6 @@ from langgraph_moa.nodes.extract import tally
 from langgraph_moa.nodes.state import AggregationRecord, Proposal, ReferencesRecord
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["Verdict", "decide_vote"]
-
 
 @dataclass
 class Verdict:

@@ -21,9 +21,7 @@ from langgraph_moa.nodes.state import AggregationRecord, JudgeCall, MoAState
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Aggregator
 
-__all__ = ["make_window", "windows"]
-
-CARRY = "running answer"  # how the carried synthesis is named in a step's record
+_CARRY = "running answer"  # how the carried synthesis is named in a step's record
 
 
 def windows(count: int, size: int) -> list[list[int]]:
@@ -55,7 +53,7 @@ def make_window(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTab
             got, sent = await call_agent(site.pool, messages)
             outcomes += got
             requests += sent
-            names = ([CARRY] if carry else []) + [refs[k] for k in members]
+            names = ([_CARRY] if carry else []) + [refs[k] for k in members]
             calls.append(JudgeCall(shown=names, reply=got[0].text, error=got[0].error, pick=None))
             if got[0].ok and got[0].text:
                 carry = got[0].text

@@ -6,33 +6,13 @@ The modules, by job: catalog.py (what models are served, their compiled graphs),
 (the whole OpenAI wire format), routes.py (the routes, rendering the run loop's events),
 guard.py (keys, body size and time, the access log), app.py (the app factory), server.py
 (uvicorn, the socket, workers); beside them access.py, errors.py, passthrough.py, capture.py,
-runs.py, transport.py and workers.py."""
+runs.py, transport.py and workers.py.
 
-from langgraph_moa.serving.access import KEYS_ENV, SelfAddress, is_loopback_host, load_keys
-from langgraph_moa.serving.app import (
-    DEFAULT_HOST,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_PORT,
-    create_app,
-)
-from langgraph_moa.serving.protocol import DEFAULT_MAX_MESSAGES
-from langgraph_moa.serving.server import run_server, server_config
-from langgraph_moa.serving.transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S
+A program imports :func:`create_app` or :func:`run_server` from here; the modules' other names
+are the package's own."""
 
-__all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_MAX_CONCURRENCY",
-    "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_MAX_MESSAGES",
-    "DEFAULT_PORT",
-    "DEFAULT_READ_TIMEOUT_S",
-    "KEYS_ENV",
-    "SelfAddress",
-    "create_app",
-    "is_loopback_host",
-    "load_keys",
-    "run_server",
-    "server_config",
-]
+from langgraph_moa.serving.app import create_app
+from langgraph_moa.serving.server import run_server
+
+# What a user imports: the ASGI app (to mount or test it) and the server ``moa serve`` runs.
+__all__ = ["create_app", "run_server"]

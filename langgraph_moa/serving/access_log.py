@@ -13,8 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Scope
 
-ACCESS_LOGGER = "langgraph_moa.serving.access"
-access_logger = logging.getLogger(ACCESS_LOGGER)
+_ACCESS_LOGGER = "langgraph_moa.serving.access"
+_access_logger = logging.getLogger(_ACCESS_LOGGER)
 _SCOPE_KEY = "moa_access"
 
 
@@ -47,7 +47,7 @@ def log_request(
 ) -> None:
     """The access-log line, with the record's fields also attached as ``record.moa_access``
     for handlers that want them structured."""
-    if not access_logger.isEnabledFor(logging.INFO):
+    if not _access_logger.isEnabledFor(logging.INFO):
         return
     fields = " ".join(
         f"{name}={record[name]}"
@@ -61,7 +61,7 @@ def log_request(
         )
         if record.get(name) is not None
     )
-    access_logger.info(
+    _access_logger.info(
         "%s %s %d %.1fms%s",
         method,
         path,
@@ -83,9 +83,9 @@ def log_request(
 def configure(enabled: bool) -> None:
     """For ``moa serve``: access lines to stderr at INFO when ``enabled`` (unless the
     application has set up logging itself), none otherwise."""
-    access_logger.setLevel(logging.INFO if enabled else logging.WARNING)
-    if enabled and not access_logger.handlers and not logging.getLogger().handlers:
+    _access_logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    if enabled and not _access_logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("moa serve: %(message)s"))
-        access_logger.addHandler(handler)
-        access_logger.propagate = False
+        _access_logger.addHandler(handler)
+        _access_logger.propagate = False

@@ -46,7 +46,7 @@ from langgraph_moa.serving.errors import log_line
 from langgraph_moa.serving.protocol import AGGREGATOR_FIELDS, ALL_CALLS_FIELDS
 from langgraph_moa.spec.files import read_text_file
 
-SALT_ENV = "MOA_CAPTURE_SALT"
+_SALT_ENV = "MOA_CAPTURE_SALT"
 _FILE = re.compile(r"^capture-(\d{8})-(\d{4})\.jsonl$")
 _STOP = object()
 # The request fields that say how the answer is to be written (the ones the MoA endpoint gives
@@ -61,7 +61,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelCapture(_Strict):
+class _ModelCapture(_Strict):
     """Capture settings of one pass-through model id (``capture/...`` or an alias)."""
 
     capture: bool = True
@@ -76,7 +76,7 @@ class CaptureConfig(_Strict):
         description='Extra model ids served as pass-through: {"prod-gpt4o": "openai:gpt-4o"}.',
     )
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of exchanges kept.")
-    models: dict[str, ModelCapture] = Field(default_factory=dict)
+    models: dict[str, _ModelCapture] = Field(default_factory=dict)
     drop: list[str] = Field(default_factory=list, description="Row fields removed (dotted paths).")
     hash: list[str] = Field(
         default_factory=list, description="Row fields replaced by 'sha256:<hex>' of their JSON."
@@ -185,7 +185,7 @@ def capture_row(
 # --- the capture directory --------------------------------------------------------------------
 
 
-class CaptureStats:
+class _CaptureStats:
     """Counts for ``GET /v1/capture/stats``, updated from both threads under one lock."""
 
     def __init__(self) -> None:
@@ -212,9 +212,9 @@ class CaptureSink:
         at start-up (MoAInputError), not at the first request."""
         self.directory = Path(directory)
         self.config = config
-        self.stats = CaptureStats()
+        self.stats = _CaptureStats()
         self.random = random.Random()
-        self._salt = os.environ.get(SALT_ENV, "")
+        self._salt = os.environ.get(_SALT_ENV, "")
         self._queue: queue.Queue[Any] = queue.Queue()
         self._fd = -1
         self._size = 0

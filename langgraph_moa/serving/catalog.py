@@ -27,7 +27,7 @@ from langgraph_moa.serving.passthrough import PREFIX, PassThrough
 from langgraph_moa.spec.providers import PROVIDERS
 from langgraph_moa.spec.topology import Agent, Topology, list_presets, load_preset, load_topology
 
-TOPOLOGY_SUFFIXES = (".yaml", ".yml", ".json")
+_TOPOLOGY_SUFFIXES = (".yaml", ".yml", ".json")
 # Graphs compiled for a request's seed (see _with_seed), kept for the seeds used most recently.
 SEEDED_GRAPHS = 32
 # What the embedded model (an in-process aggregator) takes of the writer's options.
@@ -59,7 +59,7 @@ def _topology_files(folder: Path, presets: dict[str, Served]) -> dict[str, Path]
             f"cannot list the topologies folder {str(folder)!r}: {reason}"
         ) from None
     for path in entries:
-        if path.suffix.lower() not in TOPOLOGY_SUFFIXES or not path.is_file():
+        if path.suffix.lower() not in _TOPOLOGY_SUFFIXES or not path.is_file():
             continue
         if path.stem in files:
             raise MoAInputError(

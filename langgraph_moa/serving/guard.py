@@ -21,7 +21,7 @@ from langgraph_moa.serving.access_log import log_request, new_record
 from langgraph_moa.serving.errors import APIError, internal_error, log_line, too_large, too_slow
 
 # Routes answered without a key: a load balancer's health probe carries none.
-OPEN_ROUTES = frozenset({"/health"})
+_OPEN_ROUTES = frozenset({"/health"})
 
 
 class _TooLarge(Exception):
@@ -36,7 +36,7 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key", headers={"www-authenticate": "Bearer"})
 
 
-def key_refusal(keys: KeyRing, headers: dict[str, str]) -> APIError | None:
+def _key_refusal(keys: KeyRing, headers: dict[str, str]) -> APIError | None:
     """A 401 unless the request carries one of ``keys`` as its bearer token (none needed when
     there are no keys)."""
     if not keys:
@@ -49,7 +49,7 @@ def key_refusal(keys: KeyRing, headers: dict[str, str]) -> APIError | None:
     return None
 
 
-def length_refusal(max_body_bytes: int, headers: dict[str, str]) -> APIError | None:
+def _length_refusal(max_body_bytes: int, headers: dict[str, str]) -> APIError | None:
     """A 400 for a Content-Length that is not a number, a 413 for one over the limit."""
     declared = headers.get("content-length")
     if declared is None:
@@ -122,10 +122,10 @@ class Guard:
 
     def _refusal(self, scope: Scope) -> APIError | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        open_route = scope["path"] in OPEN_ROUTES
-        if not open_route and (refusal := key_refusal(self.keys, headers)) is not None:
+        open_route = scope["path"] in _OPEN_ROUTES
+        if not open_route and (refusal := _key_refusal(self.keys, headers)) is not None:
             return refusal
-        return length_refusal(self.max_body_bytes, headers)
+        return _length_refusal(self.max_body_bytes, headers)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = self._refusal(scope)

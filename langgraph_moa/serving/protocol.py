@@ -43,13 +43,13 @@ _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Messages per request, and content parts plus tool calls per request (each is converted, then
 # serialized again for every upstream call: a long conversation costs CPU time in proportion).
 DEFAULT_MAX_MESSAGES = 2000
-MAX_TOOLS = 128  # OpenAI's own limit on tools per request
+_MAX_TOOLS = 128  # OpenAI's own limit on tools per request
 
 
 class _Strict(BaseModel):
     # Inside messages and tools, fields this server does not read (an echoed assistant message's
     # ``refusal`` or ``annotations``...) are accepted; the request's own fields are checked
-    # against FIELDS below.
+    # against _FIELDS below.
     model_config = ConfigDict(extra="allow", strict=True)
 
 
@@ -174,8 +174,8 @@ AGGREGATOR_FIELDS = (
     "parallel_tool_calls",
 )
 ALL_CALLS_FIELDS = ("seed",)
-SERVER_FIELDS = ("model", "messages", "stream", "stream_options", "n", "user", "metadata")
-FIELDS = frozenset(AGGREGATOR_FIELDS + ALL_CALLS_FIELDS + SERVER_FIELDS + ("logprobs", "store"))
+_SERVER_FIELDS = ("model", "messages", "stream", "stream_options", "n", "user", "metadata")
+_FIELDS = frozenset(AGGREGATOR_FIELDS + ALL_CALLS_FIELDS + _SERVER_FIELDS + ("logprobs", "store"))
 # Fields known to OpenAI that a mixture cannot honour, with the reason the 400 gives.
 _REFUSED = {
     "logprobs": "a mixture's answer is a synthesis of several models' outputs: there are no "
@@ -234,7 +234,7 @@ def _stop_list(value: str | list[str] | None) -> list[str]:
 def _check_fields(data: dict[str, Any]) -> None:
     """A 400 naming the first request field this server would otherwise have to ignore."""
     for name, value in data.items():
-        if name in FIELDS and name not in _REFUSED:
+        if name in _FIELDS and name not in _REFUSED:
             continue
         if name in ("logprobs", "store") and value in (None, False):
             continue  # asking for nothing is honoured
@@ -354,10 +354,10 @@ def _check_sizes(data: dict[str, Any], max_messages: int) -> None:
             code="array_above_max_length",
         )
     tools = data.get("tools")
-    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+    if isinstance(tools, list) and len(tools) > _MAX_TOOLS:
         raise APIError(
             400,
-            f"too many tools: {len(tools)}; at most {MAX_TOOLS} are supported",
+            f"too many tools: {len(tools)}; at most {_MAX_TOOLS} are supported",
             param="tools",
             code="array_above_max_length",
         )
@@ -486,7 +486,7 @@ def graph_inputs(req: _ChatRequest) -> dict[str, Any]:
 # --- the response -----------------------------------------------------------------------------
 
 
-def openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
+def _openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
     return [
         {
             "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
@@ -507,7 +507,7 @@ def answer_text(state: dict[str, Any]) -> AIMessage:
     return messages[-1]
 
 
-def finish_reason_of(answer: AIMessage) -> str:
+def _finish_reason_of(answer: AIMessage) -> str:
     if answer.tool_calls:
         return "tool_calls"
     if (answer.response_metadata or {}).get("finish_reason") == "length":
@@ -547,7 +547,7 @@ def sse_event(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def tool_call_delta(chunk: Any) -> dict[str, Any]:
+def _tool_call_delta(chunk: Any) -> dict[str, Any]:
     function: dict[str, Any] = {"arguments": chunk.get("args") or ""}
     if chunk.get("name"):
         function["name"] = chunk["name"]
@@ -572,7 +572,7 @@ def progress_comment(payload: Any) -> str:
     return f": moa {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
 
 
-def assistant_message(answer: AIMessage) -> dict[str, Any]:
+def _assistant_message(answer: AIMessage) -> dict[str, Any]:
     text = text_of(answer)
     message: dict[str, Any] = {
         "role": "assistant",
@@ -580,7 +580,7 @@ def assistant_message(answer: AIMessage) -> dict[str, Any]:
         "refusal": None,
     }
     if answer.tool_calls:
-        message["tool_calls"] = openai_tool_calls(answer)
+        message["tool_calls"] = _openai_tool_calls(answer)
     return message
 
 
@@ -596,9 +596,9 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": assistant_message(answer),
+                "message": _assistant_message(answer),
                 "logprobs": None,
-                "finish_reason": finish_reason_of(answer),
+                "finish_reason": _finish_reason_of(answer),
             }
         ],
         "usage": openai_usage(result),
@@ -612,7 +612,7 @@ def token_delta(text: str, tool_call_chunks: Sequence[Any]) -> dict[str, Any]:
     if text:
         delta["content"] = text
     if tool_call_chunks:
-        delta["tool_calls"] = [tool_call_delta(c) for c in tool_call_chunks]
+        delta["tool_calls"] = [_tool_call_delta(c) for c in tool_call_chunks]
     return delta
 
 
@@ -652,13 +652,13 @@ class Chunks:
         if final != streamed and final.startswith(streamed):
             out.append(self.chunk({"content": final[len(streamed) :]}))
         if answer.tool_calls and not sent_tool_calls:
-            calls = openai_tool_calls(answer)
+            calls = _openai_tool_calls(answer)
             out.append(self.chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}))
         return out
 
     def last(self, answer: AIMessage, result: dict[str, Any], topology: Topology) -> str:
         """The closing chunk: the finish reason and the ``moa`` record."""
-        return self.chunk({}, finish_reason_of(answer), moa=moa_record(result, topology))
+        return self.chunk({}, _finish_reason_of(answer), moa=moa_record(result, topology))
 
     def usage(self, result: dict[str, Any]) -> str:
         """The usage chunk ``stream_options.include_usage`` asks for."""

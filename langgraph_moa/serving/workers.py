@@ -27,8 +27,6 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["run_workers"]
-
 STOP_GRACE_S = 10.0
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from langgraph_moa.errors import MoAInputError
 
-__all__ = ["MAX_FILE_BYTES", "read_text_file"]
-
 MAX_FILE_BYTES = 1024 * 1024
 
 

@@ -23,16 +23,6 @@ from pydantic import TypeAdapter, ValidationError
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.topology import Price, describe_validation_error, read_data_file
 
-__all__ = [
-    "BUILTIN_PRICES",
-    "KNOWN_CONTEXT_WINDOWS",
-    "MODEL_FACTS",
-    "ModelFacts",
-    "PriceTable",
-    "context_window_for",
-    "lookup",
-]
-
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -45,7 +35,7 @@ def _f(inp: float, out: float, window: int | None = None) -> ModelFacts:
 
 
 # List prices as published by each provider when the presets were written.
-MODEL_FACTS: dict[str, ModelFacts] = {
+_MODEL_FACTS: dict[str, ModelFacts] = {
     "openai:gpt-4o": _f(2.50, 10.00, 128000),
     "openai:gpt-4o-mini": _f(0.15, 0.60, 128000),
     "openai:gpt-4.1": _f(2.00, 8.00, 1047576),
@@ -69,9 +59,9 @@ MODEL_FACTS: dict[str, ModelFacts] = {
     "ollama:*": _f(0.0, 0.0),
     "vllm:*": _f(0.0, 0.0),
 }
-BUILTIN_PRICES: dict[str, Price] = {k: f.price for k, f in MODEL_FACTS.items() if f.price}
+_BUILTIN_PRICES: dict[str, Price] = {k: f.price for k, f in _MODEL_FACTS.items() if f.price}
 KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
-    k: f.context_window for k, f in MODEL_FACTS.items() if f.context_window
+    k: f.context_window for k, f in _MODEL_FACTS.items() if f.context_window
 }
 
 T = TypeVar("T")
@@ -105,7 +95,7 @@ class PriceTable:
     """Built-in prices, then ``MOA_PRICES``, then the topology's own ``prices`` (last wins)."""
 
     def __init__(self, extra: Mapping[str, Price] | None = None, *, env: bool = True) -> None:
-        self._prices: dict[str, Price] = dict(BUILTIN_PRICES)
+        self._prices: dict[str, Price] = dict(_BUILTIN_PRICES)
         if env and (path := os.environ.get("MOA_PRICES")):
             self._prices.update(_load_prices_file(path))
         self._prices.update(extra or {})

@@ -38,36 +38,14 @@ if TYPE_CHECKING:
 
     from langgraph_moa.spec.topology import Agent
 
-__all__ = [
-    "DEFAULT_TIMEOUT_S",
-    "LANGCHAIN_PROVIDERS",
-    "MAX_RETRY_AFTER_S",
-    "PROVIDERS",
-    "ChatModelFactory",
-    "LangChainProvider",
-    "ProviderKind",
-    "ProviderSpec",
-    "factory_of",
-    "known_providers",
-    "langchain_provider",
-    "provider_kind",
-    "register_model",
-    "register_provider",
-    "registered_model",
-    "registered_models",
-    "requests_for",
-    "supports_n",
-    "unregister",
-]
-
 DEFAULT_TIMEOUT_S = 120.0
 # Longest Retry-After a retry waits for, whatever the provider; beyond it the failure is reported.
 MAX_RETRY_AFTER_S = 120.0
 
-ChatModelFactory = Callable[..., "BaseChatModel"]
+_ChatModelFactory = Callable[..., "BaseChatModel"]
 """``factory(model_name, *, temperature, max_tokens, timeout) -> BaseChatModel``."""
 
-ProviderKind = Literal["registered_model", "openai", "local", "factory", "langchain"]
+_ProviderKind = Literal["registered_model", "openai", "local", "factory", "langchain"]
 
 
 @dataclass(frozen=True)
@@ -210,7 +188,7 @@ LANGCHAIN_PROVIDERS: dict[str, LangChainProvider] = {
 # What users register, by name. A lock: the sync API and a server may read while a user's
 # thread registers.
 _lock = threading.Lock()
-_factories: dict[str, ChatModelFactory] = {}
+_factories: dict[str, _ChatModelFactory] = {}
 _models: dict[str, BaseChatModel] = {}
 _PROVIDER_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -230,7 +208,7 @@ def _check_provider_name(name: str) -> None:
 
 def register_provider(
     name: str,
-    factory: ChatModelFactory | None = None,
+    factory: _ChatModelFactory | None = None,
     *,
     base_url: str | None = None,
     api_key_env: str | None = None,
@@ -301,7 +279,7 @@ def registered_models() -> list[BaseChatModel]:
         return list(_models.values())
 
 
-def factory_of(provider: str) -> ChatModelFactory | None:
+def factory_of(provider: str) -> _ChatModelFactory | None:
     return _factories.get(provider)
 
 
@@ -309,7 +287,7 @@ def langchain_provider(provider: str) -> LangChainProvider | None:
     return LANGCHAIN_PROVIDERS.get(provider)
 
 
-def provider_kind(model: str) -> ProviderKind | None:
+def provider_kind(model: str) -> _ProviderKind | None:
     """Which kind of provider serves ``model`` (``"provider:model"``), or None if none does."""
     if model in _models:
         return "registered_model"

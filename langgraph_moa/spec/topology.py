@@ -30,28 +30,6 @@ from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.files import read_text_file
 from langgraph_moa.spec.providers import known_providers, provider_kind, requests_for
 
-__all__ = [
-    "DEFAULT_PRESET",
-    "JUDGED_JOINS",
-    "MAX_LAYERS",
-    "MAX_PROPOSERS_PER_LAYER",
-    "Agent",
-    "Aggregator",
-    "Budget",
-    "EarlyStop",
-    "Layer",
-    "LayerJoin",
-    "Price",
-    "References",
-    "Retry",
-    "Topology",
-    "list_presets",
-    "load_preset",
-    "load_topology",
-    "read_data_file",
-    "resolve_topology",
-]
-
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
 
@@ -60,11 +38,11 @@ DEFAULT_PRESET = "local"
 
 # Names a proposer cannot take: each layer's own join node is "L<i>/join", and a join that asks
 # a model has a node "L<i>/select" or "L<i>/rank" after it.
-RESERVED_NAMES = frozenset({"join", "select", "rank"})
+_RESERVED_NAMES = frozenset({"join", "select", "rank"})
 # Size limits: far above any useful MoA (the paper's largest is 3 layers of 6), low enough that a
 # small file cannot expand (YAML aliases) into a graph that takes minutes and gigabytes to build.
-MAX_LAYERS = 16
-MAX_PROPOSERS_PER_LAYER = 64
+_MAX_LAYERS = 16
+_MAX_PROPOSERS_PER_LAYER = 64
 
 
 class _Strict(BaseModel):
@@ -165,7 +143,7 @@ class Agent(_Strict):
                 "name may hold only letters, digits, '.', '_' and '-', and must start with a "
                 f"letter or digit; got {value!r}"
             )
-        if value in RESERVED_NAMES:
+        if value in _RESERVED_NAMES:
             raise ValueError(f"name {value!r} is reserved (each layer has a node L<i>/{value})")
         return value
 
@@ -180,9 +158,9 @@ class Agent(_Strict):
 
 # --- how candidates are combined (helper "modes") -------------------------------------------
 
-Mode = Literal["synthesize", "vote", "select", "rank", "self-moa-seq"]
-Extractor = Literal["number", "choice", "regex", "last_line"]
-Rule = Literal["synthesize", "first"]
+_Mode = Literal["synthesize", "vote", "select", "rank", "self-moa-seq"]
+_Extractor = Literal["number", "choice", "regex", "last_line"]
+_Rule = Literal["synthesize", "first"]
 MODES: tuple[str, ...] = ("synthesize", "vote", "select", "rank", "self-moa-seq")
 
 
@@ -244,7 +222,7 @@ class EarlyStop(_Strict):
         le=1.0,
         description="Stop when at least this share of the answers extract to the same answer.",
     )
-    extract: Extractor | None = None
+    extract: _Extractor | None = None
     pattern: str | None = Field(default=None, description="The regex of extract: regex.")
     similarity: float | None = Field(
         default=None,
@@ -264,7 +242,7 @@ class EarlyStop(_Strict):
         return self
 
 
-JoinMode = Literal["all", "vote", "select", "rank"]
+_JoinMode = Literal["all", "vote", "select", "rank"]
 # join modes that call a model (the judge), in a node of their own after the layer's join
 JUDGED_JOINS: tuple[str, ...] = ("select", "rank")
 
@@ -284,8 +262,8 @@ class LayerJoin(_RetriesJudge):
     what they are shown, so ``rank`` with ``keep: k`` is the layer's way to fuse the top k.
     """
 
-    mode: JoinMode = "all"
-    extract: Extractor | None = Field(default=None, description="vote: how to read an answer.")
+    mode: _JoinMode = "all"
+    extract: _Extractor | None = Field(default=None, description="vote: how to read an answer.")
     pattern: str | None = Field(default=None, description="The regex of extract: regex.")
     model: str | None = Field(default=None, description='select/rank: the judge, "provider:model".')
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="select/rank: the judge's.")
@@ -394,14 +372,14 @@ class Aggregator(Agent, _RetriesJudge):
         description='"provider:model"; mode vote may leave it out (ties then use the last '
         "layer's first model).",
     )
-    mode: Mode = "synthesize"
-    extract: Extractor | None = Field(default=None, description="vote: how to read an answer.")
+    mode: _Mode = "synthesize"
+    extract: _Extractor | None = Field(default=None, description="vote: how to read an answer.")
     pattern: str | None = Field(default=None, description="The regex of extract: regex.")
-    on_tie: Rule = Field(
+    on_tie: _Rule = Field(
         default="synthesize",
         description="vote: when answers tie, synthesize the tied candidates, or take the first.",
     )
-    on_no_answer: Rule = Field(
+    on_no_answer: _Rule = Field(
         default="synthesize",
         description="vote/select: when no answer can be read, synthesize all, or take the first.",
     )
@@ -460,7 +438,7 @@ class Aggregator(Agent, _RetriesJudge):
 class Layer(_Strict):
     """Proposers that run concurrently and all see the previous layer's answers."""
 
-    proposers: list[Agent] = Field(min_length=1, max_length=MAX_PROPOSERS_PER_LAYER)
+    proposers: list[Agent] = Field(min_length=1, max_length=_MAX_PROPOSERS_PER_LAYER)
     deadline_s: float | None = Field(
         default=None, gt=0, description="The layer goes on with what it has after this long."
     )
@@ -503,7 +481,7 @@ class Layer(_Strict):
                 f"min_proposals ({self.min_proposals}) is above the layer's size ({self.size})"
             )
         explicit = [a.name for a in self.proposers if a.name]
-        seen: set[str] = set(RESERVED_NAMES)  # a derived name steps around them too
+        seen: set[str] = set(_RESERVED_NAMES)  # a derived name steps around them too
         for name in explicit:
             if name in seen:
                 raise ValueError(f"duplicate proposer name {name!r} in this layer")
@@ -530,7 +508,7 @@ class Topology(_Strict):
 
     name: str = Field(default="moa", min_length=1, max_length=100)
     description: str = Field(default="", max_length=2000)
-    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
+    layers: list[Layer] = Field(min_length=1, max_length=_MAX_LAYERS)
     critic: Agent | None = None
     aggregator: Aggregator
     prices: dict[str, Price] = Field(
@@ -706,14 +684,14 @@ def _check_size(data: dict[str, Any], source: str) -> None:
     layers = data.get("layers")
     if not isinstance(layers, list):
         return  # validation says what is wrong
-    if len(layers) > MAX_LAYERS:
-        raise MoAInputError(f"{source}: {len(layers)} layers, more than the limit of {MAX_LAYERS}")
+    if len(layers) > _MAX_LAYERS:
+        raise MoAInputError(f"{source}: {len(layers)} layers, more than the limit of {_MAX_LAYERS}")
     for number, layer in enumerate(layers, 1):
         proposers = layer.get("proposers") if isinstance(layer, dict) else None
-        if isinstance(proposers, list) and len(proposers) > MAX_PROPOSERS_PER_LAYER:
+        if isinstance(proposers, list) and len(proposers) > _MAX_PROPOSERS_PER_LAYER:
             raise MoAInputError(
                 f"{source}: layer {number} has {len(proposers)} proposers, more than the limit "
-                f"of {MAX_PROPOSERS_PER_LAYER}"
+                f"of {_MAX_PROPOSERS_PER_LAYER}"
             )
 
 

@@ -24,8 +24,6 @@ from starlette.routing import Route
 
 from langgraph_moa.testing.fake_openai import FakeOpenAI, LoggedRequest
 
-__all__ = ["FakeAnthropic", "text_of_content"]
-
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

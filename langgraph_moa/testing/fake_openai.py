@@ -28,8 +28,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["Behavior", "FakeOpenAI", "LoggedRequest", "by_marker", "scripted"]
-
 Reply = Callable[[dict[str, Any], int, int], str]
 """reply(request_body, request_number_for_this_model, choice_index) -> text."""
 

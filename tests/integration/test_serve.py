@@ -34,8 +34,8 @@ from openai.types.chat import (
     ChatCompletionToolUnionParam,
 )
 
-from langgraph_moa.serving import SelfAddress, create_app, load_keys
-from langgraph_moa.serving.access import KeyRing
+from langgraph_moa.serving import create_app
+from langgraph_moa.serving.access import KeyRing, SelfAddress, load_keys
 from langgraph_moa.spec.topology import list_presets
 from langgraph_moa.testing.fake_openai import Behavior, FakeOpenAI
 from tests.conftest import TEST_KEY

@@ -30,7 +30,9 @@ import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.serving import SelfAddress, create_app, load_keys, server_config
+from langgraph_moa.serving import create_app
+from langgraph_moa.serving.access import SelfAddress, load_keys
+from langgraph_moa.serving.server import server_config
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.integration.test_serve import (
     LOOP,

@@ -1,5 +1,7 @@
 """The shape of the package, checked: the layer contracts of pyproject.toml (import-linter), no
-import cycle between any two modules, and no module importing another module's private names."""
+import cycle between any two modules, and no module reaching another module's private names
+(imported by name, or read as an attribute of an imported module); the package's users in this
+repository (bench/, the docs' scripts) keep to unprefixed names too."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from importlinter.cli import lint_imports
 
 PACKAGE = Path(__file__).resolve().parents[2] / "langgraph_moa"
+USERS = [PACKAGE.parent / "bench", PACKAGE.parent / "docs"]
 
 
 def test_import_linter_contracts_are_kept(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,3 +46,66 @@ def test_no_private_name_crosses_a_module() -> None:
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert offenders == []
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _private_reaches(path: Path) -> list[str]:
+    """``from langgraph_moa.m import _x``, and ``m._x`` where ``m`` names a module of the
+    package (``import langgraph_moa.a.m as m``, ``from langgraph_moa.a import m``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules: set[str] = set()  # local names bound to a module of the package
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("langgraph_moa"):
+            for alias in node.names:
+                if _is_private(alias.name):
+                    found.append(f"{node.module}.{alias.name}")
+                elif _is_module(f"{node.module}.{alias.name}"):
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(
+                alias.asname
+                for alias in node.names
+                if alias.asname and alias.name.startswith("langgraph_moa")
+            )
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and _is_private(node.attr)
+        ):
+            found.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
+    return found
+
+
+def test_no_private_name_is_read_through_a_module() -> None:
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}: {reach}"
+        for root in [PACKAGE, *USERS]
+        for path in sorted(root.rglob("*.py"))
+        for reach in _private_reaches(path)
+    ]
+    assert offenders == []
+
+
+def test_the_private_reach_check_sees_both_forms(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from langgraph_moa.batch import core\n"
+        "from langgraph_moa.spec.topology import _Strict\n"
+        "core._GC_THRESHOLD\n"
+        "core.relabel_row\n"
+    )
+    assert _private_reaches(sample) == [
+        "langgraph_moa.spec.topology._Strict",
+        "core._GC_THRESHOLD (line 3)",
+    ]
