@@ -59,7 +59,7 @@ from pydantic import (
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra
-from langgraph_moa.spec.topology import describe_validation_error
+from langgraph_moa.spec.files import describe_validation_error
 
 __all__ = [
     "FORMATS",

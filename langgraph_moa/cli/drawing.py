@@ -28,7 +28,9 @@ from langgraph_moa.graphs.names import (
     layer_exit,
     proposer_node,
 )
-from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, LayerJoin, Topology
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import Aggregator, EarlyStop, LayerJoin
+from langgraph_moa.spec.topology import Topology
 
 __all__ = ["SUPPORTED_SUFFIXES", "to_html", "to_svg", "write_drawing"]
 

@@ -59,8 +59,10 @@ from langgraph_moa.llm.call_cache import ProposalCache
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.llm.usage import check_priced
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
+from langgraph_moa.spec.topology import Layer, Topology
 
 __all__ = [
     "Judge",

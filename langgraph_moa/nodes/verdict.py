@@ -28,8 +28,8 @@ from langgraph_moa.nodes.state import (
     Truncation,
 )
 from langgraph_moa.nodes.vote import Verdict, decide_vote
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Aggregator
 
 __all__ = ["make_verdict", "verbatim_record", "verbatim_truncation"]
 
