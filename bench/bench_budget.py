@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph_moa.batch import relabel
-from langgraph_moa.batch.core import row_worst_case_usd
+from langgraph_moa.batch.feeding import row_worst_case_usd
 from langgraph_moa.batch.rows import Row, rows_of
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import load_topology

@@ -1,42 +1,19 @@
-"""The row engine shared by every way of running a relabel: one row through the graph, and the
-loop that feeds rows to it within the concurrency and the budget, writing each record to the
-ledger as its row finishes.
-
-:func:`relabel_row` runs a row through :func:`langgraph_moa.run.stream_run`, the run loop
-every door shares, inside a :func:`~langgraph_moa.llm.call_cache.row_scope` (each call is cached as
-it finishes) and a :func:`~langgraph_moa.llm.usage.meter_calls` meter (each request is counted
-as it ends), so a row that fails after paid calls is recorded with what it spent. A done row's
-figures come from the state's usage (the two agree). The record names why a degraded row is
-degraded (``degraded_reasons``: ``truncated``, ``proposer_failed``, ``critic_failed``,
-``judge_failed``, ``fallback``, ``budget_trimmed``; ``other`` when none of these).
+"""The loop that feeds a relabel's rows to the row engine within the concurrency and the
+budget, writing each record to the ledger as its row finishes, and the session's progress.
 
 :func:`drive_rows` is the same whether a row runs in this process or on a Ray actor: only
-``run_one`` differs. The budget (:class:`BatchBudget`) reserves each running row's worst case
-(:func:`row_worst_case_usd`, computed once per row); when the next row does not fit, the loop
-waits for rows in flight to settle (their real cost replaces their reservation) and tries
-again; it stops only when nothing is in flight and the row still does not fit, and says why
-(:func:`budget_stop_reason`, in ``SessionProgress.stop_reason``). The Ray engine's budget
-actor follows the same rule.
+``run_one`` differs (in this process, :func:`langgraph_moa.batch.one_row.relabel_row`). The
+budget (:class:`BatchBudget`) reserves each running row's worst case
+(:func:`row_worst_case_usd`, computed once per row, every turn of a ``turns="all"`` row
+counted); when the next row does not fit, the loop waits for rows in flight to settle (their
+real cost replaces their reservation) and tries again; it stops only when nothing is in flight
+and the row still does not fit, and says why (:func:`budget_stop_reason`, in
+``SessionProgress.stop_reason``). The Ray engine's budget actor follows the same rule.
 
-Turns: by default (``turns="last"``) a row is one graph run, for the answer after its prompt.
-With ``turns="all"`` every assistant turn of a multi-turn row is relabeled (:func:`turn_points`
-says which messages are turns), one graph run per turn, in order: each turn's prompt holds the
-*relabeled* earlier turns (``turn_context="relabeled"``) or the row's original ones
-(``"original"``). The row's record keeps every turn
-(:class:`~langgraph_moa.batch.ledger.TurnRecord`) and sums their figures; a failed turn fails
-the row (what its earlier turns paid still counted), and the turns after it are not run.
-:func:`row_worst_case_usd` is the worst case of a whole row, every turn counted, which the budget
-reserves before the row starts.
-
-A row that asks for JSON (``response_format`` ``json_object`` or ``json_schema``) gets its answer
-checked to parse as JSON here, where the record is made: an answer that does not parse makes the
-row degraded with the reason ``invalid_json`` (``degraded_reasons``), so exports leave it out.
-An answer that calls tools instead is not checked (its content is not the answer).
-
-A row's own troubles are its record (a failed row, an invalid one); a disk or database failure
+:class:`Plan` reads rows a chunk at a time and checks them against the ledger (skip what is
+done, record invalid and duplicate rows). A disk or database failure
 (:class:`~langgraph_moa.errors.MoAStorageError`, from the ledger or from the call cache inside a
-row) is the run's: :func:`relabel_row` lets it through instead of recording the row as failed,
-and :func:`drive_rows` stops on it with that one error (rows in flight are cancelled and stay
+row) stops :func:`drive_rows` with that one error (rows in flight are cancelled and stay
 unrecorded, so a rerun runs them; every row written before is durable).
 """
 
@@ -44,56 +21,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import itertools
-import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from langchain_core.messages import AIMessage, convert_to_messages, convert_to_openai_messages
+from langchain_core.messages import convert_to_messages
 
-from langgraph_moa.batch.ledger import Ledger, RowRecord, TurnRecord
+from langgraph_moa.batch.ledger import Ledger, RowRecord
+from langgraph_moa.batch.one_row import (
+    TurnContext,
+    Turns,
+    _turn_prompt,
+    storage_failure,
+    turn_points,
+)
 from langgraph_moa.batch.rows import InvalidRow, Row
-from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs import Estimate, estimate
-from langgraph_moa.graphs.builder import MoAGraph
-from langgraph_moa.llm.call import error_text
-from langgraph_moa.llm.call_cache import row_scope
-from langgraph_moa.llm.text import text_of
-from langgraph_moa.llm.usage import meter_calls
-from langgraph_moa.result import result_of
-from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
 __all__ = [
     "CHUNK",
-    "TURNS",
-    "TURN_CONTEXTS",
     "BatchBudget",
     "Plan",
     "SessionProgress",
-    "TurnContext",
-    "Turns",
     "budget_stop_reason",
-    "degraded_reasons",
     "drive_rows",
-    "relabel_row",
     "round_usd",
     "row_estimates",
     "row_worst_case_usd",
     "steady_gc",
-    "turn_points",
 ]
-
-Turns = Literal["last", "all"]
-TurnContext = Literal["relabeled", "original"]
-TURNS: tuple[Turns, ...] = ("last", "all")
-TURN_CONTEXTS: tuple[TurnContext, ...] = ("relabeled", "original")
 
 CHUNK = 256  # rows read and checked against the ledger at once
 GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
@@ -208,136 +170,6 @@ class SessionProgress:
         }
 
 
-_price_tables: dict[int, tuple[Topology, PriceTable]] = {}
-
-
-def _prices_of(topology: Topology) -> PriceTable:
-    """The topology's price table, made once (it may read ``MOA_PRICES``), not once a row."""
-    kept = _price_tables.get(id(topology))
-    if kept is None or kept[0] is not topology:
-        if len(_price_tables) >= 8:
-            _price_tables.clear()
-        kept = _price_tables[id(topology)] = (topology, PriceTable(topology.prices))
-    return kept[1]
-
-
-def _figures(result: dict[str, Any]) -> tuple[int, int, int, float | None]:
-    usage = result.get("usage") or {}
-    by_model = (usage.get("by_model") or {}).values()
-    calls = sum(m["calls"] for m in by_model)
-    cached = sum(m["cached_calls"] for m in by_model)
-    return calls, cached, int(usage.get("total_tokens") or 0), usage.get("cost_usd")
-
-
-def _is_json_answer(answer: AIMessage | None) -> bool:
-    """Whether a JSON-mode row's answer is JSON (an answer that calls tools is not checked)."""
-    if answer is None:
-        return False
-    if answer.tool_calls:
-        return True
-    try:
-        json.loads(text_of(answer))
-    except (ValueError, RecursionError):
-        return False
-    return True
-
-
-async def relabel_row(
-    graph: MoAGraph,
-    topology: Topology,
-    row: Row,
-    *,
-    turns: Turns = "last",
-    turn_context: TurnContext = "relabeled",
-) -> RowRecord:
-    """Run one row through the graph (the shared run loop) and make its record; a run that
-    fails gives a ``failed`` record with the error, never an exception (cancellation aside).
-    ``turns="all"``: every assistant turn, one run each (see the module docstring)."""
-    if turns == "all":
-        return await _relabel_turns(graph, topology, row, turn_context)
-    start = time.perf_counter()
-    record = RowRecord(
-        id=row.id,
-        where=row.where,
-        status="failed",
-        error=None,
-        prompt=row.prompt,
-        tools=row.tools,
-        completion=row.completion,
-        metadata=row.data.get("metadata"),
-        result=None,
-        answer_message=None,
-        cost_usd=None,
-        calls=0,
-        cached_calls=0,
-        tokens=0,
-        latency_s=0.0,
-        degraded=False,
-        degraded_reasons=[],
-    )
-    config: Any = {"metadata": {"relabel_row": row.id}, "tags": ["moa-relabel"]}
-    meter = None
-    try:
-        with row_scope(row.id), meter_calls(_prices_of(topology)) as meter:
-            async for event in stream_run(
-                graph, row.inputs(), config, tokens=False, deadline_s=topology.deadline_s
-            ):
-                if isinstance(event, ReviewPause):
-                    raise MoAInputError("the topology paused for review")
-                if isinstance(event, RunFinished):
-                    state = event.state
-                    result = result_of(state, latency_s=event.latency_s)  # type: ignore[arg-type]
-                    answer = next(
-                        (
-                            m
-                            for m in reversed(state.get("messages") or [])
-                            if isinstance(m, AIMessage)
-                        ),
-                        None,
-                    )
-                    record["result"] = result
-                    message: Any = convert_to_openai_messages(answer) if answer else None
-                    record["answer_message"] = message
-                    record["status"] = "done"
-                    record["degraded"] = bool(result["degraded"])
-                    record["degraded_reasons"] = degraded_reasons(result)
-                    calls, cached, tokens, cost = _figures(result)
-                    record["calls"], record["cached_calls"] = calls, cached
-                    record["tokens"], record["cost_usd"] = tokens, cost
-                    if row.json_mode and not _is_json_answer(answer):
-                        record["degraded"] = True
-                        reasons = record.setdefault("degraded_reasons", [])
-                        reasons.append("invalid_json")
-    except asyncio.CancelledError:
-        raise
-    except Exception as err:  # the row failed; the run goes on
-        if (storage := storage_failure(err)) is not None:  # the run's, not the row's
-            raise storage from None
-        record["error"] = str(err) if isinstance(err, MoAError) else error_text(err)
-        if meter is not None:  # what its calls were counted at before it failed
-            record["calls"], record["cached_calls"] = meter.calls, meter.cached_calls
-            record["tokens"], record["cost_usd"] = meter.tokens, meter.cost_usd
-    record["latency_s"] = round(time.perf_counter() - start, 4)
-    return record
-
-
-def storage_failure(err: BaseException) -> MoAStorageError | None:
-    """The disk or database failure behind ``err`` (itself, in a group, or its cause), if any."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [err]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, MoAStorageError):
-            return current
-        if isinstance(current, BaseExceptionGroup):
-            todo.extend(current.exceptions)
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
-
-
 def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     """What stopped a task group, as one error: a storage failure first, else the first one."""
     storage = storage_failure(group)
@@ -347,98 +179,6 @@ def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
-
-
-def turn_points(row: Row) -> list[int]:
-    """Where the turns of ``row`` are in its whole conversation (prompt + original
-    completion): the index of each assistant message relabeled by ``turns="all"``, in order.
-
-    A turn is an assistant message that answers a user message or tool results and is not
-    itself answered by tool results (those results answer the calls it made, so it cannot be
-    replaced without making them lie: it stays as it was, part of the context). The last turn
-    is the row's completion (index ``len(row.prompt)``), present or not.
-    """
-    prompt = row.prompt
-    points = [
-        k
-        for k, message in enumerate(prompt)
-        if message["role"] == "assistant"
-        and k > 0
-        and prompt[k - 1]["role"] in ("user", "tool")
-        and (k + 1 >= len(prompt) or prompt[k + 1]["role"] != "tool")
-    ]
-    return [*points, len(prompt)]
-
-
-def _turn_prompt(
-    row: Row, index: int, answers: dict[int, dict[str, Any]], turn_context: TurnContext
-) -> list[dict[str, Any]]:
-    """The prompt of the turn at ``index``: the messages before it, earlier turns replaced by
-    their relabeled answers in ``answers`` when the context is relabeled."""
-    before = row.prompt[:index]
-    if turn_context == "original":
-        return list(before)
-    return [answers.get(k, m) for k, m in enumerate(before)]
-
-
-def _answer_message(record: RowRecord) -> dict[str, Any]:
-    message = record.get("answer_message")
-    if message:
-        return dict(message)
-    return {"role": "assistant", "content": (record["result"] or {}).get("answer", "")}
-
-
-async def _relabel_turns(
-    graph: MoAGraph, topology: Topology, row: Row, turn_context: TurnContext
-) -> RowRecord:
-    """Every turn of ``row`` through the graph, in order; one record summing them."""
-    points = turn_points(row)
-    answers: dict[int, dict[str, Any]] = {}
-    turns: list[TurnRecord] = []
-    last: RowRecord | None = None
-    for index in points:
-        original = row.prompt[index] if index < len(row.prompt) else row.completion
-        turn_row = dataclasses.replace(
-            row, prompt=_turn_prompt(row, index, answers, turn_context), completion=original
-        )
-        last = await relabel_row(graph, topology, turn_row)
-        turn = TurnRecord(
-            index=index,
-            status=last["status"],
-            error=last["error"],
-            completion=original,
-            answer_message=last.get("answer_message"),
-            result=last["result"],
-            cost_usd=last["cost_usd"],
-            calls=last["calls"],
-            cached_calls=last["cached_calls"],
-            tokens=last["tokens"],
-            latency_s=last["latency_s"],
-            degraded=last["degraded"],
-        )
-        if "degraded_reasons" in last:
-            turn["degraded_reasons"] = last["degraded_reasons"]
-        turns.append(turn)
-        if last["status"] != "done":
-            break
-        answers[index] = _answer_message(last)
-    assert last is not None  # a row has at least its last turn
-    record = last.copy()  # the last turn run: its answer is the row's
-    record["prompt"], record["completion"] = row.prompt, row.completion
-    record["turns"], record["turn_context"] = turns, turn_context
-    if last["status"] != "done":
-        record["error"] = f"turn {len(turns)} of {len(points)}: {last['error']}"
-    costs = [t["cost_usd"] for t in turns if t["cost_usd"] is not None]
-    record["cost_usd"] = sum(costs) if costs else None
-    record["calls"] = sum(t["calls"] for t in turns)
-    record["cached_calls"] = sum(t["cached_calls"] for t in turns)
-    record["tokens"] = sum(t["tokens"] for t in turns)
-    record["latency_s"] = round(sum(t["latency_s"] for t in turns), 4)
-    record["degraded"] = any(t["degraded"] for t in turns)
-    reasons = [r for t in turns for r in t.get("degraded_reasons") or []]
-    if reasons:
-        record["degraded_reasons"] = list(dict.fromkeys(reasons))
-    return record
 
 
 def _answer_bound(topology: Topology) -> int:
@@ -494,36 +234,6 @@ def row_worst_case_usd(
     both engines calls it)."""
     found = row_estimates(topology, row, prices, turns=turns, turn_context=turn_context)
     return sum(e.cost_usd or 0.0 for e in found)
-
-
-_SKIPPED_BY_BUDGET = "skipped to stay within budget"
-
-
-def degraded_reasons(result: dict[str, Any]) -> list[str]:
-    """Why a finished row is degraded, read from its result record (empty when it is not)."""
-    if not result.get("degraded"):
-        return []
-    reasons: list[str] = []
-    aggregator = result.get("aggregator") or {}
-    fallback = result.get("fallback") or {}
-    if aggregator.get("truncated") or fallback.get("truncated"):
-        reasons.append("truncated")
-    proposals = [p for layer in result.get("layers") or [] for p in layer]
-    if any(not p["ok"] and p.get("error") != _SKIPPED_BY_BUDGET for p in proposals):
-        reasons.append("proposer_failed")
-    critique = result.get("critique")
-    if critique and not critique["ok"] and critique.get("error") != _SKIPPED_BY_BUDGET:
-        reasons.append("critic_failed")
-    judged = [*((result.get("aggregation") or {}).get("calls") or [])]
-    judged += [c for join in result.get("joins") or [] for c in join.get("calls") or []]
-    if any(c.get("error") for c in judged):
-        reasons.append("judge_failed")
-    if result.get("fallback"):
-        reasons.append("fallback")
-    skipped = [p for p in proposals if p.get("error") == _SKIPPED_BY_BUDGET]
-    if skipped or (critique and critique.get("error") == _SKIPPED_BY_BUDGET):
-        reasons.append("budget_trimmed")
-    return reasons or ["other"]
 
 
 def budget_stop_reason(spent: float, max_usd: float, where: str, worst: float) -> str:
