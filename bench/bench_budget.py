@@ -25,7 +25,8 @@ from typing import Any
 
 from langgraph_moa.batch import relabel
 from langgraph_moa.batch.feeding import row_worst_case_usd
-from langgraph_moa.batch.rows import Row, rows_of
+from langgraph_moa.batch.row_check import Row
+from langgraph_moa.batch.rows import rows_of
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import load_topology
 from langgraph_moa.testing.fake_openai import Behavior, FakeOpenAI

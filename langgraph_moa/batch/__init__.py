@@ -8,11 +8,11 @@ OpenAI's form) or analysis (traces).
     print(run.totals, run.cost_usd)
     written = run.export("sft")  # .path, .rows, .left_out (by reason)
 
-Modules: ``rows`` (input reading and checks), ``rundir`` (run folder and manifest), ``ledger``
-(SQLite record of rows), ``limits`` (rate limits), ``one_row`` (one row through the graph),
-``feeding`` (the loop that feeds rows within concurrency and budget), ``runner`` (the API),
-``ray_engine`` and ``ray_stages`` (a run on Ray Data: the driver's side, and what runs on the
-cluster), ``exports``.
+Modules: ``rows`` (reading input files), ``row_check`` (a row and its checks), ``rundir`` (run
+folder and manifest), ``ledger`` (SQLite record of rows), ``limits`` (rate limits), ``one_row``
+(one row through the graph), ``feeding`` (the loop that feeds rows within concurrency and
+budget), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray Data: the
+driver's side, and what runs on the cluster), ``exports``.
 """
 
 from langgraph_moa.batch.exports import ExportFormat, ExportResult
@@ -20,7 +20,8 @@ from langgraph_moa.batch.feeding import SessionProgress
 from langgraph_moa.batch.ledger import RowRecord, Totals
 from langgraph_moa.batch.limits import RateLimits, parse_limits
 from langgraph_moa.batch.one_row import relabel_row
-from langgraph_moa.batch.rows import InvalidRow, Row, check_row, read_rows
+from langgraph_moa.batch.row_check import InvalidRow, Row, check_row
+from langgraph_moa.batch.rows import read_rows
 from langgraph_moa.batch.runner import (
     RelabelRun,
     WorstCaseEstimate,

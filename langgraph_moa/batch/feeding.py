@@ -39,7 +39,7 @@ from langgraph_moa.batch.one_row import (
     storage_failure,
     turn_points,
 )
-from langgraph_moa.batch.rows import InvalidRow, Row
+from langgraph_moa.batch.row_check import InvalidRow, Row
 from langgraph_moa.graphs import Estimate, estimate
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology

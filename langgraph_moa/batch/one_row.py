@@ -39,7 +39,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, convert_to_openai_messages
 
 from langgraph_moa.batch.ledger import RowRecord, TurnRecord
-from langgraph_moa.batch.rows import Row
+from langgraph_moa.batch.row_check import Row
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs.builder import MoAGraph
 from langgraph_moa.llm.call import error_text

@@ -60,7 +60,7 @@ from typing import Any
 from langgraph_moa.batch.feeding import BatchBudget, Plan, SessionProgress
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateLimits
-from langgraph_moa.batch.rows import InvalidRow, Row
+from langgraph_moa.batch.row_check import InvalidRow, Row
 from langgraph_moa.errors import MoAError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import Topology

@@ -49,7 +49,8 @@ from langgraph_moa.batch.feeding import budget_stop_reason, row_worst_case_usd
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateGate, RateLimits
 from langgraph_moa.batch.one_row import TurnContext, Turns, relabel_row
-from langgraph_moa.batch.rows import InvalidRow, Row, read_rows
+from langgraph_moa.batch.row_check import InvalidRow, Row
+from langgraph_moa.batch.rows import read_rows
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.openai_client import gate_requests

@@ -64,7 +64,8 @@ from langgraph_moa.batch.ledger import Ledger, RowRecord, Totals
 from langgraph_moa.batch.limits import RateGate, RateLimits
 from langgraph_moa.batch.one_row import TURN_CONTEXTS, TURNS, TurnContext, Turns, relabel_row
 from langgraph_moa.batch.ray_engine import require_ray, run_on_ray
-from langgraph_moa.batch.rows import InvalidRow, Row, count_rows, input_files, read_rows, rows_of
+from langgraph_moa.batch.row_check import InvalidRow, Row
+from langgraph_moa.batch.rows import count_rows, input_files, read_rows, rows_of
 from langgraph_moa.batch.rundir import (
     CACHE,
     Manifest,

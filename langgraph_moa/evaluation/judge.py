@@ -41,7 +41,7 @@ from langgraph.cache.base import BaseCache
 from pydantic import ValidationError
 
 from langgraph_moa.batch.one_row import relabel_row
-from langgraph_moa.batch.rows import Row
+from langgraph_moa.batch.row_check import Row
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation.prompts import (
     GRADE_FORM,

@@ -7,7 +7,7 @@ import pytest
 
 from langgraph_moa.batch.feeding import BatchBudget, row_estimates, row_worst_case_usd
 from langgraph_moa.batch.one_row import turn_points
-from langgraph_moa.batch.rows import Row, check_row
+from langgraph_moa.batch.row_check import Row, check_row
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
 
