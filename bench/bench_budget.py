@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph_moa.batch import relabel
-from langgraph_moa.batch.feeding import row_worst_case_usd
+from langgraph_moa.batch.one_row import row_worst_case_usd
 from langgraph_moa.batch.row_check import Row
 from langgraph_moa.batch.rows import rows_of
 from langgraph_moa.spec.models import PriceTable

@@ -2,12 +2,12 @@
 budget, writing each record to the ledger as its row finishes, and the session's progress.
 
 :func:`drive_rows` is the same whether a row runs in this process or on a Ray actor: only
-``run_one`` differs (in this process, :func:`langgraph_moa.batch.one_row.relabel_row`). The
-budget (:class:`BatchBudget`) reserves each running row's worst case
-(:func:`row_worst_case_usd`, computed once per row, every turn of a ``turns="all"`` row
-counted); when the next row does not fit, the loop waits for rows in flight to settle (their
-real cost replaces their reservation) and tries again; it stops only when nothing is in flight
-and the row still does not fit, and says why (:func:`budget_stop_reason`, in
+``run_one`` differs (in this process, :func:`langgraph_moa.batch.one_row.relabel_row`). The budget
+(:class:`BatchBudget`) reserves each running row's worst case
+(:func:`~langgraph_moa.batch.one_row.row_worst_case_usd`, computed once per row, every turn of a
+``turns="all"`` row counted); when the next row does not fit, the loop waits for rows in flight to
+settle (their real cost replaces their reservation) and tries again; it stops only when nothing is
+in flight and the row still does not fit, and says why (:func:`budget_stop_reason`, in
 ``SessionProgress.stop_reason``). The Ray engine's budget actor follows the same rule.
 
 :class:`Plan` reads rows a chunk at a time and checks them against the ledger (skip what is
@@ -29,18 +29,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import convert_to_messages
-
 from langgraph_moa.batch.ledger import Ledger, RowRecord
-from langgraph_moa.batch.one_row import (
-    TurnContext,
-    Turns,
-    _turn_prompt,
-    storage_failure,
-    turn_points,
-)
+from langgraph_moa.batch.one_row import TurnContext, Turns, row_worst_case_usd, storage_failure
 from langgraph_moa.batch.row_check import InvalidRow, Row
-from langgraph_moa.graphs import Estimate, estimate
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
 
@@ -52,8 +43,6 @@ __all__ = [
     "budget_stop_reason",
     "drive_rows",
     "round_usd",
-    "row_estimates",
-    "row_worst_case_usd",
     "steady_gc",
 ]
 
@@ -179,61 +168,6 @@ def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
-
-
-def _answer_bound(topology: Topology) -> int:
-    """The most tokens a row's final answer can hold: the aggregator's limit, or a last-layer
-    proposer's when the aggregator picks a proposal (select, vote, rank)."""
-    return max(
-        [topology.aggregator.max_tokens, *(a.max_tokens for a in topology.layers[-1].proposers)]
-    )
-
-
-def row_estimates(
-    topology: Topology,
-    row: Row,
-    prices: PriceTable,
-    *,
-    turns: Turns = "last",
-    turn_context: TurnContext = "relabeled",
-) -> list[Estimate]:
-    """The worst case of each graph run ``row`` takes (one per turn with ``turns="all"``).
-
-    With relabeled context, each earlier turn's answer in a later turn's prompt is counted at
-    its largest (:func:`_answer_bound` tokens, a stand-in text that every token counter counts
-    at least that long) rather than at the original's size.
-    """
-    if turns == "last":
-        return [estimate(topology, row.messages(), prices=prices)]
-    points = turn_points(row)
-    bound = _answer_bound(topology)
-    stand_in = {"role": "assistant", "content": " x" * (2 * bound)}  # >= bound tokens
-    answers = {k: stand_in for k in points}
-    return [
-        estimate(
-            topology,
-            convert_to_messages(_turn_prompt(row, index, answers, turn_context)),
-            prices=prices,
-        )
-        for index in points
-    ]
-
-
-def row_worst_case_usd(
-    topology: Topology,
-    row: Row,
-    prices: PriceTable,
-    *,
-    turns: Turns = "last",
-    turn_context: TurnContext = "relabeled",
-) -> float:
-    """The most one row may cost: the sum of its turns' worst cases, every call of the topology
-    writing its full ``max_tokens``, prompts counted so as never to come out low
-    (:func:`langgraph_moa.nodes.budget.estimate`); 0 for unpriced models, which a run with a
-    budget refuses before it starts. The one place a row's worst case is made (the budget of
-    both engines calls it)."""
-    found = row_estimates(topology, row, prices, turns=turns, turn_context=turn_context)
-    return sum(e.cost_usd or 0.0 for e in found)
 
 
 def budget_stop_reason(spent: float, max_usd: float, where: str, worst: float) -> str:

@@ -16,6 +16,8 @@ says which messages are turns), one graph run per turn, in order: each turn's pr
 (``"original"``). The row's record keeps every turn
 (:class:`~langgraph_moa.batch.ledger.TurnRecord`) and sums their figures; a failed turn fails
 the row (what its earlier turns paid still counted), and the turns after it are not run.
+:func:`row_worst_case_usd` is the worst case of a whole row, every turn counted, which the budget
+reserves before the row starts.
 
 A row that asks for JSON (``response_format`` ``json_object`` or ``json_schema``) gets its answer
 checked to parse as JSON here, where the record is made: an answer that does not parse makes the
@@ -36,11 +38,12 @@ import json
 import time
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, convert_to_openai_messages
+from langchain_core.messages import AIMessage, convert_to_messages, convert_to_openai_messages
 
 from langgraph_moa.batch.ledger import RowRecord, TurnRecord
 from langgraph_moa.batch.row_check import Row
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
+from langgraph_moa.graphs import Estimate, estimate
 from langgraph_moa.graphs.builder import MoAGraph
 from langgraph_moa.llm.call import error_text
 from langgraph_moa.llm.call_cache import row_scope
@@ -58,6 +61,8 @@ __all__ = [
     "Turns",
     "degraded_reasons",
     "relabel_row",
+    "row_estimates",
+    "row_worst_case_usd",
     "turn_points",
 ]
 
@@ -287,6 +292,61 @@ async def _relabel_turns(
     if reasons:
         record["degraded_reasons"] = list(dict.fromkeys(reasons))
     return record
+
+
+def _answer_bound(topology: Topology) -> int:
+    """The most tokens a row's final answer can hold: the aggregator's limit, or a last-layer
+    proposer's when the aggregator picks a proposal (select, vote, rank)."""
+    return max(
+        [topology.aggregator.max_tokens, *(a.max_tokens for a in topology.layers[-1].proposers)]
+    )
+
+
+def row_estimates(
+    topology: Topology,
+    row: Row,
+    prices: PriceTable,
+    *,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
+) -> list[Estimate]:
+    """The worst case of each graph run ``row`` takes (one per turn with ``turns="all"``).
+
+    With relabeled context, each earlier turn's answer in a later turn's prompt is counted at
+    its largest (:func:`_answer_bound` tokens, a stand-in text that every token counter counts
+    at least that long) rather than at the original's size.
+    """
+    if turns == "last":
+        return [estimate(topology, row.messages(), prices=prices)]
+    points = turn_points(row)
+    bound = _answer_bound(topology)
+    stand_in = {"role": "assistant", "content": " x" * (2 * bound)}  # >= bound tokens
+    answers = {k: stand_in for k in points}
+    return [
+        estimate(
+            topology,
+            convert_to_messages(_turn_prompt(row, index, answers, turn_context)),
+            prices=prices,
+        )
+        for index in points
+    ]
+
+
+def row_worst_case_usd(
+    topology: Topology,
+    row: Row,
+    prices: PriceTable,
+    *,
+    turns: Turns = "last",
+    turn_context: TurnContext = "relabeled",
+) -> float:
+    """The most one row may cost: the sum of its turns' worst cases, every call of the topology
+    writing its full ``max_tokens``, prompts counted so as never to come out low
+    (:func:`langgraph_moa.nodes.budget.estimate`); 0 for unpriced models, which a run with a
+    budget refuses before it starts. The one place a row's worst case is made (the budget of
+    both engines calls it)."""
+    found = row_estimates(topology, row, prices, turns=turns, turn_context=turn_context)
+    return sum(e.cost_usd or 0.0 for e in found)
 
 
 _SKIPPED_BY_BUDGET = "skipped to stay within budget"

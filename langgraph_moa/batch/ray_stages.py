@@ -22,7 +22,7 @@ in the number of rows.
 The budget (``max_usd``) is one small asyncio actor, :class:`BudgetKeeper`, asked by every
 actor before a row starts: the same rule as the in-process engine (spent + the worst cases of
 the rows running anywhere + this one's must fit, the worst case from
-:func:`~langgraph_moa.batch.feeding.row_worst_case_usd`), the same wait (a row that does not fit
+:func:`~langgraph_moa.batch.one_row.row_worst_case_usd`), the same wait (a row that does not fit
 waits for rows in flight to settle and tries again) and the same stop (only when nothing is in
 flight and the row still does not fit; then none starts any more, and the keeper holds the
 reason, which the driver reports).
@@ -45,10 +45,10 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from langgraph_moa.batch.feeding import budget_stop_reason, row_worst_case_usd
+from langgraph_moa.batch.feeding import budget_stop_reason
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateGate, RateLimits
-from langgraph_moa.batch.one_row import TurnContext, Turns, relabel_row
+from langgraph_moa.batch.one_row import TurnContext, Turns, relabel_row, row_worst_case_usd
 from langgraph_moa.batch.row_check import InvalidRow, Row
 from langgraph_moa.batch.rows import read_rows
 from langgraph_moa.graphs.builder import build_graph

@@ -14,7 +14,7 @@ Policies:
 - ``limit`` reads only the first N rows of the input (a trial; a larger limit later goes on);
 - ``max_usd`` is the whole run's budget (every session's spending counts, failed rows' paid
   calls included): a row starts only if what is spent, plus the worst case of the rows running
-  and of this one (:func:`langgraph_moa.batch.feeding.row_worst_case_usd`), stays within it; when
+  and of this one (:func:`langgraph_moa.batch.one_row.row_worst_case_usd`), stays within it; when
   the next row does not fit, it waits for the rows running to finish (their real cost replaces
   their worst case) and tries again; only when none is running and it still does not fit does
   the run stop cleanly (``stopped="budget"``, and ``stop_reason`` saying what was spent of the
@@ -57,12 +57,18 @@ from langgraph_moa.batch.feeding import (
     SessionProgress,
     drive_rows,
     round_usd,
-    row_estimates,
     steady_gc,
 )
 from langgraph_moa.batch.ledger import Ledger, RowRecord, Totals
 from langgraph_moa.batch.limits import RateGate, RateLimits
-from langgraph_moa.batch.one_row import TURN_CONTEXTS, TURNS, TurnContext, Turns, relabel_row
+from langgraph_moa.batch.one_row import (
+    TURN_CONTEXTS,
+    TURNS,
+    TurnContext,
+    Turns,
+    relabel_row,
+    row_estimates,
+)
 from langgraph_moa.batch.ray_engine import require_ray, run_on_ray
 from langgraph_moa.batch.row_check import InvalidRow, Row
 from langgraph_moa.batch.rows import count_rows, input_files, read_rows, rows_of

@@ -46,12 +46,12 @@ from langgraph_moa.evaluation.report_data import (
     OBJECTIVES,
     Decision,
     ScoreRow,
-    _in_flight,
     collect,
     decide,
+    in_flight,
     label,
 )
-from langgraph_moa.evaluation.report_plots import _plot
+from langgraph_moa.evaluation.report_plots import plot
 from langgraph_moa.extras import require_extra
 
 __all__ = ["write_report"]
@@ -180,7 +180,7 @@ def markdown(
                     f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (paired bootstrap; "
                     f"share of resamples where it is not better: {r.paired['p_not_better']:.3f})."
                 )
-        lines.append(f"\nLatency: {_in_flight(mine)}.")
+        lines.append(f"\nLatency: {in_flight(mine)}.")
         for d in decisions:
             if d.benchmark == benchmark:
                 lines += _decision_lines(d)
@@ -233,7 +233,7 @@ def write_report(folder: Path, output: Path, objective: str = "quality") -> dict
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in benchmark)
         for axis in ("cost", "latency"):
             path = output.with_name(f"{output.stem}-{safe}-{axis}.png")
-            if _plot(rows, benchmark, axis, path):
+            if plot(rows, benchmark, axis, path):
                 plots.append(path)
     output.write_text(markdown(rows, plots, decisions), encoding="utf-8")
     data = {

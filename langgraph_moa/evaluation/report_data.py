@@ -220,7 +220,7 @@ def decide(rows: Sequence[ScoreRow], benchmark: str, objective: str = "quality")
     return Decision(benchmark, objective, front, unpriced, chosen, close)
 
 
-def _in_flight(rows: Sequence[ScoreRow]) -> str:
+def in_flight(rows: Sequence[ScoreRow]) -> str:
     """How many items ran at once in these rows' runs, as words."""
     found = sorted({int(n) for r in rows if (n := r.cost.get("concurrency"))})
     if not found:

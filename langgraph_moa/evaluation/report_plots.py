@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from langgraph_moa.evaluation.report_data import ScoreRow, _in_flight, label, pareto_front
+from langgraph_moa.evaluation.report_data import ScoreRow, in_flight, label, pareto_front
 
 
 def _no_data(rows: Sequence[ScoreRow], benchmark: str) -> list[ScoreRow]:
@@ -91,7 +91,7 @@ def _clusters(points: Sequence[tuple[float, float]], span: tuple[float, float]) 
     return groups
 
 
-def _plot(rows: Sequence[ScoreRow], benchmark: str, axis: str, path: Path) -> bool:
+def plot(rows: Sequence[ScoreRow], benchmark: str, axis: str, path: Path) -> bool:
     """Quality against ``axis`` (cost or latency) for one benchmark; False if nothing to plot."""
     import matplotlib
 
@@ -125,7 +125,7 @@ def _plot(rows: Sequence[ScoreRow], benchmark: str, axis: str, path: Path) -> bo
         per = "1,000 items" if scale > 1 else "item"
         xlabel = f"own $ per {per} (calls served by the cache priced as made)"
     else:
-        xlabel = f"p50 wall time per item, s ({_in_flight(mine)})"
+        xlabel = f"p50 wall time per item, s ({in_flight(mine)})"
     points = [(r, x * scale, y) for r, x, y in points]
     xy = [(x, y) for _, x, y in points]
     front = pareto_front(xy)

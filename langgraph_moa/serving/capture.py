@@ -57,18 +57,18 @@ INTENT_FIELDS = AGGREGATOR_FIELDS + ALL_CALLS_FIELDS
 # --- configuration ----------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelCapture(_Strict):
+class ModelCapture(Strict):
     """Capture settings of one pass-through model id (``capture/...`` or an alias)."""
 
     capture: bool = True
     sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
-class CaptureConfig(_Strict):
+class CaptureConfig(Strict):
     """The capture configuration file (YAML or JSON)."""
 
     aliases: dict[str, str] = Field(

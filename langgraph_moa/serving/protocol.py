@@ -46,14 +46,14 @@ DEFAULT_MAX_MESSAGES = 2000
 MAX_TOOLS = 128  # OpenAI's own limit on tools per request
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # Inside messages and tools, fields this server does not read (an echoed assistant message's
     # ``refusal`` or ``annotations``...) are accepted; the request's own fields are checked
     # against FIELDS below.
     model_config = ConfigDict(extra="allow", strict=True)
 
 
-class _FunctionCall(_Strict):
+class _FunctionCall(Strict):
     name: str = Field(min_length=1)
     arguments: str
 
@@ -69,7 +69,7 @@ class _FunctionCall(_Strict):
         return value
 
 
-class _ToolCall(_Strict):
+class _ToolCall(Strict):
     id: str = Field(min_length=1)
     type: Literal["function"] = "function"
     function: _FunctionCall
@@ -94,7 +94,7 @@ def _check_content(value: Any, *, role: str) -> Any:
     return value
 
 
-class _Message(_Strict):
+class _Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Any = None
     name: str | None = None
@@ -116,7 +116,7 @@ class _Message(_Strict):
         return self
 
 
-class _FunctionDef(_Strict):
+class _FunctionDef(Strict):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -130,23 +130,23 @@ class _FunctionDef(_Strict):
         return value
 
 
-class _ToolDef(_Strict):
+class _ToolDef(Strict):
     type: Literal["function"]
     function: _FunctionDef
 
 
-class _StreamOptions(_Strict):
+class _StreamOptions(Strict):
     include_usage: bool = False
 
 
-class _JsonSchema(_Strict):
+class _JsonSchema(Strict):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 
-class _ResponseFormat(_Strict):
+class _ResponseFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: _JsonSchema | None = None
 
@@ -188,7 +188,7 @@ _REFUSED = {
 }
 
 
-class _ChatRequest(_Strict):
+class _ChatRequest(Strict):
     model: str = Field(min_length=1)
     messages: list[_Message] = Field(min_length=1)
     stream: bool = False

@@ -24,11 +24,13 @@ _MODEL_RE = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
 RESERVED_NAMES = frozenset({"join", "select", "rank"})
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """The base of every spec model: an unknown key is an error, and a model is frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Retry(_Strict):
+class Retry(Strict):
     """Retries of one call on 429, 5xx, timeouts and connection errors (never on other 4xx):
     exponential backoff from ``initial_s`` doubling up to ``max_s``, with jitter; a server's
     Retry-After wins."""
@@ -44,7 +46,7 @@ class Retry(_Strict):
         return self
 
 
-class Agent(_Strict):
+class Agent(Strict):
     """One LLM call site: a proposer, the critic or the aggregator."""
 
     name: str | None = Field(

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from langgraph_moa.spec.agent import Agent, _Strict
+from langgraph_moa.spec.agent import Agent, Strict
 
 __all__ = [
     "JUDGED_JOINS",
@@ -53,7 +53,7 @@ def _check_extractor(extract: str | None, pattern: str | None, *, what: str) -> 
         raise ValueError(f"pattern applies only to extract 'regex', not {extract!r}")
 
 
-class _RetriesJudge(_Strict):
+class _RetriesJudge(Strict):
     """A judge's setting ``retry_no_verdict``, left out of dumps while off: a topology written
     before the setting existed dumps as it did, so its run folders, stored threads and cached
     judgments still match."""
@@ -73,7 +73,7 @@ class _RetriesJudge(_Strict):
         return data
 
 
-class References(_Strict):
+class References(Strict):
     """How earlier answers are shown to a model: their order, dropout and an outlier filter.
 
     References never carry model names; with ``order: shuffle`` each call sees them in a fresh
@@ -103,7 +103,7 @@ class References(_Strict):
     seed: int | None = Field(default=None, description="Seed for order and dropout draws.")
 
 
-class EarlyStop(_Strict):
+class EarlyStop(Strict):
     """Skip the remaining layers when this layer's answers agree (adaptive depth)."""
 
     agreement: float | None = Field(

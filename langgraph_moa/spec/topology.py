@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.spec.agent import RESERVED_NAMES, Agent, Retry, _Strict
+from langgraph_moa.spec.agent import RESERVED_NAMES, Agent, Retry, Strict
 from langgraph_moa.spec.combining import Aggregator, EarlyStop, LayerJoin, References
 from langgraph_moa.spec.files import describe_validation_error, read_data_file
 from langgraph_moa.spec.providers import requests_for
@@ -50,7 +50,7 @@ MAX_LAYERS = 16
 MAX_PROPOSERS_PER_LAYER = 64
 
 
-class Budget(_Strict):
+class Budget(Strict):
     """A per-query ceiling; the run shrinks (drops the critic, then trims proposers) to fit."""
 
     max_usd: float | None = Field(default=None, gt=0)
@@ -63,7 +63,7 @@ class Budget(_Strict):
         return self
 
 
-class Layer(_Strict):
+class Layer(Strict):
     """Proposers that run concurrently and all see the previous layer's answers."""
 
     proposers: list[Agent] = Field(min_length=1, max_length=MAX_PROPOSERS_PER_LAYER)
@@ -124,14 +124,14 @@ class Layer(_Strict):
         return self
 
 
-class Price(_Strict):
+class Price(Strict):
     """USD per million tokens."""
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
 
 
-class Topology(_Strict):
+class Topology(Strict):
     """A whole Mixture-of-Agents: proposer layers, an optional critic, one aggregator."""
 
     name: str = Field(default="moa", min_length=1, max_length=100)
