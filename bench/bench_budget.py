@@ -25,8 +25,9 @@ from typing import Any
 from bench_relabel import Upstream  # this folder's (run as a script)
 
 from langgraph_moa.batch import relabel
-from langgraph_moa.batch.core import row_worst_case_usd
-from langgraph_moa.batch.rows import Row, rows_of
+from langgraph_moa.batch.one_row import row_worst_case_usd
+from langgraph_moa.batch.row_check import Row
+from langgraph_moa.batch.rows import rows_of
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import load_topology
 

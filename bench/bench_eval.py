@@ -36,7 +36,8 @@ from langgraph_moa.evaluation.driver import Side, TopologyGenerator, run_eval
 from langgraph_moa.evaluation.judge import Judge, judge_agent
 from langgraph_moa.evaluation.score import score_items
 from langgraph_moa.evaluation.summary import Generation, summarise
-from langgraph_moa.spec.topology import Agent, Topology
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.topology import Topology
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 CALL_S = 0.2

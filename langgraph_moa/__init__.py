@@ -19,9 +19,9 @@ from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputErro
 if TYPE_CHECKING:
     from langgraph_moa.chat_model import ChatMixtureOfAgents
     from langgraph_moa.graphs import MoAState, build_graph, build_state_graph
+    from langgraph_moa.spec.agent import Agent
     from langgraph_moa.spec.providers import register_model, register_provider, unregister
     from langgraph_moa.spec.topology import (
-        Agent,
         Layer,
         Topology,
         list_presets,
@@ -58,8 +58,9 @@ _HOME = {
     "MoAState": "langgraph_moa.graphs",
     "build_graph": "langgraph_moa.graphs",
     "build_state_graph": "langgraph_moa.graphs",
+    "Agent": "langgraph_moa.spec.agent",
     **dict.fromkeys(
-        ["Agent", "Layer", "Topology", "list_presets", "load_preset", "load_topology"],
+        ["Layer", "Topology", "list_presets", "load_preset", "load_topology"],
         "langgraph_moa.spec.topology",
     ),
     **dict.fromkeys(

@@ -8,14 +8,15 @@ OpenAI's form) or analysis (traces).
     print(run.totals, run.cost_usd)
     written = run.export("sft")  # .path, .rows, .left_out (by reason)
 
-Modules: ``rows`` (input reading and checks), ``rundir`` (run folder and manifest), ``ledger``
-(SQLite record of rows), ``limits`` (rate limits), ``core`` (one row, and the loop that feeds
-them), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray Data: the driver's
-side, and what runs on the cluster), ``exports``.
+Modules: ``rows`` (reading input files), ``row_check`` (a row and its checks), ``rundir`` (run
+folder and manifest), ``ledger`` (SQLite record of rows), ``limits`` (rate limits), ``one_row``
+(one row through the graph), ``feeding`` (the loop that feeds rows within concurrency and
+budget), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray Data: the
+driver's side, and what runs on the cluster), ``exports``.
 """
 
-from langgraph_moa.batch.core import SessionProgress
 from langgraph_moa.batch.exports import ExportFormat, ExportResult
+from langgraph_moa.batch.feeding import SessionProgress
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateLimits, parse_limits
 from langgraph_moa.batch.runner import (

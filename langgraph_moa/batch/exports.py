@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from langgraph_moa.batch.core import round_usd
+from langgraph_moa.batch.feeding import round_usd
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.extras import require_extra

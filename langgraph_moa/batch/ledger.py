@@ -33,7 +33,7 @@ from typing import Any, NotRequired
 
 from typing_extensions import TypedDict
 
-from langgraph_moa.batch.rows import InvalidRow
+from langgraph_moa.batch.row_check import InvalidRow
 from langgraph_moa.errors import MoAInputError, MoAStorageError, storage_error
 
 _SCHEMA = """

@@ -10,7 +10,7 @@ The pipeline (the stages are in :mod:`langgraph_moa.batch.ray_stages`):
   ``limit``), in chunks of a few rows;
 - **map**: ``map_batches`` on a fixed pool of ``workers`` actors (default: one per CPU of the
   cluster), each running a chunk's rows at once with
-  :func:`~langgraph_moa.batch.core.relabel_row` (the in-process engine's function) on its
+  :func:`~langgraph_moa.batch.one_row.relabel_row` (the in-process engine's function) on its
   asyncio loop, with up to ``concurrency / workers`` rows in flight, an even share of the rate
   limits and the run's call cache file (on several machines it must be on storage they share);
 - **write**: the driver, the ledger's one writer, takes each block as it comes and writes its
@@ -57,10 +57,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from langgraph_moa.batch.core import BatchBudget, Plan, SessionProgress
+from langgraph_moa.batch.feeding import BatchBudget, Plan, SessionProgress
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateLimits
-from langgraph_moa.batch.rows import InvalidRow, Row
+from langgraph_moa.batch.row_check import InvalidRow, Row
 from langgraph_moa.errors import MoAError
 from langgraph_moa.extras import require_extra
 from langgraph_moa.spec.topology import Topology

@@ -14,7 +14,7 @@ values) and must come back exactly as read.
 The reader (:class:`RowsDatasource`, one read task, pinned to the driver's node, where the input
 and the ledger are) reads rows with :func:`langgraph_moa.batch.rows.read_rows`, the same parser
 as the in-process engine, so an invalid row gets the same file, line and reason; it checks each
-row against the ledger as :class:`langgraph_moa.batch.core.Plan` does (skip what is done, or
+row against the ledger as :class:`langgraph_moa.batch.feeding.Plan` does (skip what is done, or
 all but the failed rows with ``retry_failed``; a repeated id is invalid). The ids read in this
 session are kept in a private temporary SQLite database rather than a set, so memory stays flat
 in the number of rows.
@@ -22,7 +22,7 @@ in the number of rows.
 The budget (``max_usd``) is one small asyncio actor, :class:`BudgetKeeper`, asked by every
 actor before a row starts: the same rule as the in-process engine (spent + the worst cases of
 the rows running anywhere + this one's must fit, the worst case from
-:func:`~langgraph_moa.batch.core.row_worst_case_usd`), the same wait (a row that does not fit
+:func:`~langgraph_moa.batch.one_row.row_worst_case_usd`), the same wait (a row that does not fit
 waits for rows in flight to settle and tries again) and the same stop (only when nothing is in
 flight and the row still does not fit; then none starts any more, and the keeper holds the
 reason, which the driver reports).
@@ -45,16 +45,12 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from langgraph_moa.batch.core import (
-    TurnContext,
-    Turns,
-    budget_stop_reason,
-    relabel_row,
-    row_worst_case_usd,
-)
+from langgraph_moa.batch.feeding import budget_stop_reason
 from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.limits import RateGate, RateLimits
-from langgraph_moa.batch.rows import InvalidRow, Row, read_rows
+from langgraph_moa.batch.one_row import TurnContext, Turns, relabel_row, row_worst_case_usd
+from langgraph_moa.batch.row_check import InvalidRow, Row
+from langgraph_moa.batch.rows import read_rows
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.openai_client import gate_requests
@@ -120,7 +116,7 @@ def _items(source: Source) -> Iterator[Row | InvalidRow]:
 
 
 class _Sorter:
-    """Sorts rows as :meth:`langgraph_moa.batch.core.Plan.runnable` does: run, skip, or
+    """Sorts rows as :meth:`langgraph_moa.batch.feeding.Plan.runnable` does: run, skip, or
     invalid (a repeated id)."""
 
     def __init__(self, source: Source) -> None:

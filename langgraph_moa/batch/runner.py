@@ -14,7 +14,7 @@ Policies:
 - ``limit`` reads only the first N rows of the input (a trial; a larger limit later goes on);
 - ``max_usd`` is the whole run's budget (every session's spending counts, failed rows' paid
   calls included): a row starts only if what is spent, plus the worst case of the rows running
-  and of this one (:func:`langgraph_moa.batch.core.row_worst_case_usd`), stays within it; when
+  and of this one (:func:`langgraph_moa.batch.one_row.row_worst_case_usd`), stays within it; when
   the next row does not fit, it waits for the rows running to finish (their real cost replaces
   their worst case) and tries again; only when none is running and it still does not fit does
   the run stop cleanly (``stopped="budget"``, and ``stop_reason`` saying what was spent of the
@@ -36,7 +36,7 @@ The Python API: :func:`relabel` / :func:`arelabel` take a file, a folder or an i
 (dicts in the input format), and return a :class:`RelabelRun` with counts, cost, paths and
 the records. ``engine="ray"`` runs the rows on Ray actors (:mod:`langgraph_moa.batch.ray_engine`)
 with the same ledger and cache. Costs in the summary, the estimate and the manifest are rounded to
-the micro-dollar (:func:`~langgraph_moa.batch.core.round_usd`).
+the micro-dollar (:func:`~langgraph_moa.batch.feeding.round_usd`).
 """
 
 from __future__ import annotations
@@ -49,26 +49,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from langgraph_moa.batch.core import (
+from langgraph_moa.batch.exports import ExportFormat, ExportResult, export_run
+from langgraph_moa.batch.feeding import (
     CHUNK,
-    TURN_CONTEXTS,
-    TURNS,
     BatchBudget,
     Plan,
     SessionProgress,
-    TurnContext,
-    Turns,
     drive_rows,
-    relabel_row,
     round_usd,
-    row_estimates,
     steady_gc,
 )
-from langgraph_moa.batch.exports import ExportFormat, ExportResult, export_run
 from langgraph_moa.batch.ledger import Ledger, RowRecord, Totals
 from langgraph_moa.batch.limits import RateGate, RateLimits
+from langgraph_moa.batch.one_row import (
+    TURN_CONTEXTS,
+    TURNS,
+    TurnContext,
+    Turns,
+    relabel_row,
+    row_estimates,
+)
 from langgraph_moa.batch.ray_engine import require_ray, run_on_ray
-from langgraph_moa.batch.rows import InvalidRow, Row, count_rows, input_files, read_rows, rows_of
+from langgraph_moa.batch.row_check import InvalidRow, Row
+from langgraph_moa.batch.rows import count_rows, input_files, read_rows, rows_of
 from langgraph_moa.batch.rundir import (
     CACHE,
     Manifest,

@@ -44,13 +44,8 @@ from langgraph_moa.cli.session import (
     thread_topology,
 )
 from langgraph_moa.errors import MoAInputError, MoARunError
-from langgraph_moa.spec.files import read_text_file
-from langgraph_moa.spec.topology import (
-    Topology,
-    parse_topology,
-    read_data_file,
-    resolve_topology,
-)
+from langgraph_moa.spec.files import read_data_file, read_text_file
+from langgraph_moa.spec.topology import Topology, parse_topology, resolve_topology
 
 if TYPE_CHECKING:
     from langgraph_moa.cli.console import TurnResult

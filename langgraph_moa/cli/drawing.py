@@ -3,6 +3,12 @@
 The picture is made from ``graph.get_graph()``, i.e. from the graph that actually runs, and is
 annotated with the models from the topology. Nothing here calls a web service or graphviz: the
 layout is a simple left-to-right column layout computed in this module.
+
+Why one module of some 570 lines: it has one job, the picture, and its two halves are one
+computation: the layout sizes each box from the width of the very text the renderer writes in
+it, in the same fonts, and the renderer places edges, legend and canvas from the layout's boxes.
+Split in two, the halves would share the box, the font sizes, the text measure and the layout
+itself: a seam that would only be crossed, never kept.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from langgraph_moa.graphs.names import (
     layer_exit,
     proposer_node,
 )
-from langgraph_moa.spec.topology import Agent, Aggregator, EarlyStop, LayerJoin, Topology
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import Aggregator, EarlyStop, LayerJoin
+from langgraph_moa.spec.topology import Topology
 
 _SUPPORTED_SUFFIXES = (".svg", ".html", ".htm")
 

@@ -34,8 +34,9 @@ from pydantic import ValidationError
 
 from langgraph_moa.errors import MoAError, MoAInputError
 from langgraph_moa.extras import require_extra
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Topology, resolve_topology
+from langgraph_moa.spec.topology import Topology, resolve_topology
 
 if TYPE_CHECKING:
     from langgraph.cache.base import BaseCache

@@ -33,7 +33,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from langgraph_moa.batch.rows import MAX_LINE, decode_line, lone_surrogate, read_lines
+from langgraph_moa.batch.row_check import decode_line, lone_surrogate
+from langgraph_moa.batch.rows import MAX_LINE, read_lines
 from langgraph_moa.errors import MoAInputError
 
 

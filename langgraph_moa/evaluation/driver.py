@@ -61,8 +61,9 @@ from langgraph_moa.evaluation.summary import Generation, cost_summary, summarise
 from langgraph_moa.llm.call import call_agent
 from langgraph_moa.llm.call_cache import ProposalCache
 from langgraph_moa.llm.model_pool import ModelPool
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Topology
+from langgraph_moa.spec.topology import Topology
 
 _MANIFEST_FILE = "manifest.json"
 CALLS_FILE = "calls.sqlite"  # every generated call of the eval, cached

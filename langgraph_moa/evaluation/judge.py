@@ -4,7 +4,7 @@ writes the verdict), and its judgments kept on disk so that none is paid for twi
 A model judge is called at temperature 0 through the project's own call path
 (:func:`langgraph_moa.llm.call.call_agent`: retries, timeouts, usage and prices). A topology
 judge runs the judge's request as one row of the batch runner
-(:func:`langgraph_moa.batch.core.relabel_row`: the shared run loop, the run's usage and cost),
+(:func:`langgraph_moa.batch.one_row.relabel_row`: the shared run loop, the run's usage and cost),
 in a row scope over the judgments' cache, so every call of the panel is cached as it finishes
 (sampled ones too, keyed by the request): a judgment cut short by a kill resumes from its
 finished calls. Its aggregator sees the judge's instructions (the system message) with the
@@ -40,8 +40,8 @@ from langchain_core.messages import BaseMessage, convert_to_openai_messages
 from langgraph.cache.base import BaseCache
 from pydantic import ValidationError
 
-from langgraph_moa.batch.core import relabel_row
-from langgraph_moa.batch.rows import Row
+from langgraph_moa.batch.one_row import relabel_row
+from langgraph_moa.batch.row_check import Row
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation.prompts import (
     GRADE_FORM,
@@ -59,8 +59,10 @@ from langgraph_moa.llm.call_cache import ProposalCache
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.model_pool import ModelPool
 from langgraph_moa.llm.usage import check_priced
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Aggregator, Layer, Topology
+from langgraph_moa.spec.topology import Layer, Topology
 
 _JUDGE_MAX_TOKENS = 1024
 T = TypeVar("T")

@@ -28,169 +28,31 @@ Unjudged is a number here too: per run and side, the items judged, unjudged and 
 listed under the table and in a footer of each plot; a side whose score has no item behind it
 shows "no data" (never ``nan``), and is drawn in the plots as a "no data" note, not left out or
 plotted as an empty axis. ``report.json`` is strict JSON (null for a missing number).
+
+This module writes the Markdown and the JSON; reading the runs into rows and the decision are
+:mod:`langgraph_moa.evaluation.report_data`, the plots :mod:`langgraph_moa.evaluation.report_plots`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation import strict_json
+from langgraph_moa.evaluation.report_data import (
+    OBJECTIVES,
+    Decision,
+    ScoreRow,
+    collect,
+    decide,
+    in_flight,
+    label,
+)
+from langgraph_moa.evaluation.report_plots import plot
 from langgraph_moa.extras import require_extra
-
-_SUMMARY_FILE = "summary.json"
-OBJECTIVES = {
-    "quality": "the highest score, ties broken by the lower own $ per item",
-    "cost": "the lowest own $ per item among the sides whose score lies inside the best "
-    "side's 90% interval",
-}
-
-
-@dataclass(frozen=True)
-class ScoreRow:
-    benchmark: str
-    version: str
-    topology: str
-    role: str  # candidate or baseline
-    metric: str
-    score: float | None
-    low: float | None
-    high: float | None
-    items: int
-    cost: dict[str, Any]
-    run: str
-    judge: str | None
-    paired: dict[str, Any] | None = None
-    judge_usage: dict[str, Any] | None = None  # what judging the run took (on its first row)
-    counts: dict[str, Any] | None = None  # items judged / unjudged / failed (older runs: None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _rows_of(summary: dict[str, Any], run: str) -> list[ScoreRow]:
-    scores = summary.get("scores") or {}
-    metric = scores.get("metric", "")
-    leading = (scores.get("metrics") or {}).get(metric) or {}
-    rows: list[ScoreRow] = []
-    judging = summary.get("judge_usage")
-    for side in summary.get("topologies") or []:
-        role = side.get("role", "candidate")
-        value: dict[str, Any] = leading
-        paired = None
-        if role == "baseline":
-            value = (scores.get("paired") or {}).get("baseline") or {}
-            if not value and summary.get("scoring") not in (None, "pairwise"):
-                value = {"n": 0}  # a scored side with no paired item: no data, not a reference
-        elif scores.get("paired"):
-            paired = scores["paired"]
-        rows.append(
-            ScoreRow(
-                benchmark=str(summary.get("benchmark", "?")),
-                version=str(summary.get("version", "")),
-                topology=str(side.get("name", "?")),
-                role=role,
-                metric=metric if value else "reference",
-                score=_number(value.get("value")),
-                low=_number(value.get("low")),
-                high=_number(value.get("high")),
-                items=int(summary.get("items", 0)),
-                cost=side.get("cost") or {},
-                run=run,
-                judge=summary.get("judge"),
-                paired=paired,
-                judge_usage=None if rows else judging,
-                counts=side.get("counts"),
-            )
-        )
-    return rows
-
-
-def _number(value: Any) -> float | None:
-    """A finite number, or None (a summary written before null replaced NaN may hold NaN)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def collect(folder: Path) -> list[ScoreRow]:
-    """Rows of every run found under ``folder`` (a run folder itself, or a folder of them)."""
-    if not folder.is_dir():
-        raise MoAInputError(f"{str(folder)!r} is not a folder of eval runs")
-    found = sorted({*folder.glob(_SUMMARY_FILE), *folder.glob(f"*/{_SUMMARY_FILE}")})
-    rows: list[ScoreRow] = []
-    for path in found:
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, a huge int
-            reason = " ".join(str(e).split())[:200]
-            raise MoAInputError(f"cannot read the eval summary {str(path)!r}: {reason}") from None
-        rows.extend(_rows_of(summary, path.parent.name))
-    if not rows:
-        raise MoAInputError(f"no eval runs under {str(folder)!r} (no */{_SUMMARY_FILE})")
-    return rows
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats: at most the cost (x) and at least the
-    quality (y), strictly better in one. Sorted by cost."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (x2 <= x and y2 >= y) and (x2 < x or y2 > y)
-            for j, (x2, y2) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i])
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the report concludes for one benchmark."""
-
-    benchmark: str
-    objective: str
-    front: list[ScoreRow]  # on the Pareto front over (own $ per item, score), by cost
-    unpriced: list[ScoreRow]  # scored, but with no own $ per item: not placed on the front
-    recommended: ScoreRow | None  # None when no side has a score
-    close: list[ScoreRow]  # other sides whose score lies inside the recommended side's interval
-
-    def to_dict(self) -> dict[str, Any]:
-        rec = self.recommended
-        return {
-            "benchmark": self.benchmark,
-            "objective": self.objective,
-            "rule": OBJECTIVES[self.objective],
-            "front": [label(r, self.front) for r in self.front],
-            "unpriced": [label(r, self.unpriced) for r in self.unpriced],
-            "recommended": None
-            if rec is None
-            else {
-                "topology": rec.topology,
-                "run": rec.run,
-                "role": rec.role,
-                "metric": rec.metric,
-                "score": rec.score,
-                "low": rec.low,
-                "high": rec.high,
-                "usd_per_item": rec.cost.get("usd_per_item"),
-            },
-            "within_interval": [label(r, self.close) for r in self.close],
-        }
-
-
-def label(row: ScoreRow, among: Sequence[ScoreRow] = ()) -> str:
-    """The side's name, with its run when another side of ``among`` has the same name."""
-    twins = [r for r in among if r.topology == row.topology]
-    return f"{row.topology} ({row.run})" if len(twins) > 1 else row.topology
 
 
 def _own_text(row: ScoreRow) -> str:
@@ -199,47 +61,6 @@ def _own_text(row: ScoreRow) -> str:
     if usd is None:
         return f"$ unknown for {unknown} items" if unknown else "unpriced"
     return f"{_usd(usd)}/item"
-
-
-def _own_usd(row: ScoreRow) -> float | None:
-    value = row.cost.get("usd_per_item")
-    return None if value is None else float(value)
-
-
-def decide(rows: Sequence[ScoreRow], benchmark: str, objective: str = "quality") -> Decision:
-    """The Pareto front and the recommended side of ``benchmark`` under ``objective`` (a key of
-    :data:`OBJECTIVES`)."""
-    if objective not in OBJECTIVES:
-        choices = ", ".join(OBJECTIVES)
-        raise MoAInputError(f"unknown objective {objective!r} (choose {choices})")
-    scored = [r for r in rows if r.benchmark == benchmark and r.score is not None]
-    priced = [r for r in scored if _own_usd(r) is not None]
-    points = [(_own_usd(r) or 0.0, float(r.score or 0.0)) for r in priced]
-    front = [priced[i] for i in pareto_front(points)]
-    unpriced = [r for r in scored if _own_usd(r) is None]
-    if not scored:
-        return Decision(benchmark, objective, front, unpriced, None, [])
-
-    def cheap_first(r: ScoreRow) -> tuple[float, float]:
-        usd = _own_usd(r)
-        return (math.inf if usd is None else usd, -(r.score or 0.0))
-
-    best = max(scored, key=lambda r: (r.score or 0.0, -cheap_first(r)[0]))
-    chosen = best
-    if objective == "cost":
-        floor = best.low if best.low is not None else best.score or 0.0
-        near = [r for r in priced if (r.score or 0.0) >= floor]
-        if near:
-            chosen = min(near, key=cheap_first)
-    close = [
-        r
-        for r in scored
-        if r is not chosen
-        and chosen.low is not None
-        and chosen.high is not None
-        and chosen.low <= (r.score or 0.0) <= chosen.high
-    ]
-    return Decision(benchmark, objective, front, unpriced, chosen, close)
 
 
 def _decision_lines(d: Decision) -> list[str]:
@@ -283,14 +104,6 @@ def _usd(value: Any, unknown: int = 0) -> str:
     if value is None:
         return f"unknown ({unknown} items)" if unknown else "unpriced"
     return f"${value:.5f}" if value < 0.01 else f"${value:.3f}"
-
-
-def _in_flight(rows: Sequence[ScoreRow]) -> str:
-    """How many items ran at once in these rows' runs, as words."""
-    found = sorted({int(n) for r in rows if (n := r.cost.get("concurrency"))})
-    if not found:
-        return "several items in flight at once"
-    return f"up to {'/'.join(map(str, found))} items in flight"
 
 
 def markdown(
@@ -365,7 +178,7 @@ def markdown(
                     f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (paired bootstrap; "
                     f"share of resamples where it is not better: {r.paired['p_not_better']:.3f})."
                 )
-        lines.append(f"\nLatency: {_in_flight(mine)}.")
+        lines.append(f"\nLatency: {in_flight(mine)}.")
         for d in decisions:
             if d.benchmark == benchmark:
                 lines += _decision_lines(d)
@@ -403,216 +216,6 @@ def _counts_lines(rows: Sequence[ScoreRow]) -> list[str]:
     return lines
 
 
-def _no_data(rows: Sequence[ScoreRow], benchmark: str) -> list[ScoreRow]:
-    """The scored sides of ``benchmark`` with no score: no item judged."""
-    return [
-        r for r in rows if r.benchmark == benchmark and r.score is None and r.metric != "reference"
-    ]
-
-
-def _note_no_data(ax: Any, missing: Sequence[ScoreRow], *, alone: bool) -> None:
-    """Write "no data" for the sides with no judged item on the plot (centred when alone)."""
-    if not missing:
-        return
-    names = ", ".join(dict.fromkeys(f"{r.topology} ({r.role})" for r in missing))
-    if alone:
-        ax.text(
-            0.5,
-            0.5,
-            f"no data: no item judged\n{names}",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            fontsize=11,
-            wrap=True,
-        )
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return
-    ax.text(
-        0.02,
-        0.98,
-        f"no data (no item judged): {names}",
-        ha="left",
-        va="top",
-        transform=ax.transAxes,
-        fontsize=8,
-        color="tab:gray",
-    )
-
-
-def _note_counts(ax: Any, rows: Sequence[ScoreRow], benchmark: str) -> None:
-    """A footer under the plot, below its legend: per side, the items judged / unjudged /
-    failed (the figure is saved with a tight bounding box, which takes it in)."""
-    counted = [r for r in rows if r.benchmark == benchmark and r.counts]
-    if not counted:
-        return
-    parts = []
-    for r in counted:
-        c = r.counts or {}
-        parts.append(
-            f"{r.topology} ({r.role}) {c.get('judged', 0)}/{c.get('unjudged', 0)}/"
-            f"{c.get('failed', 0)}"
-        )
-    text = textwrap.fill("items judged / unjudged / failed: " + "; ".join(parts), 110)
-    ax.text(
-        0.0, -0.26, text, ha="left", va="top", transform=ax.transAxes, fontsize=7, color="dimgray"
-    )
-
-
-def _clusters(points: Sequence[tuple[float, float]], span: tuple[float, float]) -> list[list[int]]:
-    """Points close enough on the plot (within 4% of each axis) that their labels would
-    overlap, grouped; each group is labelled once, its names stacked."""
-    groups: list[list[int]] = []
-    for i, (x, y) in enumerate(points):
-        for group in groups:
-            gx, gy = points[group[0]]
-            if abs(x - gx) <= 0.04 * span[0] and abs(y - gy) <= 0.04 * span[1]:
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    return groups
-
-
-def _plot(rows: Sequence[ScoreRow], benchmark: str, axis: str, path: Path) -> bool:
-    """Quality against ``axis`` (cost or latency) for one benchmark; False if nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    mine = [r for r in rows if r.benchmark == benchmark]
-    key = "usd_per_item" if axis == "cost" else "latency_p50_s"
-    points = [
-        (r, float(r.cost[key]), float(r.score))
-        for r in mine
-        if r.score is not None and r.cost.get(key) is not None
-    ]
-    missing = _no_data(rows, benchmark)
-    if not points and not missing:
-        return False
-    if not points:  # every side without data: say so, rather than an empty axis
-        fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
-        _note_no_data(ax, missing, alone=True)
-        ax.set_title(f"{benchmark}: quality vs {'own cost' if axis == 'cost' else 'latency'}")
-        _note_counts(ax, rows, benchmark)
-        fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
-        return True
-    left_out = [label(r, mine) for r in mine if r.score is not None and r.cost.get(key) is None]
-    scale = 1.0
-    if axis == "cost":
-        # fractions of a cent read badly as ticks: small costs are shown per 1,000 items
-        scale = 1000.0 if max(x for _, x, _ in points) < 0.1 else 1.0
-        per = "1,000 items" if scale > 1 else "item"
-        xlabel = f"own $ per {per} (calls served by the cache priced as made)"
-    else:
-        xlabel = f"p50 wall time per item, s ({_in_flight(mine)})"
-    points = [(r, x * scale, y) for r, x, y in points]
-    xy = [(x, y) for _, x, y in points]
-    front = pareto_front(xy)
-    x_top = max(x for x, _ in xy) or 1.0
-    metric = points[0][0].metric
-    # scores on their own scale: percent, or a 1-10 grade
-    y_top = 10.0 if metric == "mean_grade" or metric.startswith("turn_") else 100.0
-    y_top = max([y_top, *(r.high or 0.0 for r, _, _ in points), *(y for _, y in xy)])
-    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
-    handles: list[Any] = []
-    with_interval = [
-        (r, x, y)
-        for r, x, y in points
-        if r.low is not None and r.high is not None and r.high > r.low
-    ]
-    for r, x, y in with_interval:
-        assert r.low is not None and r.high is not None
-        ax.errorbar(
-            [x], [y], yerr=[[y - r.low], [r.high - y]], color="tab:gray", alpha=0.6, capsize=3
-        )
-    on = [xy[i] for i in front]
-    off = [p for i, p in enumerate(xy) if i not in front]
-    ax.scatter(
-        [x for x, _ in on],
-        [y for _, y in on],
-        s=60,
-        zorder=3,
-        marker="o",
-        c="tab:red",
-        clip_on=False,
-    )
-    handles.append(Line2D([], [], marker="o", color="tab:red", ls="", label="on the Pareto front"))
-    if off:
-        ax.scatter(
-            [x for x, _ in off],
-            [y for _, y in off],
-            s=60,
-            zorder=3,
-            marker="x",
-            c="gray",
-            clip_on=False,
-        )
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="x",
-                color="gray",
-                ls="",
-                label="dominated (another side is "
-                f"{'cheaper' if axis == 'cost' else 'faster'} and at least as good)",
-            )
-        )
-    if len(set(on)) > 1:  # a line, not a point
-        ax.plot([p[0] for p in on], [p[1] for p in on], "--", color="tab:red", zorder=2)
-        handles.append(Line2D([], [], ls="--", color="tab:red", label="Pareto front"))
-    if with_interval:
-        handles.append(Line2D([], [], color="tab:gray", alpha=0.6, label="90% interval"))
-    names = [label(r, [p[0] for p in points]) for r, _, _ in points]
-    for group in _clusters(xy, (x_top, y_top)):
-        x, y = xy[group[0]]
-        low = y < 0.08 * y_top
-        ax.annotate(
-            "\n".join(names[i] for i in group),
-            (x, y),
-            textcoords="offset points",
-            xytext=(8, 4 if low else 0),
-            va="bottom" if low else "center",  # clear of the tick labels under the axis
-            fontsize=8,
-            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
-        )
-    if left_out:
-        ax.annotate(
-            f"not drawn ({'own $ unknown or unpriced' if axis == 'cost' else 'no latency'}): "
-            + ", ".join(left_out),
-            (0.01, 0.98),
-            xycoords="axes fraction",
-            va="top",
-            fontsize=8,
-            color="dimgray",
-        )
-    ax.set_xlim(0, x_top * 1.35)
-    ax.set_ylim(0, y_top * 1.05)
-    ax.set_xlabel(xlabel)
-    unit = "1-10" if y_top <= 10.5 else "%"
-    ax.set_ylabel(f"{metric.replace('_', ' ')} ({unit})")
-    ax.set_title(f"{benchmark}: quality vs {'own cost' if axis == 'cost' else 'latency'}")
-    ax.grid(alpha=0.3)
-    _note_no_data(ax, missing, alone=False)
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-        ncol=2,
-        fontsize=8,
-        frameon=False,
-    )
-    _note_counts(ax, rows, benchmark)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return True
-
-
 def write_report(folder: Path, output: Path, objective: str = "quality") -> dict[str, Any]:
     """Write ``output`` (Markdown), the same data as JSON beside it (with each benchmark's
     decision under ``objective``), and the PNG plots; return what was written."""
@@ -628,7 +231,7 @@ def write_report(folder: Path, output: Path, objective: str = "quality") -> dict
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in benchmark)
         for axis in ("cost", "latency"):
             path = output.with_name(f"{output.stem}-{safe}-{axis}.png")
-            if _plot(rows, benchmark, axis, path):
+            if plot(rows, benchmark, axis, path):
                 plots.append(path)
     output.write_text(markdown(rows, plots, decisions), encoding="utf-8")
     data = {

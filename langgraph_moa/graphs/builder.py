@@ -52,8 +52,9 @@ from langgraph_moa.nodes.select import make_selector
 from langgraph_moa.nodes.state import MoAInput, MoAState
 from langgraph_moa.nodes.verdict import make_verdict
 from langgraph_moa.nodes.window import make_window
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Aggregator, Topology
+from langgraph_moa.spec.topology import Topology
 from langgraph_moa.sync_loop import run_sync
 
 

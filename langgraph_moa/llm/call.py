@@ -53,8 +53,8 @@ from langgraph_moa.llm.reply_guard import (
 )
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.llm.usage import TokenUsage, current_meter, token_usage, usage_of, zero_usage
+from langgraph_moa.spec.agent import Retry
 from langgraph_moa.spec.providers import requests_for
-from langgraph_moa.spec.topology import Retry
 
 log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 300

@@ -33,6 +33,7 @@ from langgraph_moa.llm.langchain_models import (
 )
 from langgraph_moa.llm.local_model import ChatLocalLlama, resolve_model_path
 from langgraph_moa.llm.local_runtime import check_local_runtime
+from langgraph_moa.spec.agent import Retry
 from langgraph_moa.spec.providers import (
     DEFAULT_TIMEOUT_S,
     LANGCHAIN_PROVIDERS,
@@ -41,10 +42,10 @@ from langgraph_moa.spec.providers import (
     provider_kind,
     registered_models,
 )
-from langgraph_moa.spec.topology import Retry
 
 if TYPE_CHECKING:
-    from langgraph_moa.spec.topology import Agent, Topology
+    from langgraph_moa.spec.agent import Agent
+    from langgraph_moa.spec.topology import Topology
 
 
 def _max_tokens_option(spec: ProviderSpec, max_tokens: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from langgraph_moa.errors import MissingCredentialsError, MissingExtraError, MoAInputError
 from langgraph_moa.extras import importable
+from langgraph_moa.spec.agent import Agent, Retry
 from langgraph_moa.spec.providers import (
     DEFAULT_TIMEOUT_S,
     MAX_RETRY_AFTER_S,
@@ -36,7 +37,6 @@ from langgraph_moa.spec.providers import (
     provider_kind,
     registered_model,
 )
-from langgraph_moa.spec.topology import Agent, Retry
 
 T = TypeVar("T")
 _TRANSIENT_NAMES = ("Timeout", "Connection", "ConnectError", "NetworkError")

@@ -18,13 +18,14 @@ from langchain_core.runnables import Runnable
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.chat_models import make_chat_model
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.providers import (
     PROVIDERS,
     langchain_provider,
     provider_kind,
     requests_for,
 )
-from langgraph_moa.spec.topology import Agent, Topology
+from langgraph_moa.spec.topology import Topology
 
 
 class ModelPool:

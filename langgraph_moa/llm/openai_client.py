@@ -45,8 +45,8 @@ from typing import Any, Protocol
 import httpx2
 import openai
 
+from langgraph_moa.spec.agent import Retry
 from langgraph_moa.spec.providers import MAX_RETRY_AFTER_S
-from langgraph_moa.spec.topology import Retry
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from langchain_core.messages import BaseMessage
 
 from langgraph_moa.llm.token_bound import counter_for
 from langgraph_moa.llm.usage import TokenUsage
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.agent import Agent
 
 _MIN_REPLY_LIMIT = 100_000
 CUT_CHARS_PER_TOKEN = 6  # a reply past this many characters a token of max_tokens is cut

@@ -26,9 +26,10 @@ from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.records import call_record, usage_update
 from langgraph_moa.nodes.state import AggregationRecord, FallbackRecord, MoAState, Truncation
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import References
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import provider_kind
-from langgraph_moa.spec.topology import Agent, References
 
 
 def _critique_text(state: MoAState) -> str | None:

@@ -49,9 +49,10 @@ from langgraph_moa.nodes.prompts import (
     RANKING_FORM,
     SYNTHESIZE_PROMPT,
 )
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.providers import requests_for
-from langgraph_moa.spec.topology import Agent, Topology
+from langgraph_moa.spec.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from langgraph_moa.nodes.messages import fitted_critic_messages
 from langgraph_moa.nodes.propose import Node, is_skipped
 from langgraph_moa.nodes.records import call_record, skipped_record, usage_update
 from langgraph_moa.nodes.state import MoAState
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent
 
 
 def make_critic(

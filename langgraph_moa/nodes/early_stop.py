@@ -15,7 +15,8 @@ from langgraph_moa.nodes.hygiene import candidates, mean_similarity
 from langgraph_moa.nodes.names import join_node, layer_exit, proposer_node
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import EarlyStopRecord, MoAState
-from langgraph_moa.spec.topology import EarlyStop, Topology
+from langgraph_moa.spec.combining import EarlyStop
+from langgraph_moa.spec.topology import Topology
 
 
 def _measure(setting: EarlyStop, texts: list[str]) -> tuple[str, float, float, str, bool]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from langgraph_moa.nodes.state import MoAState, Proposal, ReferencesRecord
-from langgraph_moa.spec.topology import References
+from langgraph_moa.spec.combining import References
 
 _WORD_RE = re.compile(r"\w+")
 

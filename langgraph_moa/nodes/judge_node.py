@@ -22,8 +22,9 @@ from langgraph_moa.nodes.judging import CHOICE, Judged, judge
 from langgraph_moa.nodes.prompts import SELECT_REQUEST_PROMPT
 from langgraph_moa.nodes.records import usage_update
 from langgraph_moa.nodes.state import MoAState, Proposal, ReferencesRecord
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import References
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, References
 
 
 @dataclass

@@ -22,7 +22,7 @@ from langgraph_moa.llm.verdicts import Reading, read_verdict
 from langgraph_moa.nodes.messages import fitted_judge_messages
 from langgraph_moa.nodes.prompts import NO_VERDICT_PROMPT, PICK_FORM, RANKING_FORM
 from langgraph_moa.nodes.state import JudgeAttempt, JudgeCall, MoAState, Proposal
-from langgraph_moa.spec.topology import Agent
+from langgraph_moa.spec.agent import Agent
 
 
 @dataclass(frozen=True)

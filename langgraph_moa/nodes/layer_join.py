@@ -23,8 +23,9 @@ from langgraph_moa.nodes.judging import Judged
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.rank import describe_ranking, rank_candidates
 from langgraph_moa.nodes.state import JoinRecord, MoAState
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import LayerJoin
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, LayerJoin
 
 
 def with_layer_vote(join: Node, *, layer: int, setting: LayerJoin) -> Node:

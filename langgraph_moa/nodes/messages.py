@@ -23,8 +23,8 @@ from langgraph_moa.nodes.prompts import (
     JUDGE_SYSTEM_PROMPT,
     SYNTHESIZE_PROMPT,
 )
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import context_window_for
-from langgraph_moa.spec.topology import Agent
 
 
 def numbered(texts: Sequence[str]) -> str:

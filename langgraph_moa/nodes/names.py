@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from langgraph_moa.spec.topology import JUDGED_JOINS, Topology
+from langgraph_moa.spec.combining import JUDGED_JOINS
+from langgraph_moa.spec.topology import Topology
 
 PREPARE = "prepare"
 CRITIC = "critic"

@@ -19,8 +19,9 @@ from langgraph_moa.nodes.hygiene import Arranger
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.records import call_record, skipped_record, usage_update
 from langgraph_moa.nodes.state import CallRecord, MoAState, Proposal
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import References
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, References
 
 Node = Callable[[MoAState], Coroutine[Any, Any, dict[str, Any]]]
 

@@ -26,8 +26,9 @@ from langgraph_moa.nodes.judging import CHOICE, RANKING, Judged, judge
 from langgraph_moa.nodes.prompts import PAIRWISE_REQUEST_PROMPT, RANK_REQUEST_PROMPT
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, MoAState
+from langgraph_moa.spec.agent import Agent
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Aggregator
 
 
 @dataclass

@@ -10,8 +10,8 @@ from langgraph_moa.llm.call import Outcome
 from langgraph_moa.llm.usage import zero_usage
 from langgraph_moa.nodes.context_window import Trim
 from langgraph_moa.nodes.state import CallRecord, Usage, add_usage
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent
 
 
 def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: PriceTable) -> Usage:

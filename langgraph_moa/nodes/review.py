@@ -18,7 +18,7 @@ from langgraph_moa.errors import MoAInputError, MoARunError
 from langgraph_moa.nodes.hygiene import answer_layer, proposal_ref
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import MoAState, Proposal
-from langgraph_moa.spec.topology import describe_validation_error
+from langgraph_moa.spec.files import describe_validation_error
 
 _DROPPED = "dropped by the reviewer"
 

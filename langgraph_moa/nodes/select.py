@@ -12,8 +12,8 @@ from langgraph_moa.nodes.hygiene import answer_layer
 from langgraph_moa.nodes.judge_node import JudgeNode
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, MoAState
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Aggregator
 
 
 def make_selector(agg: Aggregator, *, last_layer: int, node: str, prices: PriceTable) -> Node:

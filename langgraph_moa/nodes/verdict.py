@@ -28,8 +28,8 @@ from langgraph_moa.nodes.state import (
     Truncation,
 )
 from langgraph_moa.nodes.vote import Verdict, decide_vote
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Aggregator
 
 
 def _verbatim_record(node: str, name: str, proposal: Proposal) -> CallRecord:

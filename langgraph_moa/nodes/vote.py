@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from langgraph_moa.nodes.extract import tally
 from langgraph_moa.nodes.state import AggregationRecord, Proposal, ReferencesRecord
-from langgraph_moa.spec.topology import Aggregator
+from langgraph_moa.spec.combining import Aggregator
 
 
 @dataclass

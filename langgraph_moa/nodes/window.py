@@ -18,8 +18,8 @@ from langgraph_moa.nodes.judge_node import JudgeNode
 from langgraph_moa.nodes.messages import fitted_synthesis_messages
 from langgraph_moa.nodes.propose import Node
 from langgraph_moa.nodes.state import AggregationRecord, JudgeCall, MoAState
+from langgraph_moa.spec.combining import Aggregator
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Aggregator
 
 _CARRY = "running answer"  # how the carried synthesis is named in a step's record
 

@@ -24,8 +24,9 @@ from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.serving.access import SelfAddress, refusal_of
 from langgraph_moa.serving.errors import APIError, http_wording
 from langgraph_moa.serving.passthrough import PREFIX, PassThrough
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.providers import PROVIDERS
-from langgraph_moa.spec.topology import Agent, Topology, list_presets, load_preset, load_topology
+from langgraph_moa.spec.topology import Topology, list_presets, load_preset, load_topology
 
 _TOPOLOGY_SUFFIXES = (".yaml", ".yml", ".json")
 # Graphs compiled for a request's seed (see _with_seed), kept for the seeds used most recently.

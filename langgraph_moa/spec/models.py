@@ -21,7 +21,8 @@ from typing import TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from langgraph_moa.errors import MoAInputError
-from langgraph_moa.spec.topology import Price, describe_validation_error, read_data_file
+from langgraph_moa.spec.files import describe_validation_error, read_data_file
+from langgraph_moa.spec.topology import Price
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from langgraph_moa.errors import MoAInputError
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-    from langgraph_moa.spec.topology import Agent
+    from langgraph_moa.spec.agent import Agent
 
 DEFAULT_TIMEOUT_S = 120.0
 # Longest Retry-After a retry waits for, whatever the provider; beyond it the failure is reported.

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from langgraph_moa.batch.rows import InvalidRow, Row, check_row
+from langgraph_moa.batch.row_check import InvalidRow, Row, check_row
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import run_moa
 from tests.integration.test_serve import fake_env, free_port, start, stop

@@ -14,8 +14,9 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa.batch import RelabelRun, relabel
-from langgraph_moa.batch.core import row_worst_case_usd
-from langgraph_moa.batch.rows import Row, rows_of
+from langgraph_moa.batch.one_row import row_worst_case_usd
+from langgraph_moa.batch.row_check import Row
+from langgraph_moa.batch.rows import rows_of
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.usage import meter_calls
 from langgraph_moa.spec.models import PriceTable

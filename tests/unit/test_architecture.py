@@ -100,12 +100,12 @@ def test_no_private_name_is_read_through_a_module() -> None:
 def test_the_private_reach_check_sees_both_forms(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
-        "from langgraph_moa.batch import core\n"
-        "from langgraph_moa.spec.topology import _Strict\n"
-        "core._GC_THRESHOLD\n"
-        "core.relabel_row\n"
+        "from langgraph_moa.batch import feeding\n"
+        "from langgraph_moa.spec.combining import _RetriesJudge\n"
+        "feeding._GC_THRESHOLD\n"
+        "feeding.drive_rows\n"
     )
     assert _private_reaches(sample) == [
-        "langgraph_moa.spec.topology._Strict",
-        "core._GC_THRESHOLD (line 3)",
+        "langgraph_moa.spec.combining._RetriesJudge",
+        "feeding._GC_THRESHOLD (line 3)",
     ]

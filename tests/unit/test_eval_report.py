@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from langgraph_moa.evaluation.datasets import Scoring
-from langgraph_moa.evaluation.report import pareto_front, write_report
+from langgraph_moa.evaluation.report import write_report
+from langgraph_moa.evaluation.report_data import pareto_front
 from langgraph_moa.evaluation.summary import Generation, ItemResult, cost_summary, summarise
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,9 @@ from langgraph_moa.nodes.budget import estimate
 from langgraph_moa.nodes.extract import extract, tally
 from langgraph_moa.nodes.hygiene import mean_similarity, outliers, similarity
 from langgraph_moa.nodes.window import windows
+from langgraph_moa.spec.agent import Agent
 from langgraph_moa.spec.models import PriceTable
-from langgraph_moa.spec.topology import Agent, Layer, Topology, parse_topology
+from langgraph_moa.spec.topology import Layer, Topology, parse_topology
 
 NS = "{http://www.w3.org/2000/svg}"
 FIRST = {"on_no_answer": "first"}

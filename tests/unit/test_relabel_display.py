@@ -8,7 +8,7 @@ import time
 import pytest
 
 from langgraph_moa.batch import SessionProgress, WorstCaseEstimate
-from langgraph_moa.batch.core import round_usd
+from langgraph_moa.batch.feeding import round_usd
 from langgraph_moa.cli.relabel import _line, fit_line
 
 COUNTS = "183 done, 2 failed, 5 invalid, 10 skipped"

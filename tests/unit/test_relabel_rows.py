@@ -11,11 +11,9 @@ from typing import Any
 
 import pytest
 
+from langgraph_moa.batch.row_check import InvalidRow, Row, check_row
 from langgraph_moa.batch.rows import (
     MAX_LINE,
-    InvalidRow,
-    Row,
-    check_row,
     count_rows,
     input_files,
     parse_line,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from langgraph_moa.batch.core import BatchBudget, row_estimates, row_worst_case_usd, turn_points
-from langgraph_moa.batch.rows import Row, check_row
+from langgraph_moa.batch.feeding import BatchBudget
+from langgraph_moa.batch.one_row import row_estimates, row_worst_case_usd, turn_points
+from langgraph_moa.batch.row_check import Row, check_row
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import parse_topology
 

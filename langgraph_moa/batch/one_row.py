@@ -1,6 +1,5 @@
-"""The row engine shared by every way of running a relabel: one row through the graph, and the
-loop that feeds rows to it within the concurrency and the budget, writing each record to the
-ledger as its row finishes.
+"""One row of a relabel through the graph, and its record: the row engine every way of running
+a relabel shares (in this process, on a Ray actor, and the eval driver's items).
 
 :func:`relabel_row` runs a row through :func:`langgraph_moa.run.stream_run`, the run loop
 every door shares, inside a :func:`~langgraph_moa.llm.call_cache.row_scope` (each call is cached as
@@ -9,14 +8,6 @@ as it ends), so a row that fails after paid calls is recorded with what it spent
 figures come from the state's usage (the two agree). The record names why a degraded row is
 degraded (``degraded_reasons``: ``truncated``, ``proposer_failed``, ``critic_failed``,
 ``judge_failed``, ``fallback``, ``budget_trimmed``; ``other`` when none of these).
-
-:func:`drive_rows` is the same whether a row runs in this process or on a Ray actor: only
-``run_one`` differs. The budget (:class:`BatchBudget`) reserves each running row's worst case
-(:func:`row_worst_case_usd`, computed once per row); when the next row does not fit, the loop
-waits for rows in flight to settle (their real cost replaces their reservation) and tries
-again; it stops only when nothing is in flight and the row still does not fit, and says why
-(:func:`budget_stop_reason`, in ``SessionProgress.stop_reason``). The Ray engine's budget
-actor follows the same rule.
 
 Turns: by default (``turns="last"``) a row is one graph run, for the answer after its prompt.
 With ``turns="all"`` every assistant turn of a multi-turn row is relabeled (:func:`turn_points`
@@ -34,30 +25,23 @@ row degraded with the reason ``invalid_json`` (``degraded_reasons``), so exports
 An answer that calls tools instead is not checked (its content is not the answer).
 
 A row's own troubles are its record (a failed row, an invalid one); a disk or database failure
-(:class:`~langgraph_moa.errors.MoAStorageError`, from the ledger or from the call cache inside a
-row) is the run's: :func:`relabel_row` lets it through instead of recording the row as failed,
-and :func:`drive_rows` stops on it with that one error (rows in flight are cancelled and stay
-unrecorded, so a rerun runs them; every row written before is durable).
+(:class:`~langgraph_moa.errors.MoAStorageError`, from the call cache inside a row) is the run's:
+:func:`relabel_row` lets it through (:func:`storage_failure` finds it) instead of recording the
+row as failed. The loop that feeds rows to it is :mod:`langgraph_moa.batch.feeding`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import gc
-import itertools
 import json
-import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, convert_to_messages, convert_to_openai_messages
 
-from langgraph_moa.batch.ledger import Ledger, RowRecord, TurnRecord
-from langgraph_moa.batch.rows import InvalidRow, Row
+from langgraph_moa.batch.ledger import RowRecord, TurnRecord
+from langgraph_moa.batch.row_check import Row
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs import Estimate, estimate
 from langgraph_moa.graphs.builder import MoAGraph
@@ -74,118 +58,6 @@ Turns = Literal["last", "all"]
 TurnContext = Literal["relabeled", "original"]
 TURNS: tuple[Turns, ...] = ("last", "all")
 TURN_CONTEXTS: tuple[TurnContext, ...] = ("relabeled", "original")
-
-CHUNK = 256  # rows read and checked against the ledger at once
-_GC_THRESHOLD = 10_000  # allocations between two young-generation collections during a run
-
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_before: tuple[int, int, int] = gc.get_threshold()
-
-
-def round_usd(cost: float | None) -> float | None:
-    """A cost as relabel prints and writes it: to the micro-dollar (sums of floats otherwise
-    show as 0.07126249999999999)."""
-    return None if cost is None else round(cost, 6)
-
-
-@contextlib.contextmanager
-def steady_gc() -> Iterator[None]:
-    """Keep Python's cyclic garbage collector from taking a large share of a run's CPU.
-
-    A row allocates many short-lived objects (requests, messages, records), and with the
-    default thresholds the collector ran every 700 allocations and every few seconds walked
-    the whole heap, the imported libraries included: about 0.8 ms of CPU per LLM call, an
-    eighth of the engine's. During a run, what was allocated before it is frozen (never walked
-    again until the run ends) and young objects are collected every 10,000 allocations; both are
-    undone when the last run of the process ends. Nothing is left uncollected: reference
-    counting frees almost everything at once, the rest waits for a later collection.
-    """
-    global _gc_users, _gc_before
-    with _gc_lock:
-        _gc_users += 1
-        if _gc_users == 1:
-            _gc_before = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(_GC_THRESHOLD, *_gc_before[1:])
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0:
-                gc.set_threshold(*_gc_before)
-                gc.unfreeze()
-
-
-@dataclass
-class SessionProgress:
-    """This session's progress, as the runner reports it after every row."""
-
-    total: int | None = None  # rows in the input, when known (for the ETA)
-    seen: int = 0  # rows read
-    done: int = 0
-    failed: int = 0
-    invalid: int = 0
-    skipped: int = 0  # recorded earlier
-    degraded: int = 0
-    calls: int = 0
-    cached_calls: int = 0
-    tokens: int = 0
-    cost_usd: float = 0.0
-    running: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    stopped: str | None = None
-    stop_reason: str | None = None  # in words: spent / budget and why the next row could not start
-
-    def add(self, record: RowRecord) -> None:
-        if record["status"] == "done":
-            self.done += 1
-        else:
-            self.failed += 1
-        self.degraded += bool(record["degraded"])
-        self.calls += record["calls"]
-        self.cached_calls += record["cached_calls"]
-        self.tokens += record["tokens"]
-        self.cost_usd += record["cost_usd"] or 0.0
-
-    @property
-    def finished(self) -> int:
-        """Rows read and settled: done, failed, invalid or skipped."""
-        return self.done + self.failed + self.invalid + self.skipped
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def rows_per_s(self) -> float:
-        finished = self.done + self.failed
-        return finished / self.elapsed_s if finished and self.elapsed_s > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        if self.total is None or not self.rows_per_s:
-            return None
-        left = max(self.total - self.seen, 0) + self.running
-        return left / self.rows_per_s
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "done": self.done,
-            "failed": self.failed,
-            "invalid": self.invalid,
-            "skipped": self.skipped,
-            "degraded": self.degraded,
-            "calls": self.calls,
-            "cached_calls": self.cached_calls,
-            "tokens": self.tokens,
-            "cost_usd": round_usd(self.cost_usd),
-            "elapsed_s": round(self.elapsed_s, 3),
-            "rows_per_s": round(self.rows_per_s, 3),
-            "stopped": self.stopped,
-            "stop_reason": self.stop_reason,
-        }
 
 
 _price_tables: dict[int, tuple[Topology, PriceTable]] = {}
@@ -291,7 +163,7 @@ async def relabel_row(
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on
-        if (storage := _storage_failure(err)) is not None:  # the run's, not the row's
+        if (storage := storage_failure(err)) is not None:  # the run's, not the row's
             raise storage from None
         record["error"] = str(err) if isinstance(err, MoAError) else error_text(err)
         if meter is not None:  # what its calls were counted at before it failed
@@ -301,7 +173,7 @@ async def relabel_row(
     return record
 
 
-def _storage_failure(err: BaseException) -> MoAStorageError | None:
+def storage_failure(err: BaseException) -> MoAStorageError | None:
     """The disk or database failure behind ``err`` (itself, in a group, or its cause), if any."""
     seen: set[int] = set()
     todo: list[BaseException] = [err]
@@ -316,17 +188,6 @@ def _storage_failure(err: BaseException) -> MoAStorageError | None:
             todo.extend(current.exceptions)
         todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
-
-
-def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
-    """What stopped a task group, as one error: a storage failure first, else the first one."""
-    storage = _storage_failure(group)
-    if storage is not None:
-        return storage
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
 
 
 def turn_points(row: Row) -> list[int]:
@@ -504,175 +365,3 @@ def degraded_reasons(result: dict[str, Any]) -> list[str]:
     if skipped or (critique and critique.get("error") == _SKIPPED_BY_BUDGET):
         reasons.append("budget_trimmed")
     return reasons or ["other"]
-
-
-def budget_stop_reason(spent: float, max_usd: float, where: str, worst: float) -> str:
-    """The words of a stop at the budget."""
-    return (
-        f"stopped at the budget: spent ${spent:.4f} of ${max_usd:.4f}; the next row ({where}) "
-        f"could cost up to ${worst:.4f}"
-    )
-
-
-class BatchBudget:
-    """The run's budget: a row starts while what is spent, plus the worst cases reserved for
-    the rows running, plus its own worst case stay within ``max_usd``; a finished row's real
-    cost replaces its reservation."""
-
-    def __init__(
-        self,
-        max_usd: float | None,
-        spent: float,
-        topology: Topology,
-        *,
-        turns: Turns = "last",
-        turn_context: TurnContext = "relabeled",
-    ) -> None:
-        self.max_usd = max_usd
-        self.spent = spent
-        self.topology = topology
-        self.prices = PriceTable(topology.prices)
-        self.held: dict[str, float] = {}
-        self.turns: Turns = turns
-        self.turn_context: TurnContext = turn_context
-        self.settled = asyncio.Event()  # set whenever a running row settles
-
-    def worst(self, row: Row) -> float:
-        """The row's worst case (0 without a budget: nothing is counted then)."""
-        if self.max_usd is None:
-            return 0.0
-        return row_worst_case_usd(
-            self.topology, row, self.prices, turns=self.turns, turn_context=self.turn_context
-        )
-
-    def admit(self, row: Row, worst: float | None = None) -> bool:
-        """Reserve the row's worst case if it fits now (``worst``: already computed)."""
-        if self.max_usd is None:
-            return True
-        worst = self.worst(row) if worst is None else worst
-        if self.spent + sum(self.held.values()) + worst > self.max_usd:
-            return False
-        self.held[row.id] = worst
-        return True
-
-    def settle(self, row_id: str, cost: float | None) -> None:
-        self.held.pop(row_id, None)
-        self.spent += cost or 0.0
-        self.settled.set()
-
-    def release(self, row_id: str) -> None:
-        """A row that ended without a record (cancelled): its reservation goes."""
-        if self.held.pop(row_id, None) is not None:
-            self.settled.set()
-
-    async def wait_to_admit(self, row: Row) -> str | None:
-        """Admit the row, waiting while rows in flight may settle and make room; the stop's
-        reason when it cannot start (nothing in flight, and it still does not fit)."""
-        if self.max_usd is None:
-            return None
-        worst = self.worst(row)  # once per row
-        while not self.admit(row, worst):
-            if not self.held:
-                return budget_stop_reason(self.spent, self.max_usd, row.where, worst)
-            self.settled.clear()
-            await self.settled.wait()
-        return None
-
-
-@dataclass
-class Plan:
-    """What a session runs: the rows to run, and what it skips and records as invalid."""
-
-    ledger: Ledger
-    retry_failed: bool
-    tally: SessionProgress
-    in_flight: set[str] = field(default_factory=set)
-
-    async def runnable(self, rows: Iterator[Row | InvalidRow]) -> AsyncGenerator[Row, None]:
-        """The rows to run, read a chunk at a time, checked against the ledger. A chunk's
-        invalid rows are recorded before any of its rows is handed out, so a run that stops
-        early (the budget) has recorded every invalid row it read."""
-        while chunk := list(itertools.islice(rows, CHUNK)):
-            valid = [r for r in chunk if isinstance(r, Row)]
-            invalid = [r for r in chunk if isinstance(r, InvalidRow)]
-            # rows of earlier chunks are in flight now or were recorded before the query
-            in_flight = set(self.in_flight)
-            seen = await asyncio.to_thread(self.ledger.seen, [r.id for r in valid])
-            here: set[str] = set()
-            wanted = "failed" if self.retry_failed else None
-            runs: list[Row | None] = []  # None: a row skipped (recorded earlier)
-            for row in valid:
-                status, where = seen.get(row.id, (None, row.where))
-                if row.id in here or row.id in in_flight or where != row.where:
-                    first = where if where != row.where else "earlier in this run"
-                    invalid.append(
-                        InvalidRow(row.where, f"duplicate id {row.id!r} ({first})", row.id)
-                    )
-                    continue
-                here.add(row.id)
-                runs.append(row if status == wanted else None)  # else done, or not asked for
-            if invalid:
-                await asyncio.to_thread(self.ledger.write_invalid, invalid)
-                self.tally.invalid += len(invalid)
-                self.tally.seen += len(invalid)
-            for run in runs:
-                if run is None:
-                    self.tally.skipped += 1
-                else:
-                    yield run
-                self.tally.seen += 1
-
-
-async def drive_rows(
-    run_one: Callable[[Row], Awaitable[RowRecord]],
-    plan: Plan,
-    rows: Iterator[Row | InvalidRow],
-    *,
-    concurrency: int,
-    budget: BatchBudget,
-    on_record: Callable[[RowRecord], None] | None,
-    on_progress: Callable[[SessionProgress], None] | None,
-) -> None:
-    """Run the plan's rows with ``run_one`` (in this process, or on Ray), ``concurrency`` at
-    once, within the budget (see the module docstring); each record is written to the ledger
-    as its row finishes. What stops the run (a disk or database failure) is raised as that one
-    error, not as a group."""
-    tally = plan.tally
-    slots = asyncio.Semaphore(concurrency)
-
-    async def one(row: Row) -> None:
-        try:
-            record = await run_one(row)
-            # as written: a record that could not be stored is its row's failure
-            (record,) = await asyncio.to_thread(plan.ledger.write, [record])
-            tally.add(record)
-            budget.settle(row.id, record["cost_usd"])
-            if on_record is not None:
-                on_record(record)
-        finally:
-            plan.in_flight.discard(row.id)
-            budget.release(row.id)
-            tally.running -= 1
-            slots.release()
-            if on_progress is not None:
-                on_progress(tally)
-
-    try:
-        async with (
-            asyncio.TaskGroup() as group,
-            contextlib.aclosing(plan.runnable(rows)) as runnable,
-        ):
-            async for row in runnable:
-                await slots.acquire()
-                stop = await budget.wait_to_admit(row)
-                if stop is not None:
-                    slots.release()
-                    tally.stopped, tally.stop_reason = "budget", stop
-                    break
-                plan.in_flight.add(row.id)
-                tally.running += 1
-                group.create_task(one(row))
-                if on_progress is not None:
-                    on_progress(tally)
-    except ExceptionGroup as failed:
-        raise _first_failure(failed) from None
