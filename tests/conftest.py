@@ -32,6 +32,7 @@ TEST_KEY = "sk-test-not-a-real-key-0123456789"
 EMBEDDED_MODEL = (
     "tests/integration/test_local.py::",
     "tests/integration/test_chat_model_contracts.py::TestChatLocalLlamaIntegration::",
+    "tests/integration/test_readme.py::test_python_examples_run_as_pasted[2]",  # preset local
 )
 MOA = [sys.executable, "-m", "langgraph_moa.cli"]
 

@@ -34,6 +34,7 @@ def test_the_readme_has_the_examples_this_module_runs() -> None:
     assert "register_model" in BLOCKS[3]  # run by tests/integration/test_providers.py
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 2])
 def test_python_examples_run_as_pasted(fake: FakeOpenAI, index: int, tmp_path: Path) -> None:
     env = fake_env(fake) | {"MOA_DB": str(tmp_path / "threads.sqlite")}
@@ -49,6 +50,7 @@ def test_python_examples_run_as_pasted(fake: FakeOpenAI, index: int, tmp_path: P
         assert len(fake.requests_for("gpt-4o-mini")) == 2  # two turns, n=3 in one request each
 
 
+@pytest.mark.slow
 def test_the_serve_example_runs_against_moa_serve(fake: FakeOpenAI, tmp_path: Path) -> None:
     env = fake_env(fake)
     port = free_port()
