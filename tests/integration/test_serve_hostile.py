@@ -545,13 +545,24 @@ def test_a_leaving_client_cancels_its_run_in_a_real_server(
 ) -> None:
     for stream in (False, True):
         fake.reset()
-        # the upstream would answer long after the deadline, so only a cancelled run can pass;
-        # the deadline is generous for a loaded machine (the suite runs on parallel workers)
+        # the upstream would answer long after the deadlines, so only a cancelled run can pass;
+        # the client leaves once both proposers' requests are in flight (not after a fixed time,
+        # which a busy machine can outlast before the run has even started), and the deadlines
+        # are generous for a loaded machine (the suite runs on parallel workers)
         fake.behave("a", latency_s=60.0)
         fake.behave("b", latency_s=60.0)
-        body = {"model": "mine", "messages": MESSAGES, "stream": stream}
-        with pytest.raises(httpx.ReadTimeout):
-            hardened.post(body, timeout=httpx.Timeout(60, read=0.5))
+        payload = json.dumps({"model": "mine", "messages": MESSAGES, "stream": stream}).encode()
+        head = "".join(f"{k}: {v}\r\n" for k, v in hardened.headers().items())
+        with socket.create_connection(("127.0.0.1", hardened.port)) as sock:
+            sock.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            deadline = time.monotonic() + 30
+            while len(fake.requests) < 2:
+                assert time.monotonic() < deadline, (stream, "the run never reached its proposers")
+                time.sleep(0.02)
         deadline = time.monotonic() + 30
         while not (len(fake.requests) == 2 and all(r.disconnected for r in fake.requests)):
             assert time.monotonic() < deadline, (
