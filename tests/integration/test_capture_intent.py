@@ -47,6 +47,7 @@ def aggregator_reply(body: dict[str, Any], number: int, choice: int) -> str:
     return "A plain answer."
 
 
+@pytest.mark.slow
 def test_captured_intent_reaches_the_aggregator_and_json_is_checked(
     _server: FakeOpenAI, fake: FakeOpenAI, tmp_path: Path
 ) -> None:

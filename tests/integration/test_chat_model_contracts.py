@@ -15,6 +15,7 @@ from langgraph_moa.llm.local_model import ChatLocalLlama
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 
+@pytest.mark.slow
 class TestChatLocalLlamaIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatLocalLlama]:

@@ -15,6 +15,7 @@ from tests.conftest import MOA, TEST_KEY, one_line_error
 from tests.conftest import run_moa as run
 
 
+@pytest.mark.slow
 def test_ask_streams_answer_and_reports_progress(fake: FakeOpenAI, topology_file: Path) -> None:
     fake.behave("agg", reply=lambda body, n, k: "The sky scatters blue light most.")
     result = run("ask", "Why is the sky blue?", "--topology", str(topology_file))
@@ -31,6 +32,7 @@ def test_ask_streams_answer_and_reports_progress(fake: FakeOpenAI, topology_file
     assert fake.requests_for("agg")[0].body["stream"] is True
 
 
+@pytest.mark.slow
 def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
     fake.behave("b", always=500)
     result = run("ask", "Why?", "--topology", str(topology_file), "--json", "--quiet")
@@ -67,6 +69,7 @@ def test_ask_json(fake: FakeOpenAI, topology_file: Path) -> None:
     assert TEST_KEY not in result.stdout
 
 
+@pytest.mark.slow
 def test_threads_continue_a_conversation(
     fake: FakeOpenAI, topology_file: Path, tmp_path: Path
 ) -> None:
@@ -86,6 +89,7 @@ def test_threads_continue_a_conversation(
     assert TEST_KEY.encode() not in stored  # ...and the key is not
 
 
+@pytest.mark.slow
 def test_failed_run_is_one_line_exit_1(fake: FakeOpenAI, topology_file: Path) -> None:
     fake.behave("a", always=401)
     fake.behave("b", always=401)
@@ -96,6 +100,7 @@ def test_failed_run_is_one_line_exit_1(fake: FakeOpenAI, topology_file: Path) ->
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     one_line_error(run("ask", "   "), "the prompt is empty")
     one_line_error(run("ask", "hi", "--preset", "gpt5"), "unknown preset 'gpt5'")
@@ -117,6 +122,7 @@ def test_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+@pytest.mark.slow
 def test_graph_and_presets() -> None:
     mermaid = run("graph", "--preset", "moa")
     assert mermaid.returncode == 0
@@ -131,6 +137,7 @@ def test_graph_and_presets() -> None:
     assert {"local", "moa", "moa-gpt4o", "moa-lite", "openpipe", "self-moa", "vote"} <= set(names)
 
 
+@pytest.mark.slow
 def test_chat_keeps_the_thread(fake: FakeOpenAI, topology_file: Path) -> None:
     def chat(lines: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -158,6 +165,7 @@ def test_chat_keeps_the_thread(fake: FakeOpenAI, topology_file: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_version_help_and_usage_errors() -> None:
     version = run("--version")
     assert version.returncode == 0 and version.stdout.startswith("moa (langgraph-moa) ")
@@ -177,6 +185,7 @@ def test_version_help_and_usage_errors() -> None:
     assert "<sync|async|exit>" in run("ask", "-h").stdout  # choices shown
 
 
+@pytest.mark.slow
 def test_prompt_from_stdin(fake: FakeOpenAI, topology_file: Path) -> None:
     def ask(data: bytes) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
@@ -199,6 +208,7 @@ def test_prompt_from_stdin(fake: FakeOpenAI, topology_file: Path) -> None:
     assert empty.returncode == 2 and b"the prompt is empty" in empty.stderr
 
 
+@pytest.mark.slow
 def test_truncated_answer_is_said(fake: FakeOpenAI, topology_file: Path) -> None:
     fake.behave("agg", finish_reason="length")
     result = run("ask", "Why?", "-t", str(topology_file))
@@ -217,6 +227,7 @@ def test_truncated_answer_is_said(fake: FakeOpenAI, topology_file: Path) -> None
     assert "cut at" not in whole.stderr
 
 
+@pytest.mark.slow
 def test_a_thread_keeps_its_topology(fake: FakeOpenAI, topology_file: Path, tmp_path: Path) -> None:
     first = run("ask", "Q1", "-t", str(topology_file), "--thread", "keep", "--quiet")
     assert first.returncode == 0, first.stderr
@@ -250,6 +261,7 @@ def test_a_thread_keeps_its_topology(fake: FakeOpenAI, topology_file: Path, tmp_
     assert [m["content"] for m in fake.requests_for("agg2")[0].messages[1:]][-1] == "Q5"
 
 
+@pytest.mark.slow
 def test_fork_at_a_stage_that_does_not_exist_is_refused(
     fake: FakeOpenAI, topology_file: Path
 ) -> None:
@@ -264,6 +276,7 @@ def test_fork_at_a_stage_that_does_not_exist_is_refused(
     assert len(fake.requests_for("c")) == 1 and len(fake.requests_for("agg")) == 2
 
 
+@pytest.mark.slow
 def test_history_labels_forks_and_marks_the_current_branch(
     fake: FakeOpenAI, topology_file: Path, tmp_path: Path
 ) -> None:

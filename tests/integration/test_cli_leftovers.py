@@ -27,6 +27,7 @@ def _postgres_up() -> bool:
         return s.connect_ex(("127.0.0.1", 5432)) == 0
 
 
+@pytest.mark.slow
 def test_an_unopenable_sqlite_store_is_one_line_naming_it(tmp_path: Path) -> None:
     one_line_error(
         run("threads", "--db", str(tmp_path)),
@@ -54,6 +55,7 @@ def test_a_store_in_a_read_only_folder_is_one_line_naming_it(tmp_path: Path) -> 
     assert not db.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _postgres_up(), reason="no PostgreSQL on 127.0.0.1:5432")
 def test_a_postgres_store_that_cannot_connect_is_one_line_without_its_password() -> None:
     wrong_port = "postgresql://moa:s3cret-pw@127.0.0.1:1/test"
@@ -68,6 +70,7 @@ def test_a_postgres_store_that_cannot_connect_is_one_line_without_its_password()
     )
 
 
+@pytest.mark.slow
 def test_files_read_whole_are_bounded(tmp_path: Path) -> None:
     """/dev/zero where a small file is expected ends in one line naming it, never MemoryError."""
     big = "is larger than 1024 KiB"
@@ -109,6 +112,7 @@ def test_a_chat_history_that_cannot_be_read_whole_is_refused(tmp_path: Path) -> 
     assert fresh.is_file() and (fresh.stat().st_mode & 0o777) == 0o600
 
 
+@pytest.mark.slow
 def test_price_and_decision_errors_name_their_own_source(tmp_path: Path) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text("[1, 2]\n")
@@ -160,6 +164,7 @@ def test_eval_without_its_extra_is_the_missing_extra_line() -> None:
     )
 
 
+@pytest.mark.slow
 def test_reasoning_gym_without_its_dependencies_names_the_real_install() -> None:
     one_line_error(
         moa_without("sympy", "eval", "reasoning-gym", "--model", "openai:x", "--limit", "1"),
@@ -179,6 +184,7 @@ aggregator: {mode: vote, extract: number, on_tie: first, on_no_answer: first}
 """
 
 
+@pytest.mark.slow
 def test_vote_progress_says_what_the_vote_does(fake: FakeOpenAI, tmp_path: Path) -> None:
     for model, text in {"a": "It is 41.", "b": "The answer is 42.", "c": "42, clearly."}.items():
         fake.behave(model, reply=scripted(text))
@@ -240,6 +246,7 @@ COMMANDS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_help_reads_well_at_80_columns() -> None:
     env = dict(os.environ, COLUMNS="80", NO_COLOR="1", TERM="dumb")
     pages = {}

@@ -85,6 +85,7 @@ async def test_thread_stores_keep_turns(fake: FakeOpenAI, tmp_path: Path, store:
     assert len(snapshots) >= 10
 
 
+@pytest.mark.slow
 def test_cli_threads_in_postgres(fake: FakeOpenAI, two_layers: Path) -> None:
     if not postgres_available():
         pytest.fail("PostgreSQL on 127.0.0.1:5432 (database test) is needed for this test")
@@ -95,6 +96,7 @@ def test_cli_threads_in_postgres(fake: FakeOpenAI, two_layers: Path) -> None:
     assert entries[0]["next"] == [] and any(e["ran"] == ["aggregator"] for e in entries)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_layer_2_then_resume(fake: FakeOpenAI, two_layers: Path, tmp_path: Path) -> None:
     fake.behave("slow", latency_s=30)
     proc = subprocess.Popen(
@@ -131,6 +133,7 @@ def test_kill_9_mid_layer_2_then_resume(fake: FakeOpenAI, two_layers: Path, tmp_
     one_line_error(moa("resume", "--thread", "crash"), "has nothing to resume")
 
 
+@pytest.mark.slow
 def test_history_and_forks_rerun_only_what_follows(
     fake: FakeOpenAI, two_layers: Path, tmp_path: Path
 ) -> None:
@@ -198,6 +201,7 @@ def reviewed(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_review_pauses_then_edit_and_drop(fake: FakeOpenAI, reviewed: Path, tmp_path: Path) -> None:
     paused = ok_json(moa("ask", "Why?", "-t", str(reviewed), "--thread", "rv", "--json"))
     assert paused["paused"] == "review"
@@ -215,6 +219,7 @@ def test_review_pauses_then_edit_and_drop(fake: FakeOpenAI, reviewed: Path, tmp_
     assert counts(fake) == {"a": 1, "b": 1, "c": 1, "critic": 1, "agg": 1}
 
 
+@pytest.mark.slow
 def test_review_approve_and_bad_decisions(fake: FakeOpenAI, reviewed: Path, tmp_path: Path) -> None:
     moa("ask", "Why?", "-t", str(reviewed), "--thread", "rv2", "--quiet")
     bad = tmp_path / "bad.json"
@@ -254,6 +259,7 @@ async def test_review_from_python(fake: FakeOpenAI) -> None:
     assert fake.requests_for("agg")[0].system.count("\n1. Answer 1 from b.") == 1
 
 
+@pytest.mark.slow
 def test_interactive_review_at_a_terminal(fake: FakeOpenAI, reviewed: Path) -> None:
     """With a terminal on stdin, `moa ask` asks the reviewer and goes on in the same process."""
     leader, follower = os.openpty()

@@ -49,6 +49,7 @@ def _eval(*args: str) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_gsm8k_exact_match_and_resume_without_calls(fake: FakeOpenAI, tmp_path: Path) -> None:
     fake.behave("solver", reply=_solver)
     args = ("gsm8k", "--model", "openai:solver", "--limit", "3", "--out", str(tmp_path))
@@ -69,6 +70,7 @@ def test_gsm8k_exact_match_and_resume_without_calls(fake: FakeOpenAI, tmp_path: 
     assert again["topologies"] == summary["topologies"]
 
 
+@pytest.mark.slow
 def test_pairwise_with_swaps_ties_and_position_bias(fake: FakeOpenAI, tmp_path: Path) -> None:
     fake.behave("cand")
     fake.behave("judge", reply=_pairwise_judge)
@@ -131,6 +133,7 @@ def _grader(body: dict[str, Any], number: int, choice: int) -> str:
     return "Solid. [[5]]" if "turn=2" in prompt else "Good start. [[8]]"
 
 
+@pytest.mark.slow
 def test_mt_bench_two_turns_in_one_conversation(fake: FakeOpenAI, tmp_path: Path) -> None:
     fake.behave("chat")
     fake.behave("judge", reply=_grader)
@@ -159,6 +162,7 @@ def test_mt_bench_two_turns_in_one_conversation(fake: FakeOpenAI, tmp_path: Path
     assert metrics["mean_grade"]["value"] == 6.5
 
 
+@pytest.mark.slow
 def test_report_from_eval_runs(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,6 +186,7 @@ def test_report_from_eval_runs(
     assert all(p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size > 5000 for p in pngs)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,6 +215,7 @@ def test_bad_input_is_one_line(
     assert not fake.requests
 
 
+@pytest.mark.slow
 def test_topology_eval_runs_on_the_relabel_runner_and_resumes(
     fake: FakeOpenAI, tmp_path: Path, topology_file: Path
 ) -> None:
@@ -246,6 +252,7 @@ def test_topology_eval_runs_on_the_relabel_runner_and_resumes(
     assert again["scores"] == summary["scores"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_eval_resumes_without_repeating_a_finished_call(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -307,6 +314,7 @@ def _panel_aggregator(body: dict[str, Any], number: int, choice: int) -> str:
     return f"The panel agrees. {given[0]}"
 
 
+@pytest.mark.slow
 def test_a_topology_judge_writes_the_verdicts_and_is_read_back(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +389,7 @@ def test_a_topology_judge_writes_the_verdicts_and_is_read_back(
     assert judged["cost_usd"] == judging["cost_usd"]
 
 
+@pytest.mark.slow
 def test_bad_judge_is_one_line(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -410,6 +419,7 @@ def _grade_aggregator(body: dict[str, Any], number: int, choice: int) -> str:
     return f"The panel's lowest grade. [[{min(grades)}]]" if grades else "No grade."
 
 
+@pytest.mark.slow
 def test_a_topology_judge_grades_both_turns(fake: FakeOpenAI, tmp_path: Path) -> None:
     """MT-Bench graded by a panel: the aggregator's grade counts, per turn."""
     fake.behave("chat")
@@ -429,6 +439,7 @@ def test_a_topology_judge_grades_both_turns(fake: FakeOpenAI, tmp_path: Path) ->
     assert summary["judge_usage"]["calls"] == 6
 
 
+@pytest.mark.slow
 def test_an_interrupted_topology_judgment_resumes_from_its_finished_calls(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -471,6 +482,7 @@ def test_an_interrupted_topology_judgment_resumes_from_its_finished_calls(
     assert summary["judge_usage"]["requests"] == 4
 
 
+@pytest.mark.slow
 def test_rate_limit_holds_answers_and_judgments(fake: FakeOpenAI, tmp_path: Path) -> None:
     """--rpm 600 gates every request of the eval, the judge's too, with one bucket."""
     fake.behave("cand")
@@ -492,6 +504,7 @@ def test_rate_limit_holds_answers_and_judgments(fake: FakeOpenAI, tmp_path: Path
     one_line_error(run("eval", *args, "--rpm", "x=0", "--out", str(tmp_path)), "--rpm")
 
 
+@pytest.mark.slow
 def test_a_jury_votes_on_the_verdict_without_an_aggregator_call(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -520,6 +533,7 @@ def test_a_jury_votes_on_the_verdict_without_an_aggregator_call(
     assert summary["judge_usage"]["calls"] == 6
 
 
+@pytest.mark.slow
 def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -595,6 +609,7 @@ def test_evals_sharing_a_calls_cache_pay_for_shared_proposals_once(
         assert_readable_plot(png)
 
 
+@pytest.mark.slow
 def test_a_cached_call_of_unknown_usage_makes_the_own_cost_unknown(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -665,6 +680,7 @@ def assert_readable_plot(path: Path) -> None:
     assert red.sum() > 20, "no point on the Pareto front is drawn"
 
 
+@pytest.mark.slow
 def test_bad_task_config_is_one_line(fake: FakeOpenAI, tmp_path: Path) -> None:
     out = ("--model", "openai:x", "--out", str(tmp_path))
     one_line_error(

@@ -53,6 +53,7 @@ def _verdict_for_candidate(body: dict[str, Any], number: int, choice: int) -> st
     return "[[A>B]]" if "from cand" in first.group(1) else "[[B>A]]"
 
 
+@pytest.mark.slow
 def test_a_judge_without_verdicts_is_counted_and_ends_with_rc_1(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def test_a_judge_without_verdicts_is_counted_and_ends_with_rc_1(
     assert all(p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size > 3000 for p in pngs)
 
 
+@pytest.mark.slow
 def test_counts_per_side_with_a_failed_baseline_and_strict_files(
     fake: FakeOpenAI, tmp_path: Path, topology_file: Path
 ) -> None:
@@ -151,6 +153,7 @@ def test_counts_per_side_with_a_failed_baseline_and_strict_files(
     assert assert_strict_files(tmp_path / "runs2") == 4
 
 
+@pytest.mark.slow
 def test_an_eval_folder_is_keyed_by_its_settings(fake: FakeOpenAI, tmp_path: Path) -> None:
     """A rerun with another judge, another topology or a smaller --limit is refused in one line
     naming the difference, the first run's summary intact; a larger --limit resumes it; the same
@@ -213,6 +216,7 @@ def test_an_eval_folder_is_keyed_by_its_settings(fake: FakeOpenAI, tmp_path: Pat
     assert strict((runs / "by-j2" / "manifest.json").read_text())["judge"] == {"model": "openai:j2"}
 
 
+@pytest.mark.slow
 def test_a_changed_topology_is_named_where_it_differs(
     fake: FakeOpenAI, tmp_path: Path, topology_file: Path
 ) -> None:
@@ -228,6 +232,7 @@ def test_a_changed_topology_is_named_where_it_differs(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["gsm8k", "gold.jsonl"])
 def test_bad_judge_options_on_a_gold_set_are_refused(
     fake: FakeOpenAI, tmp_path: Path, dataset: str

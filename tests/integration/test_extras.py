@@ -39,6 +39,7 @@ def moa_without(missing: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_each_missing_extra_is_one_line_with_the_pip_command() -> None:
     one_line_error(
         moa_without(LIGHT, "ask", "hi", "--preset", "local"),
@@ -60,6 +61,7 @@ def test_each_missing_extra_is_one_line_with_the_pip_command() -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_light_install_runs_remote_topologies(fake: FakeOpenAI, tmp_path: Path) -> None:
     topology = tmp_path / "remote.yaml"
     topology.write_text(
@@ -74,6 +76,7 @@ def test_the_light_install_runs_remote_topologies(fake: FakeOpenAI, tmp_path: Pa
     assert (tmp_path / "g.svg").read_text().startswith("<svg")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("door", ["graph", "chat_model"])
 def test_python_users_get_the_same_line(door: str) -> None:
     code = f"""

@@ -31,6 +31,7 @@ def two(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_proposer_cannot_be_named_like_a_join_node(tmp_path: Path, fake: FakeOpenAI) -> None:
     named = tmp_path / "named.yaml"
     named.write_text(
@@ -49,6 +50,7 @@ def test_a_proposer_cannot_be_named_like_a_join_node(tmp_path: Path, fake: FakeO
     assert [p["node"] for p in state["layers"][0]] == ["L1/join-2", "L1/a"]
 
 
+@pytest.mark.slow
 def test_oversized_topologies_are_refused(tmp_path: Path) -> None:
     wide = tmp_path / "wide.yaml"
     wide.write_text(
@@ -73,6 +75,7 @@ def test_oversized_topologies_are_refused(tmp_path: Path) -> None:
     one_line_error(run("ask", "hi", "-t", str(deep_json)), "is nested too deeply")
 
 
+@pytest.mark.slow
 def test_files_and_stores_that_cannot_be_used_are_named(tmp_path: Path) -> None:
     one_line_error(run("ask", "hi", "-t", "/dev/zero"), "'/dev/zero' is larger than 1024 KiB")
     latin = tmp_path / "latin.yaml"
@@ -87,6 +90,7 @@ def test_files_and_stores_that_cannot_be_used_are_named(tmp_path: Path) -> None:
     one_line_error(run("serve", "--log-level", "bogus"), "'bogus' is not one of 'critical'")
 
 
+@pytest.mark.slow
 def test_a_prompt_that_is_not_utf8_is_refused(two: Path) -> None:
     done = subprocess.run(
         [*[a.encode() for a in MOA], b"ask", b"caf\xff", b"-t", str(two).encode()],
@@ -98,6 +102,7 @@ def test_a_prompt_that_is_not_utf8_is_refused(two: Path) -> None:
     assert done.stderr.decode().strip() == "moa: error: the prompt is not valid UTF-8 text"
 
 
+@pytest.mark.slow
 def test_a_usd_budget_without_prices_is_configuration(tmp_path: Path, fake: FakeOpenAI) -> None:
     budget = tmp_path / "budget.yaml"
     budget.write_text(TWO + "budget: {max_usd: 0.01}\n")
@@ -107,6 +112,7 @@ def test_a_usd_budget_without_prices_is_configuration(tmp_path: Path, fake: Fake
     assert fake.requests == []  # refused before any call
 
 
+@pytest.mark.slow
 def test_fork_cannot_drop_every_proposal(two: Path, fake: FakeOpenAI) -> None:
     assert run("ask", "q", "-t", str(two), "--thread", "d", "-q").returncode == 0
     one_line_error(
@@ -116,6 +122,7 @@ def test_fork_cannot_drop_every_proposal(two: Path, fake: FakeOpenAI) -> None:
     assert len(fake.requests_for("agg")) == 1
 
 
+@pytest.mark.slow
 def test_short_keys_are_masked_too(two: Path, fake: FakeOpenAI, tmp_path: Path) -> None:
     fake.behave("a", always=401, error_message="Incorrect API key provided: {key}.")
     db = tmp_path / "threads.sqlite"
@@ -127,6 +134,7 @@ def test_short_keys_are_masked_too(two: Path, fake: FakeOpenAI, tmp_path: Path) 
     assert b"k9x2" not in db.read_bytes()
 
 
+@pytest.mark.slow
 def test_control_characters_never_reach_the_terminal(tmp_path: Path, fake: FakeOpenAI) -> None:
     escape = tmp_path / "escape.yaml"
     escape.write_text('name: "evil\\e[2J"\n' + TWO.split("\n", 1)[1])
@@ -173,6 +181,7 @@ def test_the_default_cache_is_bounded() -> None:
     assert cache.get([(ns, "k0")]) == {}  # expired
 
 
+@pytest.mark.slow
 def test_a_broken_prices_file_is_one_line_naming_it(two: Path, tmp_path: Path) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text("openai:a: {input_per_mtok: [\n  1, 2\n")

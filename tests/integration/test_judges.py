@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa import Topology, build_graph
@@ -275,6 +276,7 @@ async def test_a_layer_select_join_retries_and_records_both_replies(fake: FakeOp
     assert "It is 42." in (d.system or "") and "Forty-one." not in (d.system or "")
 
 
+@pytest.mark.slow
 def test_retry_no_verdict_is_a_judges_setting(tmp_path: Path) -> None:
     """The setting belongs to joins that ask a model; left off, a topology dumps as before."""
     off = topology(THREE, SELECT)
@@ -416,6 +418,7 @@ async def test_eval_grades_read_only_brackets(fake: FakeOpenAI, tmp_path: Path) 
     )
 
 
+@pytest.mark.slow
 def test_eval_topology_judge_retries_by_its_aggregator_setting(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:

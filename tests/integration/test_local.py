@@ -28,6 +28,7 @@ def test_packaged_model_is_found_without_importing_its_package() -> None:
         resolve_model_path("/nowhere/model.gguf")
 
 
+@pytest.mark.slow
 async def test_local_moa_run_generates_and_reports_usage() -> None:
     topology = Topology.model_validate(
         {
@@ -73,6 +74,7 @@ async def test_concurrent_calls_are_serialized_safely() -> None:
     assert all(r.usage_metadata and r.usage_metadata["output_tokens"] > 0 for r in replies)
 
 
+@pytest.mark.slow
 async def test_samples_differ_unless_seeded() -> None:
     model = ChatLocalLlama(max_tokens=12, temperature=1.0)
     replies = {(await model.ainvoke("Tell me a random word.")).content for _ in range(3)}
@@ -122,6 +124,7 @@ def test_a_build_that_crashes_is_one_clear_line(
     assert len(remembered) == 1 and "SIGSEGV" in remembered[0].read_text()
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_gguf_is_refused_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +143,7 @@ def test_a_file_that_is_not_gguf_is_refused_in_one_line(
     )
 
 
+@pytest.mark.slow
 def test_the_packaged_model_passes_the_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +162,7 @@ def test_the_packaged_model_passes_the_check(
         assert '"reason": null' in verdict.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_a_cancelled_call_stops_the_model_at_the_next_token(streaming: bool) -> None:
     model = ChatLocalLlama(max_tokens=2000, temperature=0.0)
@@ -181,6 +186,7 @@ async def test_a_cancelled_call_stops_the_model_at_the_next_token(streaming: boo
     assert time.perf_counter() - started < 5.0
 
 
+@pytest.mark.slow
 def test_a_local_run_exits_without_a_traceback(tmp_path: Path) -> None:
     """`moa ask` on the embedded model frees it before the interpreter tears its modules down:
     left to ``Llama.__del__`` at teardown, freeing it printed a traceback after the answer."""

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.messages import HumanMessage
 
 from langgraph_moa import Topology, build_graph
@@ -374,6 +375,7 @@ aggregator: {mode: vote, extract: number, on_tie: first}
 VOTES = {"a": "It is 41.", "b": "The answer is 42.", "c": "42, clearly.", "d": "I say 42."}
 
 
+@pytest.mark.slow
 def test_cli_asks_with_a_vote_topology_and_draws_it(fake: FakeOpenAI, tmp_path: Path) -> None:
     script(fake, VOTES)
     path = tmp_path / "voting.yaml"
@@ -396,6 +398,7 @@ def test_cli_asks_with_a_vote_topology_and_draws_it(fake: FakeOpenAI, tmp_path: 
     assert "stop if 0.9 agree (number)" in picture
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_bad_mode_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(VOTE_FILE.replace("extract: number, on_tie", "on_tie"))
@@ -419,6 +422,7 @@ async def test_chat_model_answers_with_the_selected_candidate(fake: FakeOpenAI) 
     assert len(fake.requests_for("judge")) == 2
 
 
+@pytest.mark.slow
 def test_serve_answers_with_the_vote_and_its_record(fake: FakeOpenAI, tmp_path: Path) -> None:
     script(fake, VOTES)
     folder = tmp_path / "topologies"
@@ -638,6 +642,7 @@ async def test_a_rank_join_then_early_stop_counts_every_call(fake: FakeOpenAI) -
     assert shown_to(fake, "d") == ["40", "It is 42."]  # the judge's top 2, best first
 
 
+@pytest.mark.slow
 def test_layer_joins_are_drawn_as_their_own_nodes(tmp_path: Path) -> None:
     path = tmp_path / "joins.yaml"
     path.write_text(JOIN_FILE)
@@ -669,6 +674,7 @@ JOINED = {"a": "weak answer", "b": "best answer", "c": "fine answer", "d": "d sa
 JOIN_RANKS = {"best answer": 3, "fine answer": 2, "e says": 2, "d says": 1}
 
 
+@pytest.mark.slow
 def test_cli_asks_with_layer_joins_and_prints_their_records(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -720,6 +726,7 @@ async def test_chat_model_runs_layer_joins_and_rank_fuse(fake: FakeOpenAI) -> No
     assert len(fake.requests_for("judge")) == 2
 
 
+@pytest.mark.slow
 def test_serve_runs_layer_joins_and_returns_their_records(fake: FakeOpenAI, tmp_path: Path) -> None:
     script(fake, JOINED)
     fake.behave("judge", reply=prefer_content(JOIN_RANKS))
@@ -746,6 +753,7 @@ def test_serve_runs_layer_joins_and_returns_their_records(fake: FakeOpenAI, tmp_
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_a_thread_forks_after_a_layer_judge(fake: FakeOpenAI, tmp_path: Path) -> None:
     script(fake, JOINED)
     fake.behave("judge", reply=prefer_content(JOIN_RANKS))

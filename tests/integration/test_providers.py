@@ -130,6 +130,7 @@ async def test_an_anthropic_model_proposes_and_aggregates_beside_an_openai_one(
     assert final["usage"]["unpriced"] == ["openai:a"] and final["degraded"] is False
 
 
+@pytest.mark.slow
 @same_loop
 async def test_anthropic_failures_are_retried_timed_out_and_recorded(
     claude: FakeAnthropic, fake: FakeOpenAI
@@ -282,6 +283,7 @@ async def test_an_openai_compatible_provider_registered_by_url(
     assert record(state, "L1/m1")["text"] == "Answer 1 from m1."
 
 
+@pytest.mark.slow
 def test_the_cli_says_in_one_line_what_to_install_or_which_providers_exist(
     tmp_path: Path, fake: FakeOpenAI
 ) -> None:
@@ -305,6 +307,7 @@ def test_the_cli_says_in_one_line_what_to_install_or_which_providers_exist(
     assert fake.requests == []
 
 
+@pytest.mark.slow
 def test_the_docs_example_runs_as_pasted(claude: FakeAnthropic, fake: FakeOpenAI) -> None:
     blocks = re.findall(r"```python\n(.*?)```", PYTHON_PAGE.read_text(encoding="utf-8"), re.S)
     (code,) = [b for b in blocks if "register_model" in b]

@@ -94,6 +94,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_relabel_runs_resumes_and_splits_the_original_completion(
     upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -125,6 +126,7 @@ def test_relabel_runs_resumes_and_splits_the_original_completion(
     assert len(json.loads((out / "mix-logs" / "manifest.json").read_text())["sessions"]) == 2
 
 
+@pytest.mark.slow
 def test_invalid_rows_are_recorded_with_line_and_reason(
     upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -186,6 +188,7 @@ def test_invalid_rows_are_recorded_with_line_and_reason(
     assert again["totals"]["invalid"] == 11 and again["totals"]["done"] == 2
 
 
+@pytest.mark.slow
 def test_parquet_input_gives_the_same_records(upstream: FakeOpenAI, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -206,6 +209,7 @@ def test_parquet_input_gives_the_same_records(upstream: FakeOpenAI, tmp_path: Pa
     assert sum(1 for b in aggregator_bodies if b.get("tools")) == 1
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_pays_each_finished_call_once(
     upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -270,6 +274,7 @@ def check_each_finished_call_paid_once(
     assert repeated <= 4 * 3, repeated
 
 
+@pytest.mark.slow
 def test_changing_only_the_aggregator_reuses_every_proposer_call(
     upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -285,6 +290,7 @@ def test_changing_only_the_aggregator_reuses_every_proposer_call(
     assert summary["session"]["cached_calls"] == 10 and summary["session"]["calls"] == 5
 
 
+@pytest.mark.slow
 def test_rate_limit_is_never_exceeded(upstream: FakeOpenAI, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "logs.jsonl", rows(10))
     run = relabel(
@@ -305,6 +311,7 @@ def test_rate_limit_is_never_exceeded(upstream: FakeOpenAI, tmp_path: Path) -> N
     assert starts[-1] - starts[0] >= 2.0  # 25 requests after the first 5, at ~9.8/s
 
 
+@pytest.mark.slow
 def test_budget_stops_cleanly_and_resumes(upstream: FakeOpenAI, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "logs.jsonl", rows(8))
     topo = topology(tmp_path)
@@ -358,6 +365,7 @@ def test_budget_stops_cleanly_and_resumes(upstream: FakeOpenAI, tmp_path: Path) 
     assert second["session"]["done"] == 8 - first["totals"]["done"]
 
 
+@pytest.mark.slow
 def test_limit_then_retry_failed(upstream: FakeOpenAI, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "logs.jsonl", rows(6))
     topo = topology(tmp_path)
@@ -381,6 +389,7 @@ def test_limit_then_retry_failed(upstream: FakeOpenAI, tmp_path: Path) -> None:
     assert len(upstream.requests_for("a")) == before  # proposer calls came from the cache
 
 
+@pytest.mark.slow
 def test_exports_follow_their_formats(upstream: FakeOpenAI, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -454,6 +463,7 @@ def test_python_api_rows_from_an_iterable(upstream: FakeOpenAI, tmp_path: Path) 
     assert {r["id"] for r in run.records()} == set(seen)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_nothing_is_written(upstream: FakeOpenAI, tmp_path: Path) -> None:
     topo = topology(tmp_path)
     out = tmp_path / "runs"

@@ -103,6 +103,7 @@ def check_stop(run: RelabelRun, budget: float) -> None:
     assert float(found[1]) + float(found[4]) > budget - 1e-4  # the next row did not fit
 
 
+@pytest.mark.slow
 def test_the_budget_is_spent_and_never_exceeded(upstream: FakeOpenAI, tmp_path: Path) -> None:
     topo = topology(tmp_path)
     items = rows(60)
@@ -119,6 +120,7 @@ def test_the_budget_is_spent_and_never_exceeded(upstream: FakeOpenAI, tmp_path: 
         assert 0 < (record["cost_usd"] or 0) <= worst
 
 
+@pytest.mark.slow
 def test_the_cli_prints_why_it_stopped(upstream: FakeOpenAI, tmp_path: Path) -> None:
     topo = topology(tmp_path)
     items = rows(30)
@@ -229,6 +231,7 @@ def test_a_streamed_reply_past_max_tokens_is_cut_off(upstream: FakeOpenAI, tmp_p
     assert upstream.requests_for("agg")[0].body.get("stream") is True
 
 
+@pytest.mark.slow
 def test_a_row_that_fails_after_paid_proposers_counts(upstream: FakeOpenAI, tmp_path: Path) -> None:
     upstream.behave("agg", always=400)
     topo = topology(tmp_path)

@@ -151,6 +151,7 @@ def asking(upstream: FakeOpenAI, question: str) -> list[Any]:
     ]
 
 
+@pytest.mark.slow
 def test_turns_all_relabeled_context_in_every_format(
     upstream: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -390,6 +391,7 @@ def test_a_failed_turn_fails_the_row_and_keeps_what_was_paid(
     assert written.rows == 0 and written.left_out["failed"] == 1
 
 
+@pytest.mark.slow
 def test_left_out_rows_are_counted_by_reason(upstream: FakeOpenAI, tmp_path: Path) -> None:
     items: list[Any] = [
         {"id": f"r{k}", "messages": [{"role": "user", "content": f"Question {k}?"}]}

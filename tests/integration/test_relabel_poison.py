@@ -46,6 +46,7 @@ def invalid_reasons(run: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT row_where, reason FROM invalid"))
 
 
+@pytest.mark.slow
 def test_poison_rows_are_recorded_and_the_run_goes_on(upstream: FakeOpenAI, tmp_path: Path) -> None:
     good = rows(4)
     data = tmp_path / "poison.jsonl"
@@ -87,6 +88,7 @@ def test_poison_rows_are_recorded_and_the_run_goes_on(upstream: FakeOpenAI, tmp_
     assert again["totals"]["invalid"] == 7 and again["totals"]["done"] == 4
 
 
+@pytest.mark.slow
 def test_an_answer_that_cannot_be_stored_fails_its_row_alone(
     upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -124,6 +126,7 @@ def test_an_answer_that_cannot_be_stored_fails_its_row_alone(
     assert str(still["error"]).startswith("cannot record the row: UnicodeEncodeError")
 
 
+@pytest.mark.slow
 def test_inputs_that_can_never_be_read_are_one_line(upstream: FakeOpenAI, tmp_path: Path) -> None:
     topo = topology(tmp_path)
     out = tmp_path / "runs"
@@ -148,6 +151,7 @@ def test_inputs_that_can_never_be_read_are_one_line(upstream: FakeOpenAI, tmp_pa
     assert not out.exists() and upstream.requests == []
 
 
+@pytest.mark.slow
 def test_folder_suffixes_in_any_case(upstream: FakeOpenAI, tmp_path: Path) -> None:
     folder = tmp_path / "logs"
     folder.mkdir()
@@ -160,6 +164,7 @@ def test_folder_suffixes_in_any_case(upstream: FakeOpenAI, tmp_path: Path) -> No
     assert where == {"r0": "a.jsonl:1", "r1": "C.JSONL:1", "r2": "d.NDJSON:1"}
 
 
+@pytest.mark.slow
 def test_parquet_truncated_or_damaged_inside(upstream: FakeOpenAI, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -202,6 +207,7 @@ def test_parquet_truncated_or_damaged_inside(upstream: FakeOpenAI, tmp_path: Pat
     assert len(upstream.requests) == calls and again["totals"]["invalid"] == 1
 
 
+@pytest.mark.slow
 def test_the_name_is_one_folder_under_out(upstream: FakeOpenAI, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "logs.jsonl", rows(1))
     topo = topology(tmp_path)
@@ -220,6 +226,7 @@ def test_the_name_is_one_folder_under_out(upstream: FakeOpenAI, tmp_path: Path) 
     assert summary["run"] == str(out / "..x")
 
 
+@pytest.mark.slow
 def test_a_budget_stop_records_the_invalid_rows_it_read(
     upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -245,6 +252,7 @@ def test_a_budget_stop_records_the_invalid_rows_it_read(
     assert second["totals"]["done"] == 4 and second["totals"]["invalid"] == 4
 
 
+@pytest.mark.slow
 def test_a_damaged_ledger_is_one_line(upstream: FakeOpenAI, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "logs.jsonl", rows(40))
     topo = topology(tmp_path)
@@ -295,6 +303,7 @@ def _capped(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["cold", "warm"])
 def test_a_file_size_cap_mid_run_stops_in_one_line_and_a_rerun_finishes(
     upstream: FakeOpenAI, tmp_path: Path, cache: str
@@ -365,6 +374,7 @@ def test_a_file_size_cap_mid_run_stops_in_one_line_and_a_rerun_finishes(
         assert not any(f"Question number {i[1:]}?" in asked for i in done_first), asked[:80]
 
 
+@pytest.mark.slow
 def test_eval_reads_its_jsonl_as_relabel_does(fake: FakeOpenAI, tmp_path: Path) -> None:
     """`moa eval` refuses a user's file on its first bad line, as it always did, now for every
     kind of poison line and in one line naming it; a byte order mark costs no item."""

@@ -150,6 +150,7 @@ def _answers(run: RelabelRun) -> dict[str, tuple[str, str]]:
     return {r["id"]: (r["status"], (r["result"] or {}).get("answer", "")) for r in run.records()}
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_same_records_and_resumes(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
@@ -177,6 +178,7 @@ def test_ray_engine_gives_the_same_records_and_resumes(
     assert len(upstream.requests) == calls_local
 
 
+@pytest.mark.slow
 def test_rows_fed_from_python_run_on_ray(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
@@ -195,6 +197,7 @@ def test_rows_fed_from_python_run_on_ray(
     assert not list((tmp_path / "ray" / "it").glob("ray-input*"))  # the spool is gone
 
 
+@pytest.mark.slow
 def test_invalid_rows_are_recorded_as_the_default_engine_records_them(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
@@ -250,6 +253,7 @@ def test_invalid_rows_are_recorded_as_the_default_engine_records_them(
     )
 
 
+@pytest.mark.slow
 def test_budget_stops_cleanly_and_resumes_on_ray(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
@@ -271,6 +275,7 @@ def test_budget_stops_cleanly_and_resumes_on_ray(
     assert second.session.done == 5
 
 
+@pytest.mark.slow
 def test_the_budget_on_ray_waits_for_rows_in_flight_before_stopping(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
@@ -286,6 +291,7 @@ def test_the_budget_on_ray_waits_for_rows_in_flight_before_stopping(
     priced.check_stop(run, budget)  # between 0.75 and 1 of it spent, and the reason given
 
 
+@pytest.mark.slow
 def test_retry_failed_on_ray_runs_only_the_failed_rows(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:
@@ -310,6 +316,7 @@ def test_retry_failed_on_ray_runs_only_the_failed_rows(
     }
 
 
+@pytest.mark.slow
 def test_ray_address_joins_a_cluster_and_resumes_after_kill_9(
     upstream: FakeOpenAI, cluster: dict[str, str], tmp_path: Path
 ) -> None:
@@ -362,6 +369,7 @@ def test_ray_address_joins_a_cluster_and_resumes_after_kill_9(
     check_each_finished_call_paid_once(upstream, first, killed_at)
 
 
+@pytest.mark.slow
 def test_moa_relabel_engine_ray_starts_a_local_ray(upstream: FakeOpenAI, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "logs.jsonl", rows(4))
     env = dict(os.environ) | {"RAY_USAGE_STATS_ENABLED": "0"}
@@ -391,6 +399,7 @@ def test_moa_relabel_engine_ray_starts_a_local_ray(upstream: FakeOpenAI, tmp_pat
     assert "deprecated" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_engine_ray_without_the_extra_is_one_line(upstream: FakeOpenAI, tmp_path: Path) -> None:
     shadow = tmp_path / "shadow" / "ray"
     shadow.mkdir(parents=True)
@@ -404,6 +413,7 @@ def test_engine_ray_without_the_extra_is_one_line(upstream: FakeOpenAI, tmp_path
     assert not out.exists() and upstream.requests == []
 
 
+@pytest.mark.slow
 def test_turns_all_on_ray_gives_the_same_turns(
     upstream: FakeOpenAI, local_ray: None, tmp_path: Path
 ) -> None:

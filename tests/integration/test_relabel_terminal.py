@@ -40,6 +40,7 @@ def screen_lines(raw: str) -> list[str]:
     return [part.rstrip() for part in re.split(r"[\r\n]", raw) if part.strip()]
 
 
+@pytest.mark.slow
 def test_progress_line_fits_80_columns_with_exact_counts(
     fake: FakeOpenAI, tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -79,6 +80,7 @@ def test_progress_line_fits_80_columns_with_exact_counts(
     assert any(line.startswith("run ") and "16 done" in line for line in lines), lines
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_rows_done_and_says_how_to_go_on(
     fake: FakeOpenAI, tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -122,6 +124,7 @@ def test_ctrl_c_keeps_the_rows_done_and_says_how_to_go_on(
 LONG_FLOAT = re.compile(r"\d\.\d{7,}")  # 0.07126249999999999: a float's noise, not a cost
 
 
+@pytest.mark.slow
 def test_costs_are_written_and_printed_rounded(fake: FakeOpenAI, tmp_path: Path) -> None:
     for model in ("a", "b", "agg"):
         fake.behave(model, reply=reply)

@@ -267,6 +267,7 @@ def test_effective_settings_reach_every_agent() -> None:
     assert topology.aggregator.retry and topology.aggregator.retry.attempts == 1
 
 
+@pytest.mark.slow
 def test_keys_never_persist(fake: FakeOpenAI, tmp_path: Path) -> None:
     """Every artefact of a CLI run: the thread store, the cache file, the JSON output."""
     import os

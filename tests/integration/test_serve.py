@@ -236,6 +236,7 @@ def fake_usage(fake: FakeOpenAI) -> tuple[int, int]:
 # --- /v1/models -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_models_lists_presets_and_topology_files(served: Server) -> None:
     ids = [m.id for m in served.client().models.list()]
     assert set(list_presets()) <= set(ids)
@@ -633,6 +634,7 @@ def test_a_body_over_the_limit_is_413(served: Server, fake: FakeOpenAI) -> None:
     assert fake.requests == []
 
 
+@pytest.mark.slow
 def test_a_full_server_answers_429_at_once(busy: Server, fake: FakeOpenAI) -> None:
     fake.behave("agg", latency_s=1.5)
     results: dict[str, Any] = {}
@@ -677,6 +679,7 @@ def test_a_client_that_leaves_frees_its_slot(busy: Server, fake: FakeOpenAI) -> 
         fake.behave("agg", latency_s=3.0)
 
 
+@pytest.mark.slow
 def test_failing_upstreams_are_502_and_not_retried(served: Server, fake: FakeOpenAI) -> None:
     fake.behave("a", always=500)
     fake.behave("b", always=503)
@@ -729,6 +732,7 @@ def test_a_usd_budget_without_prices_is_refused_at_start_up(
 # --- starting up ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "keys_text", "expected"),
     [
@@ -842,6 +846,7 @@ async def test_an_unexpected_failure_is_a_bare_500(
     assert "RuntimeError: boom" in logged and "Traceback" not in logged
 
 
+@pytest.mark.slow
 def test_workers_share_the_port_and_stop_together(
     _server: FakeOpenAI, topologies: Path, tmp_path: Path
 ) -> None:

@@ -108,6 +108,7 @@ def assert_relabel_row(row: dict[str, Any]) -> None:
 # --- pass-through ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_non_streamed_answer_is_unchanged_and_captured(
     server: Server, fake: FakeOpenAI, capture_dir: Path
 ) -> None:
@@ -151,6 +152,7 @@ def test_non_streamed_answer_is_unchanged_and_captured(
     assert row["metadata"]["user"].startswith("sha256:") and "alice" not in json.dumps(row)
 
 
+@pytest.mark.slow
 def test_streamed_answer_is_relayed_and_captured_once_complete(
     server: Server, fake: FakeOpenAI, capture_dir: Path
 ) -> None:
@@ -173,6 +175,7 @@ def test_streamed_answer_is_relayed_and_captured_once_complete(
     assert row["usage"]["total_tokens"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_calls_pass_through_and_are_captured(
     server: Server, fake: FakeOpenAI, capture_dir: Path, stream: bool
@@ -254,6 +257,7 @@ def test_a_client_leaving_mid_stream_is_counted_not_captured(
     assert stats(server)["rows"] == before["rows"]
 
 
+@pytest.mark.slow
 def test_capture_off_and_sampling_count_but_do_not_write(
     server: Server, fake: FakeOpenAI, capture_dir: Path
 ) -> None:
@@ -282,6 +286,7 @@ def test_keys_in_a_conversation_are_masked(
 # --- bad input -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_captured_rows_are_relabel_input_end_to_end(
     server: Server, fake: FakeOpenAI, capture_dir: Path, tmp_path: Path
 ) -> None:
@@ -321,6 +326,7 @@ def test_captured_rows_are_relabel_input_end_to_end(
         assert pair["prompt"][-1]["content"].startswith("Loop question")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "status", "expected"),
     [
@@ -343,6 +349,7 @@ def test_pass_through_models_that_cannot_be_served(
     assert fake.requests == []
 
 
+@pytest.mark.slow
 def test_stats_and_models_need_the_key(server: Server) -> None:
     assert httpx.get(f"{server.url}/capture/stats", timeout=10).status_code == 401
     listed = [m.id for m in server.client().models.list()]
@@ -350,6 +357,7 @@ def test_stats_and_models_need_the_key(server: Server) -> None:
     assert server.client().models.retrieve("capture/openai:gpt-x").id == "capture/openai:gpt-x"
 
 
+@pytest.mark.slow
 def test_an_oversized_request_is_413_and_nothing_is_written(
     server: Server, fake: FakeOpenAI
 ) -> None:
@@ -362,6 +370,7 @@ def test_an_oversized_request_is_413_and_nothing_is_written(
     assert fake.requests == [] and stats(server)["rows"] == before["rows"]
 
 
+@pytest.mark.slow
 def test_a_capture_dir_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -383,6 +392,7 @@ def test_no_capture_dir_means_no_pass_through(tmp_path: Path, _server: FakeOpenA
 # --- kill -9 -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_burst_leaves_only_whole_rows(
     _server: FakeOpenAI, fake: FakeOpenAI, tmp_path: Path
 ) -> None:

@@ -74,6 +74,7 @@ def bodies(fake: FakeOpenAI, model: str) -> list[dict[str, Any]]:
 # --- where each field goes ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sampling_fields_reach_the_aggregator_and_seed_every_call(
     server: Server, fake: FakeOpenAI
 ) -> None:
@@ -102,6 +103,7 @@ def test_sampling_fields_reach_the_aggregator_and_seed_every_call(
     assert all("user" not in r.body for r in fake.requests)  # user stays on this server
 
 
+@pytest.mark.slow
 def test_a_seed_does_not_stick_to_later_requests(server: Server, fake: FakeOpenAI) -> None:
     client = server.client()
     client.chat.completions.create(model="mine", messages=MESSAGES, seed=7)
@@ -134,6 +136,7 @@ def test_json_schema_response_format_reaches_the_aggregator(
     assert all("response_format" not in b for m in PROPOSERS for b in bodies(fake, m))
 
 
+@pytest.mark.slow
 def test_json_object_response_format_streamed(server: Server, fake: FakeOpenAI) -> None:
     fake.behave("agg", reply=lambda body, n, k: WEATHER_JSON)
     stream = server.client().chat.completions.create(
@@ -148,6 +151,7 @@ def test_json_object_response_format_streamed(server: Server, fake: FakeOpenAI) 
     assert agg["response_format"] == {"type": "json_object"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
 def test_langchain_with_structured_output_through_moa_serve(
     server: Server, fake: FakeOpenAI, method: str

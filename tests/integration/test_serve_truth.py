@@ -89,6 +89,7 @@ def assert_partial_record(record: dict[str, Any]) -> None:
     assert set(record["by_model"]) == {"openai:quick-a", "openai:quick-b"}, record
 
 
+@pytest.mark.slow
 def test_a_run_within_its_deadline_answers(server: Server, fake: FakeOpenAI) -> None:
     """(First: it also warms the server up, so the proposers of the next tests finish well
     within the deadline.)"""
@@ -97,6 +98,7 @@ def test_a_run_within_its_deadline_answers(server: Server, fake: FakeOpenAI) -> 
     assert response.json()["choices"][0]["message"]["content"] == "Answer 1 from slow-agg."
 
 
+@pytest.mark.slow
 def test_a_passed_deadline_is_a_504_with_what_finished(server: Server, fake: FakeOpenAI) -> None:
     fake.behave("slow-agg", latency_s=60)
     response = server.post({"model": "hasty", "messages": HI}, timeout=50)
@@ -111,6 +113,7 @@ def test_a_passed_deadline_is_a_504_with_what_finished(server: Server, fake: Fak
     wait_for(lambda: fake.requests_for("slow-agg")[0].disconnected, "aggregator not cancelled")
 
 
+@pytest.mark.slow
 def test_a_passed_deadline_ends_a_stream_with_an_error_event(
     server: Server, fake: FakeOpenAI
 ) -> None:
@@ -129,6 +132,7 @@ def test_a_passed_deadline_ends_a_stream_with_an_error_event(
 # --- a pass-through is cancelled with its client, and not captured ---
 
 
+@pytest.mark.slow
 def test_a_non_streamed_pass_through_is_cancelled_with_its_client(
     server: Server, fake: FakeOpenAI
 ) -> None:
@@ -231,6 +235,7 @@ def test_a_provider_with_its_base_url_set_is_configured(
     assert not connected(listener)
 
 
+@pytest.mark.slow
 def test_allow_provider_is_checked_at_start_up(tmp_path: Path) -> None:
     capture = ["--capture", str(tmp_path / "cap")]
     one_line_error(
@@ -250,6 +255,7 @@ def worker_pids(log: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log)]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_whatever_its_age(_server: FakeOpenAI, tmp_path: Path) -> None:
     """Killed at 3 s and at 10 s after the server started: both replaced, the server answers
     throughout. (The supervisor no longer looks at a worker's age, only at whether it had begun
@@ -293,6 +299,7 @@ def test_a_worker_that_dies_before_serving_stops_them_all() -> None:
 # --- 200 concurrent pass-through requests, the upstream closing idle connections ---
 
 
+@pytest.mark.slow
 def test_keep_alive_closes_upstream_are_not_502(tmp_path: Path) -> None:
     with FakeOpenAI(keep_alive_s=0.05) as upstream:
         env = fake_env(upstream)
@@ -333,6 +340,7 @@ def test_keep_alive_closes_upstream_are_not_502(tmp_path: Path) -> None:
 # --- a topology file named like a preset ---
 
 
+@pytest.mark.slow
 def test_a_topology_file_shadowing_a_preset_is_refused(tmp_path: Path) -> None:
     (tmp_path / "vote.yaml").write_text(DEADLINE)
     one_line_error(

@@ -311,6 +311,7 @@ async def _scenario(url: str, fake: FakeOpenAI) -> None:
     assert len(history_after) > len(history)
 
 
+@pytest.mark.slow
 @needs_cli
 async def test_langgraph_dev_end_to_end(server_url: str, fake: FakeOpenAI) -> None:
     await asyncio.wait_for(_scenario(server_url, fake), SCENARIO_DEADLINE_S)
@@ -339,6 +340,7 @@ async def _cancel_scenario(url: str, fake: FakeOpenAI) -> None:
     assert len(fake.requests) == 3  # and nothing new was sent
 
 
+@pytest.mark.slow
 @needs_cli
 async def test_cancelling_a_server_run_closes_its_upstream_requests(
     server_url: str, fake: FakeOpenAI
@@ -457,6 +459,7 @@ async def _state_edit_scenario(url: str, fake: FakeOpenAI) -> None:
     assert after["checkpoint"] == final["checkpoint"]  # nothing was written by the refusals
 
 
+@pytest.mark.slow
 @needs_cli
 async def test_state_edits_through_the_server(server_url: str, fake: FakeOpenAI) -> None:
     await asyncio.wait_for(_state_edit_scenario(server_url, fake), SCENARIO_DEADLINE_S)

@@ -139,6 +139,7 @@ def run(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "page",
     [p for p in PAGES if any(b.runnable for b in BLOCKS[p])],

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.integration.test_serve import fake_env
 
@@ -38,6 +40,7 @@ print(after_10, fds())
 """
 
 
+@pytest.mark.slow
 def test_file_descriptors_stay_flat_over_many_sync_calls(fake: FakeOpenAI) -> None:
     done = subprocess.run(
         [sys.executable, "-c", MANY_CALLS, "60"],

@@ -103,6 +103,7 @@ def wait_for_request(fake: FakeOpenAI, model: str, count: int = 1, timeout: floa
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_live_progress_on_a_terminal(
     fake: FakeOpenAI, topology_file: Path, terminals: list[Terminal]
 ) -> None:
@@ -121,6 +122,7 @@ def test_live_progress_on_a_terminal(
     assert re.search(r"\d+\.\d\ds, \d+ tokens, thread live", text)  # the final summary
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_ask_keeps_a_resumable_thread(
     fake: FakeOpenAI, topology_file: Path, terminals: list[Terminal]
 ) -> None:
@@ -147,6 +149,7 @@ def test_ctrl_c_during_ask_keeps_a_resumable_thread(
     assert len(fake.requests_for("b")) == 2 and len(fake.requests_for("agg")) == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_chat_cancels_the_turn_not_the_chat(
     fake: FakeOpenAI, topology_file: Path, terminals: list[Terminal]
 ) -> None:
@@ -175,6 +178,7 @@ def test_ctrl_c_in_chat_cancels_the_turn_not_the_chat(
     assert "A question to cancel" not in contents and contents[-1] == "Third"
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_the_chat_prompt_leaves(
     fake: FakeOpenAI, topology_file: Path, terminals: list[Terminal]
 ) -> None:
@@ -196,6 +200,7 @@ def last_question(fake: FakeOpenAI) -> str:
     return str(fake.requests_for("agg")[-1].messages[-1]["content"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("editor", ["prompt_toolkit", "readline"])
 def test_chat_edits_lines_and_recalls_earlier_sessions(
     fake: FakeOpenAI,
@@ -239,6 +244,7 @@ def test_chat_edits_lines_and_recalls_earlier_sessions(
     assert "Traceback" not in first.text + second.text and "CPR" not in first.text
 
 
+@pytest.mark.slow
 def test_history_flag_names_the_file(
     fake: FakeOpenAI, topology_file: Path, terminals: list[Terminal], tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from tests.conftest import MOA
 from tests.integration.test_durable import POSTGRES, postgres_available
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_six_concurrent_asks_on_one_thread_keep_six_turns(
     fake: FakeOpenAI, tmp_path: Path, store: str

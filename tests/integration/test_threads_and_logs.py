@@ -46,6 +46,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
     return result
 
 
+@pytest.mark.slow
 def test_threads_lists_every_thread_newest_first(
     fake: FakeOpenAI, priced: Path, topology_file: Path, tmp_path: Path
 ) -> None:
@@ -88,6 +89,7 @@ def test_threads_lists_every_thread_newest_first(
     one_line_error(run("threads", "--limit", "0"), "--limit")
 
 
+@pytest.mark.slow
 def test_threads_in_postgres(fake: FakeOpenAI, priced: Path) -> None:
     if not postgres_available():
         pytest.fail("PostgreSQL on 127.0.0.1:5432 (database test) is needed for this test")
@@ -110,6 +112,7 @@ def _log_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("moa: ")]
 
 
+@pytest.mark.slow
 def test_logging_levels_never_show_keys_or_prompts(fake: FakeOpenAI, priced: Path) -> None:
     env = dict(os.environ, OPENAI_API_KEY=CANARY)
     env.pop("MOA_LOG_LEVEL", None)
@@ -156,6 +159,7 @@ def test_logging_levels_never_show_keys_or_prompts(fake: FakeOpenAI, priced: Pat
     )
 
 
+@pytest.mark.slow
 def test_cache_hits_and_budget_decisions_are_logged(
     fake: FakeOpenAI, priced: Path, tmp_path: Path
 ) -> None:

@@ -274,6 +274,7 @@ wait_for_all_tracers()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("way", ["chain.invoke", "model.stream", "chain.ainvoke"])
 def test_langsmith_receives_one_trace(fake: FakeOpenAI, langsmith: str, way: str) -> None:
     env = dict(os.environ)
