@@ -11,10 +11,10 @@ not pay for LangGraph, LangChain and the openai client they never use.
 """
 
 import logging
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from langgraph_moa.errors import MissingCredentialsError, MoAError, MoAInputError, MoARunError
+from langgraph_moa.faces import lazy_face
 
 if TYPE_CHECKING:
     from langgraph_moa.chat_model import ChatMixtureOfAgents
@@ -69,14 +69,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(home), name)
-    globals()[name] = value  # found once; later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_face(__name__, _HOME, __all__)

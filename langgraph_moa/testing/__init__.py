@@ -6,8 +6,9 @@ The names are imported on first use (PEP 562): importing the package loads neith
 FastAPI.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from langgraph_moa.faces import lazy_face
 
 if TYPE_CHECKING:
     from langgraph_moa.testing.fake_anthropic import FakeAnthropic
@@ -23,14 +24,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_face(__name__, _HOME, __all__)
