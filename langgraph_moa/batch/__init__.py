@@ -15,17 +15,22 @@ budget), ``runner`` (the API), ``ray_engine`` and ``ray_stages`` (a run on Ray D
 driver's side, and what runs on the cluster), ``exports``.
 """
 
-from langgraph_moa.batch.exports import ExportFormat, ExportResult
-from langgraph_moa.batch.feeding import SessionProgress
-from langgraph_moa.batch.ledger import RowRecord
-from langgraph_moa.batch.limits import RateLimits, parse_limits
-from langgraph_moa.batch.runner import (
-    RelabelRun,
-    WorstCaseEstimate,
-    arelabel,
-    estimate_relabel,
-    relabel,
-)
+from typing import TYPE_CHECKING
+
+from langgraph_moa.faces import lazy_face
+
+if TYPE_CHECKING:
+    from langgraph_moa.batch.exports import ExportFormat, ExportResult
+    from langgraph_moa.batch.feeding import SessionProgress
+    from langgraph_moa.batch.ledger import RowRecord
+    from langgraph_moa.batch.limits import RateLimits, parse_limits
+    from langgraph_moa.batch.runner import (
+        RelabelRun,
+        WorstCaseEstimate,
+        arelabel,
+        estimate_relabel,
+        relabel,
+    )
 
 # What a user imports: the run and its estimate, the options' types, what the callbacks receive
 # (on_record, on_progress) and what an export returns. The rest is the package's own.
@@ -42,3 +47,18 @@ __all__ = [
     "parse_limits",
     "relabel",
 ]
+
+# Loaded on first use (langgraph_moa/faces.py): importing one module of the package (the CLI
+# does, before it checks its arguments) must not load the whole stack behind the face.
+_HOME = {
+    **dict.fromkeys(["ExportFormat", "ExportResult"], "langgraph_moa.batch.exports"),
+    "SessionProgress": "langgraph_moa.batch.feeding",
+    "RowRecord": "langgraph_moa.batch.ledger",
+    **dict.fromkeys(["RateLimits", "parse_limits"], "langgraph_moa.batch.limits"),
+    **dict.fromkeys(
+        ["RelabelRun", "WorstCaseEstimate", "arelabel", "estimate_relabel", "relabel"],
+        "langgraph_moa.batch.runner",
+    ),
+}
+
+__getattr__, __dir__ = lazy_face(__name__, _HOME, __all__)

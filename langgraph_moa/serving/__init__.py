@@ -11,8 +11,19 @@ runs.py, transport.py and workers.py.
 A program imports :func:`create_app` or :func:`run_server` from here; the modules' other names
 are the package's own."""
 
-from langgraph_moa.serving.app import create_app
-from langgraph_moa.serving.server import run_server
+from typing import TYPE_CHECKING
+
+from langgraph_moa.faces import lazy_face
+
+if TYPE_CHECKING:
+    from langgraph_moa.serving.app import create_app
+    from langgraph_moa.serving.server import run_server
 
 # What a user imports: the ASGI app (to mount or test it) and the server ``moa serve`` runs.
 __all__ = ["create_app", "run_server"]
+
+# Loaded on first use (langgraph_moa/faces.py): importing one module of the package (the CLI
+# does, before it checks its arguments) must not load the whole stack behind the face.
+_HOME = {"create_app": "langgraph_moa.serving.app", "run_server": "langgraph_moa.serving.server"}
+
+__getattr__, __dir__ = lazy_face(__name__, _HOME, __all__)
