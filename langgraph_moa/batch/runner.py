@@ -87,6 +87,7 @@ from langgraph_moa.llm.call import error_text
 from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
+from langgraph_moa.llm.usage import unpriced_models
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology, resolve_topology
 from langgraph_moa.sync_loop import run_sync
@@ -329,10 +330,7 @@ async def arelabel(
         raise MoAInputError(f"unknown engine {engine!r} (local or ray)")
     check_ready(topo, probe_local=True)
     if max_usd is not None:
-        prices = PriceTable(topo.prices)
-        unpriced = list(
-            dict.fromkeys(a.model for a in topo.agents() if prices.price(a.model) is None)
-        )
+        unpriced = unpriced_models(topo, PriceTable(topo.prices))
         if unpriced:
             raise MoAInputError(
                 f"--max-usd needs a price for {', '.join(unpriced)} "

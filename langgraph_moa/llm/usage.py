@@ -107,15 +107,18 @@ def current_meter() -> Meter | None:
     return _meter.get()
 
 
+def unpriced_models(topology: Topology, prices: PriceTable) -> list[str]:
+    """The models the topology may call that have no price, each once, in topology order."""
+    return list(dict.fromkeys(a.model for a in topology.agents() if prices.price(a.model) is None))
+
+
 def check_priced(topology: Topology, prices: PriceTable) -> None:
     """A budget in USD needs a price for every model it may call: a configuration error (one
     line, before any call), never a run that fails half-way."""
     budget = topology.budget
     if budget is None or budget.max_usd is None:
         return
-    unpriced = list(
-        dict.fromkeys(a.model for a in topology.agents() if prices.price(a.model) is None)
-    )
+    unpriced = unpriced_models(topology, prices)
     if unpriced:
         raise MoAInputError(
             f"budget.max_usd needs a price for {', '.join(unpriced)} "
