@@ -151,6 +151,8 @@ async def stream_run(
                         if isinstance(value, dict) and value.get("kind") == "review":
                             yield ReviewPause(value)
                     continue
+                if node == "__metadata__":  # a resumed run's note on replayed writes
+                    continue
                 if node == PREPARE:  # its other writes are resets, not news
                     update = {"ledger": (update or {}).get("ledger")}
                 yield NodeFinished(node, update or {})

@@ -94,9 +94,12 @@ class SessionProgress:
     tokens: int = 0
     cost_usd: float = 0.0
     running: int = 0
+    waiting: int = 0  # rows paused for a wave at the end of the last pass (batch engine)
+    held_back: int = 0  # rows the budget left for a later pass (batch engine)
     started: float = field(default_factory=time.perf_counter)
     stopped: str | None = None
     stop_reason: str | None = None  # in words: spent / budget and why the next row could not start
+    batch: dict[str, Any] | None = None  # the batch engine's waves and batches (else None)
 
     def add(self, record: RowRecord) -> None:
         if record["status"] == "done":
@@ -145,7 +148,7 @@ class SessionProgress:
             "rows_per_s": round(self.rows_per_s, 3),
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
-        }
+        } | ({"waiting": self.waiting, "batch": self.batch} if self.batch is not None else {})
 
 
 def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -167,6 +170,9 @@ def budget_stop_reason(spent: float, max_usd: float, where: str, worst: float) -
     )
 
 
+LATER = "later"  # a row the budget holds back until rows waiting for a wave settle
+
+
 class BatchBudget:
     """The run's budget: a row starts while what is spent, plus the worst cases reserved for
     the rows running, plus its own worst case stay within ``max_usd``; a finished row's real
@@ -180,15 +186,18 @@ class BatchBudget:
         *,
         turns: Turns = "last",
         turn_context: TurnContext = "relabeled",
+        prices: PriceTable | None = None,
     ) -> None:
         self.max_usd = max_usd
         self.spent = spent
         self.topology = topology
-        self.prices = PriceTable(topology.prices)
+        # the batch engine reserves batch prices for the calls it sends in batches
+        self.prices = prices or PriceTable(topology.prices)
         self.held: dict[str, float] = {}
         self.turns: Turns = turns
         self.turn_context: TurnContext = turn_context
         self.settled = asyncio.Event()  # set whenever a running row settles
+        self.parked: set[str] = set()  # rows holding a reservation while they wait for a wave
 
     def worst(self, row: Row) -> float:
         """The row's worst case (0 without a budget: nothing is counted then)."""
@@ -199,14 +208,25 @@ class BatchBudget:
         )
 
     def admit(self, row: Row, worst: float | None = None) -> bool:
-        """Reserve the row's worst case if it fits now (``worst``: already computed)."""
+        """Reserve the row's worst case if it fits now (``worst``: already computed); a row
+        that waits for a wave (batch engine) keeps the reservation it has."""
         if self.max_usd is None:
+            return True
+        if row.id in self.held:
+            self.parked.discard(row.id)
             return True
         worst = self.worst(row) if worst is None else worst
         if self.spent + sum(self.held.values()) + worst > self.max_usd:
             return False
         self.held[row.id] = worst
         return True
+
+    def park(self, row_id: str) -> None:
+        """A row that waits for a wave (batch engine): it keeps its reservation until it
+        settles, in a later pass."""
+        if row_id in self.held:
+            self.parked.add(row_id)
+            self.settled.set()
 
     def settle(self, row_id: str, cost: float | None) -> None:
         self.held.pop(row_id, None)
@@ -225,7 +245,9 @@ class BatchBudget:
             return None
         worst = self.worst(row)  # once per row
         while not self.admit(row, worst):
-            if not self.held:
+            if not set(self.held) - self.parked:  # nothing running that could settle now
+                if self.parked:  # rows waiting for a wave settle later: try again then
+                    return LATER
                 return budget_stop_reason(self.spent, self.max_usd, row.where, worst)
             self.settled.clear()
             await self.settled.wait()
@@ -240,6 +262,8 @@ class Plan:
     retry_failed: bool
     tally: SessionProgress
     in_flight: set[str] = field(default_factory=set)
+    # rows recorded by this session (batch engine: a later pass does not run them again)
+    settled: set[str] = field(default_factory=set)
 
     async def runnable(self, rows: Iterator[Row | InvalidRow]) -> AsyncGenerator[Row, None]:
         """The rows to run, read a chunk at a time, checked against the ledger. A chunk's
@@ -263,7 +287,8 @@ class Plan:
                     )
                     continue
                 here.add(row.id)
-                runs.append(row if status == wanted else None)  # else done, or not asked for
+                wanted_now = status == wanted and row.id not in self.settled
+                runs.append(row if wanted_now else None)  # else done, or not asked for
             if invalid:
                 await asyncio.to_thread(self.ledger.write_invalid, invalid)
                 self.tally.invalid += len(invalid)
@@ -277,7 +302,7 @@ class Plan:
 
 
 async def drive_rows(
-    run_one: Callable[[Row], Awaitable[RowRecord]],
+    run_one: Callable[[Row], Awaitable[RowRecord | None]],
     plan: Plan,
     rows: Iterator[Row | InvalidRow],
     *,
@@ -294,8 +319,15 @@ async def drive_rows(
     slots = asyncio.Semaphore(concurrency)
 
     async def one(row: Row) -> None:
+        parked = False
         try:
-            record = await run_one(row)
+            found = await run_one(row)
+            if found is None:  # the row waits for a wave (batch engine)
+                budget.park(row.id)
+                parked = True
+                tally.waiting += 1
+                return
+            record = found
             # as written: a record that could not be stored is its row's failure
             (record,) = await asyncio.to_thread(plan.ledger.write, [record])
             tally.add(record)
@@ -304,7 +336,8 @@ async def drive_rows(
                 on_record(record)
         finally:
             plan.in_flight.discard(row.id)
-            budget.release(row.id)
+            if not parked:
+                budget.release(row.id)
             tally.running -= 1
             slots.release()
             if on_progress is not None:
@@ -318,6 +351,10 @@ async def drive_rows(
             async for row in runnable:
                 await slots.acquire()
                 stop = await budget.wait_to_admit(row)
+                if stop is LATER:  # its turn comes in a later pass
+                    slots.release()
+                    tally.held_back += 1
+                    continue
                 if stop is not None:
                     slots.release()
                     tally.stopped, tally.stop_reason = "budget", stop

@@ -33,26 +33,43 @@ row as failed. The loop that feeds rows to it is :mod:`langgraph_moa.batch.feedi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, convert_to_messages, convert_to_openai_messages
 
 from langgraph_moa.batch.ledger import RowRecord, TurnRecord
 from langgraph_moa.batch.row_check import Row
+from langgraph_moa.batch.wave_store import RowDeferral
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs import Estimate, estimate
 from langgraph_moa.graphs.builder import MoAGraph
 from langgraph_moa.llm.call import error_text
 from langgraph_moa.llm.call_cache import row_scope
+from langgraph_moa.llm.deferred import defer_calls
 from langgraph_moa.llm.text import text_of
 from langgraph_moa.llm.usage import meter_calls
 from langgraph_moa.result import result_of
 from langgraph_moa.run import ReviewPause, RunFinished, stream_run
 from langgraph_moa.spec.models import PriceTable
 from langgraph_moa.spec.topology import Topology
+
+
+class RowWaves(Protocol):
+    """What a row needs of the batch engine (:class:`langgraph_moa.batch.runner.BatchRows`)."""
+
+    def deferral(self, thread: str) -> RowDeferral:
+        """The deferral of a row's thread for this pass."""
+        ...
+
+    async def queue(self, row_id: str, deferral: RowDeferral) -> None:
+        """Store what the thread deferred in this pass (it paused for them), for the next
+        wave."""
+        ...
+
 
 Turns = Literal["last", "all"]
 TurnContext = Literal["relabeled", "original"]
@@ -101,12 +118,19 @@ async def relabel_row(
     *,
     turns: Turns = "last",
     turn_context: TurnContext = "relabeled",
-) -> RowRecord:
+    waves: RowWaves | None = None,
+    turn: int | None = None,
+) -> RowRecord | None:
     """Run one row through the graph (the shared run loop) and make its record; a run that
     fails gives a ``failed`` record with the error, never an exception (cancellation aside).
-    ``turns="all"``: every assistant turn, one run each (see the module docstring)."""
+    ``turns="all"``: every assistant turn, one run each (see the module docstring).
+
+    Under the batch engine (``waves``), the row runs in its own checkpointed thread (one per
+    turn), started or resumed where it paused; calls to models with a Batch API are deferred
+    (:mod:`langgraph_moa.llm.deferred`), and when the run pauses for them the row returns None
+    (it waits for the next wave) after queuing its requests."""
     if turns == "all":
-        return await _relabel_turns(graph, topology, row, turn_context)
+        return await _relabel_turns(graph, topology, row, turn_context, waves)
     start = time.perf_counter()
     record = RowRecord(
         id=row.id,
@@ -129,11 +153,27 @@ async def relabel_row(
     )
     config: Any = {"metadata": {"relabel_row": row.id}, "tags": ["moa-relabel"]}
     meter = None
+    inputs: Any = row.inputs()
+    deferral: RowDeferral | None = None
+    deadline_s = topology.deadline_s
+    if waves is not None:
+        thread = row.id if turn is None else f"{row.id}#{turn}"
+        config["configurable"] = {"thread_id": thread}
+        deferral = waves.deferral(thread)
+        if (await graph.aget_state(config)).values:  # started in an earlier wave: resume
+            inputs = None
+        deadline_s = None  # a wave takes hours; the batch side has its own clock
     try:
-        with row_scope(row.id), meter_calls(_prices_of(topology)) as meter:
+        with (
+            row_scope(row.id),
+            meter_calls(_prices_of(topology)) as meter,
+            defer_calls(deferral) if deferral is not None else contextlib.nullcontext(),
+        ):
             async for event in stream_run(
-                graph, row.inputs(), config, tokens=False, deadline_s=topology.deadline_s
+                graph, inputs, config, tokens=False, deadline_s=deadline_s
             ):
+                if deferral is not None and deferral.requests:
+                    continue  # paused for a wave: what it wrote so far is not the answer
                 if isinstance(event, ReviewPause):
                     raise MoAInputError("the topology paused for review")
                 if isinstance(event, RunFinished):
@@ -160,6 +200,9 @@ async def relabel_row(
                         record["degraded"] = True
                         reasons = record.setdefault("degraded_reasons", [])
                         reasons.append("invalid_json")
+        if waves is not None and deferral is not None and deferral.requests:
+            await waves.queue(row.id, deferral)
+            return None
     except asyncio.CancelledError:
         raise
     except Exception as err:  # the row failed; the run goes on
@@ -230,8 +273,12 @@ def _answer_message(record: RowRecord) -> dict[str, Any]:
 
 
 async def _relabel_turns(
-    graph: MoAGraph, topology: Topology, row: Row, turn_context: TurnContext
-) -> RowRecord:
+    graph: MoAGraph,
+    topology: Topology,
+    row: Row,
+    turn_context: TurnContext,
+    waves: RowWaves | None = None,
+) -> RowRecord | None:
     """Every turn of ``row`` through the graph, in order; one record summing them."""
     points = turn_points(row)
     answers: dict[int, dict[str, Any]] = {}
@@ -242,7 +289,9 @@ async def _relabel_turns(
         turn_row = dataclasses.replace(
             row, prompt=_turn_prompt(row, index, answers, turn_context), completion=original
         )
-        last = await relabel_row(graph, topology, turn_row)
+        last = await relabel_row(graph, topology, turn_row, waves=waves, turn=index)
+        if last is None:  # this turn waits for a wave (batch engine)
+            return None
         turn = TurnRecord(
             index=index,
             status=last["status"],

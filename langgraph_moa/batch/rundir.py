@@ -50,7 +50,8 @@ class Session(BaseModel):
     ended: str | None = None
     engine: str = "local"
     new_rows: int = 0
-    stopped: str | None = None  # why it stopped early: "budget", "interrupted", "storage"
+    # why it stopped early: "budget", "interrupted", "storage", "detached" (batch engine)
+    stopped: str | None = None
 
 
 class Manifest(BaseModel):
@@ -63,6 +64,8 @@ class Manifest(BaseModel):
     sessions: list[Session] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     cost_usd: float = 0.0
+    # the batch engine's last session: waves, batches, requests answered in batches or online
+    batch: dict[str, Any] | None = None
 
     def resolved_topology(self) -> Topology:
         return parse_topology(self.topology, source=f"{self.name}/{_MANIFEST}")

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from langgraph_moa.batch.batch_engine import run_in_waves
 from langgraph_moa.batch.exports import ExportFormat, ExportResult, export_run
 from langgraph_moa.batch.feeding import (
     CHUNK,
@@ -81,6 +82,7 @@ from langgraph_moa.batch.rundir import (
     open_run_dir,
     run_name,
 )
+from langgraph_moa.batch.waves import DEFAULT_POLL_S
 from langgraph_moa.errors import MoAError, MoAInputError, MoAStorageError
 from langgraph_moa.graphs.builder import build_graph
 from langgraph_moa.llm.call import error_text
@@ -88,7 +90,7 @@ from langgraph_moa.llm.call_cache import open_cache
 from langgraph_moa.llm.chat_models import check_ready
 from langgraph_moa.llm.openai_client import gate_requests
 from langgraph_moa.llm.usage import unpriced_models
-from langgraph_moa.spec.models import PriceTable
+from langgraph_moa.spec.models import BatchPrices, PriceTable, has_batch_api
 from langgraph_moa.spec.topology import Topology, resolve_topology
 from langgraph_moa.sync_loop import run_sync
 
@@ -196,10 +198,19 @@ class WorstCaseEstimate:
     unpriced: list[str] = field(default_factory=list)
     skipped: int = 0
     invalid: int = 0
+    # with the batch engine: the same rows' worst case at batch prices (the calls to models
+    # without a Batch API at their online price), and the waves a row goes through at most
+    batch_cost_usd: float | None = None
+    waves: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         found = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return found | {"cost_usd": round_usd(self.cost_usd)}
+        found |= {"cost_usd": round_usd(self.cost_usd)}
+        if self.waves is None:  # the online engines
+            del found["batch_cost_usd"], found["waves"]
+        else:
+            found["batch_cost_usd"] = round_usd(self.batch_cost_usd)
+        return found
 
 
 def _open_input(
@@ -250,9 +261,11 @@ def estimate_relabel(
     retry_failed: bool = False,
     turns: Turns = "last",
     turn_context: TurnContext = "relabeled",
+    engine: str = "local",
 ) -> WorstCaseEstimate:
     """The worst case (every call writes its max_tokens) of what a relabel session would run:
-    rows, calls, tokens and $. No call is made and nothing is written."""
+    rows, calls, tokens and $; with ``engine="batch"`` also at batch prices, and the waves.
+    No call is made and nothing is written."""
     topo = _unattended(topology)
     _check_turns(turns, turn_context)
     rows, _, _ = _open_input(source, limit)
@@ -262,6 +275,10 @@ def estimate_relabel(
     )
     prices = PriceTable(topo.prices)
     found = WorstCaseEstimate()
+    batch_prices = None
+    if engine == "batch":
+        batch_prices = _batch_prices(topo, None)
+        found.batch_cost_usd, found.waves = 0.0, waves_of(topo)
     try:
         while chunk := list(itertools.islice(rows, CHUNK)):
             valid = [r for r in chunk if isinstance(r, Row)]
@@ -284,12 +301,36 @@ def estimate_relabel(
                             found.unpriced.append(model)
                     if found.cost_usd is not None and worst.cost_usd is not None:
                         found.cost_usd += worst.cost_usd
+                if batch_prices is not None:
+                    batched = row_estimates(
+                        topo, row, batch_prices, turns=turns, turn_context=turn_context
+                    )
+                    for worst in batched:
+                        if found.batch_cost_usd is not None and worst.cost_usd is not None:
+                            found.batch_cost_usd += worst.cost_usd
     finally:
         if ledger is not None:
             ledger.close()
     if found.unpriced and found.cost_usd == 0:
         found.cost_usd = None
+        found.batch_cost_usd = None if found.waves is not None else found.batch_cost_usd
     return found
+
+
+def waves_of(topology: Topology) -> int:
+    """The most waves a row of ``topology`` goes through under the batch engine: one per
+    stage that calls a model with a Batch API (each layer's proposers, the judge of a layer's
+    join, the critic, the aggregator, its judge)."""
+    stages: list[list[str]] = []
+    for number, layer in enumerate(topology.layers, 1):
+        stages.append([a.model for a in layer.proposers])
+        if (judge := topology.join_agent(number)) is not None:
+            stages.append([judge.model])
+    if topology.critic is not None:
+        stages.append([topology.critic.model])
+    if topology.aggregator.model is not None:
+        stages.append([topology.aggregator.model])
+    return sum(1 for models in stages if any(has_batch_api(m) for m in models))
 
 
 async def arelabel(
@@ -303,7 +344,7 @@ async def arelabel(
     max_usd: float | None = None,
     rate_limits: RateLimits | None = None,
     retry_failed: bool = False,
-    engine: Literal["local", "ray"] = "local",
+    engine: Literal["local", "ray", "batch"] = "local",
     ray_address: str | None = None,
     ray_workers: int | None = None,
     cache: str | Path | None = None,
@@ -311,6 +352,10 @@ async def arelabel(
     turn_context: TurnContext = "relabeled",
     on_record: Callable[[RowRecord], None] | None = None,
     on_progress: Callable[[SessionProgress], None] | None = None,
+    detach: bool = False,
+    poll_s: float = DEFAULT_POLL_S,
+    finish_online_after: float | None = None,
+    retry_online: bool = False,
 ) -> RelabelRun:
     """Relabel ``source`` (a JSONL/Parquet file, a folder of them, or an iterable of rows in the
     input format) with ``topology`` into ``out/name``; see the module docstring for the
@@ -323,11 +368,21 @@ async def arelabel(
     _check_turns(turns, turn_context)
     if name is not None:
         check_name(name)  # before anything is read or written
+    if engine == "batch" and not isinstance(source, str | Path):
+        source = list(source)  # each pass reads the rows again
     rows, stem, files = _open_input(source, limit)
     if engine == "ray":
         require_ray()
-    elif engine != "local":
-        raise MoAInputError(f"unknown engine {engine!r} (local or ray)")
+    elif engine not in ("local", "batch"):
+        raise MoAInputError(f"unknown engine {engine!r} (local, ray or batch)")
+    if engine != "batch" and (detach or retry_online or finish_online_after is not None):
+        raise MoAInputError(
+            "--detach, --retry-online and --finish-online-after go with --engine batch"
+        )
+    if not poll_s > 0:
+        raise MoAInputError("--poll must be more than 0 seconds")
+    if finish_online_after is not None and not finish_online_after > 0:
+        raise MoAInputError("--finish-online-after must be more than 0 seconds")
     check_ready(topo, probe_local=True)
     if max_usd is not None:
         unpriced = unpriced_models(topo, PriceTable(topo.prices))
@@ -349,6 +404,12 @@ async def arelabel(
         "turns": turns,
         "turn_context": turn_context,
     }
+    if engine == "batch":
+        settings |= {
+            "poll_s": poll_s,
+            "finish_online_after": finish_online_after,
+            "retry_online": retry_online,
+        }
     cache_path = Path(cache) if cache is not None else out_path / CACHE
     with open_run_dir(
         out_path,
@@ -365,7 +426,12 @@ async def arelabel(
         try:
             before = ledger.totals()
             budget = BatchBudget(
-                max_usd, before["cost_usd"], topo, turns=turns, turn_context=turn_context
+                max_usd,
+                before["cost_usd"],
+                topo,
+                turns=turns,
+                turn_context=turn_context,
+                prices=_batch_prices(topo, finish_online_after) if engine == "batch" else None,
             )
             plan = Plan(ledger, retry_failed, tally)
             try:
@@ -394,6 +460,28 @@ async def arelabel(
                             on_record=on_record,
                             on_progress=on_progress,
                         )
+                    elif engine == "batch":
+                        waves = await run_in_waves(
+                            topo,
+                            folder=run.path,
+                            ledger=ledger,
+                            rows=lambda: _open_input(source, limit)[0],
+                            tally=tally,
+                            budget=budget,
+                            cache=backend,
+                            concurrency=concurrency,
+                            retry_failed=retry_failed,
+                            turns=turns,
+                            turn_context=turn_context,
+                            detach=detach,
+                            poll_s=poll_s,
+                            finish_online_after=finish_online_after,
+                            retry_online=retry_online,
+                            on_record=on_record,
+                            on_progress=on_progress,
+                        )
+                        if detach and waves.in_progress + waves.submitted:
+                            tally.stopped = "detached"
                     else:
                         graph = build_graph(topo, cache=backend)
                         await drive_rows(
@@ -429,9 +517,20 @@ async def arelabel(
                     k: v for k, v in totals.items() if k != "cost_usd" and isinstance(v, int)
                 }
                 run.manifest.cost_usd = round(totals["cost_usd"], 6)
+                if tally.batch is not None:
+                    run.manifest.batch = tally.batch
         finally:
             ledger.close()
     return RelabelRun(run.path, run.manifest, tally, totals, cache_path)
+
+
+def _batch_prices(topology: Topology, finish_online_after: float | None) -> PriceTable:
+    """What the batch engine reserves: batch prices for the models with a Batch API, unless
+    stragglers may be finished online (then the online price, the most they may cost)."""
+    if finish_online_after is not None:
+        return PriceTable(topology.prices)
+    batched = frozenset(a.model for a in topology.agents() if has_batch_api(a.model))
+    return BatchPrices(topology.prices, batched=batched)
 
 
 def relabel(source: Input, **options: Any) -> RelabelRun:

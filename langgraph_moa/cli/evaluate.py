@@ -116,6 +116,7 @@ def _side(
     cache: BaseCache[Any],
     concurrency: int,
     cache_file: Path,
+    batch_poll_s: float | None = None,
 ) -> Side:
     from langgraph_moa.evaluation.driver import DirectGenerator, Side, TopologyGenerator
 
@@ -129,7 +130,12 @@ def _side(
     return Side(
         name=chosen.name,
         role=role,
-        generate=TopologyGenerator(chosen, concurrency=concurrency, cache_file=cache_file),
+        generate=TopologyGenerator(
+            chosen,
+            concurrency=concurrency,
+            cache_file=cache_file,
+            options={} if batch_poll_s is None else {"engine": "batch", "poll_s": batch_poll_s},
+        ),
         spec={"topology": chosen.model_dump(mode="json")},
     )
 
@@ -289,6 +295,18 @@ def eval_command(
         int,
         typer.Option("--concurrency", min=1, max=256, help="Items (and judge calls) in flight."),
     ] = 8,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (online calls) or batch: a topology's answers and a model judge's "
+            "judgments through the providers' Batch APIs, in waves, at the batch price.",
+        ),
+    ] = "local",
+    poll: Annotated[
+        float,
+        typer.Option("--poll", help="With --engine batch: the longest wait between polls (s)."),
+    ] = 60.0,
     rpm: Annotated[
         list[str] | None,
         typer.Option(
@@ -347,6 +365,11 @@ def eval_command(
     for side in (chosen, other):
         if side is not None:
             _preflight(side)
+    if engine not in ("local", "batch"):
+        raise MoAInputError(f"unknown --engine {engine!r} (local or batch)")
+    if not poll > 0:
+        raise MoAInputError("--poll must be more than 0 seconds")
+    batch_poll = poll if engine == "batch" else None
     side_name = chosen.name if isinstance(chosen, Topology) else f"single-{chosen.model}"
     default = f"{bench.name}-{side_name}"
     if other is not None:
@@ -355,9 +378,9 @@ def eval_command(
     folder.mkdir(parents=True, exist_ok=True)
     calls_file = calls_cache or folder / CALLS_FILE
     calls = open_cache(str(calls_file))
-    sides = [_side(chosen, "candidate", calls, concurrency, calls_file)]
+    sides = [_side(chosen, "candidate", calls, concurrency, calls_file, batch_poll)]
     if other is not None:
-        sides.append(_side(other, "baseline", calls, concurrency, calls_file))
+        sides.append(_side(other, "baseline", calls, concurrency, calls_file, batch_poll))
     the_judge = (
         Judge(the_judge_spec, open_cache(str(folder / _JUDGMENTS_FILE)), concurrency=concurrency)
         if the_judge_spec is not None
@@ -373,6 +396,7 @@ def eval_command(
                 baseline=sides[1] if len(sides) > 1 else None,
                 judge=the_judge,
                 resamples=resamples,
+                batch_poll_s=batch_poll,
             )
 
     summary = asyncio.run(evaluate())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
 import shlex
 import sys
 import time
@@ -43,6 +44,19 @@ if TYPE_CHECKING:
 class _Engine(enum.StrEnum):
     local = "local"
     ray = "ray"
+    batch = "batch"
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """A duration as ``--finish-online-after`` takes it: seconds, or a number with s, m, h or
+    d (``90s``, ``30m``, ``2h``, ``1d``)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if found is None or float(found[1]) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a duration (90s, 30m, 2h, 1d or seconds)")
+    return float(found[1]) * _UNITS[found[2] or "s"]
 
 
 class _Format(enum.StrEnum):
@@ -83,21 +97,44 @@ def _parts(tally: SessionProgress) -> dict[str, str]:
         "tokens": f"{tally.tokens} tokens",
         "running": f"{tally.running} running",
         "elapsed": _clock(tally.elapsed_s),
+        "batch": _batch_part(tally.batch),
     }
+
+
+def _batch_part(batch: dict[str, object] | None) -> str:
+    """The batch engine's part of the line: waves, batches running and ended, stragglers."""
+    if batch is None:
+        return ""
+    text = (
+        f"wave {batch.get('waves', 0)}: {batch.get('in_progress', 0)} batches running, "
+        f"{batch.get('ended', 0)} ended"
+    )
+    if batch.get("online"):
+        text += f", {batch['online']} sent online"
+    return text
 
 
 # The live line's optional parts, most important first: the first ones that fit are shown (the
 # bar, when the total is known, at its narrowest; it then takes what room is left, up to a limit).
-_OPTIONAL = ("cost", "eta", "bar", "rate", "calls", "tokens", "running", "elapsed")
+_OPTIONAL = ("batch", "cost", "eta", "bar", "rate", "calls", "tokens", "running", "elapsed")
 # The order they are shown in, each group joined by ", ", groups by " | ".
-_GROUPS = (("counts",), ("cost",), ("calls", "tokens"), ("running", "rate", "eta"), ("elapsed",))
+_GROUPS = (
+    ("counts",),
+    ("batch",),
+    ("cost",),
+    ("calls", "tokens"),
+    ("running", "rate", "eta"),
+    ("elapsed",),
+)
 _BAR_MIN, _BAR_MAX = 10, 40
 
 
 def _line(tally: SessionProgress, kept: tuple[str, ...] = _OPTIONAL) -> str:
     """The progress line's text (the counts, and the ``kept`` optional parts)."""
     parts = _parts(tally)
-    groups = [", ".join(parts[k] for k in g if k == "counts" or k in kept) for g in _GROUPS]
+    groups = [
+        ", ".join(parts[k] for k in g if (k == "counts" or k in kept) and parts[k]) for g in _GROUPS
+    ]
     return f"{parts['rows']} | " + " | ".join(g for g in groups if g)
 
 
@@ -216,7 +253,35 @@ def relabel_command(
     estimate: Annotated[
         bool, typer.Option("--estimate", help="Worst-case $ and calls; call nothing.")
     ] = False,
-    engine: Annotated[_Engine, typer.Option(help="local (asyncio) or ray.")] = _Engine.local,
+    engine: Annotated[
+        _Engine,
+        typer.Option(
+            help="local (asyncio), ray, or batch: the providers' Batch APIs, wave by wave, at "
+            "their batch price."
+        ),
+    ] = _Engine.local,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="With --engine batch: submit the next wave and exit; rerun to poll and go on.",
+        ),
+    ] = False,
+    poll: Annotated[
+        float,
+        typer.Option(
+            "--poll",
+            help="With --engine batch: the longest wait between two polls, in seconds (polls "
+            "start 2 s apart and grow to it).",
+        ),
+    ] = 60.0,
+    finish_online_after: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine batch: send a wave's requests still running after this long "
+            "online (90s, 30m, 2h, 1d)."
+        ),
+    ] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="Join this Ray cluster (HOST:PORT); default: a local one.")
     ] = None,
@@ -240,6 +305,14 @@ def relabel_command(
             "relabeled answers, or the original ones."
         ),
     ] = TurnContext.relabeled,
+    retry_online: Annotated[
+        bool,
+        typer.Option(
+            "--retry-online",
+            help="With --engine batch: retry a request that failed inside a batch online, not "
+            "in the next wave.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
@@ -259,6 +332,7 @@ def relabel_command(
             retry_failed=retry_failed,
             turns=turns.value,
             turn_context=turn_context.value,
+            engine=engine.value,
         )
         if as_json:
             sys.stdout.write(json.dumps(found.as_dict()) + "\n")
@@ -269,7 +343,14 @@ def relabel_command(
             f"worst case for {found.rows} rows: {found.calls} calls, {found.tokens} tokens, "
             f"{cost}{unpriced}; {found.skipped} already done, {found.invalid} invalid\n"
         )
+        if found.waves is not None:
+            batch = "unknown" if found.batch_cost_usd is None else f"${found.batch_cost_usd:.4f}"
+            sys.stdout.write(
+                f"with --engine batch: {batch} at batch prices (online {cost}), in at most "
+                f"{found.waves} waves\n"
+            )
         return
+    online_after = None if finish_online_after is None else _duration(finish_online_after)
     limits = parse_limits(rpm, tpm)
     display = _Display(quiet)
 
@@ -292,6 +373,10 @@ def relabel_command(
                 turns=turns.value,
                 turn_context=turn_context.value,
                 on_progress=display,
+                detach=detach,
+                poll_s=poll,
+                finish_online_after=online_after,
+                retry_online=retry_online,
             )
 
     try:
@@ -314,6 +399,11 @@ def _report(run: RelabelRun, *, as_json: bool, quiet: bool) -> None:
             f"relabel: {escape(_line(run.session))}\n"
             f"run {escape(str(run.path))}: {t['done']} done, {t['failed']} failed, "
             f"{t['invalid']} invalid, ${t['cost_usd']:.4f} in all"
+        )
+    if run.stopped == "detached":
+        err.print(
+            "[yellow]moa: note:[/yellow] a wave is at the providers' Batch APIs; rerun the same "
+            "command to poll and go on"
         )
     if run.stopped == "budget":
         reason = run.session.stop_reason or "stopped at the budget (--max-usd)"

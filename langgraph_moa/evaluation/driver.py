@@ -53,6 +53,7 @@ from langgraph_moa.batch.ledger import RowRecord
 from langgraph_moa.batch.runner import arelabel
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.evaluation import strict_json
+from langgraph_moa.evaluation.batch_judging import judge_in_waves
 from langgraph_moa.evaluation.datasets import Benchmark, Item
 from langgraph_moa.evaluation.judge import Judge
 from langgraph_moa.evaluation.records import RecordStore
@@ -348,8 +349,11 @@ async def run_eval(
     baseline: Side | None = None,
     judge: Judge | None = None,
     resamples: int = 1000,
+    batch_poll_s: float | None = None,
 ) -> dict[str, Any]:
-    """Generate, judge and score ``bench`` in ``folder``; write and return the summary."""
+    """Generate, judge and score ``bench`` in ``folder``; write and return the summary.
+    ``batch_poll_s``: the judge is asked through its Batch API, in waves
+    (:mod:`langgraph_moa.evaluation.batch_judging`), polled at most this many seconds apart."""
     started = time.time()
     sides = [candidate, *([baseline] if baseline else [])]
     manifest = {
@@ -365,13 +369,20 @@ async def run_eval(
     generated = [await _generate_side(s, bench.items, folder) for s in sides]
     generation_s = time.time() - started
     mark = time.process_time()
-    results = await score_items(
-        bench.scoring,
-        bench.items,
-        generated[0],
-        baseline=generated[1] if baseline else None,
-        judge=judge,
-    )
+
+    def score() -> Any:
+        return score_items(
+            bench.scoring,
+            bench.items,
+            generated[0],
+            baseline=generated[1] if baseline else None,
+            judge=judge,
+        )
+
+    if judge is not None and batch_poll_s is not None:
+        results = await judge_in_waves(score, judge, folder, poll_s=batch_poll_s)
+    else:
+        results = await score()
     scores = summarise(bench.name, bench.scoring, results, resamples=resamples)
     scoring_cpu_s = time.process_time() - mark
     counts = count_sides(bench.scoring, bench.items, results, generated)

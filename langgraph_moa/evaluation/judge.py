@@ -183,7 +183,7 @@ class _ModelJudge:
             calls=1,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=self._prices.cost(self.agent.model, prompt, completion),
+            cost_usd=self._prices.cost(self.agent.model, prompt, completion, batch=o.batch),
             latency_s=o.latency_s,
         ), requests
 
@@ -207,6 +207,7 @@ class _TopologyJudge:
             data={},
         )
         record = await relabel_row(self._graph, self.topology, row)
+        assert record is not None  # None only under the batch engine (waves=...)
         result = record["result"] or {}
         usage = result.get("usage") or {}
         requests = record["calls"]  # sent now; cached_calls were served from the cache

@@ -40,6 +40,13 @@ from langchain_core.runnables.config import ensure_config, merge_configs
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.llm.call_cache import ProposalCache
 from langgraph_moa.llm.chat_models import redact
+from langgraph_moa.llm.deferred import (
+    Deferral,
+    DeferredRequest,
+    current_deferral,
+    replies_of,
+    request_body,
+)
 from langgraph_moa.llm.langchain_models import call_with_retries, status_of
 from langgraph_moa.llm.model_pool import CallExtras, ModelPool
 from langgraph_moa.llm.reply_guard import (
@@ -75,10 +82,17 @@ class Outcome:
     # a cached sample: the usage it was counted at when its request was made (None: the cache
     # entry predates keeping it); ``usage`` stays zero, as nothing was paid now
     cached_usage: TokenUsage | None = None
+    # answered through a provider's Batch API: which request of the call (its part) it came
+    # from; None when sent online
+    batch_part: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def batch(self) -> bool:
+        return self.batch_part is not None
 
 
 def _short(text: str) -> str:
@@ -263,6 +277,20 @@ async def _send_now(
             ]
     latency, tries = time.perf_counter() - start, max(attempts[0], 1)
     log.info("%s answered in %.2fs (%d attempt(s))", pool.agent.model, latency, tries)
+    return _read_reply(pool, messages, generations, n, max_tokens, latency, tries)
+
+
+def _read_reply(
+    pool: ModelPool,
+    messages: list[BaseMessage],
+    generations: list[Any],
+    n: int,
+    max_tokens: int,
+    latency: float,
+    tries: int,
+) -> list[Outcome]:
+    """A request's reply (its ``n`` generations) as outcomes, each checked against the
+    request's limits (an online reply and a Batch API's alike)."""
     outcomes = []
     # the most a request may be charged for: max_tokens a sample
     allowed = max_tokens * max(len(generations[:n]), 1)
@@ -362,8 +390,7 @@ async def call_agent(
             log.info("cache hit for %s: %d sample(s), no request sent", pool.agent.model, len(hits))
             return hits, 0
 
-    async def send(k: int, size: int) -> None:
-        outcomes = await send_request(pool, messages, size, extras)
+    async def keep(k: int, outcomes: list[Outcome]) -> None:
         finished[k] = outcomes
         if cache is not None and all(o.ok for o in outcomes):
             texts = [o.text or "" for o in outcomes]
@@ -378,6 +405,31 @@ async def call_agent(
                 replies=replies,
                 usages=[o.usage for o in outcomes],
             )
+
+    async def send(k: int, size: int) -> None:
+        await keep(k, await send_request(pool, messages, size, extras))
+
+    deferral = current_deferral()
+    batched = 0  # requests answered through a Batch API (sent, in an earlier wave)
+    if deferral is not None and deferral.takes(pool.agent.model):
+        waiting: list[str] = []
+        for k, size in enumerate(sizes):
+            if k not in finished:
+                answered = _deferred(pool, messages, k, size, extras, deferral, waiting)
+                if answered is not None:
+                    await keep(k, answered)
+                    batched += 1
+        if waiting and _in_graph():  # the node pauses; the wave runner resumes it later
+            from langgraph.types import interrupt
+
+            interrupt({"kind": "batch", "model": pool.agent.model, "requests": waiting})
+        elif waiting:  # a call outside a graph (a judge): it fails this pass, kept nowhere
+            for k, size in enumerate(sizes):
+                if k not in finished:
+                    finished[k] = [
+                        Outcome(None, WAITING_FOR_BATCH, 0.0, zero_usage(), attempts=0)
+                        for _ in range(size)
+                    ]
 
     # The requests are children of this call: if the node is cancelled (a client left, Ctrl-C,
     # a cancelled server run), the task group cancels them too, and their HTTP connections
@@ -399,4 +451,82 @@ async def call_agent(
             late = f"timed out: the layer's deadline of {deadline_s:g}s passed"
             elapsed = time.perf_counter() - start
             outcomes.extend(Outcome(None, late, elapsed, zero_usage()) for _ in range(size))
-    return outcomes, len(sent)
+    return outcomes, len(sent) + batched
+
+
+WAITING_FOR_BATCH = "waiting for a Batch API wave"
+
+
+def _graph_node() -> str:
+    """The graph node this call is made in (part of a deferred request's key)."""
+    from langgraph.config import get_config
+
+    try:
+        return str((get_config().get("metadata") or {}).get("langgraph_node", ""))
+    except RuntimeError:  # not inside a graph run
+        return ""
+
+
+def _in_graph() -> bool:
+    """Whether this call is made by a node of a running graph (which can pause)."""
+    from langgraph.config import get_config
+
+    try:
+        get_config()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _deferred(
+    pool: ModelPool,
+    messages: list[BaseMessage],
+    part: int,
+    size: int,
+    extras: CallExtras | None,
+    deferral: Deferral,
+    waiting: list[str],
+) -> list[Outcome] | None:
+    """Request ``part`` of a call under the batch engine: its outcomes when the deferral holds
+    its answer (counted in the meter at the batch price); None when it is to be sent online
+    now, or when it waits for a wave (its key added to ``waiting``)."""
+    model = pool.get(size)
+    runnable = extras.prepare(model) if extras else model
+    body = request_body(runnable, messages)
+    key = deferral.key(_graph_node(), part, body)
+    answer = deferral.answer(key)
+    if answer is None:
+        deferral.defer(DeferredRequest(key, pool.agent.model, body, _attempts(pool)))
+        waiting.append(key)
+        return None
+    if answer.online:
+        return None
+    error = answer.error or "the batch returned no reply"
+    replies: list[Any] = []
+    if answer.body is not None:
+        try:
+            replies = list(replies_of(runnable, answer.body))
+        except Exception as err:  # a reply the integration cannot read
+            error = f"malformed response: {error_text(err)}"
+        else:
+            error = "malformed response: no reply in the batch result"
+    if replies:
+        max_tokens = _limit(pool, extras)
+        outcomes = _read_reply(
+            pool, messages, replies, size, max_tokens, answer.latency_s, answer.attempts
+        )
+    else:
+        outcomes = [
+            Outcome(None, error, answer.latency_s, zero_usage(), attempts=answer.attempts)
+            for _ in range(size)
+        ]
+    for outcome in outcomes:
+        outcome.batch_part = part
+    if (meter := current_meter()) is not None:
+        meter.add(pool.agent.model, outcomes[0].usage if outcomes else zero_usage(), batch=True)
+    return outcomes
+
+
+def _attempts(pool: ModelPool) -> int:
+    retry = pool.agent.retry or Retry()
+    return max(retry.attempts, 1)

@@ -66,6 +66,7 @@ class Meter:
     prices: PriceTable
     calls: int = 0
     cached_calls: int = 0
+    batch_calls: int = 0  # of ``calls``, those answered through a provider's Batch API
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
@@ -75,12 +76,14 @@ class Meter:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add(self, model: str, usage: TokenUsage, *, calls: int = 1) -> None:
+    def add(self, model: str, usage: TokenUsage, *, calls: int = 1, batch: bool = False) -> None:
+        """Count a request that ended (``batch``: answered through a Batch API, at its price)."""
         self.calls += calls
+        self.batch_calls += calls if batch else 0
         prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
         self.prompt_tokens += prompt
         self.completion_tokens += completion
-        cost = self.prices.cost(model, prompt, completion)
+        cost = self.prices.cost(model, prompt, completion, batch=batch)
         if cost is None:
             if model not in self.unpriced:
                 self.unpriced.append(model)

@@ -24,6 +24,22 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
     prompt = sum(o.usage["prompt_tokens"] for o in outcomes)
     completion = sum(o.usage["completion_tokens"] for o in outcomes)
     total = sum(o.usage["total_tokens"] for o in outcomes)
+    # a sample answered through a Batch API is priced at the batch price
+    batched = [o for o in outcomes if o.batch]
+    online_cost = prices.cost(
+        model,
+        sum(o.usage["prompt_tokens"] for o in outcomes if not o.batch),
+        sum(o.usage["completion_tokens"] for o in outcomes if not o.batch),
+    )
+    cost = online_cost
+    if batched:
+        batch_cost = prices.cost(
+            model,
+            sum(o.usage["prompt_tokens"] for o in batched),
+            sum(o.usage["completion_tokens"] for o in batched),
+            batch=True,
+        )
+        cost = None if online_cost is None or batch_cost is None else online_cost + batch_cost
     cached = [o for o in outcomes if o.cached]
     made = [o.cached_usage for o in cached if o.cached_usage is not None]
     delta: Usage = {
@@ -39,10 +55,12 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": total,
-                "cost_usd": prices.cost(model, prompt, completion),
+                "cost_usd": cost,
             }
         },
     }
+    if batched:  # requests, as ``calls`` counts them: one per request, not per sample
+        delta["by_model"][model]["batch_calls"] = len({o.batch_part for o in batched})
     if cached:
         made_prompt = sum(u["prompt_tokens"] for u in made)
         made_completion = sum(u["completion_tokens"] for u in made)
@@ -59,7 +77,7 @@ def call_record(
     agent: Agent, node: str, outcome: Outcome, trimmed: Trim | None = None
 ) -> CallRecord:
     """The state's record of one call (or one sample of a call)."""
-    return {
+    record: CallRecord = {
         "name": agent.name or node,
         "node": node,
         "model": agent.model,
@@ -73,6 +91,9 @@ def call_record(
         "trimmed": trimmed,
         "finish_reason": outcome.finish_reason,
     }
+    if outcome.batch:
+        record["batch"] = True
+    return record
 
 
 def skipped_record(agent: Agent, node: str) -> CallRecord:

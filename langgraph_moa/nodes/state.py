@@ -61,6 +61,7 @@ class CallRecord(TypedDict):
     references: NotRequired[ReferencesRecord | None]  # shuffled/filtered references, if set
     # the final answer's writer stopped at its limit: the turn is degraded
     truncated: NotRequired[Truncation | None]
+    batch: NotRequired[bool]  # answered through a provider's Batch API (absent: sent online)
 
 
 class Proposal(CallRecord):
@@ -83,6 +84,9 @@ class ModelUsage(TypedDict):
     cached_completion_tokens: NotRequired[int]
     cached_cost_usd: NotRequired[float | None]
     cached_unknown: NotRequired[int]
+    # of ``calls``, those answered through a provider's Batch API (priced at its batch price);
+    # only present once one was
+    batch_calls: NotRequired[int]
 
 
 _CACHED_COUNTS = ("cached_prompt_tokens", "cached_completion_tokens", "cached_unknown")
@@ -162,6 +166,8 @@ def add_usage(current: Usage | None, update: Usage | None) -> Usage:
         for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "total_tokens"):
             mine[key] += u[key]
         mine["cost_usd"] = _add_cost(mine["cost_usd"], u["cost_usd"])
+        if "batch_calls" in u or "batch_calls" in mine:
+            mine["batch_calls"] = mine.get("batch_calls", 0) + u.get("batch_calls", 0)
         if "cached_cost_usd" in u or "cached_cost_usd" in mine:
             counts: dict[str, Any] = dict(mine)
             for key in _CACHED_COUNTS:

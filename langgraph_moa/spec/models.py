@@ -9,6 +9,11 @@ named by ``MOA_PRICES``
 (``{"provider:model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}``), and declares a
 window with an agent's ``context_window``. Unknown models have no cost (``None``) and no
 window, never a guess.
+
+Batch prices: a call answered through a provider's Batch API is priced at the model's batch
+price: ``batch_input_per_mtok`` / ``batch_output_per_mtok`` where the table or the user gives
+them, else :data:`BATCH_DISCOUNT` (half) of the online price for the providers that sell a batch
+tier (:data:`BATCH_PROVIDERS`, and OpenAI-compatible providers registered with a Batch API).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.files import describe_validation_error, read_data_file
+from langgraph_moa.spec.providers import PROVIDERS
 from langgraph_moa.spec.topology import Price
 
 
@@ -92,6 +98,25 @@ def _load_prices_file(path: str) -> dict[str, Price]:
         raise MoAInputError(f"MOA_PRICES file {path!r}: {describe_validation_error(err)}") from None
 
 
+# Providers whose Batch API sells the same tokens at a discount (OpenAI, Together and Anthropic
+# all list batch prices at half the online ones).
+BATCH_PROVIDERS = frozenset({"openai", "together", "anthropic"})
+BATCH_DISCOUNT = 0.5
+
+
+def _batch_discount(model: str) -> float | None:
+    provider = model.split(":", 1)[0]
+    if provider in BATCH_PROVIDERS:
+        return BATCH_DISCOUNT
+    spec = PROVIDERS.get(provider)
+    return BATCH_DISCOUNT if spec is not None and getattr(spec, "batch_api", None) else None
+
+
+def has_batch_api(model: str) -> bool:
+    """Whether ``model``'s provider sells its tokens through a Batch API (at a batch price)."""
+    return _batch_discount(model) is not None
+
+
 class PriceTable:
     """Built-in prices, then ``MOA_PRICES``, then the topology's own ``prices`` (last wins)."""
 
@@ -104,8 +129,42 @@ class PriceTable:
     def price(self, model: str) -> Price | None:
         return lookup(self._prices, model)
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+    def batch_price(self, model: str) -> Price | None:
+        """What ``model`` costs through its provider's Batch API: the declared batch prices,
+        else the provider's discount on the online price, else the online price."""
         price = self.price(model)
         if price is None:
             return None
+        discount = _batch_discount(model) or 1.0
+        inp = price.batch_input_per_mtok
+        out = price.batch_output_per_mtok
+        return Price(
+            input_per_mtok=price.input_per_mtok * discount if inp is None else inp,
+            output_per_mtok=price.output_per_mtok * discount if out is None else out,
+        )
+
+    def cost(
+        self, model: str, input_tokens: int, output_tokens: int, *, batch: bool = False
+    ) -> float | None:
+        """What a call cost, online or (``batch``) through the provider's Batch API."""
+        price = self.batch_price(model) if batch else self.price(model)
+        if price is None:
+            return None
         return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+
+
+class BatchPrices(PriceTable):
+    """A price table that prices every call of the ``batched`` models at their batch price
+    (what a run of the batch engine pays, and reserves, for them)."""
+
+    def __init__(
+        self, extra: Mapping[str, Price] | None = None, *, batched: frozenset[str] = frozenset()
+    ) -> None:
+        super().__init__(extra)
+        self.batched = batched
+
+    def cost(
+        self, model: str, input_tokens: int, output_tokens: int, *, batch: bool = False
+    ) -> float | None:
+        batch = batch or model in self.batched
+        return super().cost(model, input_tokens, output_tokens, batch=batch)

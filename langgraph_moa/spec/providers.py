@@ -59,6 +59,8 @@ class ProviderSpec:
     supports_n: bool = False  # accepts `n` > 1 in one chat completion request
     openai_compatible: bool = True
     api_key_env: str | None = None  # default: <NAME>_API_KEY
+    # the shape of its Batch API (files + /v1/batches, as OpenAI's), if it has one
+    batch_api: Literal["openai"] | None = None
 
     @property
     def key_env(self) -> str:
@@ -78,8 +80,10 @@ class ProviderSpec:
 BUILTIN_PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
-        ProviderSpec("openai", None, supports_n=True),
-        ProviderSpec("together", "https://api.together.xyz/v1", supports_n=True),
+        ProviderSpec("openai", None, supports_n=True, batch_api="openai"),
+        ProviderSpec(
+            "together", "https://api.together.xyz/v1", supports_n=True, batch_api="openai"
+        ),
         ProviderSpec("groq", "https://api.groq.com/openai/v1"),
         ProviderSpec("fireworks", "https://api.fireworks.ai/inference/v1", supports_n=True),
         ProviderSpec("openrouter", "https://openrouter.ai/api/v1"),
@@ -213,6 +217,7 @@ def register_provider(
     base_url: str | None = None,
     api_key_env: str | None = None,
     supports_n: bool = False,
+    batch_api: Literal["openai"] | None = None,
 ) -> None:
     """Make ``name:<model>`` usable in topologies.
 
@@ -220,12 +225,17 @@ def register_provider(
     timeout=...)`` for each agent, returning a LangChain chat model (moa retries and times out
     its calls: give the model no retries of its own); or ``base_url`` of an OpenAI-compatible
     service, reached like the built-in table's providers (``<NAME>_BASE_URL`` overrides it; the
-    key is read from ``api_key_env`` when given, else none is sent). Registering a name again
-    replaces it; the built-in table's names cannot be replaced.
+    key is read from ``api_key_env`` when given, else none is sent). ``batch_api="openai"``
+    says the service also has OpenAI's Batch API (files and ``/v1/batches``) at that base URL.
+    Registering a name again replaces it; the built-in table's names cannot be replaced.
     """
     _check_provider_name(name)
     if (factory is None) == (base_url is None):
         raise MoAInputError("register_provider takes a factory or a base_url (one of them)")
+    if batch_api not in (None, "openai"):
+        raise MoAInputError(f"batch_api is 'openai' or None, not {batch_api!r}")
+    if batch_api is not None and factory is not None:
+        raise MoAInputError("batch_api goes with a base_url: a factory's service is not known")
     if factory is not None and not callable(factory):
         raise MoAInputError(f"the factory for provider {name!r} is not callable")
     with _lock:
@@ -241,6 +251,7 @@ def register_provider(
                 default_key=None if api_key_env else "EMPTY",
                 supports_n=supports_n,
                 api_key_env=api_key_env,
+                batch_api=batch_api,
             )
 
 

@@ -111,10 +111,13 @@ class Layer(Strict):
 
 
 class Price(Strict):
-    """USD per million tokens."""
+    """USD per million tokens, online; and through the provider's Batch API, when that differs
+    from the default (half the online price for providers with a batch tier)."""
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    batch_input_per_mtok: float | None = Field(default=None, ge=0)
+    batch_output_per_mtok: float | None = Field(default=None, ge=0)
 
 
 class Topology(Strict):

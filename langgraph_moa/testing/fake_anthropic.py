@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from langgraph_moa.testing.fake_openai import FakeOpenAI, LoggedRequest
+from langgraph_moa.testing.fake_batches import BatchShape, anthropic_batch_routes
+from langgraph_moa.testing.fake_openai import Behavior, FakeOpenAI, LoggedRequest
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -47,7 +48,13 @@ def _words(text: str) -> int:
 
 
 class FakeAnthropic(FakeOpenAI):
-    """``with FakeAnthropic() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT``."""
+    """``with FakeAnthropic() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT``.
+
+    It also serves the Message Batches API (``/v1/messages/batches``), set up and watched
+    through :attr:`batches` (see :mod:`langgraph_moa.testing.fake_batches`).
+    """
+
+    BATCH_SHAPE: BatchShape = "anthropic"
 
     @property
     def base_url(self) -> str:
@@ -60,7 +67,10 @@ class FakeAnthropic(FakeOpenAI):
         return log.headers.get("x-api-key") or bearer
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/messages", self._messages, methods=["POST"])]
+        return [
+            Route("/v1/messages", self._messages, methods=["POST"]),
+            *anthropic_batch_routes(self.batches),
+        ]
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         kind = _ERROR_TYPES.get(status, "api_error")
@@ -74,22 +84,8 @@ class FakeAnthropic(FakeOpenAI):
         injected = await self.injected(request, log, behavior, fault, '{"id": "msg", "content": [')
         if injected is not None:
             return injected
-        text = "" if fault == "empty" else behavior.reply(body, number, 0)
-        prompt = _words(text_of_content(body.get("system"))) + sum(
-            _words(text_of_content(m.get("content"))) for m in body.get("messages", [])
-        )
-        usage = behavior.usage or {"input_tokens": prompt, "output_tokens": _words(text)}
-        stop = "max_tokens" if behavior.finish_reason == "length" else "end_turn"
-        reply: dict[str, Any] = {
-            "id": f"msg_fake_{log.model}_{number}",
-            "type": "message",
-            "role": "assistant",
-            "model": log.model,
-            "content": [{"type": "text", "text": text}] if text else [],
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": usage,
-        }
+        reply = self.whole_reply(body, behavior, number, fault)
+        text = text_of_content(reply["content"])
         if body.get("stream"):
             events = self._events(log, reply, text, behavior.truncate)
             return StreamingResponse(
@@ -97,6 +93,28 @@ class FakeAnthropic(FakeOpenAI):
             )
         log.status, log.finished = 200, time.perf_counter()
         return Response(json.dumps(reply), media_type="application/json")
+
+    def whole_reply(
+        self, body: dict[str, Any], behavior: Behavior, number: int, fault: int | str | None
+    ) -> dict[str, Any]:
+        """The whole (unstreamed) answer to ``body``: a ``message``."""
+        text = "" if fault == "empty" else behavior.reply(body, number, 0)
+        prompt = _words(text_of_content(body.get("system"))) + sum(
+            _words(text_of_content(m.get("content"))) for m in body.get("messages", [])
+        )
+        usage = behavior.usage or {"input_tokens": prompt, "output_tokens": _words(text)}
+        stop = "max_tokens" if behavior.finish_reason == "length" else "end_turn"
+        model = str(body.get("model", ""))
+        return {
+            "id": f"msg_fake_{model}_{number}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}] if text else [],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
 
     async def _events(
         self, log: LoggedRequest, message: dict[str, Any], text: str, truncate: bool

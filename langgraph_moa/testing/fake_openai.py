@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from langgraph_moa.testing.fake_batches import BatchBook, BatchShape, openai_batch_routes
+
 Reply = Callable[[dict[str, Any], int, int], str]
 """reply(request_body, request_number_for_this_model, choice_index) -> text."""
 
@@ -114,6 +116,7 @@ class LoggedRequest:
     status: int = 0
     disconnected: bool = False
     fault: int | str | None = None
+    batch: str | None = None  # the id of the batch it came in, if any
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -129,7 +132,13 @@ def _words(text: str) -> int:
 
 
 class FakeOpenAI:
-    """``with FakeOpenAI() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT/v1``."""
+    """``with FakeOpenAI() as server:`` -> ``server.base_url`` is ``http://127.0.0.1:PORT/v1``.
+
+    It also serves OpenAI's Batch API (files and ``/v1/batches``), set up and watched through
+    :attr:`batches` (see :mod:`langgraph_moa.testing.fake_batches`).
+    """
+
+    BATCH_SHAPE: BatchShape = "openai"
 
     def __init__(
         self,
@@ -145,6 +154,7 @@ class FakeOpenAI:
         self.requests: list[LoggedRequest] = []
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.batches = BatchBook(self, self.BATCH_SHAPE)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -167,12 +177,14 @@ class FakeOpenAI:
         with self._lock:
             self.requests.clear()
             self._counts.clear()
+        self.batches.reset()
 
     def routes(self) -> list[Route]:
         """The HTTP API served (a subclass serves another provider's wire format)."""
         return [
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            *openai_batch_routes(self.batches),
         ]
 
     def start(self) -> Self:
@@ -205,6 +217,7 @@ class FakeOpenAI:
             self._server.force_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.batches.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -256,11 +269,11 @@ class FakeOpenAI:
         return None
 
     def admit(
-        self, body: dict[str, Any], headers: dict[str, str]
+        self, body: dict[str, Any], headers: dict[str, str], *, batch: str | None = None
     ) -> tuple[LoggedRequest, Behavior, int, int | str | None]:
         """Log a request; its model's behaviour, its number for that model and its fault."""
         model = str(body.get("model", ""))
-        log = LoggedRequest(model, body, headers, time.perf_counter())
+        log = LoggedRequest(model, body, headers, time.perf_counter(), batch=batch)
         behavior = self.behaviors.get(model, self.default)
         with self._lock:
             self.requests.append(log)
@@ -290,28 +303,9 @@ class FakeOpenAI:
         if injected is not None:
             return injected
 
-        calls = behavior.tool_calls(body, number) if behavior.tool_calls else None
-        tool_calls = [
-            {
-                "id": f"call_{number}_{k}",
-                "type": "function",
-                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
-            }
-            for k, c in enumerate(calls or [])
-        ]
-        texts = [
-            "" if fault == "empty" or tool_calls else behavior.reply(body, number, k)
-            for k in range(n)
-        ]
-        prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
-        completion_tokens = sum(_words(t) for t in texts)
-        usage = (behavior.usage(body, texts) if callable(behavior.usage) else behavior.usage) or {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        ident = f"chatcmpl-fake-{model}-{number}"
         if body.get("stream"):
+            texts, tool_calls, usage = self.answer(body, behavior, number, fault)
+            ident = f"chatcmpl-fake-{model}-{number}"
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = self._sse(
                 log,
@@ -327,24 +321,7 @@ class FakeOpenAI:
                 self.dripped(events, behavior.drip_s, log),
                 media_type="text/event-stream",
             )
-        reply = json.dumps(
-            {
-                "id": ident,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": k,
-                        "message": {"role": "assistant", "content": text}
-                        | ({"tool_calls": tool_calls} if tool_calls else {}),
-                        "finish_reason": "tool_calls" if tool_calls else behavior.finish_reason,
-                    }
-                    for k, text in enumerate(texts)
-                ],
-                "usage": usage,
-            }
-        )
+        reply = json.dumps(self.whole_reply(body, behavior, number, fault))
         if behavior.drip_s:
 
             async def whole() -> AsyncIterator[str]:
@@ -356,6 +333,77 @@ class FakeOpenAI:
             )
         log.status, log.finished = 200, time.perf_counter()
         return Response(reply, media_type="application/json")
+
+    def answer(
+        self, body: dict[str, Any], behavior: Behavior, number: int, fault: int | str | None
+    ) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+        """A request's answer: its texts (one per choice), tool calls and usage."""
+        calls = behavior.tool_calls(body, number) if behavior.tool_calls else None
+        tool_calls = [
+            {
+                "id": f"call_{number}_{k}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+            }
+            for k, c in enumerate(calls or [])
+        ]
+        texts = [
+            "" if fault == "empty" or tool_calls else behavior.reply(body, number, k)
+            for k in range(int(body.get("n") or 1))
+        ]
+        prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
+        completion_tokens = sum(_words(t) for t in texts)
+        usage = (behavior.usage(body, texts) if callable(behavior.usage) else behavior.usage) or {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return texts, tool_calls, usage
+
+    def whole_reply(
+        self, body: dict[str, Any], behavior: Behavior, number: int, fault: int | str | None
+    ) -> dict[str, Any]:
+        """The whole (unstreamed) answer to ``body``: a ``chat.completion``."""
+        texts, tool_calls, usage = self.answer(body, behavior, number, fault)
+        model = str(body.get("model", ""))
+        return {
+            "id": f"chatcmpl-fake-{model}-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": text}
+                    | ({"tool_calls": tool_calls} if tool_calls else {}),
+                    "finish_reason": "tool_calls" if tool_calls else behavior.finish_reason,
+                }
+                for k, text in enumerate(texts)
+            ],
+            "usage": usage,
+        }
+
+    def batch_answer(
+        self, body: dict[str, Any], headers: dict[str, str], batch: str
+    ) -> tuple[int, dict[str, Any]]:
+        """One request of a batch, answered as the same live request would be: its HTTP status
+        and body, the request logged (``batch`` set) and its model's next fault used. Latency is
+        not waited (the batch's turnaround stands for it); ``"hang"`` and ``"malformed"``, which
+        a batch cannot show, become 500s; streaming and dripping do not apply."""
+        log, behavior, number, fault = self.admit(body, headers, batch=batch)
+        status, answer = 200, None
+        if int(body.get("n") or 1) > 1 and not behavior.supports_n:
+            status, answer = 400, self.error_body(400, "'n' : number must be at most 1")
+        elif isinstance(fault, int) or fault in ("hang", "malformed"):
+            status = fault if isinstance(fault, int) else 500
+            message = f"injected failure {fault}"
+            if behavior.error_message is not None:
+                message = behavior.error_message.replace("{key}", self.key_of(log))
+            answer = self.error_body(status, message)
+        else:
+            answer = self.whole_reply(body, behavior, number, fault)
+        log.status, log.finished = status, time.perf_counter()
+        return status, answer
 
     async def wait(self, request: Request, seconds: float, log: LoggedRequest) -> bool:
         """Sleep ``seconds``; False (and the request logged as 499) if the client left first.
