@@ -81,20 +81,22 @@ def synthesis_messages(
 ) -> list[BaseMessage]:
     """Messages for a proposer or the aggregator.
 
-    The system message holds, in order: the agent's role, the conversation's own system text,
-    then (when there are earlier answers) the synthesize instruction with the numbered
-    references, then the critique. The conversation follows unchanged.
+    The system message holds the agent's role and the conversation's own system text; the
+    conversation follows unchanged; then, when there are earlier answers, one last user message
+    holds the synthesize instruction with the numbered references, and the critique. So every
+    request of a row starts with the same prefix (instructions, then the user's conversation)
+    and only its end differs, which lets a provider's prompt cache (and a Batch API's) reuse
+    the prefix across a row's calls.
     """
     system_parts, rest = _split_system(conversation)
     parts = [p for p in [role, *system_parts] if p and p.strip()]
-    if references:
-        section = SYNTHESIZE_PROMPT.format(references=numbered(references))
-        if critique:
-            section += CRITIQUE_SECTION.format(critique=critique.strip())
-        parts.append(section)
-    if not parts:
-        return list(rest)
-    return [SystemMessage("\n\n".join(parts)), *rest]
+    head: list[BaseMessage] = [SystemMessage("\n\n".join(parts))] if parts else []
+    if not references:
+        return [*head, *rest]
+    section = SYNTHESIZE_PROMPT.format(references=numbered(references))
+    if critique:
+        section += CRITIQUE_SECTION.format(critique=critique.strip())
+    return [*head, *rest, HumanMessage(section)]
 
 
 def _transcript(conversation: Sequence[BaseMessage]) -> str:

@@ -1,12 +1,14 @@
 """Prompt texts, as module-level constants formatted by the nodes.
 
-The layout follows the Mixture-of-Agents paper (references as a numbered list appended to the
-system message); the wording is this project's own.
+The references are a numbered list, as in the Mixture-of-Agents paper, but they come in a last
+user message after the conversation rather than in the system message, so a row's requests share
+their prefix (see :func:`langgraph_moa.nodes.messages.synthesis_messages`); the wording is this
+project's own.
 """
 
 from __future__ import annotations
 
-# Appended to a proposer's or the aggregator's system message when earlier answers exist.
+# A proposer's or the aggregator's last message when earlier answers exist.
 SYNTHESIZE_PROMPT = """\
 Other AI assistants have already answered the user's latest message; their answers are listed \
 below. Use them as material, not as authority: any of them may be biased, incomplete, outdated or \

@@ -126,6 +126,16 @@ class LoggedRequest:
     def system(self) -> str:
         return "\n".join(m["content"] for m in self.messages if m["role"] == "system")
 
+    @property
+    def last(self) -> str:
+        """The text of the request's last message (where a synthesis request lists the
+        answers to work from)."""
+        messages = self.messages
+        content = messages[-1].get("content") if messages else ""
+        if isinstance(content, list):  # content blocks
+            return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+        return str(content or "")
+
 
 def _words(text: str) -> int:
     return len(text.split())

@@ -249,13 +249,13 @@ async def test_references_are_trimmed_to_the_context_window(fake: FakeOpenAI) ->
         }
     )
     state = await ask(topology, "Summarize.")
-    system = fake.requests_for("agg")[0].system
+    system = fake.requests_for("agg")[0].last
     assert system.count(" [...]") == 2  # both references cut, both kept
     assert len(system) < 2 * len(long_answer)
     trim = state["aggregator"]["trimmed"]
     assert trim["window"] == 1200 and trim["references_dropped"] == 0
     assert trim["references_after"] < trim["references_before"]
-    assert fake.requests_for("agg")[0].messages[-1]["content"] == "Summarize."  # never cut
+    assert fake.requests_for("agg")[0].messages[-2]["content"] == "Summarize."  # never cut
     assert state["layers"][0][0]["trimmed"] is None  # layer 1 had nothing to trim
 
 

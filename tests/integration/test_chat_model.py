@@ -120,7 +120,7 @@ async def test_a_tool_transcript_reaches_proposers_as_a_digest(fake: FakeOpenAI)
         '[called get_weather({"city": "Paris"})]\n[get_weather returned: 18 C and sunny in Paris]'
     )
     aggregator = fake.requests_for("agg")[0].messages
-    assert [m["role"] for m in aggregator] == ["system", "user", "assistant", "tool", "user"]
+    assert [m["role"] for m in aggregator] == ["user", "assistant", "tool", "user", "user"]
 
 
 class Verdict(BaseModel):

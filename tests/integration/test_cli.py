@@ -79,7 +79,7 @@ def test_threads_continue_a_conversation(
     second = run("ask", "Sadder.", "-t", str(topology_file), "--thread", "t1", "--json", env=env)
     assert second.returncode == 0, second.stderr
     last_agg = fake.requests_for("agg")[-1]
-    assert [m["content"] for m in last_agg.messages[1:]] == [
+    assert [m["content"] for m in last_agg.messages[:-1]] == [
         "Write a haiku.",
         "Answer 1 from agg.",
         "Sadder.",
@@ -155,7 +155,7 @@ def test_chat_keeps_the_thread(fake: FakeOpenAI, topology_file: Path) -> None:
     assert "continue later with: moa chat --thread c1" in first.stderr
     again = chat("One more?\n/exit\nignored\n")  # a new process, the same thread
     assert again.stdout.splitlines() == ["Answer 3 from agg."]
-    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[1:]]
+    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[:-1]]
     assert contents == [
         "Write a haiku.",
         "Answer 1 from agg.",
@@ -198,7 +198,7 @@ def test_prompt_from_stdin(fake: FakeOpenAI, topology_file: Path) -> None:
 
     result = ask("A question\nover two lines, with é.".encode())
     assert result.returncode == 0, result.stderr
-    assert fake.requests_for("agg")[0].messages[-1]["content"] == (
+    assert fake.requests_for("agg")[0].messages[-2]["content"] == (
         "A question\nover two lines, with é."
     )
     bad = ask(b"caf\xe9")
@@ -235,7 +235,7 @@ def test_a_thread_keeps_its_topology(fake: FakeOpenAI, topology_file: Path, tmp_
     second = run("ask", "Q2", "--thread", "keep", "--json", "--quiet")
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["answer"] == "Answer 2 from agg."
-    assert [m["content"] for m in fake.requests_for("agg")[-1].messages[1:]] == [
+    assert [m["content"] for m in fake.requests_for("agg")[-1].messages[:-1]] == [
         "Q1",
         "Answer 1 from agg.",
         "Q2",
@@ -258,7 +258,7 @@ def test_a_thread_keeps_its_topology(fake: FakeOpenAI, topology_file: Path, tmp_
     )
     switched = run("ask", "Q5", "-t", str(other), "--thread", "keep", "--switch-topology", "-q")
     assert switched.returncode == 0, switched.stderr
-    assert [m["content"] for m in fake.requests_for("agg2")[0].messages[1:]][-1] == "Q5"
+    assert [m["content"] for m in fake.requests_for("agg2")[0].messages[:-1]][-1] == "Q5"
 
 
 @pytest.mark.slow

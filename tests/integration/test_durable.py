@@ -153,15 +153,15 @@ def test_history_and_forks_rerun_only_what_follows(
         moa("fork", "--thread", "tt", "--at", "L2/join", "--edit", f"L2/slow={edit}", "--json")
     )
     assert counts(fake) == {"agg": 1}
-    assert "2. An edited answer about Rayleigh scattering." in fake.requests[0].system
+    assert "2. An edited answer about Rayleigh scattering." in fake.requests[0].last
     assert out["layers"][1][1]["text"] == "An edited answer about Rayleigh scattering."
 
     # 2. drop a layer-1 proposal: layer 2 and the aggregator run again, without it
     fake.reset()
     ok_json(moa("fork", "--thread", "tt", "--at", "L1/a2", "--drop", "L1/a2", "--json"))
     assert counts(fake) == {"fast": 1, "slow": 1, "agg": 1}
-    assert "Answer 1 from a2." not in fake.requests_for("fast")[0].system
-    assert "Answer 1 from a1." in fake.requests_for("fast")[0].system
+    assert "Answer 1 from a2." not in fake.requests_for("fast")[0].last
+    assert "Answer 1 from a1." in fake.requests_for("fast")[0].last
 
     # 3. swap the aggregator: one call, to the new model
     fake.reset()
@@ -212,7 +212,7 @@ def test_review_pauses_then_edit_and_drop(fake: FakeOpenAI, reviewed: Path, tmp_
     decision = tmp_path / "decision.yaml"
     decision.write_text("edit: {L1/b: 'B, as corrected by a human.'}\ndrop: [L1/c]\n")
     out = ok_json(moa("resume", "--thread", "rv", "--decision", str(decision), "--json"))
-    system = fake.requests_for("agg")[0].system
+    system = fake.requests_for("agg")[0].last
     assert "1. Answer 1 from a.\n2. B, as corrected by a human." in system
     assert "Answer 1 from c." not in system
     assert out["layers"][0][2]["error"] == "dropped by the reviewer"
@@ -236,7 +236,7 @@ def test_review_approve_and_bad_decisions(fake: FakeOpenAI, reviewed: Path, tmp_
     approve.write_text("{}")
     out = ok_json(moa("resume", "--thread", "rv2", "--decision", str(approve), "--json"))
     assert out["answer"] == "Answer 1 from agg."
-    assert fake.requests_for("agg")[0].system.count("\n3. ") == 1  # all three kept
+    assert fake.requests_for("agg")[0].last.count("\n3. ") == 1  # all three kept
 
 
 async def test_review_from_python(fake: FakeOpenAI) -> None:
@@ -256,7 +256,7 @@ async def test_review_from_python(fake: FakeOpenAI) -> None:
     assert [c["ref"] for c in pending.value["candidates"]] == ["L1/a", "L1/b"]
     state = await graph.ainvoke(Command(resume={"drop": ["L1/a"]}), config)
     assert state["review"] == {"edited": [], "dropped": ["L1/a"]}
-    assert fake.requests_for("agg")[0].system.count("\n1. Answer 1 from b.") == 1
+    assert fake.requests_for("agg")[0].last.count("\n1. Answer 1 from b.") == 1
 
 
 @pytest.mark.slow
@@ -279,6 +279,6 @@ def test_interactive_review_at_a_terminal(fake: FakeOpenAI, reviewed: Path) -> N
     assert proc.returncode == 0, errors
     assert out.decode().strip() == "Answer 1 from agg."
     assert "review>" in errors.decode()
-    system = fake.requests_for("agg")[0].system
+    system = fake.requests_for("agg")[0].last
     assert "1. A, rewritten\nat the terminal.\n2. Answer 1 from b." in system
     assert "Answer 1 from c." not in system

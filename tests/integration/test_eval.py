@@ -304,11 +304,12 @@ def test_an_interrupted_eval_resumes_without_repeating_a_finished_call(
 
 
 def _panel_aggregator(body: dict[str, Any], number: int, choice: int) -> str:
-    """The panel's aggregator: it sees the judge's instructions with the panel's judgments
-    appended to them, and repeats the verdict the panel gave (none if it was shown none)."""
+    """The panel's aggregator: it sees the judge's instructions, then the panel's judgments
+    in the last message, and repeats the verdict the panel gave (none if it was shown none)."""
     system = "\n".join(str(m["content"]) for m in body["messages"] if m["role"] == "system")
     assert "[[A>>B]]  Assistant A is much better" in system  # the judge's own instructions
-    given = re.findall(r"\d+\. .*?(\[\[[AB=<> ]+\]\])", system)
+    last = str(body["messages"][-1]["content"])
+    given = re.findall(r"\d+\. .*?(\[\[[AB=<> ]+\]\])", last)
     if not given or len(set(given)) != 1:
         return "The panel disagrees; no verdict."
     return f"The panel agrees. {given[0]}"
@@ -414,8 +415,8 @@ def test_bad_judge_is_one_line(
 
 def _grade_aggregator(body: dict[str, Any], number: int, choice: int) -> str:
     """Settles on the lowest grade the panel gave (none if it was shown none)."""
-    system = "\n".join(str(m["content"]) for m in body["messages"] if m["role"] == "system")
-    grades = [int(g) for g in re.findall(r"\d+\. .*?\[\[(\d+)\]\]", system)]
+    last = str(body["messages"][-1]["content"])  # the panel's grades come last
+    grades = [int(g) for g in re.findall(r"\d+\. .*?\[\[(\d+)\]\]", last)]
     return f"The panel's lowest grade. [[{min(grades)}]]" if grades else "No grade."
 
 

@@ -58,19 +58,18 @@ async def test_layer2_and_aggregator_receive_the_synthesize_prompt(fake: FakeOpe
 
     (c,) = fake.requests_for("c")
     refs = "1. Answer 1 from a.\n2. Answer 1 from b."
+    # the shared prefix first (instructions, the user's conversation), the references last
     assert c.messages == [
-        {
-            "role": "system",
-            "content": "You are terse.\n\nAnswer in English.\n\n"
-            + SYNTHESIZE_PROMPT.format(references=refs),
-        },
+        {"role": "system", "content": "You are terse.\n\nAnswer in English."},
         {"role": "user", "content": "Why is the sky blue?"},
+        {"role": "user", "content": SYNTHESIZE_PROMPT.format(references=refs)},
     ]
     (agg,) = fake.requests_for("agg")
-    assert agg.messages[0]["content"] == "Answer in English.\n\n" + SYNTHESIZE_PROMPT.format(
-        references="1. Answer 1 from c."
-    )
-    assert agg.messages[1:] == [{"role": "user", "content": "Why is the sky blue?"}]
+    assert agg.messages == [
+        layer1[0].messages[0],
+        layer1[0].messages[1],
+        {"role": "user", "content": SYNTHESIZE_PROMPT.format(references="1. Answer 1 from c.")},
+    ]
 
     final = state["messages"][-1]
     assert isinstance(final, AIMessage) and final.content == "Answer 1 from agg."
@@ -89,8 +88,8 @@ async def test_failed_proposers_are_left_out_and_recorded(fake: FakeOpenAI) -> N
         topo([[{"model": "openai:a"}, {"model": "openai:bad"}, {"model": "openai:empty"}]])
     )
     (agg,) = fake.requests_for("agg")
-    assert agg.system == SYNTHESIZE_PROMPT.format(references="1. Answer 1 from a.")
-    assert "None" not in agg.system
+    assert agg.last == SYNTHESIZE_PROMPT.format(references="1. Answer 1 from a.")
+    assert "None" not in agg.last
     records = {p["name"]: p for p in state["layers"][0]}
     assert records["a"]["ok"] is True
     assert records["bad"]["ok"] is False and "400" in records["bad"]["error"]
@@ -165,7 +164,7 @@ async def test_critique_chain(fake: FakeOpenAI) -> None:
             ),
         },
     ]
-    assert final.system == SYNTHESIZE_PROMPT.format(
+    assert final.last == SYNTHESIZE_PROMPT.format(
         references=numbered(candidates)
     ) + CRITIQUE_SECTION.format(critique="Answer 1 from critic.")
     assert state["critique"]["text"] == "Answer 1 from critic." and state["critique"]["ok"]
@@ -177,7 +176,7 @@ async def test_failed_critic_does_not_block_the_answer(fake: FakeOpenAI) -> None
     topology = topo([[{"model": "openai:a"}]], critic={"model": "openai:critic"})
     state = await ask(topology)
     (final,) = fake.requests_for("agg")
-    assert final.system == SYNTHESIZE_PROMPT.format(references="1. Answer 1 from a.")
+    assert final.last == SYNTHESIZE_PROMPT.format(references="1. Answer 1 from a.")
     assert state["critique"]["ok"] is False and "400" in state["critique"]["error"]
     assert state["degraded"] is True
     assert state["messages"][-1].content == "Answer 1 from agg."
@@ -202,7 +201,7 @@ async def test_n_as_separate_requests_where_not_supported(fake: FakeOpenAI) -> N
     assert all(r.body.get("n", 1) == 1 for r in requests)
     assert all(p["ok"] for p in state["layers"][0])
     assert state["usage"]["by_model"]["groq:llama"]["calls"] == 3
-    assert len(fake.requests_for("agg")[0].system.split("\n1. ")) == 2
+    assert len(fake.requests_for("agg")[0].last.split("\n1. ")) == 2
 
 
 async def test_multi_turn_sees_the_first_turn_and_its_answer(fake: FakeOpenAI) -> None:

@@ -273,7 +273,7 @@ async def test_a_layer_select_join_retries_and_records_both_replies(fake: FakeOp
     (call,) = record["calls"]
     assert call["retried"]["reply"] == STRAY and call["verdict"] == "[[2]]"
     (d,) = fake.requests_for("d")
-    assert "It is 42." in (d.system or "") and "Forty-one." not in (d.system or "")
+    assert "It is 42." in (d.last or "") and "Forty-one." not in (d.last or "")
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ async def test_a_tie_is_synthesized_from_the_tied_candidates(fake: FakeOpenAI) -
     assert answer(state) == "Synthesized: 42."
     (agg,) = fake.requests_for("agg")
     refs = "1. It is 42.\n2. It is 41."  # the tied ones only: c gave no answer
-    assert agg.system == SYNTHESIZE_PROMPT.format(references=refs)
+    assert agg.last == SYNTHESIZE_PROMPT.format(references=refs)
     record = state["aggregation"]
     assert record["answer"] == "synthesis" and record["used"] == ["L1/a", "L1/b"]
     assert "a tie between '42', '41'; rule 'synthesize'" in record["reason"]
@@ -203,7 +203,7 @@ async def test_listwise_rank_fuses_the_top_k(fake: FakeOpenAI) -> None:
     assert answer(state) == "Fused."
     rank_call, fuse_call = fake.requests_for("judge")
     assert "Rank all 3 candidates" in rank_call.messages[-1]["content"]
-    assert fuse_call.system == SYNTHESIZE_PROMPT.format(references="1. third take\n2. first take")
+    assert fuse_call.last == SYNTHESIZE_PROMPT.format(references="1. third take\n2. first take")
     record = state["aggregation"]
     assert record["ranking"] == ["L1/c", "L1/a", "L1/b"]
     assert record["used"] == ["L1/c", "L1/a"] and record["answer"] == "synthesis"
@@ -224,9 +224,9 @@ async def test_self_moa_seq_slides_a_window_over_the_samples(fake: FakeOpenAI) -
     assert topology.calls_per_query() == 1 + 3
     state = await ask(topology)
     first, second, last = fake.requests_for("agg")
-    assert first.system == SYNTHESIZE_PROMPT.format(references="1. s1\n2. s2\n3. s3")
-    assert second.system == SYNTHESIZE_PROMPT.format(references="1. carry one\n2. s4\n3. s5")
-    assert last.system == SYNTHESIZE_PROMPT.format(references="1. carry two\n2. s6")
+    assert first.last == SYNTHESIZE_PROMPT.format(references="1. s1\n2. s2\n3. s3")
+    assert second.last == SYNTHESIZE_PROMPT.format(references="1. carry one\n2. s4\n3. s5")
+    assert last.last == SYNTHESIZE_PROMPT.format(references="1. carry two\n2. s6")
     assert answer(state) == "final"
     record = state["aggregation"]
     assert record["carry"] == "carry two" and record["used"] == ["L1/gen#6"]
@@ -275,7 +275,7 @@ async def test_no_early_stop_when_the_layer_disagrees(fake: FakeOpenAI) -> None:
     (check,) = state["early_stop"]
     assert check["stopped"] is False and check["skipped_layers"] == []
     (agg,) = fake.requests_for("agg")
-    assert agg.system == SYNTHESIZE_PROMPT.format(references="1. It is 42.")
+    assert agg.last == SYNTHESIZE_PROMPT.format(references="1. It is 42.")
 
 
 async def test_early_stop_by_similarity_goes_to_the_synthesizer(fake: FakeOpenAI) -> None:
@@ -302,10 +302,10 @@ async def test_shuffled_references_differ_across_calls_and_map_back(fake: FakeOp
         shown = state["aggregator"]["references"]["shown"]
         orders.append(tuple(shown))
         request = fake.requests_for("agg")[-1]
-        listed = re.findall(r"^\d+\. answer of (\w)$", request.system, re.MULTILINE)
+        listed = re.findall(r"^\d+\. answer of (\w)$", request.last, re.MULTILINE)
         # reference k as the model saw it is the proposal the record names at position k
         assert [f"L1/{m}" for m in listed] == shown
-        assert "openai" not in request.system  # no model names, only numbers
+        assert "openai" not in request.last  # no model names, only numbers
     assert len(set(orders)) > 1  # not a fixed position
 
 
@@ -320,7 +320,7 @@ async def test_outlier_filter_drops_a_planted_outlier(fake: FakeOpenAI) -> None:
     aggregator = {"model": "openai:agg", "references": {"filter": "outliers"}}
     state = await ask(topo(answers, aggregator))
     (agg,) = fake.requests_for("agg")
-    assert "totally-legit" not in agg.system and answers["b"] in agg.system
+    assert "totally-legit" not in agg.last and answers["b"] in agg.last
     assert state["aggregator"]["references"] == {
         "shown": ["L1/a", "L1/b", "L1/c"],
         "filtered": ["L1/liar"],
@@ -336,7 +336,7 @@ async def test_dropout_keeps_at_least_one_and_records_the_rest(fake: FakeOpenAI)
     refs = state["aggregator"]["references"]
     assert len(refs["shown"]) == 1 and len(refs["dropped"]) == 3
     (agg,) = fake.requests_for("agg")
-    assert re.findall(r"^\d+\. answer of (\w)$", agg.system, re.MULTILINE) == [
+    assert re.findall(r"^\d+\. answer of (\w)$", agg.last, re.MULTILINE) == [
         refs["shown"][0].removeprefix("L1/")
     ]
 
@@ -358,7 +358,7 @@ async def test_layer_references_shuffle_what_the_next_layer_sees(fake: FakeOpenA
     )
     state = await ask(topology)
     (d,) = fake.requests_for("d")
-    listed = re.findall(r"^\d+\. answer of (\w)$", d.system, re.MULTILINE)
+    listed = re.findall(r"^\d+\. answer of (\w)$", d.last, re.MULTILINE)
     assert [f"L1/{m}" for m in listed] == state["layers"][1][0]["references"]["shown"]
 
 
@@ -471,7 +471,7 @@ async def test_a_layer_join_vote_passes_on_only_the_majority(fake: FakeOpenAI) -
     )
     state = await ask(topology)
     (d,) = fake.requests_for("d")  # layer 2 sees only the two answers that agree
-    assert d.system == SYNTHESIZE_PROMPT.format(references="1. It is 42.\n2. 42 for sure.")
+    assert d.last == SYNTHESIZE_PROMPT.format(references="1. It is 42.\n2. 42 for sure.")
     (record,) = state["joins"]
     assert record["passed"] == ["L1/a", "L1/c"] and record["votes"] == {"42": 2, "41": 1}
     assert "2 of 3 answers give '42'" in record["reason"]
@@ -492,7 +492,7 @@ def layered(
 def shown_to(fake: FakeOpenAI, model: str) -> list[str]:
     """The references the one request of ``model`` listed, in order."""
     (request,) = fake.requests_for(model)
-    return re.findall(r"^\d+\. (.*)$", request.system or "", re.MULTILINE)
+    return re.findall(r"^\d+\. (.*)$", request.last or "", re.MULTILINE)
 
 
 def prefer_content(ranks: dict[str, int]) -> Any:

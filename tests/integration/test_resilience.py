@@ -101,7 +101,7 @@ async def test_malformed_json_and_empty_completions_are_failures(fake: FakeOpenA
     assert record(state, "L1/bad")["error"].startswith("malformed response")
     assert record(state, "L1/empty")["error"] == "empty completion"
     assert len(fake.requests_for("bad")) == 1 and len(fake.requests_for("empty")) == 1
-    assert fake.requests_for("agg")[0].system.count("\n1. ") == 1  # only a's answer passed on
+    assert fake.requests_for("agg")[0].last.count("\n1. ") == 1  # only a's answer passed on
     assert state["degraded"] is True
 
 
@@ -131,7 +131,7 @@ async def test_layer_deadline_keeps_what_it_has(fake: FakeOpenAI) -> None:
     assert slow["error"] == "timed out: the layer's deadline of 0.5s passed"
     assert [p["ok"] for p in state["layers"][0]] == [True, False, True, True]
     assert state["degraded"] is True
-    assert fake.requests_for("agg")[0].system.count("\n3. ") == 1  # three answers passed on
+    assert fake.requests_for("agg")[0].last.count("\n3. ") == 1  # three answers passed on
 
 
 async def test_quorum_met_goes_on_degraded(fake: FakeOpenAI) -> None:
@@ -190,7 +190,7 @@ async def test_fallback_model(fake: FakeOpenAI) -> None:
     assert state["fallback"]["source"] == "openai:spare"
     assert len(fake.requests_for("agg")) == 3  # retried before falling back
     spare = fake.requests_for("spare")[0]
-    assert spare.system == fake.requests_for("agg")[0].system  # same synthesis request
+    assert spare.last == fake.requests_for("agg")[0].last  # same synthesis request
     assert state["usage"]["by_model"]["openai:spare"]["calls"] == 1
     assert state["degraded"] is True
 
@@ -200,7 +200,7 @@ async def test_failed_critic_is_recorded_and_skipped(fake: FakeOpenAI) -> None:
     state = await ask(topo([{"model": "openai:a"}], critic={"model": "openai:critic"}))
     assert state["critique"]["ok"] is False
     assert state["critique"]["error"] == "HTTP 500: injected failure 500 (3 attempts)"
-    assert "reviewer" not in fake.requests_for("agg")[0].system
+    assert "reviewer" not in fake.requests_for("agg")[0].last
     assert state["messages"][-1].content == "Answer 1 from agg."
 
 

@@ -169,12 +169,12 @@ def test_ctrl_c_in_chat_cancels_the_turn_not_the_chat(
     term.type("/exit\n")
     assert term.wait() == 0, term.text
     assert "continue later with: moa chat --thread talk" in term.text
-    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[1:]]
+    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[:-1]]
     assert contents == ["First question", "Answer 1 from agg.", "Second question"]
     # The thread in the store agrees: the next turn sees no trace of the cancelled one.
     later = run("ask", "Third", "--thread", "talk", "-q")
     assert later.returncode == 0, later.stderr
-    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[1:]]
+    contents = [m["content"] for m in fake.requests_for("agg")[-1].messages[:-1]]
     assert "A question to cancel" not in contents and contents[-1] == "Third"
 
 
@@ -197,7 +197,7 @@ UP, LEFT, ENTER = "\x1b[A", "\x1b[D", "\r"
 
 
 def last_question(fake: FakeOpenAI) -> str:
-    return str(fake.requests_for("agg")[-1].messages[-1]["content"])
+    return str(fake.requests_for("agg")[-1].messages[-2]["content"])
 
 
 @pytest.mark.slow
