@@ -52,9 +52,22 @@ class BatchRows:
     def __init__(self, store: WaveStore, takes: set[str]) -> None:
         self.store = store
         self.takes = takes
+        self._started: set[str] = set()  # threads known to have a checkpoint
 
     def deferral(self, thread: str) -> RowDeferral:
         return RowDeferral(self.store, thread, self.takes)
+
+    async def started(self, graph: Any, config: Any) -> bool:
+        """Whether the thread was started: known in this session, else its checkpoint is
+        read once (a thread started by an earlier session, or cut short by a kill)."""
+        thread = config["configurable"]["thread_id"]
+        if thread in self._started:
+            return True
+        self._started.add(thread)  # it runs now, so it has a checkpoint from here on
+        return bool((await graph.aget_state(config)).values)
+
+    def forget(self, thread: str) -> None:
+        self._started.discard(thread)
 
     async def queue(self, row_id: str, deferral: RowDeferral) -> None:
         await asyncio.to_thread(self.store.queue, row_id, deferral.requests)
@@ -162,6 +175,7 @@ async def _one_pass(
         threads = _threads(row, turns)
         if first and retry_failed:  # a failed row is run again from its start
             for thread in threads:
+                glue.forget(thread)
                 await saver.adelete_thread(thread)
         record = await relabel_row(
             graph, topology, row, turns=turns, turn_context=turn_context, waves=glue
@@ -169,6 +183,7 @@ async def _one_pass(
         if record is not None:
             plan.settled.add(row.id)
             for thread in threads:  # its record holds everything now
+                glue.forget(thread)
                 with contextlib.suppress(Exception):
                     await saver.adelete_thread(thread)
         return record

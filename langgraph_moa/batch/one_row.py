@@ -40,6 +40,7 @@ import time
 from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, convert_to_messages, convert_to_openai_messages
+from langgraph.types import Durability
 
 from langgraph_moa.batch.ledger import RowRecord, TurnRecord
 from langgraph_moa.batch.row_check import Row
@@ -63,6 +64,10 @@ class RowWaves(Protocol):
 
     def deferral(self, thread: str) -> RowDeferral:
         """The deferral of a row's thread for this pass."""
+        ...
+
+    async def started(self, graph: MoAGraph, config: Any) -> bool:
+        """Whether the thread in ``config`` was started (in this session or an earlier one)."""
         ...
 
     async def queue(self, row_id: str, deferral: RowDeferral) -> None:
@@ -160,7 +165,7 @@ async def relabel_row(
         thread = row.id if turn is None else f"{row.id}#{turn}"
         config["configurable"] = {"thread_id": thread}
         deferral = waves.deferral(thread)
-        if (await graph.aget_state(config)).values:  # started in an earlier wave: resume
+        if await waves.started(graph, config):  # started in an earlier wave: resume
             inputs = None
         deadline_s = None  # a wave takes hours; the batch side has its own clock
     try:
@@ -169,8 +174,11 @@ async def relabel_row(
             meter_calls(_prices_of(topology)) as meter,
             defer_calls(deferral) if deferral is not None else contextlib.nullcontext(),
         ):
+            # a row of the batch engine writes its thread's checkpoint once a pass, when it
+            # pauses or ends (each wave resumes from there), not after every step
+            durability: Durability | None = "exit" if waves is not None else None
             async for event in stream_run(
-                graph, inputs, config, tokens=False, deadline_s=deadline_s
+                graph, inputs, config, tokens=False, deadline_s=deadline_s, durability=durability
             ):
                 if deferral is not None and deferral.requests:
                     continue  # paused for a wave: what it wrote so far is not the answer
