@@ -100,6 +100,7 @@ class SessionProgress:
     stopped: str | None = None
     stop_reason: str | None = None  # in words: spent / budget and why the next row could not start
     batch: dict[str, Any] | None = None  # the batch engine's waves and batches (else None)
+    batch_saved_usd: float = 0.0  # the batch calls of the rows done, at online less batch price
 
     def add(self, record: RowRecord) -> None:
         if record["status"] == "done":
@@ -111,6 +112,9 @@ class SessionProgress:
         self.cached_calls += record["cached_calls"]
         self.tokens += record["tokens"]
         self.cost_usd += record["cost_usd"] or 0.0
+        usage = (record.get("result") or {}).get("usage") or {}
+        for model in (usage.get("by_model") or {}).values():
+            self.batch_saved_usd += model.get("batch_saved_usd") or 0.0
 
     @property
     def finished(self) -> int:
@@ -148,7 +152,15 @@ class SessionProgress:
             "rows_per_s": round(self.rows_per_s, 3),
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
-        } | ({"waiting": self.waiting, "batch": self.batch} if self.batch is not None else {})
+        } | (
+            {
+                "waiting": self.waiting,
+                "batch": self.batch,
+                "batch_saved_usd": round_usd(self.batch_saved_usd),
+            }
+            if self.batch is not None
+            else {}
+        )
 
 
 def _first_failure(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -97,21 +97,23 @@ def _parts(tally: SessionProgress) -> dict[str, str]:
         "tokens": f"{tally.tokens} tokens",
         "running": f"{tally.running} running",
         "elapsed": _clock(tally.elapsed_s),
-        "batch": _batch_part(tally.batch),
+        "batch": _batch_part(tally),
     }
 
 
-def _batch_part(batch: dict[str, object] | None) -> str:
-    """The batch engine's part of the line: waves, batches running and ended, stragglers."""
+def _batch_part(tally: SessionProgress) -> str:
+    """The batch engine's part of the line: waves, batches running and ended, rows waiting for
+    a wave, stragglers sent online, and what the batch price saved on the rows done."""
+    batch = tally.batch
     if batch is None:
         return ""
     text = (
         f"wave {batch.get('waves', 0)}: {batch.get('in_progress', 0)} batches running, "
-        f"{batch.get('ended', 0)} ended"
+        f"{batch.get('ended', 0)} ended, {tally.waiting} rows waiting"
     )
     if batch.get("online"):
         text += f", {batch['online']} sent online"
-    return text
+    return text + f", ${tally.batch_saved_usd:.4f} saved"
 
 
 # The live line's optional parts, most important first: the first ones that fit are shown (the

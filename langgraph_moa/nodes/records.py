@@ -32,14 +32,15 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
         sum(o.usage["completion_tokens"] for o in outcomes if not o.batch),
     )
     cost = online_cost
+    saved = None
     if batched:
-        batch_cost = prices.cost(
-            model,
-            sum(o.usage["prompt_tokens"] for o in batched),
-            sum(o.usage["completion_tokens"] for o in batched),
-            batch=True,
-        )
+        batched_prompt = sum(o.usage["prompt_tokens"] for o in batched)
+        batched_completion = sum(o.usage["completion_tokens"] for o in batched)
+        batch_cost = prices.cost(model, batched_prompt, batched_completion, batch=True)
         cost = None if online_cost is None or batch_cost is None else online_cost + batch_cost
+        at_online = prices.cost(model, batched_prompt, batched_completion)
+        if at_online is not None and batch_cost is not None:
+            saved = at_online - batch_cost
     cached = [o for o in outcomes if o.cached]
     made = [o.cached_usage for o in cached if o.cached_usage is not None]
     delta: Usage = {
@@ -61,6 +62,8 @@ def usage_update(model: str, outcomes: list[Outcome], requests: int, prices: Pri
     }
     if batched:  # requests, as ``calls`` counts them: one per request, not per sample
         delta["by_model"][model]["batch_calls"] = len({o.batch_part for o in batched})
+        if saved is not None:  # what the same tokens would have cost online, less the bill
+            delta["by_model"][model]["batch_saved_usd"] = saved
     if cached:
         made_prompt = sum(u["prompt_tokens"] for u in made)
         made_completion = sum(u["completion_tokens"] for u in made)

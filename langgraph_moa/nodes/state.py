@@ -87,6 +87,7 @@ class ModelUsage(TypedDict):
     # of ``calls``, those answered through a provider's Batch API (priced at its batch price);
     # only present once one was
     batch_calls: NotRequired[int]
+    batch_saved_usd: NotRequired[float]  # those calls at the online price, less their cost
 
 
 _CACHED_COUNTS = ("cached_prompt_tokens", "cached_completion_tokens", "cached_unknown")
@@ -168,6 +169,9 @@ def add_usage(current: Usage | None, update: Usage | None) -> Usage:
         mine["cost_usd"] = _add_cost(mine["cost_usd"], u["cost_usd"])
         if "batch_calls" in u or "batch_calls" in mine:
             mine["batch_calls"] = mine.get("batch_calls", 0) + u.get("batch_calls", 0)
+        if "batch_saved_usd" in u or "batch_saved_usd" in mine:
+            saved = mine.get("batch_saved_usd", 0.0) + u.get("batch_saved_usd", 0.0)
+            mine["batch_saved_usd"] = saved
         if "cached_cost_usd" in u or "cached_cost_usd" in mine:
             counts: dict[str, Any] = dict(mine)
             for key in _CACHED_COUNTS:

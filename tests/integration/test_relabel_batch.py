@@ -147,6 +147,9 @@ def test_two_layers_run_in_waves_one_batch_per_model_at_half_price(
     theirs = online.export("sft").path.read_text().splitlines()
     assert sorted(mine) == sorted(theirs) and len(mine) == 6
     assert run.manifest.batch is not None and run.manifest.batch["waves"] == 3
+    # what the batch price saved, as the session counts it: the online run's cost less ours
+    assert run.session.batch_saved_usd == pytest.approx(online.cost_usd - run.cost_usd)
+    assert run.session.batch_saved_usd > 0
 
 
 def test_detach_submits_a_wave_and_exits_and_a_rerun_goes_on_without_resubmitting(
@@ -441,3 +444,36 @@ def test_eval_generates_and_judges_in_waves(upstream: FakeOpenAI, tmp_path: Path
     assert usage["judgments"] == 6 and usage["failed"] == 0
     online = (usage["prompt_tokens"] * 100 + usage["completion_tokens"] * 400) / 1e6
     assert usage["cost_usd"] == pytest.approx(online / 2, rel=1e-6)
+
+
+def test_kill_9_at_any_moment_then_a_rerun_submits_each_request_once(
+    upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A run killed again and again at spread-out moments (writing files, submitting, polling,
+    reading results, resuming rows), then left to finish: every request went out in exactly
+    one batch, and every row is done."""
+    upstream.batches.behavior = BatchBehavior(turnaround_s=0.3)
+    data = write_jsonl(tmp_path / "in.jsonl", rows(8))
+    topo = topology(tmp_path)
+    out = tmp_path / "runs"
+    args = ["relabel", str(data), "-t", str(topo), "--out", str(out), "--engine", "batch"]
+    for delay in (1.6, 2.1, 2.6, 3.1, 3.6):  # the process takes ~1.5 s to start
+        proc = subprocess.Popen(
+            [*MOA, *args, "--poll", "0.05", "-q"],
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = len(upstream.batches.created())
+    assert before >= 2  # the kills came in the middle of the waves
+    done = moa(*args, "--poll", "0.05", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["totals"]["done"] == 8
+    for model in ("a", "b", "c", "agg"):
+        sent = [r for r in upstream.requests_for(model) if r.batch]
+        assert len(sent) == 8, (model, len(sent))  # each row's request, in one batch, once
+    assert not [r for r in upstream.requests if not r.batch]
