@@ -477,3 +477,33 @@ def test_kill_9_at_any_moment_then_a_rerun_submits_each_request_once(
         sent = [r for r in upstream.requests_for(model) if r.batch]
         assert len(sent) == 8, (model, len(sent))  # each row's request, in one batch, once
     assert not [r for r in upstream.requests if not r.batch]
+
+
+def test_a_tight_budget_holds_rows_back_until_rows_in_waves_settle(
+    upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", rows(5))
+    topo = topology(tmp_path)
+    worst = json.loads(
+        moa(
+            "relabel",
+            str(data),
+            "-t",
+            str(topo),
+            "--out",
+            str(tmp_path / "r"),
+            "--estimate",
+            "--engine",
+            "batch",
+            "--json",
+        ).stdout  # fmt: skip
+    )
+    per_row = worst["batch_cost_usd"] / 5
+    budget = per_row * 2.5  # two rows' worst case at a time, no more
+    run = relabel(
+        data, topology=topo, out=tmp_path / "b", engine="batch", poll_s=0.05, max_usd=budget
+    )
+    assert run.totals["done"] == 5 and run.stopped is None  # every row, in later passes
+    assert run.cost_usd <= budget
+    first_wave = [n for m, n in batch_models(upstream) if m == ("a",)]
+    assert first_wave[0] == 2 and sum(first_wave) == 5  # the others waited for room
