@@ -496,7 +496,7 @@ def test_a_tight_budget_holds_rows_back_until_rows_in_waves_settle(
             "--engine",
             "batch",
             "--json",
-        ).stdout  # fmt: skip
+        ).stdout
     )
     per_row = worst["batch_cost_usd"] / 5
     budget = per_row * 2.5  # two rows' worst case at a time, no more
