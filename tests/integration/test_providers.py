@@ -107,8 +107,9 @@ async def test_an_anthropic_model_proposes_and_aggregates_beside_an_openai_one(
     # the aggregator saw both proposals (OpenAI's and Anthropic's) and streamed its answer
     (synthesis,) = claude.requests_for("claude-opus-4-1")
     assert synthesis.body["stream"] is True
-    system = text_of_content(synthesis.body["system"])
-    assert "Answer 1 from a." in system and "Answer 1 from claude-haiku-4-5." in system
+    # the references come last, after the conversation
+    last = text_of_content(synthesis.body["messages"][-1]["content"])
+    assert "Answer 1 from a." in last and "Answer 1 from claude-haiku-4-5." in last
     assert "".join(chunks) == "Answer 1 from claude-opus-4-1."
     assert final["messages"][-1].content == "Answer 1 from claude-opus-4-1."
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from langgraph_moa.batch import RelabelRun, relabel
+from langgraph_moa.nodes.prompts import SYNTHESIZE_PROMPT
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 from tests.conftest import one_line_error
 from tests.conftest import run_moa as moa
@@ -143,11 +144,18 @@ def assistant_texts(request: Any) -> list[str]:
 
 
 def asking(upstream: FakeOpenAI, question: str) -> list[Any]:
-    """The requests whose last user message is ``question``."""
+    """The requests whose last user message of the conversation is ``question`` (a synthesis
+    request lists the answers to work from in a user message after it)."""
+    synthesis = SYNTHESIZE_PROMPT.split("{", 1)[0]
     return [
         r
         for r in upstream.requests
-        if [m for m in r.messages if m["role"] == "user"][-1]["content"] == question
+        if [
+            m
+            for m in r.messages
+            if m["role"] == "user" and not str(m["content"]).startswith(synthesis)
+        ][-1]["content"]
+        == question
     ]
 
 

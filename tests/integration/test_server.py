@@ -302,9 +302,9 @@ async def _scenario(url: str, fake: FakeOpenAI) -> None:
     assert len(fake.requests_for("agg")) == 2
     rerun = fake.requests[-1]
     assert rerun.model == "agg"
-    assert edited["text"] in rerun.system
-    assert "Answer 2 from p1." not in rerun.system  # the replaced L2/p1 proposal
-    assert "Answer 2 from p2." in rerun.system  # the others are kept
+    assert edited["text"] in rerun.last
+    assert "Answer 2 from p1." not in rerun.last  # the replaced L2/p1 proposal
+    assert "Answer 2 from p2." in rerun.last  # the others are kept
     assert result["messages"][-1]["content"] == "Answer 2 from agg."
 
     history_after = await client.threads.get_history(thread_id, limit=100)
@@ -399,7 +399,7 @@ async def _state_edit_scenario(url: str, fake: FakeOpenAI) -> None:
         thread_id, assistant_id, input=None, checkpoint=update["checkpoint"]
     )
     assert len(fake.requests) == sent + 1 and fake.requests[-1].model == "agg"
-    system = fake.requests[-1].system
+    system = fake.requests[-1].last
     assert "An edited proposal about Rayleigh scattering." in system
     assert "Answer 2 from p2." in system  # kept
     assert "Answer 2 from p1." not in system and "Answer 2 from p3." not in system
