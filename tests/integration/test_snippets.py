@@ -45,7 +45,7 @@ MARK = re.compile(r"<!--\s*(file|not-run|expect|with):\s*(.*?)\s*-->")
 
 # What the pages hold; a change here is a change a reviewer sees.
 RUN_AS_PASTED = 24
-NOT_RUN = 15
+NOT_RUN = 16
 
 
 @dataclass
