@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from langgraph_moa.errors import MissingCredentialsError, MissingExtraError, MoAError, MoAInputError
 from langgraph_moa.extras import importable
-from langgraph_moa.spec.providers import LANGCHAIN_PROVIDERS, PROVIDERS, provider_kind
+from langgraph_moa.spec.providers import LANGCHAIN_PROVIDERS, PROVIDERS, batch_shape
 
 if TYPE_CHECKING:
     import anthropic
@@ -587,12 +587,10 @@ class _Target:
 def _target(model: str) -> _Target | None:
     """The Batch API serving ``model`` (``"provider:model"``), or None if its provider has none.
     Raises MissingCredentialsError when it has one but its key is not set."""
-    kind = provider_kind(model)
+    shape = batch_shape(model)
     provider = model.split(":", 1)[0]
-    if kind == "openai":
+    if shape == "openai":
         spec = PROVIDERS[provider]
-        if spec.batch_api != "openai":
-            return None
         key = spec.resolve_key()
         if not key:
             if spec.key_required:
@@ -602,7 +600,7 @@ def _target(model: str) -> _Target | None:
             provider, REGISTERED_LIMITS
         )
         return _Target("openai", provider, spec.resolve_base_url(), key, limits)
-    if kind == "langchain" and provider == "anthropic":
+    if shape == "anthropic":
         if not importable("anthropic"):
             package = LANGCHAIN_PROVIDERS["anthropic"].package
             raise MissingExtraError(f"anthropic's Batch API needs the SDK: pip install {package}")

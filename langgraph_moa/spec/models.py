@@ -13,7 +13,8 @@ window, never a guess.
 Batch prices: a call answered through a provider's Batch API is priced at the model's batch
 price: ``batch_input_per_mtok`` / ``batch_output_per_mtok`` where the table or the user gives
 them, else :data:`BATCH_DISCOUNT` (half) of the online price for the providers that sell a batch
-tier (:data:`BATCH_PROVIDERS`, and OpenAI-compatible providers registered with a Batch API).
+tier (:func:`~langgraph_moa.spec.providers.batch_shape`: OpenAI, Together, Anthropic, and
+OpenAI-compatible providers registered with a Batch API).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from langgraph_moa.errors import MoAInputError
 from langgraph_moa.spec.files import describe_validation_error, read_data_file
-from langgraph_moa.spec.providers import PROVIDERS
+from langgraph_moa.spec.providers import batch_shape
 from langgraph_moa.spec.topology import Price
 
 
@@ -98,23 +99,15 @@ def _load_prices_file(path: str) -> dict[str, Price]:
         raise MoAInputError(f"MOA_PRICES file {path!r}: {describe_validation_error(err)}") from None
 
 
-# Providers whose Batch API sells the same tokens at a discount (OpenAI, Together and Anthropic
-# all list batch prices at half the online ones).
-BATCH_PROVIDERS = frozenset({"openai", "together", "anthropic"})
+# What a Batch API charges of the online price (OpenAI, Together and Anthropic all list batch
+# prices at half the online ones).
 BATCH_DISCOUNT = 0.5
 
 
-def _batch_discount(model: str) -> float | None:
-    provider = model.split(":", 1)[0]
-    if provider in BATCH_PROVIDERS:
-        return BATCH_DISCOUNT
-    spec = PROVIDERS.get(provider)
-    return BATCH_DISCOUNT if spec is not None and getattr(spec, "batch_api", None) else None
-
-
 def has_batch_api(model: str) -> bool:
-    """Whether ``model``'s provider sells its tokens through a Batch API (at a batch price)."""
-    return _batch_discount(model) is not None
+    """Whether ``model``'s provider sells its tokens through a Batch API (at a batch price):
+    the same providers :mod:`langgraph_moa.llm.batch_api` sends batches to."""
+    return batch_shape(model) is not None
 
 
 class PriceTable:
@@ -135,7 +128,7 @@ class PriceTable:
         price = self.price(model)
         if price is None:
             return None
-        discount = _batch_discount(model) or 1.0
+        discount = BATCH_DISCOUNT if has_batch_api(model) else 1.0
         inp = price.batch_input_per_mtok
         out = price.batch_output_per_mtok
         return Price(

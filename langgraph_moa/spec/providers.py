@@ -327,6 +327,19 @@ def known_providers() -> str:
     return text
 
 
+def batch_shape(model: str) -> Literal["openai", "anthropic"] | None:
+    """The shape of the Batch API serving ``model``'s provider (``"provider:model"``): OpenAI's
+    for table providers that have one (``batch_api``), Anthropic's for ``anthropic``; None when
+    its provider has none (a registered model is used as it is, so never through a batch)."""
+    kind = provider_kind(model)
+    provider = model.split(":", 1)[0]
+    if kind == "openai":
+        return PROVIDERS[provider].batch_api
+    if kind == "langchain" and provider == "anthropic":
+        return "anthropic"
+    return None
+
+
 def supports_n(agent: Agent) -> bool:
     """Whether the agent's provider returns ``n`` samples from one request (only the
     OpenAI-compatible table says so; every other provider gets one request per sample)."""
