@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_moa.batch.feeding import BatchBudget, Plan, SessionProgress, drive_rows
 from langgraph_moa.batch.ledger import Ledger, RowRecord
@@ -101,6 +100,9 @@ async def run_in_waves(
 ) -> WaveProgress:
     """Run the rows of ``rows()`` (called once a pass) in passes and waves until none waits
     (see the module docstring); returns what the batch side did."""
+    # here, not with the module: only a batch run needs it (an online relabel imports this)
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
     store = WaveStore(folder / STORE)
     try:
         async with (
@@ -169,7 +171,7 @@ async def _one_pass(
 ) -> None:
     """One pass over the rows not yet recorded: each starts, resumes or finishes."""
     kept = (tally.seen, tally.skipped, tally.invalid)
-    tally.waiting = tally.held_back = 0
+    tally.waiting = 0
 
     async def run_one(row: Row) -> RowRecord | None:
         threads = _threads(row, turns)

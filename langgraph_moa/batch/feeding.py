@@ -95,7 +95,6 @@ class SessionProgress:
     cost_usd: float = 0.0
     running: int = 0
     waiting: int = 0  # rows paused for a wave at the end of the last pass (batch engine)
-    held_back: int = 0  # rows the budget left for a later pass (batch engine)
     started: float = field(default_factory=time.perf_counter)
     stopped: str | None = None
     stop_reason: str | None = None  # in words: spent / budget and why the next row could not start
@@ -365,7 +364,6 @@ async def drive_rows(
                 stop = await budget.wait_to_admit(row)
                 if stop is LATER:  # its turn comes in a later pass
                     slots.release()
-                    tally.held_back += 1
                     continue
                 if stop is not None:
                     slots.release()

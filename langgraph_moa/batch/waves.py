@@ -51,7 +51,6 @@ class WaveProgress:
     in_progress: int = 0
     requests: int = 0  # requests submitted this session
     answered: int = 0
-    retried: int = 0
     online: int = 0  # stragglers sent online
     recovered: int = 0  # batches found at the provider after a kill
     notes: list[str] = field(default_factory=list)
@@ -123,7 +122,6 @@ class WaveCycle:
         folder.mkdir(exist_ok=True)
         limits = api.limits
         made: list[BatchRow] = []
-        shard = 0
         out: Any = None
         keys: list[str] = []
         size = 0
@@ -148,7 +146,6 @@ class WaveCycle:
             if full:
                 close()
             if out is None:
-                shard += 1
                 path = folder / f"wave{wave}-{api.name}-{len(made) + 1}-{int(time.time())}.jsonl"
                 out = path.open("wb")
             out.write(line)
@@ -230,14 +227,13 @@ class WaveCycle:
                 )
             return
         results = []
-        answered = retried = 0
+        answered = 0
         async for result in api.results(batch.provider_id):
             reply = None if result.body is None else json.dumps(result.body, ensure_ascii=False)
             if result.unfinished:
                 continue
             results.append((result.custom_id, reply, result.error, result.retryable))
             answered += reply is not None
-            retried += reply is None and result.retryable
             if len(results) >= 500:
                 await self._record(batch, results)
                 results = []

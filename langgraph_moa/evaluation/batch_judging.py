@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from langgraph_moa.batch.batch_engine import STORE
 from langgraph_moa.batch.wave_store import RowDeferral, WaveStore
 from langgraph_moa.batch.waves import WaveCycle
 from langgraph_moa.evaluation.judge import Judge, JudgeUsage
@@ -28,8 +29,6 @@ from langgraph_moa.llm.deferred import defer_calls
 from langgraph_moa.spec.agent import Agent
 
 T = TypeVar("T")
-
-STORE = "batches.sqlite"
 
 
 async def judge_in_waves(

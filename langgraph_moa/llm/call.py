@@ -413,13 +413,15 @@ async def call_agent(
     batched = 0  # requests answered through a Batch API (sent, in an earlier wave)
     if deferral is not None and deferral.takes(pool.agent.model):
         waiting: list[str] = []
+        graph_node = _graph_node()
         for k, size in enumerate(sizes):
             if k not in finished:
-                answered = _deferred(pool, messages, k, size, extras, deferral, waiting)
+                where = graph_node or ""
+                answered = _deferred(pool, messages, k, size, extras, deferral, where, waiting)
                 if answered is not None:
                     await keep(k, answered)
                     batched += 1
-        if waiting and _in_graph():  # the node pauses; the wave runner resumes it later
+        if waiting and graph_node is not None:  # the node pauses; the wave runner resumes it
             from langgraph.types import interrupt
 
             interrupt({"kind": "batch", "model": pool.agent.model, "requests": waiting})
@@ -457,25 +459,15 @@ async def call_agent(
 WAITING_FOR_BATCH = "waiting for a Batch API wave"
 
 
-def _graph_node() -> str:
-    """The graph node this call is made in (part of a deferred request's key)."""
+def _graph_node() -> str | None:
+    """The graph node this call is made in (part of a deferred request's key); None when it is
+    not made inside a graph run (which could pause)."""
     from langgraph.config import get_config
 
     try:
         return str((get_config().get("metadata") or {}).get("langgraph_node", ""))
     except RuntimeError:  # not inside a graph run
-        return ""
-
-
-def _in_graph() -> bool:
-    """Whether this call is made by a node of a running graph (which can pause)."""
-    from langgraph.config import get_config
-
-    try:
-        get_config()
-    except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def _deferred(
@@ -485,6 +477,7 @@ def _deferred(
     size: int,
     extras: CallExtras | None,
     deferral: Deferral,
+    node: str,
     waiting: list[str],
 ) -> list[Outcome] | None:
     """Request ``part`` of a call under the batch engine: its outcomes when the deferral holds
@@ -493,7 +486,7 @@ def _deferred(
     model = pool.get(size)
     runnable = extras.prepare(model) if extras else model
     body = request_body(runnable, messages)
-    key = deferral.key(_graph_node(), part, body)
+    key = deferral.key(node, part, body)
     answer = deferral.answer(key)
     if answer is None:
         deferral.defer(DeferredRequest(key, pool.agent.model, body, _attempts(pool)))
