@@ -25,9 +25,11 @@ from pathlib import Path
 import pytest
 
 from langgraph_moa import unregister
+from langgraph_moa.testing.fake_anthropic import FakeAnthropic
 from langgraph_moa.testing.fake_openai import FakeOpenAI
 
 TEST_KEY = "sk-test-not-a-real-key-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-not-a-real-key-98765"
 # Files (or file::Class) whose tests run the embedded model; see the module docstring.
 EMBEDDED_MODEL = (
     "tests/integration/test_local.py::",
@@ -91,6 +93,26 @@ def _thread_store(
 def _server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def _anthropic_server() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as server:
+        yield server
+
+
+@pytest.fixture
+def claude(
+    _anthropic_server: FakeAnthropic, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> FakeAnthropic:
+    """The fake Anthropic API, emptied, with ``anthropic:`` pointed at it (and the OpenAI
+    fake set up as usual)."""
+    _anthropic_server.reset()
+    _anthropic_server.behaviors.clear()
+    monkeypatch.delenv("ANTHROPIC_API_URL", raising=False)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", _anthropic_server.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    return _anthropic_server
 
 
 @pytest.fixture

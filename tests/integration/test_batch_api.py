@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,8 @@ from langgraph_moa.llm.batch_api import (
 )
 from langgraph_moa.testing.fake_anthropic import FakeAnthropic, text_of_content
 from langgraph_moa.testing.fake_openai import FakeOpenAI
-from tests.conftest import TEST_KEY
+from tests.conftest import ANTHROPIC_KEY, TEST_KEY
 
-ANTHROPIC_KEY = "sk-ant-test-not-a-real-key-98765"
 TURNAROUND_S = 0.2
 
 
@@ -36,25 +35,6 @@ def echo(body: dict[str, Any], number: int, choice: int) -> str:
     """A reply that depends only on the request (so a batch and a live call agree)."""
     said = text_of_content(body["messages"][-1]["content"])
     return f"{body['model']} heard '{said}' (sample {choice + 1})"
-
-
-@pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-def claude(
-    _anthropic_server: FakeAnthropic, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> FakeAnthropic:
-    """The fake Anthropic API, emptied, with ``anthropic:`` pointed at it."""
-    _anthropic_server.reset()
-    _anthropic_server.behaviors.clear()
-    monkeypatch.delenv("ANTHROPIC_API_URL", raising=False)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", _anthropic_server.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
-    return _anthropic_server
 
 
 @pytest.fixture

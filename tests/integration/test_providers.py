@@ -15,7 +15,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,31 +34,11 @@ from langgraph_moa import (
 )
 from langgraph_moa.testing.fake_anthropic import FakeAnthropic, text_of_content
 from langgraph_moa.testing.fake_openai import FakeOpenAI
-from tests.conftest import one_line_error, run_moa
+from tests.conftest import ANTHROPIC_KEY, one_line_error, run_moa
 
-ANTHROPIC_KEY = "sk-ant-test-not-a-real-key-98765"
 FAST_RETRY = {"attempts": 3, "initial_s": 0.05, "max_s": 0.2}
 PYTHON_PAGE = Path(__file__).resolve().parents[2] / "docs" / "jobs" / "python.md"
 same_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-def claude(
-    _anthropic_server: FakeAnthropic, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> FakeAnthropic:
-    """The fake Anthropic API, emptied, with ``anthropic:`` pointed at it (and the OpenAI
-    fake set up as usual)."""
-    _anthropic_server.reset()
-    _anthropic_server.behaviors.clear()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", _anthropic_server.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
-    return _anthropic_server
 
 
 def topo(proposers: list[str], aggregator: str, **extra: object) -> Topology:

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,10 @@ PRICES = (
     "  'openai:c': {input_per_mtok: 1000, output_per_mtok: 2000}\n"
     "  'openai:agg': {input_per_mtok: 1000, output_per_mtok: 2000}\n"
 )
+ONE_LAYER = (
+    "name: one\nlayers:\n  - proposers: [{name: a, model: 'openai:a'}]\n"
+    "aggregator: {model: 'openai:agg'}\n" + PRICES
+)
 TWO_LAYERS = (
     "name: waves\nlayers:\n"
     "  - proposers: [{name: a, model: 'openai:a'}, {name: b, model: 'openai:b'}]\n"
@@ -51,24 +54,6 @@ def reply(body: dict[str, Any], number: int, choice: int) -> str:
         return "The answer is 42."
     digest = hashlib.sha256(f"{body['model']} {said}".encode()).hexdigest()
     return f"{body['model']} says {int(digest[:6], 16)}"
-
-
-@pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_anthropic(
-    _anthropic_server: FakeAnthropic, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> FakeAnthropic:
-    """The fake Anthropic API, emptied, with ``anthropic:`` pointed at it."""
-    _anthropic_server.reset()
-    _anthropic_server.behaviors.clear()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", _anthropic_server.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key-4242")
-    return _anthropic_server
 
 
 @pytest.fixture
@@ -235,10 +220,8 @@ def test_a_failed_request_and_an_expired_batch_are_retried_in_the_next_wave(
             upstream.batches.behavior = BatchBehavior(turnaround_s=0.05)
 
     data = write_jsonl(tmp_path / "in.jsonl", rows(4))
-    one = "name: one\nlayers:\n  - proposers: [{name: a, model: 'openai:a'}]\n"
-    one += "aggregator: {model: 'openai:agg'}\n" + PRICES
     run = relabel(
-        data, topology=topology(tmp_path, one, "one"), out=tmp_path / "b", engine="batch",
+        data, topology=topology(tmp_path, ONE_LAYER, "one"), out=tmp_path / "b", engine="batch",
         poll_s=0.05, on_progress=first_wave_only,
     )  # fmt: skip
     assert run.totals["done"] == 4
@@ -258,10 +241,8 @@ def test_retry_online_sends_a_failed_request_online_instead_of_in_a_wave(
 ) -> None:
     upstream.behave("a", reply=reply, faults=[503])
     data = write_jsonl(tmp_path / "in.jsonl", rows(3))
-    one = "name: one\nlayers:\n  - proposers: [{name: a, model: 'openai:a'}]\n"
-    one += "aggregator: {model: 'openai:agg'}\n" + PRICES
     run = relabel(
-        data, topology=topology(tmp_path, one, "one"), out=tmp_path / "b", engine="batch",
+        data, topology=topology(tmp_path, ONE_LAYER, "one"), out=tmp_path / "b", engine="batch",
         poll_s=0.05, retry_online=True,
     )  # fmt: skip
     assert run.totals["done"] == 3
@@ -275,10 +256,8 @@ def test_retry_online_sends_a_failed_request_online_instead_of_in_a_wave(
 def test_stragglers_are_finished_online(upstream: FakeOpenAI, tmp_path: Path) -> None:
     upstream.batches.behavior = BatchBehavior(turnaround_s=0.05, hold=True, hold_done=1)
     data = write_jsonl(tmp_path / "in.jsonl", rows(3))
-    one = "name: one\nlayers:\n  - proposers: [{name: a, model: 'openai:a'}]\n"
-    one += "aggregator: {model: 'openai:agg'}\n" + PRICES
     run = relabel(
-        data, topology=topology(tmp_path, one, "one"), out=tmp_path / "b", engine="batch",
+        data, topology=topology(tmp_path, ONE_LAYER, "one"), out=tmp_path / "b", engine="batch",
         poll_s=0.05, finish_online_after=0.3,
     )  # fmt: skip
     assert run.totals["done"] == 3
@@ -309,8 +288,6 @@ def test_limits_shard_a_wave_into_several_batches(upstream: FakeOpenAI, tmp_path
     from langgraph_moa.llm import batch_api
 
     data = write_jsonl(tmp_path / "in.jsonl", rows(5))
-    one = "name: one\nlayers:\n  - proposers: [{name: a, model: 'openai:a'}]\n"
-    one += "aggregator: {model: 'openai:agg'}\n" + PRICES
     limited = batch_api.BatchLimits(
         max_requests=2, max_bytes=10_000_000, one_model_per_batch=True, custom_id_max=64
     )
@@ -318,7 +295,7 @@ def test_limits_shard_a_wave_into_several_batches(upstream: FakeOpenAI, tmp_path
     batch_api.OPENAI_LIMITS = limited
     try:
         run = relabel(
-            data, topology=topology(tmp_path, one, "one"), out=tmp_path / "b", engine="batch",
+            data, topology=topology(tmp_path, ONE_LAYER, "one"), out=tmp_path / "b", engine="batch",
             poll_s=0.05,
         )  # fmt: skip
     finally:
@@ -352,12 +329,10 @@ def test_estimate_and_budget_use_batch_prices(upstream: FakeOpenAI, tmp_path: Pa
     assert run.cost_usd <= budget
 
 
-def test_anthropic_message_batches_carry_a_wave(
-    fake_anthropic: FakeAnthropic, tmp_path: Path
-) -> None:
-    fake_anthropic.behave("claude-haiku-4-5", reply=reply)
-    fake_anthropic.batches.behavior = BatchBehavior.for_shape("anthropic")
-    fake_anthropic.batches.behavior.turnaround_s = 0.05
+def test_anthropic_message_batches_carry_a_wave(claude: FakeAnthropic, tmp_path: Path) -> None:
+    claude.behave("claude-haiku-4-5", reply=reply)
+    claude.batches.behavior = BatchBehavior.for_shape("anthropic")
+    claude.batches.behavior.turnaround_s = 0.05
     text = (
         "name: claude\nlayers:\n"
         "  - proposers: [{name: x, model: 'anthropic:claude-haiku-4-5', temperature: 0.5},"
@@ -370,7 +345,7 @@ def test_anthropic_message_batches_carry_a_wave(
         poll_s=0.05,
     )  # fmt: skip
     assert run.totals["done"] == 3
-    made = [(b.models, b.requests) for b in fake_anthropic.batches.created()]
+    made = [(b.models, b.requests) for b in claude.batches.created()]
     assert made == [(("claude-haiku-4-5",), 6), (("claude-haiku-4-5",), 3)]  # 2 waves
     for record in run.records():
         assert all(p["batch"] and p["ok"] for p in (record["result"] or {})["layers"][0])
